@@ -1,0 +1,67 @@
+"""`splitinfer` command line: a thin dispatcher; each subcommand lives in its own module.
+
+A subcommand module exposes `HELP` (one line), `add_arguments(parser)` and `main(args) -> int`, and keeps
+heavy imports (torch, transformers) inside `main`, so `splitinfer --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = {
+    "generate": "splitinfer.commands.generate",
+    "serve": "splitinfer.transport.serve_cmd",
+    "keygen": "splitinfer.transport.keygen_cmd",
+    "sweep": "splitinfer.commands.sweep",
+    "report": "splitinfer.commands.report",
+    "recommend": "splitinfer.commands.recommend",
+}
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="splitinfer",
+        description="Split inference of language models: cut, compress, ship over ZeroMQ, measure.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_path in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_path)
+        except ModuleNotFoundError as e:
+            if e.name and module_path.startswith(e.name):
+                continue  # that part of splitinfer is not built in this checkout
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args._module.main(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (CliError, ValueError, FileNotFoundError) as e:
+        # Bad input: one clear line (the message names the value, what is allowed, what to do).
+        print(f"splitinfer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `splitinfer` CLI (see splitinfer/cli.py)."""

