@@ -118,6 +118,9 @@ class Stage(nn.Module):
         self.hidden_size = lm.hidden_size
         self.vocab_size = lm.vocab_size
         self.config = lm.config
+        # Optional device-side hook on the token embeddings (first stage only), e.g. a dχ-privacy
+        # defense that perturbs embeddings before layer 0: a callable (B,T,H) -> (B,T,H).
+        self.embedding_hook = None
 
     # -- accounting ---------------------------------------------------------------------------
     def num_parameters(self) -> int:
@@ -141,6 +144,9 @@ class Stage(nn.Module):
 
     def extra_repr(self) -> str:
         return f"index={self.index}, layers=[{self.start_layer}, {self.end_layer}), last={self.is_last}"
+
+    def _embedded(self, h: torch.Tensor) -> torch.Tensor:
+        return self.embedding_hook(h) if self.embedding_hook is not None else h
 
     def _positions(self, batch, q_len, past, position_ids, device):
         if position_ids is None:
@@ -172,7 +178,7 @@ class LlamaStage(Stage):
         self.sliding_window = getattr(cfg, "sliding_window", None) if use_sw else None
 
     def forward(self, x, *, position_ids=None, attention_mask=None, cache=None):
-        h = self.embed_tokens(x) if self.is_first else x
+        h = self._embedded(self.embed_tokens(x)) if self.is_first else x
         batch, q_len = h.shape[:2]
         past = cache.seq_len if cache is not None else 0
         position_ids = self._positions(batch, q_len, past, position_ids, h.device)
@@ -203,7 +209,7 @@ class GPT2Stage(Stage):
         batch, q_len = x.shape[:2]
         past = cache.seq_len if cache is not None else 0
         position_ids = self._positions(batch, q_len, past, position_ids, x.device)
-        h = self.wte(x) + self.wpe(position_ids) if self.is_first else x
+        h = self._embedded(self.wte(x)) + self.wpe(position_ids) if self.is_first else x
         if len(self.layers):
             mask = causal_mask(attention_mask, batch, q_len, past, h.dtype, h.device)
             for layer in self.layers:
@@ -227,7 +233,11 @@ class BertStage(Stage):
         self.pooler = lm.model.pooler if is_last else None
 
     def forward(self, x, *, position_ids=None, attention_mask=None, cache=None):
-        h = self.embeddings(input_ids=x, position_ids=position_ids) if self.is_first else x
+        if self.is_first:
+            word = self._embedded(self.embeddings.word_embeddings(x))
+            h = self.embeddings(inputs_embeds=word, position_ids=position_ids)
+        else:
+            h = x
         batch, q_len = h.shape[:2]
         if len(self.layers):
             mask = causal_mask(attention_mask, batch, q_len, 0, h.dtype, h.device, causal=False)
