@@ -120,6 +120,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("SPLITINFER_CACHE", Path.home() / ".cache" / "splitinfer"))
 
 
+# The config fields that change what a model computes (bookkeeping fields such as paths, versions or
+# the attention backend are left out so a saved-and-reloaded model keeps its fingerprint).
+_FINGERPRINT_CONFIG_KEYS = (
+    "model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer",
+    "num_attention_heads", "n_head", "num_key_value_heads", "head_dim", "intermediate_size", "n_inner",
+    "hidden_act", "activation_function", "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon",
+    "rope_parameters", "rope_theta", "sliding_window", "use_sliding_window", "max_position_embeddings",
+    "n_positions", "tie_word_embeddings", "attention_bias", "mlp_bias",
+)
+
+
 def fingerprint_model(model: torch.nn.Module) -> str:
     """A short id of a model's architecture and weights, cheap enough to compute on every load.
 
@@ -128,9 +139,8 @@ def fingerprint_model(model: torch.nn.Module) -> str:
     """
     h = hashlib.sha256()
     cfg = model.config.to_dict()
-    for volatile in ("_name_or_path", "transformers_version", "quantization_config", "dtype", "torch_dtype"):
-        cfg.pop(volatile, None)
-    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    arch = {k: cfg.get(k) for k in _FINGERPRINT_CONFIG_KEYS}
+    h.update(json.dumps(arch, sort_keys=True, default=str).encode())
     for name, t in model.state_dict().items():
         flat = t.detach().reshape(-1)
         step = max(1, flat.numel() // 64)
