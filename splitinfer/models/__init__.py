@@ -8,6 +8,7 @@ from splitinfer.models.loading import (
     ModelNotAvailableError,
     cache_root,
     load_model,
+    peek_num_layers,
     tiny_model,
 )
 from splitinfer.models.partition import KVCache, Stage, causal_mask, run_chain, split_model, validate_cuts
@@ -23,6 +24,7 @@ __all__ = [
     "cache_root",
     "causal_mask",
     "load_model",
+    "peek_num_layers",
     "run_chain",
     "split_model",
     "tiny_model",

@@ -320,3 +320,31 @@ def tiny_model(family: str, seed: int = 0, **overrides) -> LoadedModel:
     name = f"tiny-{family}"
     return LoadedModel(model, None, FAMILY_OF_MODEL_TYPE[config.model_type], name, fingerprint_model(model),
                        source=f"random init, seed {seed}")
+
+
+def peek_num_layers(name_or_path: str) -> int:
+    """The layer count of a model without loading its weights (to refuse a bad cut up front)."""
+    spec = str(name_or_path)
+    if spec.startswith("tiny-"):
+        cfg = _tiny_config(spec.removeprefix("tiny-"))
+        return int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
+    if spec in BUNDLED_MODELS:
+        gguf = _bundled_gguf(spec)
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir() and (path / "config.json").is_file():
+            cfg = json.loads((path / "config.json").read_text())
+            return int(cfg.get("num_hidden_layers") or cfg["n_layer"])
+        if not (path.is_file() and path.suffix == ".gguf"):
+            return load_model(spec).num_layers  # raises the clear not-found error
+        gguf = path
+    cached = _gguf_cache_dir(gguf) / "config.json"
+    if cached.is_file():
+        return int(json.loads(cached.read_text())["num_hidden_layers"])
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    for key, entry in reader.fields.items():
+        if key.endswith(".block_count"):
+            return int(entry.parts[entry.data[0]][0])
+    raise ValueError(f"could not read the layer count from {gguf}")

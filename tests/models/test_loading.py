@@ -40,3 +40,22 @@ def test_local_hf_directory_round_trip(tmp_path):
     assert again.family == "llama" and again.fingerprint == lm.fingerprint
     ids = torch.randint(3, 256, (1, 9))
     assert torch.allclose(again.model(ids).logits, lm.model(ids).logits, atol=1e-6)
+
+
+def test_peek_num_layers_without_loading(tmp_path):
+    from splitinfer.models import peek_num_layers
+
+    assert peek_num_layers("tiny-gpt2") == 4
+    lm = tiny_model("llama", num_hidden_layers=3)
+    lm.model.save_pretrained(tmp_path)
+    assert peek_num_layers(str(tmp_path)) == 3
+    with pytest.raises(ModelNotAvailableError):
+        peek_num_layers("/no/such/dir")
+
+
+@pytest.mark.slow
+def test_peek_num_layers_reads_gguf_metadata(monkeypatch, tmp_path):
+    from splitinfer.models import peek_num_layers
+
+    monkeypatch.setenv("SPLITINFER_CACHE", str(tmp_path))  # no converted cache: read the GGUF header
+    assert peek_num_layers("smollm2-135m-instruct") == 30
