@@ -189,7 +189,8 @@ class SplitGenerator:
 
     @torch.no_grad()
     def generate(self, prompt: str | torch.Tensor, max_new_tokens: int = 32, *, chat: bool = True,
-                 stop_at_eos: bool = True) -> GenerationResult:
+                 stop_at_eos: bool = True, on_token=None) -> GenerationResult:
+        """Generate up to `max_new_tokens`; `on_token(token_ids_so_far)` is called after each token."""
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an int >= 1")
         ids = self.lm.encode_prompt(prompt, chat=chat) if isinstance(prompt, str) else prompt
@@ -205,6 +206,8 @@ class SplitGenerator:
         token = self.link.step(self.device_stage(ids, cache=cache), 0)
         prefill_s = time.perf_counter() - t0
         tokens, decode_s = [token], []
+        if on_token is not None:
+            on_token(tokens)
         pos = ids.shape[1]
         while len(tokens) < max_new_tokens and token not in eos:
             t0 = time.perf_counter()
@@ -212,6 +215,8 @@ class SplitGenerator:
             token = self.link.step(hidden, pos)
             decode_s.append(time.perf_counter() - t0)
             tokens.append(token)
+            if on_token is not None:
+                on_token(tokens)
             pos += 1
         return GenerationResult(self.lm.decode(tokens), tokens, ids.shape[1], self.link.bytes_up,
                                 self.link.bytes_down, prefill_s, decode_s)

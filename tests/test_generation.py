@@ -95,3 +95,11 @@ def test_generator_input_errors():
         gen.generate("text prompt", 3)
     with pytest.raises(ValueError, match="encoder"):
         in_process_generator(tiny_model("bert"), [1])
+
+
+def test_on_token_streams_every_prefix():
+    lm = tiny_model("llama")
+    seen = []
+    res = in_process_generator(lm, [2]).generate(torch.randint(3, 256, (1, 4)), 6, stop_at_eos=False,
+                                                 on_token=lambda ids: seen.append(list(ids)))
+    assert seen == [res.token_ids[:i] for i in range(1, 7)]

@@ -52,11 +52,25 @@ def main(args: argparse.Namespace) -> int:
         gen = remote_generator(lm, cuts, args.server, codec=codec, sampling=sampling)
     else:
         gen = in_process_generator(lm, cuts, codec=codec, sampling=sampling)
+    printed = ""
+
+    def stream(token_ids: list[int]) -> None:
+        # Decode the whole answer so far and print only what is new: multi-token characters
+        # (and tokenizer spacing) come out right.
+        nonlocal printed
+        text = lm.decode(token_ids)
+        if text.startswith(printed):
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+
     try:
-        res = gen.generate(args.prompt, args.max_new_tokens, chat=not args.no_chat)
+        res = gen.generate(args.prompt, args.max_new_tokens, chat=not args.no_chat, on_token=stream)
     finally:
         gen.link.close()
-    print(res.text)
+    if res.text.startswith(printed):
+        sys.stdout.write(res.text[len(printed):])
+    print()
     if args.stats:
         n = len(res.token_ids)
         print(f"[{res.prompt_tokens} prompt tokens, {n} new; uplink {res.bytes_up} B, downlink {res.bytes_down} B; "

@@ -1,0 +1,288 @@
+"""Split generation over ZeroMQ on 127.0.0.1 against unsplit transformers `generate`, side by side.
+
+    python scripts/bench_transport.py                       # 20 prompts x 64 tokens, fp32 + default codec
+    python scripts/bench_transport.py --prompts 5 --tokens 32 --codecs fp32 --csv results/transport.csv
+
+For every prompt it runs the unsplit model (transformers' own greedy `generate`) and then the split
+model through a `splitinfer serve`-style server (a subprocess by default), once per codec, and
+reports: prompts with identical tokens, decode latency per token (median over all tokens, and the
+split/unsplit ratio), prefill latency (and ratio), and bytes per token each way. Figures, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Explain photosynthesis in one sentence.",
+    "Write a haiku about the sea.",
+    "What is 12 times 7?",
+    "Give me a tip for better sleep.",
+    "Who wrote Romeo and Juliet?",
+    "What does a CPU do?",
+    "Suggest a name for a pet turtle.",
+    "Why is the sky blue?",
+    "List two benefits of exercise.",
+    "Translate 'good morning' into Spanish.",
+    "What is the boiling point of water?",
+    "Describe a cat in five words.",
+    "How many days are in a leap year?",
+    "What is machine learning?",
+    "Recommend a classic novel.",
+    "What causes rain?",
+    "How do I make a cup of tea?",
+    "What is the largest planet in our solar system?",
+]
+
+
+class StepTimer:
+    """A transformers streamer that timestamps every new token (the first put is the prompt)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+class MeteredLink:
+    """Records the bytes each step moved, so prefill and decode bytes can be told apart."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.steps: list[tuple[int, int]] = []
+        self.wall: list[float] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, hidden, start):
+        up, down = self.inner.bytes_up, self.inner.bytes_down
+        t0 = time.perf_counter()
+        tok = self.inner.step(hidden, start)
+        self.wall.append(time.perf_counter() - t0)
+        self.steps.append((self.inner.bytes_up - up, self.inner.bytes_down - down))
+        return tok
+
+    def reset(self) -> None:
+        self.steps, self.wall = [], []
+        self.inner.reset()
+
+
+@torch.no_grad()
+def unsplit(lm, ids, n):
+    eos = sorted(lm.eos_token_ids) or None
+    timer = StepTimer()
+    t0 = time.perf_counter()
+    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                            eos_token_id=eos, pad_token_id=eos[0] if eos else 0, streamer=timer)
+    tokens = out[0, ids.shape[1]:].tolist()
+    stamps = timer.times[1:]  # after the prompt: one per generated token
+    prefill = stamps[0] - t0
+    decode = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return tokens, prefill, decode
+
+
+def matched_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args, lm):
+    """A server process (`python -m splitinfer.transport.server`) or an in-thread SplitServer."""
+    if args.server == "thread":
+        from splitinfer.transport import SplitServer
+
+        srv = SplitServer(lm, [args.cut], port=0).start()
+        return srv.url, srv.stop
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    proc = subprocess.Popen([sys.executable, "-m", "splitinfer.transport.server", "--model", args.model,
+                             "--cut", str(args.cut), "--port", str(port), *(["--threads", str(args.threads)] if args.threads else [])],
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    line = {}
+    t = threading.Thread(target=lambda: line.setdefault("l", proc.stdout.readline()), daemon=True)
+    t.start()
+    t.join(120)
+    if "tcp://" not in line.get("l", ""):
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line.get('l', '')!r}")
+
+    def stop():
+        proc.terminate()
+        proc.wait(20)
+
+    return f"tcp://127.0.0.1:{port}", stop
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--cut", type=int, default=15)
+    ap.add_argument("--prompts", type=int, default=20, help=f"how many prompts (max {len(PROMPTS)})")
+    ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt")
+    ap.add_argument("--codecs", default="fp32,default", help="comma list; 'default' = the project's default")
+    ap.add_argument("--server", choices=("process", "thread"), default="process")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads in each process (default 1: steadier on a shared CPU; 0 = torch's default)")
+    ap.add_argument("--csv", default=None, help="also write the table here")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+
+    from splitinfer.models import load_model
+    from splitinfer.transport import remote_generator
+    from splitinfer.transport.payload import build_session_codec, default_codec
+
+    lm = load_model(args.model)
+    codecs = {}
+    for name in args.codecs.split(","):
+        codecs[name] = default_codec() if name == "default" else build_session_codec(name)
+    url, stop = start_server(args, lm)
+    from splitinfer.transport import RemoteLink
+
+    with RemoteLink(url, fingerprint=lm.fingerprint, cuts=[args.cut], hidden_size=lm.hidden_size) as probe:
+        probe.ping()
+        ping_ms = statistics.median(probe.ping() for _ in range(200)) * 1e3
+    gens = {}
+    for name, codec in codecs.items():
+        gen = remote_generator(lm, [args.cut], url, codec=codec, timeout_s=60)
+        gen.link = MeteredLink(gen.link)
+        gens[name] = gen
+    prompts = [lm.encode_prompt(p) for p in PROMPTS[: args.prompts]]
+    rows = {n: {"same": 0, "dec": [], "pre": [], "up_pre": [], "up": [], "down": [], "ref_dec": [], "ref_pre": [], "agree": [], "overhead": [], "cpu": [], "ref_cpu": [],
+                "err": None} for n in codecs}
+    ref_dec_all, ref_pre_all = [], []
+    try:
+        # warm-up (first calls allocate and JIT-select kernels)
+        unsplit(lm, prompts[0], 4)
+        for name, gen in gens.items():
+            try:
+                gen.generate(prompts[0], 4)
+            except Exception as e:  # a codec still being written elsewhere: report, keep going
+                rows[name]["err"] = f"{type(e).__name__}: {e}"
+        t_start = time.perf_counter()
+        for i, ids in enumerate(prompts):
+            cpu0 = time.process_time()
+            ref, ref_pre, ref_dec = unsplit(lm, ids, args.tokens)
+            ref_cpu = (time.process_time() - cpu0) / len(ref)
+            ref_pre_all.append(ref_pre)
+            ref_dec_all += ref_dec
+            for name, gen in gens.items():
+                r = rows[name]
+                if r["err"]:
+                    continue
+                before = gen.link.info()
+                cpu0 = time.process_time()
+                res = gen.generate(ids, args.tokens)
+                cpu = time.process_time() - cpu0
+                after = gen.link.info()
+                server_s = after["compute_s"] - before["compute_s"]
+                if args.server == "process":  # the server's CPU time is in another process
+                    cpu += after["cpu_s"] - before["cpu_s"]
+                r["cpu"].append(cpu / len(res.token_ids))
+                r["ref_cpu"].append(ref_cpu)
+                # transport overhead: time in link.step not spent computing on the server (all steps)
+                r["overhead"].append((sum(gen.link.wall) - server_s) / len(gen.link.wall))
+                r["same"] += res.token_ids == ref
+                r["agree"].append(matched_prefix(res.token_ids, ref) / max(len(ref), 1))
+                r["pre"].append(res.prefill_s)
+                r["dec"] += res.decode_s
+                r["ref_pre"].append(ref_pre)
+                r["ref_dec"] += ref_dec
+                steps = gen.link.steps
+                r["up_pre"].append(steps[0][0])
+                r["up"] += [s[0] for s in steps[1:]]
+                r["down"] += [s[1] for s in steps]
+            print(f"  prompt {i + 1}/{len(prompts)} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
+    finally:
+        for gen in gens.values():
+            gen.link.close()
+        stop()
+
+    med = statistics.median
+    table = []
+    for name, r in rows.items():
+        if r["err"]:
+            table.append({"codec": name, "error": r["err"][:100]})
+            continue
+        d_ref, d = med(r["ref_dec"]), med(r["dec"])
+        p_ref, pre = med(r["ref_pre"]), med(r["pre"])
+        mean_ratio = statistics.fmean(r["dec"]) / statistics.fmean(r["ref_dec"])
+        table.append({
+            "codec": codecs[name].name if name != "default" else f"default ({codecs[name].name})",
+            "identical": f"{r['same']}/{len(prompts)}",
+            "same_prefix": f"{statistics.fmean(r['agree']):.0%}",
+            "decode_ms_unsplit": round(d_ref * 1e3, 2), "decode_ms_split": round(d * 1e3, 2),
+            "decode_ratio_median": round(d / d_ref, 3), "decode_ratio_mean": round(mean_ratio, 3),
+            "prefill_ms_unsplit": round(p_ref * 1e3, 1), "prefill_ms_split": round(pre * 1e3, 1),
+            "prefill_ratio": round(pre / p_ref, 3),
+            "up_B_per_token": round(statistics.fmean(r["up"]), 1),
+            "down_B_per_token": round(statistics.fmean(r["down"]), 1),
+            "prefill_up_B": round(statistics.fmean(r["up_pre"])),
+            "link_overhead_ms": round(statistics.fmean(r["overhead"]) * 1e3, 3),
+            "cpu_ms_per_token_unsplit": round(statistics.fmean(r["ref_cpu"]) * 1e3, 2),
+            "cpu_ms_per_token_split": round(statistics.fmean(r["cpu"]) * 1e3, 2),
+            "cpu_ratio": round(statistics.fmean(r["cpu"]) / statistics.fmean(r["ref_cpu"]), 3),
+        })
+    print(f"\nsplit over tcp://127.0.0.1 ({args.server} server) vs unsplit transformers generate: {lm.name}, "
+          f"cut {args.cut}, greedy, {len(prompts)} prompts x {args.tokens} new tokens, "
+          f"torch threads {torch.get_num_threads()}; empty round trip (ping) {ping_ms:.3f} ms")
+    cols = list(dict.fromkeys(k for row in table for k in row))
+    widths = {c: max(len(c), *(len(str(row.get(c, ""))) for row in table)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for row in table:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in cols))
+    print("(identical = prompts whose tokens all equal the unsplit model's; same_prefix = mean share of tokens "
+          "before the first difference;\n decode ms = median per-token latency; ratio = split / unsplit; "
+          "up B/token = encoded hidden state + envelope per decode step; down = the reply;\n link_overhead = mean "
+          "time per step in the link that the server did not spend computing: encode, sockets, decode, wake-ups;\n"
+          " cpu ms/token = CPU time of device + server processes (prefill included) per generated token: "
+          "the split's real cost, immune to waiting for a busy CPU)")
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(table)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""The device side over ZeroMQ: `RemoteLink` is a `Link` whose steps run on a `SplitServer`.
+
+    gen = remote_generator(lm, [15], "tcp://127.0.0.1:5555")      # SplitGenerator with a RemoteLink
+    print(gen.generate("Hello", max_new_tokens=32).text)
+
+Reliability is the ZeroMQ guide's Lazy Pirate: every request waits `timeout_s` for its reply; on timeout
+the socket is closed (linger 0), reopened and the same request resent, up to `retries` times. Steps
+carry sequence numbers, so a resent step the server already applied is answered from its cache. If the
+server lost the session (restart, eviction), the link opens a new one and replays the encoded hidden
+states it kept; sampling is seeded by position, so the replayed session is in exactly the same state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import zmq
+
+from splitinfer.generation import SamplingConfig, SplitGenerator
+from splitinfer.models import LoadedModel, split_model, validate_cuts
+from splitinfer.transport import protocol as p
+from splitinfer.transport.payload import build_session_codec, codec_spec, default_codec
+
+CURVE_KEYS_ENV = "SPLITINFER_CURVE_KEYS"
+
+
+class TransportError(ValueError):
+    """The split server could not be used (no reply, refused request). A ValueError so the CLI prints
+    it as one line."""
+
+
+class RemoteError(TransportError):
+    """The server answered with an error; `code` is one of `protocol.ERROR_CODES`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"server refused the request ({code}): {message}")
+        self.code = code
+        self.message = message
+
+
+class TransportTimeout(TransportError, TimeoutError):
+    """No reply after all retries."""
+
+
+def load_client_curve_keys(keys_dir: str | os.PathLike) -> tuple[bytes, bytes, bytes]:
+    """(client public, client secret, server public) from a `splitinfer keygen` folder."""
+    import zmq.auth
+
+    d = Path(keys_dir)
+    secret_file, server_file = d / "client.key_secret", d / "server.key"
+    for f in (secret_file, server_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"CURVE key file {f} is missing; create keys with `splitinfer keygen --dir {d}`")
+    pub, sec = zmq.auth.load_certificate(str(secret_file))
+    server_pub, _ = zmq.auth.load_certificate(str(server_file))
+    return pub, sec, server_pub
+
+
+class RemoteLink:
+    """A `Link` to a `SplitServer`: opens a session, sends encoded hidden states, returns token ids.
+
+    Counts the real frame bytes both ways (`bytes_up`, `bytes_down`, retries and replays included).
+    """
+
+    def __init__(self, url: str, *, fingerprint: str, cuts, hidden_size: int, codec: Any = None,
+                 sampling: SamplingConfig | None = None, timeout_s: float = 5.0, retries: int = 3,
+                 max_replays: int = 3, want_logprob: bool = False, vocab_size: int | None = None,
+                 curve: tuple[bytes, bytes, bytes] | None = None, curve_keys: str | None = None) -> None:
+        if not isinstance(url, str) or not url.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"server url {url!r} must look like tcp://HOST:PORT")
+        if not timeout_s > 0 or retries < 0:
+            raise ValueError(f"timeout_s={timeout_s!r} must be > 0 and retries={retries!r} >= 0")
+        self.url = url
+        self.fingerprint = fingerprint
+        self.cuts = list(cuts)
+        self.hidden_size = int(hidden_size)
+        self.codec = build_session_codec(codec)
+        self.sampling = sampling or SamplingConfig()
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self.max_replays = int(max_replays)
+        self.want_logprob = want_logprob
+        self.vocab_size = vocab_size
+        self.curve = curve or (load_client_curve_keys(curve_keys) if curve_keys else None)
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket | None = None
+        self._rids = itertools.count(1)
+        self.sid: str | None = None
+        self.seq = 0
+        self.history: list[tuple[int, list, int]] = []  # (start, encoded frames, token) of every step
+        self.last_logprob: float | None = None
+        self.server_limits: dict = {}
+        self.bytes_up = self.bytes_down = self.messages = 0
+        self.resends = 0  # requests sent again after a timeout
+        self.replays = 0  # sessions rebuilt from the kept hidden states
+
+    # -- the Link interface ----------------------------------------------------------------------
+    def step(self, hidden: torch.Tensor, start: int) -> int:
+        """Send the hidden states of positions start..start+T-1; returns the server's next token.
+
+        A prefill longer than the server's max_step_tokens (or its message cap) goes as several
+        consecutive chunk steps; the token after the last chunk is the answer."""
+        if self.sid is None:
+            self._open_and_replay_until_open()
+        token = -1
+        for offset, chunk in self._chunks(hidden):
+            token = self._step_one(chunk, start + offset)
+        return token
+
+    def _chunks(self, hidden: torch.Tensor):
+        n = hidden.shape[1]
+        per = min(n, self.server_limits.get("max_step_tokens") or n)
+        cap = self.server_limits.get("max_message_bytes")
+        if cap and per > 1:  # fp32-sized estimate plus room for headers; codecs only make it smaller
+            per = max(1, min(per, (cap - 4096) // max(1, hidden[0, 0].numel() * hidden.element_size())))
+        for offset in range(0, n, per):
+            yield offset, hidden[:, offset:offset + per]
+
+    def _open_and_replay_until_open(self) -> None:
+        for _ in range(self.max_replays + 1):
+            self._open_and_replay()
+            if self.sid is not None:
+                return
+        raise TransportError(f"the server at {self.url} lost the session {self.max_replays + 1} times while it "
+                             "was being replayed; giving up")
+
+    def _step_one(self, hidden: torch.Tensor, start: int) -> int:
+        frames = self.codec.encode(hidden).to_frames()
+        for attempt in itertools.count():
+            if self.sid is None:
+                self._open_and_replay()
+                if self.sid is None:  # the server lost the session again while we replayed it
+                    if attempt >= self.max_replays:
+                        raise TransportError(f"the server at {self.url} lost the session {attempt + 1} times "
+                                             "while it was being replayed; giving up")
+                    continue
+            rep = self._step_request(frames, start)
+            if rep["ok"]:
+                break
+            if rep["code"] != p.UNKNOWN_SESSION or attempt >= self.max_replays:
+                raise RemoteError(rep["code"], rep["msg"])
+            self.sid = None  # the server lost it: open a new session and replay (loop)
+        token = self._token(rep)
+        self.history.append((start, frames, token))
+        return token
+
+    def reset(self) -> None:
+        """Start a new generation: drop the current session (without waiting) and zero the counters."""
+        if self.sid is not None and self._sock is not None:
+            try:
+                self._sock.send(p.pack(p.request("close", next(self._rids), sid=self.sid)), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        self.sid, self.seq, self.history = None, 0, []
+        self.bytes_up = self.bytes_down = self.messages = self.resends = self.replays = 0
+
+    def close(self) -> None:
+        """Close the server session (waiting briefly for its reply) and this link's socket."""
+        if self.sid is not None and self._sock is not None:
+            try:
+                self._request(p.request("close", next(self._rids), sid=self.sid), (), retries=0,
+                              timeout_s=min(self.timeout_s, 1.0))
+            except TransportError:
+                pass
+        self.sid = None
+        self._disconnect()
+        if not self._ctx.closed:
+            self._ctx.term()
+
+    def __enter__(self) -> RemoteLink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- other operations ----------------------------------------------------------------------
+    def info(self) -> dict:
+        rep = self._request(p.request("info", next(self._rids)), ())
+        if not rep["ok"]:
+            raise RemoteError(rep.get("code"), rep.get("msg"))
+        return {k: v for k, v in rep.items() if k not in ("v", "rid", "ok", "msg")}
+
+    def ping(self) -> float:
+        """Round-trip time of an empty request, in seconds."""
+        t0 = time.perf_counter()
+        self._request(p.request("ping", next(self._rids)), ())
+        return time.perf_counter() - t0
+
+    # -- internals -----------------------------------------------------------------------------
+    def _open_and_replay(self) -> None:
+        if self.history:
+            self.replays += 1
+        env = p.request("open", next(self._rids), fingerprint=self.fingerprint, cuts=self.cuts,
+                        codec=codec_spec(self.codec), sampling=p.sampling_to_wire(self.sampling),
+                        hidden=self.hidden_size, nonce=secrets.token_hex(8))
+        rep = self._request(env, ())
+        if not rep["ok"]:
+            raise RemoteError(rep.get("code"), rep.get("msg"))
+        if not isinstance(rep.get("sid"), str):
+            raise TransportError(f"server's open reply has no session id: {str(rep)[:200]}")
+        self.sid, self.seq = rep["sid"], 0
+        self.server_limits = {k: rep.get(k) for k in ("max_tokens", "max_step_tokens", "max_message_bytes")}
+        for start, frames, token in self.history:
+            rep = self._step_request(frames, start)
+            if not rep["ok"]:
+                if rep["code"] == p.UNKNOWN_SESSION:
+                    self.sid = None  # lost again mid-replay; the caller's loop opens once more
+                    return
+                raise RemoteError(rep["code"], f"while replaying position {start}: {rep['msg']}")
+            if self._token(rep) != token:
+                raise TransportError(f"replayed step at position {start} gave token {rep['tok']}, not {token} as "
+                                     "before; the server's model, codec or sampling is not what it was")
+
+    def _step_request(self, frames: list, start: int) -> dict:
+        seq = self.seq + 1
+        env = p.request("step", next(self._rids), sid=self.sid, seq=seq, start=start)
+        if self.want_logprob:
+            env["logprob"] = True
+        rep = self._request(env, frames)
+        if rep["ok"]:
+            self.seq = seq
+            self.last_logprob = rep.get("lp")
+        return rep
+
+    def _token(self, rep: dict) -> int:
+        tok = rep.get("tok")
+        if type(tok) is not int or tok < 0 or (self.vocab_size is not None and tok >= self.vocab_size):
+            raise TransportError(f"server replied with token {tok!r}, not an id in [0, {self.vocab_size})")
+        return tok
+
+    def _connect(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        if self.curve:
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self.curve
+        sock.connect(self.url)
+        self._sock = sock
+        return sock
+
+    def _disconnect(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def _request(self, env: dict, payload, *, retries: int | None = None, timeout_s: float | None = None) -> dict:
+        """Lazy Pirate: send, wait up to timeout_s, on silence reconnect and resend; give up after retries."""
+        frames = [p.pack(env), *payload]
+        size = sum(memoryview(f).nbytes for f in frames)
+        retries = self.retries if retries is None else retries
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        cap = self.server_limits.get("max_message_bytes")
+        if cap and size > cap:
+            raise RemoteError(p.TOO_LARGE, f"message of {size} bytes is over the server's limit of {cap}")
+        for attempt in range(retries + 1):
+            sock = self._sock or self._connect()
+            if attempt:
+                self.resends += 1
+            _send_frames(sock, frames)
+            self.bytes_up += size
+            self.messages += 1
+            deadline = time.monotonic() + timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                if not sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                    break
+                reply = sock.recv_multipart()
+                self.bytes_down += sum(len(f) for f in reply)
+                try:
+                    rep = p.unpack(reply[0])
+                except p.ProtocolError:
+                    continue
+                if rep.get("rid") != env["rid"]:
+                    continue  # a late reply to an earlier request (e.g. a close sent without waiting)
+                if not isinstance(rep.get("ok"), bool) or (not rep["ok"] and not isinstance(rep.get("code"), str)):
+                    raise TransportError(f"malformed reply from {self.url}: {str(rep)[:200]}")
+                rep.setdefault("msg", "")
+                return rep
+            self._disconnect()  # Lazy Pirate: the socket may hold a half-sent request; start clean
+        raise TransportTimeout(f"no reply from {self.url} to {env['op']!r} after {retries + 1} tries of "
+                               f"{timeout_s:g} s; is `splitinfer serve` running there (and reachable)? A server with --curve on "
+                               f"ignores clients without an allowed key (curve_keys= or ${CURVE_KEYS_ENV})")
+
+
+COPY_BELOW = 64 * 1024  # smaller frames are cheaper to copy than to hand to libzmq zero-copy
+
+
+def _send_frames(sock: zmq.Socket, frames: list) -> None:
+    """Send a multipart message; large buffers (prefill hidden states) go without a copy."""
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        sock.send(f, zmq.SNDMORE if i < last else 0, copy=memoryview(f).nbytes < COPY_BELOW)
+
+
+def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
+                     sampling: SamplingConfig | None = None, **link_kwargs: Any) -> SplitGenerator:
+    """A SplitGenerator whose device stage runs here and whose server stages run at `server_url`.
+
+    `codec` None means the project's default codec; `"none"` sends raw fp32. CURVE keys come from
+    `curve_keys=DIR` or the SPLITINFER_CURVE_KEYS environment variable (a `splitinfer keygen` folder).
+    """
+    cuts = validate_cuts(cuts, lm.num_layers)
+    stages = split_model(lm, cuts)
+    if "curve" not in link_kwargs and "curve_keys" not in link_kwargs and os.environ.get(CURVE_KEYS_ENV):
+        link_kwargs["curve_keys"] = os.environ[CURVE_KEYS_ENV]
+    link = RemoteLink(server_url, fingerprint=lm.fingerprint, cuts=cuts, hidden_size=lm.hidden_size,
+                      codec=default_codec() if codec is None else codec, sampling=sampling,
+                      vocab_size=lm.vocab_size, **link_kwargs)
+    return SplitGenerator(lm, stages[0], link)

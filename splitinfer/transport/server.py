@@ -1,0 +1,581 @@
+"""The split server: a ROUTER socket and the server stage(s) of a cut model, owned by one thread.
+
+Start it in-thread (tests, notebooks) or as a process:
+
+    server = SplitServer(tiny_model("llama"), cuts=[2], port=0).start()   # server.url, .session_count
+    python -m splitinfer.transport.server --model tiny-llama --cut 2 --port 5555
+
+The thread receives requests, validates every field (see `splitinfer.transport` for the protocol),
+runs steps one after another and replies; a bad message gets an error reply and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import zmq
+
+from splitinfer.generation import SamplingConfig, ServerSession, sample_token
+from splitinfer.models import LoadedModel, split_model, validate_cuts
+from splitinfer.transport import payload as pl
+from splitinfer.transport import protocol as p
+from splitinfer.transport.protocol import ProtocolError
+from splitinfer.transport.sessions import Session, SessionLimits, SessionTable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 5555
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20  # 2048 fp32 tokens of a 2048-wide model; SmolLM2 prefill is far less
+MAX_BATCH = 64  # messages taken off the socket per loop turn (the seam for batching decode steps)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname or interface name: assume it is reachable from outside
+
+
+@dataclass
+class CurveConfig:
+    """CurveZMQ: the server's secret key file and a folder of allowed client public keys."""
+
+    server_secret_file: str
+    allowed_clients_dir: str
+
+    def load(self) -> tuple[bytes, bytes]:
+        import zmq.auth
+
+        for path in (self.server_secret_file, self.allowed_clients_dir):
+            if not Path(path).exists():
+                raise FileNotFoundError(f"CURVE key path {path} does not exist; create keys with "
+                                        "`splitinfer keygen --dir DIR` and pass --keys DIR")
+        public, secret = zmq.auth.load_certificate(self.server_secret_file)
+        if not secret:
+            raise ValueError(f"{self.server_secret_file} holds no secret key; pass the .key_secret file")
+        return public, secret
+
+
+class LastPositionHead(torch.nn.Module):
+    """The LM head applied to the last position only: a step samples from that one, and a prefill of T
+    tokens would otherwise pay T x vocab x hidden for logits nobody reads (transformers' `generate`
+    skips them too, via logits_to_keep)."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(h[:, -1:])
+
+
+def _head_on_last_position_only(stage) -> None:
+    # Only this server's own Stage object is changed; the model and other stages keep the full head.
+    head = getattr(stage, "lm_head", None)
+    if isinstance(head, torch.nn.Module) and not isinstance(head, LastPositionHead):
+        stage.lm_head = LastPositionHead(head)
+
+
+@dataclass
+class StepJob:
+    """A validated step waiting to run: the seam where decode steps of many sessions could be batched."""
+
+    reply_to: list
+    rid: int
+    session: Session
+    seq: int
+    start: int
+    hidden: torch.Tensor
+    want_logprob: bool
+
+
+@dataclass
+class ServerStats:
+    requests: int = 0
+    steps: int = 0
+    tokens: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    compute_s: float = 0.0  # time spent in the model (forward + sampling), for overhead accounting
+    errors: Counter = field(default_factory=Counter)
+
+
+class SplitServer:
+    """Serves the stages after the first cut of `lm` to many clients, one KV cache per session."""
+
+    def __init__(self, lm: LoadedModel, cuts, *, host: str = "127.0.0.1", port: int = 0,
+                 limits: SessionLimits | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 curve: CurveConfig | None = None, poll_ms: int = 100) -> None:
+        if not lm.is_causal_lm:
+            raise ValueError(f"model {lm.name!r} is an encoder ({lm.family}); the split server serves causal LMs")
+        self.lm = lm
+        self.cuts = validate_cuts(cuts, lm.num_layers)
+        self.stages = split_model(lm, self.cuts)[1:]
+        _head_on_last_position_only(self.stages[-1])
+        self.host = host
+        self.port = int(port)
+        self.limits = limits or SessionLimits()
+        self.max_message_bytes = int(max_message_bytes)
+        self.curve = curve
+        self._curve_keys = curve.load() if curve else None
+        self.poll_ms = poll_ms
+        kv_per_token = sum(s.kv_bytes_per_token() for s in self.stages)
+        self.sessions = SessionTable(self.limits, kv_per_token)
+        self.stats = ServerStats()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()  # guards reads of the session table from other threads
+
+    # -- what tests and operators look at ------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+    @property
+    def session_count(self) -> int:
+        with self._lock:
+            return len(self.sessions)
+
+    @property
+    def session_kv_bytes(self) -> int:
+        """Bytes held by all sessions' KV caches right now."""
+        with self._lock:
+            return self.sessions.kv_bytes_actual()
+
+    def info(self) -> dict[str, Any]:
+        """What the `info` op answers, plus counters (evictions, errors by code)."""
+        with self._lock:
+            return {**self._info_unlocked(), "layers": self.lm.num_layers, "evicted": self.sessions.evicted,
+                    "errors": dict(self.stats.errors)}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> SplitServer:
+        """Serve in a background thread; returns once the socket is bound (self.port is then real)."""
+        self._thread = threading.Thread(target=self._run_guarded, name=f"splitinfer-server-{self.port}",
+                                        daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"server did not bind {self.url} within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until SIGINT/SIGTERM or stop()."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self._stop.set())
+        self._run_guarded()
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> SplitServer:
+        return self.start() if self._thread is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run_guarded(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # bind failures etc.: surface to start()/serve_forever()
+            self._error = e
+            if self._ready.is_set():  # it was serving: say so loudly (start() already returned)
+                log.exception("server stopped with an error")
+        finally:
+            self._ready.set()
+
+    def _run(self) -> None:
+        ctx = zmq.Context()
+        auth = None
+        sock = ctx.socket(zmq.ROUTER)
+        try:
+            sock.linger = 0
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)  # per frame; libzmq drops the peer
+            sock.setsockopt(zmq.SNDHWM, 10_000)
+            sock.setsockopt(zmq.RCVHWM, 10_000)
+            if self._curve_keys:
+                from zmq.auth.thread import ThreadAuthenticator
+
+                auth = ThreadAuthenticator(ctx)
+                auth.start()
+                auth.configure_curve(domain="*", location=self.curve.allowed_clients_dir)
+                sock.curve_publickey, sock.curve_secretkey = self._curve_keys
+                sock.curve_server = True
+            if self.port == 0:
+                self.port = sock.bind_to_random_port(f"tcp://{self.host}")
+            else:
+                sock.bind(self.url)
+            log.info("serving %s cut %s on %s (curve %s)", self.lm.name, self.cuts, self.url,
+                     "on" if self.curve else "off")
+            self._ready.set()
+            self._loop(sock)
+        finally:
+            sock.close(linger=0)
+            if auth is not None:
+                auth.stop()
+            ctx.term()
+
+    def _loop(self, sock: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        next_evict = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            if poller.poll(self.poll_ms):
+                batch = []
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+                    except zmq.Again:
+                        break
+                self._handle_batch(sock, batch)
+            if time.monotonic() >= next_evict:
+                with self._lock:
+                    n = self.sessions.evict_idle()
+                if n:
+                    log.info("evicted %d idle session(s)", n)
+                next_evict = time.monotonic() + 1.0
+
+    # -- request handling ----------------------------------------------------------------------
+    def _handle_batch(self, sock: zmq.Socket, batch: list[list[zmq.Frame]]) -> None:
+        """Handle messages in arrival order; steps are queued and run together (see `_run_steps`)."""
+        pending: list[StepJob] = []
+        for frames in batch:
+            with self._lock:
+                reply_to, reply = self._prepare(frames)
+            if isinstance(reply, StepJob):
+                pending.append(reply)
+                continue
+            if pending:  # keep order: a close after a step of the same session must see the step
+                self._run_steps(sock, pending)
+                pending = []
+            if reply_to is not None:
+                self._send(sock, reply_to, reply)
+        if pending:
+            self._run_steps(sock, pending)
+
+    def _prepare(self, frames: list[zmq.Frame]) -> tuple[list | None, dict | StepJob]:
+        """Validate one message. Returns (routing prefix, reply dict or StepJob); never raises."""
+        self.stats.requests += 1
+        if len(frames) < 2:
+            return None, {}  # a ROUTER always prefixes the identity; nothing to answer
+        ident = frames[0].bytes
+        body = frames[1:]
+        reply_to = [ident]
+        if len(body[0]) == 0:  # a REQ socket puts an empty delimiter first; answer the same way
+            reply_to.append(b"")
+            body = body[1:]
+        rid = None
+        try:
+            size = sum(len(f) for f in body)
+            self.stats.bytes_in += size
+            if not body:
+                raise ProtocolError(p.BAD_FRAME, "empty message; send a msgpack envelope frame first")
+            env = p.unpack(body[0].buffer)  # <= 4 KiB: safe before the size checks, so they can echo rid
+            rid = env.get("rid") if type(env.get("rid")) is int else None
+            if len(body) > p.MAX_FRAMES:
+                raise ProtocolError(p.BAD_FRAME, f"{len(body)} frames, over the limit of {p.MAX_FRAMES}")
+            if size > self.max_message_bytes:
+                raise ProtocolError(p.TOO_LARGE, f"message is {size} bytes, over the server's limit of "
+                                                 f"{self.max_message_bytes}; send the prefill in smaller chunks")
+            owner = frames[1].get("User-Id") if self.curve else None
+            result = self._dispatch(env, body[1:], owner, reply_to)
+            return reply_to, result
+        except ProtocolError as e:
+            self.stats.errors[e.code] += 1
+            return reply_to, p.error_reply(rid, e.code, e.message)
+        except Exception as e:  # never let one message take the server down
+            log.exception("internal error on a request")
+            self.stats.errors[p.INTERNAL] += 1
+            return reply_to, p.error_reply(rid, p.INTERNAL, f"{type(e).__name__}: {e}")
+
+    def _dispatch(self, env: dict, payload: list, owner: str | None, reply_to: list) -> dict | StepJob:
+        v = env.get("v")
+        if v != p.PROTOCOL_VERSION:
+            raise ProtocolError(p.BAD_VERSION, f"protocol version {v!r} is not supported; this server speaks "
+                                               f"version {p.PROTOCOL_VERSION}")
+        op = env.get("op")
+        if op not in p.OPS:
+            raise ProtocolError(p.UNKNOWN_OP, f"operation {str(op)[:40]!r} is not one of {list(p.OPS)}")
+        p.get_int(env, "rid")
+        if op != "step" and payload:
+            raise ProtocolError(p.BAD_FRAME, f"op {op!r} takes one frame, got {1 + len(payload)}")
+        if op == "step":
+            return self._prepare_step(env, payload, owner, reply_to)
+        if op == "open":
+            return self._open(env, owner)
+        if op == "close":
+            p.check_keys(env, p.CLOSE_KEYS, "close")
+            sid = p.get_str(env, "sid", max_len=64)
+            self.sessions.get(sid, owner)
+            self.sessions.close(sid)
+            return p.ok_reply(env["rid"])
+        p.check_keys(env, p.PLAIN_KEYS, op)
+        if op == "ping":
+            return p.ok_reply(env["rid"])
+        return p.ok_reply(env["rid"], **self._info_unlocked())
+
+    def _info_unlocked(self) -> dict:
+        return {"protocol": p.PROTOCOL_VERSION, "model": self.lm.name, "fingerprint": self.lm.fingerprint,
+                "cuts": self.cuts, "hidden": self.lm.hidden_size, "sessions": len(self.sessions),
+                "kv_bytes": self.sessions.kv_bytes(), "curve": self.curve is not None,
+                "max_message_bytes": self.max_message_bytes, "limits": asdict(self.limits),
+                "steps": self.stats.steps, "compute_s": self.stats.compute_s, "cpu_s": time.process_time()}
+
+    def _open(self, env: dict, owner: str | None) -> dict:
+        p.check_keys(env, p.OPEN_KEYS, "open")
+        fp = p.get_str(env, "fingerprint", max_len=128)
+        cuts = p.get_int_list(env, "cuts")
+        hidden = p.get_int(env, "hidden", 1, 2**20)
+        nonce = p.get_str(env, "nonce", required=False, max_len=64)
+        spec = env.get("codec")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or len(spec) > 32:
+            raise ProtocolError(p.BAD_FIELD, f"field 'codec'={str(spec)[:60]} must be a map with a 'name' string")
+        sampling_map = p.get_map(env, "sampling", required=False) or {}
+        if fp != self.lm.fingerprint:
+            raise ProtocolError(p.MODEL_MISMATCH, f"client model fingerprint {fp!r} differs from this server's "
+                                                  f"{self.lm.fingerprint!r} ({self.lm.name}); load the same "
+                                                  "model (same weights) on both sides")
+        if cuts != self.cuts:
+            raise ProtocolError(p.CUT_MISMATCH, f"client cuts {cuts} differ from this server's {self.cuts}; "
+                                                f"run the device with --cut {','.join(map(str, self.cuts))} "
+                                                "or restart the server with the client's cut")
+        if hidden != self.lm.hidden_size:
+            raise ProtocolError(p.MODEL_MISMATCH, f"client hidden size {hidden} differs from the server's "
+                                                  f"{self.lm.hidden_size}")
+        try:
+            sampling = SamplingConfig(**p.sampling_from_wire(sampling_map))
+        except ValueError as e:
+            if isinstance(e, ProtocolError):
+                raise
+            raise ProtocolError(p.BAD_FIELD, f"sampling: {e}") from None
+        existing = self.sessions.by_nonce(nonce)
+        if existing is not None and existing.owner == owner:  # a retried open: same session again
+            return self._open_reply(env["rid"], existing)
+        codec = pl.build_session_codec(spec)
+        s = self.sessions.open(lambda: ServerSession(self.stages, sampling), codec, nonce, owner)
+        return self._open_reply(env["rid"], s)
+
+    def _open_reply(self, rid: int, s: Session) -> dict:
+        return p.ok_reply(rid, sid=s.sid, max_tokens=self.limits.max_tokens_per_session,
+                          max_step_tokens=self.limits.max_step_tokens, max_message_bytes=self.max_message_bytes)
+
+    def _prepare_step(self, env: dict, payload: list, owner: str | None, reply_to: list) -> dict | StepJob:
+        p.check_keys(env, p.STEP_KEYS, "step")
+        sid = p.get_str(env, "sid", max_len=64)
+        seq = p.get_int(env, "seq", 1)
+        start = p.get_int(env, "start", 0, 2**31)
+        want_lp = p.get_bool(env, "logprob")
+        s = self.sessions.get(sid, owner)
+        if seq == s.last_seq and s.last_reply is not None:  # a retry of the step we already applied
+            if start != s.last_start:
+                raise ProtocolError(p.BAD_SEQ, f"seq {seq} was applied at start {s.last_start}, not {start}")
+            return dict(s.last_reply, rid=env["rid"])
+        if seq != s.last_seq + 1:
+            raise ProtocolError(p.BAD_SEQ, f"seq {seq} is neither the next step ({s.last_seq + 1}) nor a retry "
+                                           f"of the last ({s.last_seq}); replay into a new session")
+        hidden = pl.decode_hidden(s.codec, [f.buffer for f in payload], self.lm.hidden_size,
+                                  self.limits.max_step_tokens)
+        return StepJob(reply_to, env["rid"], s, seq, start, hidden, want_lp)
+
+    def _run_steps(self, sock: zmq.Socket, jobs: list[StepJob]) -> None:
+        """Run queued steps. Today one after another; decode steps (T=1) of different sessions could be
+        stacked into one batch here once the stages take a batched KV cache."""
+        for job in jobs:
+            with self._lock:
+                try:
+                    reply = self._run_step(job)
+                except ProtocolError as e:
+                    self.stats.errors[e.code] += 1
+                    reply = p.error_reply(job.rid, e.code, e.message)
+                except Exception as e:
+                    log.exception("internal error in a step")
+                    self.stats.errors[p.INTERNAL] += 1
+                    reply = p.error_reply(job.rid, p.INTERNAL, f"{type(e).__name__}: {e}")
+            self._send(sock, job.reply_to, reply)
+
+    def _run_step(self, job: StepJob) -> dict:
+        s = job.session
+        if s.closed:
+            raise ProtocolError(p.UNKNOWN_SESSION, f"session {s.sid!r} was closed before its step ran")
+        if job.seq != s.last_seq + 1:  # an earlier message in this batch moved the session on
+            if job.seq == s.last_seq and s.last_reply is not None and job.start == s.last_start:
+                return dict(s.last_reply, rid=job.rid)
+            raise ProtocolError(p.BAD_SEQ, f"seq {job.seq} is not the next step ({s.last_seq + 1})")
+        if job.start != s.position:
+            raise ProtocolError(p.BAD_POSITION, f"step starts at position {job.start} but session {s.sid!r} is "
+                                                f"at {s.position}; resend from {s.position} or replay")
+        n = job.hidden.shape[1]
+        self.sessions.reserve(s, job.start, n)
+        t0 = time.perf_counter()
+        try:
+            logits = s.state.forward(job.hidden, job.start)[0, -1]
+            token = sample_token(logits, s.state.sampling, s.state.position)
+        except Exception:
+            s.state.rollback(job.start)
+            raise
+        finally:
+            self.stats.compute_s += time.perf_counter() - t0
+        reply = p.ok_reply(job.rid, tok=token, pos=s.state.position, seq=job.seq)
+        if job.want_logprob:
+            reply["lp"] = float(torch.log_softmax(logits.float(), -1)[token])
+        s.last_seq, s.last_start, s.last_reply = job.seq, job.start, reply
+        s.stats["steps"] += 1
+        s.stats["tokens"] += n
+        self.stats.steps += 1
+        self.stats.tokens += n
+        return reply
+
+    def _send(self, sock: zmq.Socket, reply_to: list, reply: dict) -> None:
+        data = p.pack(reply)
+        self.stats.bytes_out += len(data)
+        try:
+            sock.send_multipart([*reply_to, data], zmq.NOBLOCK)
+        except zmq.ZMQError as e:  # peer gone or its queue full: drop this reply, keep serving
+            log.warning("could not reply to a client: %s", e)
+
+
+# -- running it as a process ---------------------------------------------------------------------
+
+@dataclass
+class ServerConfig:
+    """Everything `splitinfer serve` needs; conf/server/default.yaml mirrors it for Hydra."""
+
+    model: str = "smollm2-135m-instruct"
+    cut: Any = 15
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    curve: str = "auto"
+    keys: str | None = None
+    max_sessions: int = SessionLimits.max_sessions
+    max_tokens_per_session: int = SessionLimits.max_tokens_per_session
+    max_step_tokens: int = SessionLimits.max_step_tokens
+    idle_timeout_s: float = SessionLimits.idle_timeout_s
+    max_kv_bytes: int = SessionLimits.max_kv_bytes
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    threads: int | None = None  # torch intra-op threads; None = torch's default (all cores)
+
+    def limits(self) -> SessionLimits:
+        return SessionLimits(int(self.max_sessions), int(self.max_tokens_per_session), int(self.max_step_tokens),
+                             float(self.idle_timeout_s), int(self.max_kv_bytes))
+
+    def cuts(self) -> list[int]:
+        if isinstance(self.cut, str):
+            try:
+                return [int(c) for c in self.cut.split(",")]
+            except ValueError:
+                raise ValueError(f"cut {self.cut!r} is not an int or a comma-separated list of ints") from None
+        return [int(c) for c in self.cut] if isinstance(self.cut, list | tuple) else [int(self.cut)]
+
+    def curve_config(self) -> CurveConfig | None:
+        """Resolve curve=auto|on|off; warn when a non-loopback bind goes unencrypted."""
+        mode = str(self.curve).lower()
+        if mode not in ("auto", "on", "off", "true", "false"):
+            raise ValueError(f"curve={self.curve!r}: choose auto, on or off")
+        loopback = is_loopback(self.host)
+        on = mode in ("on", "true") or (mode == "auto" and not loopback)
+        if not on:
+            if not loopback:
+                log.warning("binding %s without CurveZMQ: hidden states and tokens cross the network in the "
+                            "clear and anyone can connect. Run `splitinfer keygen` and serve with --curve on.",
+                            self.host)
+            return None
+        if not self.keys:
+            raise ValueError(f"CurveZMQ is on (curve={self.curve}, host {self.host}) but no key folder was given; "
+                             "run `splitinfer keygen --dir keys` and pass --keys keys "
+                             "(or --curve off to serve unencrypted, which is only safe on loopback)")
+        keys = Path(self.keys)
+        return CurveConfig(str(keys / "server.key_secret"), str(keys / "allowed_clients"))
+
+    def build(self, lm: LoadedModel | None = None) -> SplitServer:
+        from splitinfer.models import load_model
+
+        curve = self.curve_config()
+        lm = lm or load_model(self.model)
+        return SplitServer(lm, self.cuts(), host=self.host, port=int(self.port), limits=self.limits(),
+                           max_message_bytes=int(self.max_message_bytes), curve=curve)
+
+
+def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None) -> ServerConfig:
+    cfg = base or ServerConfig()
+    mapping = {"model": "model", "cut": "cut", "host": "host", "port": "port", "curve": "curve", "keys": "keys",
+               "max_sessions": "max_sessions", "max_tokens": "max_tokens_per_session",
+               "idle_timeout": "idle_timeout_s", "max_kv_bytes": "max_kv_bytes",
+               "max_message_bytes": "max_message_bytes", "threads": "threads"}
+    for arg, key in mapping.items():
+        v = getattr(args, arg, None)
+        if v is not None:
+            setattr(cfg, key, v)
+    return cfg
+
+
+def run_server(cfg: ServerConfig) -> int:
+    t0 = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    server = cfg.build()
+    torch.set_grad_enabled(False)
+    # Bind first, then announce: tests and scripts wait for this line.
+    try:
+        server.start()
+    except zmq.ZMQError as e:
+        raise ValueError(f"cannot bind {server.url}: {e}; is another server running there? "
+                         "Pick another --port (0 = any free port)") from None
+    print(f"splitinfer serve: {server.lm.name} (fingerprint {server.lm.fingerprint}) cut {server.cuts} on "
+          f"{server.url}, curve {'on' if server.curve else 'off'}, ready in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            if server._thread is None or not server._thread.is_alive():
+                break
+    finally:
+        server.stop()
+    if server._error is not None:
+        raise server._error
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from splitinfer.transport.serve_cmd import add_server_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m splitinfer.transport.server",
+                                     description="Serve the server stage of a cut model over ZeroMQ.")
+    add_server_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run_server(config_from_args(args))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"splitinfer serve: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
