@@ -1,0 +1,19 @@
+"""What a split costs: bandwidth, quality, compute/memory and Neurosurgeon-style latency figures.
+
+Pure functions over tensors, byte counts and timings; nothing here loads models or knows Hydra, so
+`report.py` can reuse the latency model on stored metrics.
+"""
+
+from splitinfer.metrics.bandwidth import ByteCounter, transmit
+from splitinfer.metrics.latency import DeviceProfile, LinkProfile, estimate_latency
+from splitinfer.metrics.quality import QualityAccumulator, first_mismatch
+
+__all__ = [
+    "ByteCounter",
+    "DeviceProfile",
+    "LinkProfile",
+    "QualityAccumulator",
+    "estimate_latency",
+    "first_mismatch",
+    "transmit",
+]

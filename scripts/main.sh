@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job: set up .venv, run the default sweep (all 31 cuts of SmolLM2-135M x fp16, int8 and the best
+# low-bit codec; bandwidth, quality, timing and latency metrics on the default corpus), then print the
+# table, the plot paths and a recommendation. Extra arguments are Hydra overrides, e.g.
+#   bash scripts/main.sh link=wifi device.slowdown=3
+# W&B runs are written offline (WANDB_MODE=online to upload as you go; `wandb sync` uploads later).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec splitinfer sweep --experiment default_sweep "$@"

@@ -1,0 +1,457 @@
+"""One sweep job: a composed config in, a flat metrics dict out (also `metrics.json` + loggers).
+
+The data path is the one in ARCHITECTURE.md: device stage -> defense -> codec -> server stage, in
+process. What makes a 93-job sweep fast is reusing work that is exactly the same across jobs run
+in one process (the basic launcher runs them all in one):
+
+- the model, loaded once per model spec;
+- the corpus windows/prompts, sampled once per (model, data spec);
+- the `Reference`: one unsplit pass over the corpus records the unsplit log-probs, the greedy
+  continuations, and the hidden state at *every* cut (the output of the device stage at cut k is
+  the input of layer k), so a job only runs codec + server stage;
+- the per-layer timing profile (Neurosurgeon-style), shared by all cuts and codecs.
+
+`reuse: false` is the naive way (reload, recompute the reference, run the device stage and a real
+split generation per job); `scripts/bench_sweep.py` times both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from splitinfer.data import Corpus, CorpusSpec
+from splitinfer.metrics.bandwidth import ByteCounter, transmit
+from splitinfer.metrics.compute import LayerProfile, memory_metrics, profile_layers
+from splitinfer.metrics.latency import DeviceProfile, LinkProfile, estimate_latency
+from splitinfer.metrics.quality import QualityAccumulator, first_mismatch, generation_metrics
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("model", "split", "codec", "defense", "attack", "link", "device", "data", "logger", "experiment")
+
+
+# ---------------------------------------------------------------------------------------------
+# model spec: knows the layer count before loading, so a bad cut is refused in milliseconds
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a job cuts (built from `conf/model/*.yaml`)."""
+
+    name: str
+
+    def num_layers(self) -> int:
+        return num_layers_of(self.name)
+
+    def load(self, reuse: bool = True):
+        if reuse and self.name in _MODELS:
+            return _MODELS[self.name]
+        from splitinfer.models import load_model
+
+        t0 = time.perf_counter()
+        lm = load_model(self.name)
+        log.info("loaded %s in %.1f s", self.name, time.perf_counter() - t0)
+        if reuse:
+            _MODELS[self.name] = lm
+        return lm
+
+
+def num_layers_of(name: str) -> int:
+    """Layer count from the model's config alone (no weights are read)."""
+    from splitinfer.models import peek_num_layers
+
+    return peek_num_layers(name)
+
+
+def check_cut(cut: Any, num_layers: int) -> int:
+    from splitinfer.models import validate_cuts
+
+    if isinstance(cut, str) and cut.strip().lstrip("-").isdigit():
+        cut = int(cut)
+    try:
+        return validate_cuts([cut], num_layers)[0]
+    except ValueError as e:
+        raise ValueError(f"split.cut={cut!r}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# exactly reusable work, cached per process
+# ---------------------------------------------------------------------------------------------
+_MODELS: dict[str, Any] = {}
+_CORPORA: dict[tuple, Corpus] = {}
+_REFERENCES: dict[tuple, Reference] = {}
+_PROFILES: dict[tuple, LayerProfile] = {}
+
+
+def clear_caches() -> None:
+    for c in (_MODELS, _CORPORA, _REFERENCES, _PROFILES):
+        c.clear()
+
+
+@dataclass
+class Reference:
+    """What the unsplit model does on a corpus: everything a job compares against or starts from."""
+
+    window_hidden: list[torch.Tensor]  # [cut] -> (N, T, H): device-stage output at each cut
+    window_logprobs: torch.Tensor  # (N, T-1, V) unsplit log-probs predicting tokens 1..T-1
+    gen_hidden: list[torch.Tensor]  # [cut] -> (P, Tp+G-1, H) for prompt + greedy continuation
+    gen_tokens: torch.Tensor  # (P, G) unsplit greedy continuation of each prompt
+
+
+@torch.no_grad()
+def _hidden_at_every_cut(lm, ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One unsplit pass through single-layer stages; returns hidden at cuts 0..L and the logits."""
+    from splitinfer.models import split_model
+
+    stages = split_model(lm, list(range(lm.num_layers + 1)))  # embed | layer 0 | ... | norm+head
+    hidden, h = [], ids
+    for st in stages[:-1]:
+        h = st(h)
+        hidden.append(h)
+    return hidden, stages[-1](h)
+
+
+@torch.no_grad()
+def unsplit_greedy(lm, prompts: torch.Tensor, gen_tokens: int) -> torch.Tensor:
+    """Greedy continuations (P, G) from the unsplit model with a KV cache; EOS does not stop it, so
+    every prompt contributes exactly G tokens."""
+    from splitinfer.generation import in_process_generator
+
+    gen = in_process_generator(lm, [lm.num_layers])  # everything on the "device": the unsplit model
+    out = [gen.generate(p[None], gen_tokens, stop_at_eos=False).token_ids for p in prompts]
+    return torch.tensor(out, dtype=torch.long).reshape(len(prompts), gen_tokens)
+
+
+def compute_reference(lm, corpus: Corpus) -> Reference:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=3, desc=f"unsplit reference ({lm.name}, {corpus.num_tokens} tokens)", leave=False,
+              disable=None) as bar:
+        window_hidden, logits = _hidden_at_every_cut(lm, corpus.windows)
+        window_logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        del logits
+        bar.update()
+        gen = unsplit_greedy(lm, corpus.prompts, corpus.gen_tokens)
+        bar.update()
+        seqs = torch.cat([corpus.prompts, gen[:, :-1]], dim=1)
+        gen_hidden, _ = _hidden_at_every_cut(lm, seqs)
+        bar.update()
+    return Reference(window_hidden, window_logprobs, gen_hidden, gen)
+
+
+def get_corpus(lm, spec: CorpusSpec, reuse: bool) -> Corpus:
+    key = (lm.fingerprint, spec)
+    if reuse and key in _CORPORA:
+        return _CORPORA[key]
+    corpus = spec.build(lm)
+    if reuse:
+        _CORPORA[key] = corpus
+    return corpus
+
+
+def reference_path(lm, corpus: Corpus) -> Path:
+    from splitinfer.models import cache_root
+
+    return cache_root() / "reference" / f"{lm.fingerprint}-{corpus.digest}.pt"
+
+
+def get_reference(lm, corpus: Corpus, reuse: bool, disk: bool = False) -> Reference:
+    """The unsplit reference, from memory, else from the disk cache (when `disk`), else computed.
+
+    The disk copy lets jobs in other processes (joblib workers, submitit/SLURM tasks, a later sweep)
+    skip the unsplit pass; it is keyed by the model's fingerprint and the corpus' token digest."""
+    key = (lm.fingerprint, corpus.digest)
+    if reuse and key in _REFERENCES:
+        return _REFERENCES[key]
+    path = reference_path(lm, corpus)
+    ref = None
+    if reuse and disk and path.is_file():
+        try:
+            ref = Reference(**torch.load(path, weights_only=True))
+        except Exception as e:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+            log.warning("ignoring unreadable reference cache %s (%s)", path, e)
+    if ref is None:
+        ref = compute_reference(lm, corpus)
+        if reuse and disk:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save(vars(ref), tmp)
+            os.replace(tmp, path)  # atomic: parallel jobs never read half a file
+    if reuse:
+        _REFERENCES[key] = ref
+    return ref
+
+
+def get_profile(lm, prompt_tokens: int, context_tokens: int, repeats: int, reuse: bool) -> LayerProfile:
+    key = (lm.fingerprint, prompt_tokens, context_tokens, repeats)
+    if reuse and key in _PROFILES:
+        return _PROFILES[key]
+    prof = profile_layers(lm, prompt_tokens, context_tokens, repeats)
+    if reuse:
+        _PROFILES[key] = prof
+    return prof
+
+
+# ---------------------------------------------------------------------------------------------
+# one split, evaluated
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class MetricOptions:
+    """Which metric families to compute and the lengths they assume (conf/metrics/*.yaml)."""
+
+    quality: bool = True
+    generation: bool = True
+    timing: bool = True
+    latency: bool = True
+    prompt_tokens: int = 128  # TTFT is for a prompt this long
+    context_tokens: int = 512  # device memory and decode timing at this context length
+    profile_repeats: int = 3
+    server_speedup: float = 1.0  # the server is this many times faster than this machine
+
+
+def _identity(h: torch.Tensor) -> torch.Tensor:
+    return h
+
+
+class MeasuredLink:
+    """An in-process link that applies the device-side defense, then the codec, counting real bytes."""
+
+    def __init__(self, session_factory, codec, defense, counter: ByteCounter) -> None:
+        self._factory = session_factory
+        self.codec, self.defense, self.counter = codec, defense, counter
+        self.session = session_factory()
+        self.bytes_up = self.bytes_down = 0
+
+    def step(self, hidden: torch.Tensor, start: int) -> int:
+        hidden, nbytes, enc_s, dec_s = transmit(self.codec, self.defense(hidden))
+        self.counter.add(nbytes, hidden.shape[1], "prefill" if start == 0 else "decode", enc_s, dec_s)
+        self.bytes_up += nbytes
+        self.bytes_down += 4
+        return self.session.step(hidden, start)
+
+    def reset(self) -> None:
+        self.session = self._factory()
+        self.bytes_up = self.bytes_down = 0
+
+    def close(self) -> None:
+        pass
+
+
+def acts_on_embeddings(defense) -> bool:
+    """Embedding-level defenses (dχ-privacy) change the device stage itself, so cached hidden states
+    of the unsplit model cannot stand in for it."""
+    return getattr(defense, "acts_on", "payload") == "embedding"
+
+
+def apply_defense(dev, defense):
+    """Install `defense` on the device stage; return the function applied to every payload."""
+    if defense is None:
+        dev.embedding_hook = None
+        return _identity
+    if hasattr(defense, "acts_on"):  # splitinfer.privacy defenses
+        from splitinfer.privacy.defenses import attach_defense
+
+        return attach_defense(dev, defense)
+    return defense  # any callable hidden -> hidden
+
+
+@torch.no_grad()
+def evaluate_split(lm, cut: int, codec, defense, corpus: Corpus, ref: Reference, opts: MetricOptions,
+                   *, reuse_hidden: bool = True, profile: LayerProfile | None = None) -> dict[str, Any]:
+    """Bandwidth, quality, generation, memory and timing of one (cut, codec, defense)."""
+    from splitinfer.models import split_model
+
+    dev, srv = split_model(lm, [cut])
+    defense = apply_defense(dev, defense)
+    counter = ByteCounter(lm.hidden_size)
+    out: dict[str, Any] = {}
+
+    if opts.quality:
+        acc = QualityAccumulator()
+        for w in range(corpus.windows.shape[0]):
+            ids = corpus.windows[w:w + 1]
+            h = ref.window_hidden[cut][w:w + 1] if reuse_hidden else dev(ids)
+            h, nbytes, enc_s, dec_s = transmit(codec, defense(h))
+            counter.add(nbytes, h.shape[1], "prefill", enc_s, dec_s)
+            acc.add(ref.window_logprobs[w], srv(h)[0, :-1], ids[0, 1:])
+        out.update(acc.result())
+
+    if opts.generation and corpus.prompts.shape[0]:
+        matched = []
+        tp, g = corpus.prompts.shape[1], corpus.gen_tokens
+        if reuse_hidden:
+            # Teacher-forced replay of greedy generation: the server sees the prompt message, then one
+            # message per generated token, exactly as a real generation sends them; its argmax at each
+            # step is the token split generation would pick, so the first mismatch is where it diverges.
+            for p in range(corpus.prompts.shape[0]):
+                seq = ref.gen_hidden[cut][p:p + 1]
+                parts = [seq[:, :tp]] + [seq[:, i:i + 1] for i in range(tp, tp + g - 1)]
+                received = []
+                for i, part in enumerate(parts):
+                    h, nbytes, enc_s, dec_s = transmit(codec, defense(part))
+                    counter.add(nbytes, part.shape[1], "prefill" if i == 0 else "decode", enc_s, dec_s)
+                    received.append(h)
+                pred = srv(torch.cat(received, dim=1))[0, tp - 1:].argmax(-1)
+                matched.append(first_mismatch(pred, ref.gen_tokens[p]))
+        else:
+            from splitinfer.generation import ServerSession, SplitGenerator
+
+            link = MeasuredLink(lambda: ServerSession([srv]), codec, defense, counter)
+            gen = SplitGenerator(lm, dev, link)
+            for p in range(corpus.prompts.shape[0]):
+                res = gen.generate(corpus.prompts[p:p + 1], g, stop_at_eos=False)
+                matched.append(first_mismatch(res.token_ids, ref.gen_tokens[p]))
+        out.update(generation_metrics(matched, g))
+
+    if not opts.generation and corpus.prompts.shape[0]:
+        # Bytes only: the messages a generation would send (the prompt, then one per token), no server.
+        tp = corpus.prompts.shape[1]
+        seqs = torch.cat([corpus.prompts, ref.gen_tokens[:, :-1]], dim=1)
+        for p in range(seqs.shape[0]):
+            seq = ref.gen_hidden[cut][p:p + 1] if reuse_hidden else dev(seqs[p:p + 1])
+            for i, part in enumerate([seq[:, :tp]] + [seq[:, j:j + 1] for j in range(tp, seq.shape[1])]):
+                _, nbytes, enc_s, dec_s = transmit(codec, defense(part))
+                counter.add(nbytes, part.shape[1], "prefill" if i == 0 else "decode", enc_s, dec_s)
+
+    out.update(counter.result())
+    out.update(memory_metrics(dev, srv, opts.context_tokens))
+    if profile is not None:
+        for side, figures in (("device", profile.device(cut)), ("server", profile.server(cut)),
+                              ("whole", profile.whole())):
+            out.update({f"{side}_{k}": v for k, v in figures.items()})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the Hydra job
+# ---------------------------------------------------------------------------------------------
+def _choices(cfg) -> dict[str, str]:
+    """The option picked in each config group (from Hydra when running under it, else from the node)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        picked = dict(HydraConfig.get().runtime.choices)
+    except (ValueError, ImportError):
+        picked = {}
+    out = {}
+    for g in GROUPS:
+        v = picked.get(g)
+        node = cfg.get(g)
+        if v is None and hasattr(node, "get"):
+            v = node.get("name") or node.get("spec")
+        out[g] = str(v) if v is not None else "none"
+    return out
+
+
+def _hydra_paths() -> tuple[Path | None, str | None, int | None]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ValueError, ImportError):
+        return None, None, None
+    out_dir = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN:
+        # The folder the launcher actually made (re-resolving `${now:...}` in a worker could differ).
+        return out_dir, out_dir.parent.name, int(hc.job.num)
+    return out_dir, None, None
+
+
+def _enabled(node) -> bool:
+    """A defense/attack group is off when its config is null, has no `_target_`, or is named `none`."""
+    return hasattr(node, "get") and "_target_" in node and node.get("name") != "none"
+
+
+def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one configured job; writes `metrics.json` in the job's folder and returns the metrics."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    t_start = time.perf_counter()
+    hydra_dir, sweep_id, job_num = _hydra_paths()
+    out = Path(out_dir) if out_dir is not None else (hydra_dir or Path.cwd())
+    out.mkdir(parents=True, exist_ok=True)
+    choices = _choices(cfg)
+
+    # Validate everything cheap before any model loads.
+    model_spec: ModelSpec = instantiate(cfg.model)
+    num_layers = model_spec.num_layers()
+    cut = check_cut(cfg.split.cut, num_layers)
+    corpus_spec: CorpusSpec = instantiate(cfg.data)
+    corpus_spec.check()
+    link: LinkProfile = instantiate(cfg.link)
+    device: DeviceProfile = instantiate(cfg.device)
+    opts: MetricOptions = instantiate(cfg.metrics)
+    reuse = bool(cfg.get("reuse", True))
+    threads = cfg.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+
+    group = cfg.get("group") or (f"{cfg.name}-{sweep_id}" if sweep_id else None)
+    run_name = f"cut{cut}-{choices['codec']}" + (f"-{choices['defense']}" if choices["defense"] != "none" else "")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    # Built in two steps: the resolved config must reach the logger as plain data, not be instantiated.
+    make_logger = instantiate(cfg.logger, _partial_=True, _convert_="all")
+    logger = make_logger(out_dir=str(out), group=group, job_type=str(cfg.get("job_type", "sweep")),
+                         name=run_name, run_config=resolved)
+    try:
+        codec = instantiate(cfg.codec) if cfg.get("codec") is not None else None
+        defense = instantiate(cfg.defense) if choices["defense"] != "none" and _enabled(cfg.get("defense")) else None
+        lm = model_spec.load(reuse=reuse)
+        if not lm.is_causal_lm:
+            raise ValueError(f"model {lm.name!r} is an encoder ({lm.family}); sweeps need a causal LM")
+        corpus = get_corpus(lm, corpus_spec, reuse)
+        ref = get_reference(lm, corpus, reuse, disk=bool(cfg.get("disk_cache", False)))
+        profile = (get_profile(lm, opts.prompt_tokens, opts.context_tokens, opts.profile_repeats, reuse)
+                   if opts.timing or opts.latency else None)
+        reuse_hidden = reuse and not acts_on_embeddings(defense)
+        metrics: dict[str, Any] = {
+            "name": cfg.name, **choices, "cut": cut, "num_layers": num_layers, "hidden_size": lm.hidden_size,
+            "model_fingerprint": lm.fingerprint, "corpus_digest": corpus.digest, "job_num": job_num,
+            "reuse": reuse, "torch_threads": torch.get_num_threads(), "group": group,
+        }
+        metrics.update(evaluate_split(lm, cut, codec, defense, corpus, ref, opts, reuse_hidden=reuse_hidden,
+                                      profile=profile))
+        if opts.latency and profile is not None and "up_bytes_per_token_decode" in metrics:
+            metrics.update({"link_uplink_mbps": link.uplink_mbps, "link_downlink_mbps": link.downlink_mbps,
+                            "link_rtt_ms": link.rtt_ms, "device_slowdown": device.slowdown,
+                            "latency_prompt_tokens": opts.prompt_tokens})
+            metrics.update(estimate_latency(metrics, link, device, opts.prompt_tokens, opts.server_speedup))
+        if choices["attack"] != "none" and _enabled(cfg.get("attack")):
+            metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, corpus))
+        metrics["job_wall_s"] = time.perf_counter() - t_start
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str, allow_nan=True) + "\n")
+        logger.log_dict(metrics)
+    finally:
+        logger.close()
+    return metrics
+
+
+def evaluate_attack(cfg, lm, cut: int, codec, defense, corpus: Corpus) -> dict[str, Any]:
+    """Privacy seam: hand the attack config to `splitinfer.privacy.evaluate_privacy` and return its
+    flat leakage metrics. Only called when `attack` is not `none`."""
+    from hydra.utils import instantiate
+
+    try:
+        from splitinfer.privacy import evaluate_privacy
+    except ImportError as e:
+        raise ValueError(f"attack={cfg.attack.get('name')!r} needs splitinfer.privacy.evaluate_privacy, which "
+                         f"this checkout does not have ({e}); use attack=none") from None
+    import inspect
+
+    attack = instantiate(cfg.attack)
+    offered = {"lm": lm, "cut": cut, "codec": codec, "defense": defense, "attack": attack, "corpus": corpus,
+               "texts": corpus.windows, "seed": int(cfg.get("seed", 0))}
+    params = inspect.signature(evaluate_privacy).parameters
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    result = evaluate_privacy(**{k: v for k, v in offered.items() if takes_all or k in params})
+    return {k if k.startswith("privacy") else f"privacy/{k}": v for k, v in dict(result).items()}
+
