@@ -1,0 +1,44 @@
+"""Fixtures for the reliability suite: one tiny model, one server zygote and one shared server process
+for the whole session, torch on one thread (2 threads on a busy 2-core machine is ~5x slower)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .harness import Zygote
+from .scenarios import SERVER_ARGS
+
+
+@pytest.fixture(scope="session")
+def lm():
+    from splitinfer.models import tiny_model
+
+    return tiny_model("llama")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def zygote():
+    z = Zygote()
+    try:
+        yield z.wait_ready()
+    finally:
+        z.close()
+
+
+@pytest.fixture(scope="session")
+def server(zygote):
+    """A server process (tiny-llama, cut 2, 64 KiB message cap) shared by the hostile and load tests."""
+    srv = zygote.spawn(args=SERVER_ARGS)
+    try:
+        yield srv.wait_ready()
+    finally:
+        srv.kill()
