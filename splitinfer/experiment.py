@@ -159,7 +159,26 @@ def get_corpus(lm, spec: CorpusSpec, reuse: bool) -> Corpus:
 def reference_path(lm, corpus: Corpus) -> Path:
     from splitinfer.models import cache_root
 
-    return cache_root() / "reference" / f"{lm.fingerprint}-{corpus.digest}.pt"
+    return cache_root() / "reference" / f"{lm.fingerprint}-{corpus.digest}.safetensors"
+
+
+def _save_reference(ref: Reference, path: Path) -> None:
+    """Flat safetensors (no pickle): lists of per-cut tensors become `name.<index>` entries."""
+    from safetensors.torch import save_file
+
+    flat = {"window_logprobs": ref.window_logprobs, "gen_tokens": ref.gen_tokens}
+    for name in ("window_hidden", "gen_hidden"):
+        flat.update({f"{name}.{i}": t.contiguous() for i, t in enumerate(getattr(ref, name))})
+    save_file(flat, str(path))
+
+
+def _load_reference(path: Path) -> Reference:
+    from safetensors.torch import load_file
+
+    flat = load_file(str(path))
+    lists = {name: [flat[f"{name}.{i}"] for i in range(sum(k.startswith(name + ".") for k in flat))]
+             for name in ("window_hidden", "gen_hidden")}
+    return Reference(lists["window_hidden"], flat["window_logprobs"], lists["gen_hidden"], flat["gen_tokens"])
 
 
 def get_reference(lm, corpus: Corpus, reuse: bool, disk: bool = False) -> Reference:
@@ -174,7 +193,7 @@ def get_reference(lm, corpus: Corpus, reuse: bool, disk: bool = False) -> Refere
     ref = None
     if reuse and disk and path.is_file():
         try:
-            ref = Reference(**torch.load(path, weights_only=True))
+            ref = _load_reference(path)
         except Exception as e:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
             log.warning("ignoring unreadable reference cache %s (%s)", path, e)
     if ref is None:
@@ -182,7 +201,7 @@ def get_reference(lm, corpus: Corpus, reuse: bool, disk: bool = False) -> Refere
         if reuse and disk:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(vars(ref), tmp)
+            _save_reference(ref, tmp)
             os.replace(tmp, path)  # atomic: parallel jobs never read half a file
     if reuse:
         _REFERENCES[key] = ref

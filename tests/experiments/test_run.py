@@ -124,7 +124,7 @@ def test_reference_disk_cache(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SPLITINFER_CACHE", str(tmp_path / "cache"))
     first = experiment.run_job(compose([*TINY, "disk_cache=true"]), out_dir=tmp_path / "a")
-    assert list((tmp_path / "cache" / "reference").glob("*.pt"))
+    assert list((tmp_path / "cache" / "reference").glob("*.safetensors"))
     experiment.clear_caches()
 
     def no_recompute(*a, **k):
