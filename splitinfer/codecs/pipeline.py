@@ -1,0 +1,345 @@
+"""PipelineCodec: the composable codec behind every named preset except the Petals peer.
+
+Encode runs the stages of PipelineParams in order; each stage that produces data appends buffers.
+Decode first rebuilds the exact buffer layout from (params, shape, meta) alone, so a truncated,
+missing, extra or mismatched buffer is a CodecError before any data is touched.
+
+Buffers, in wire order (each only when its stage is on and has something to send):
+  nonfinite_idx int64, nonfinite_val float32      positions/values of NaN and +-Inf
+  row_idx int32, row_val fp16|fp32                outlier tokens (whole rows)
+  means fp16                                      per-channel means (centering)
+  outlier_idx int16|int32, outlier_val fp16|fp32  outlier channels
+  topk_idx int16|int32                            column of each kept value
+  scales | steps                                  see quantize.py / stepquant.py
+  codes (bit-packed) | codes (int8|int16) | values (float_dtype)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from splitinfer.codecs import centering, stepquant, tokens
+from splitinfer.codecs.base import Codec, check_input, saturate_for, seal
+from splitinfer.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+from splitinfer.codecs.encoded import Buffer, EncodedTensor
+from splitinfer.codecs.errors import CodecError
+from splitinfer.codecs.lossless import compress, decompress
+from splitinfer.codecs.outliers import (
+    index_dtype,
+    merge_outliers,
+    num_outliers,
+    outlier_value_dtype,
+    split_outliers,
+)
+from splitinfer.codecs.params import PipelineParams
+from splitinfer.codecs.quantize import QuantSpec, dequantize, quantize, scales_nbytes
+from splitinfer.codecs.rotation import rotate, unrotate
+from splitinfer.codecs.sparsify import kept_per_row, topk_merge, topk_split
+
+_WIRE_FLOAT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# data-dependent choices the encoder records (only when they differ from the default)
+_META = {
+    "nonfinite": int,  # count of NaN/Inf values
+    "outlier_rows": int,  # count of outlier tokens
+    "row_dtype": str,  # "float32" when an outlier token does not fit float16
+    "centered": bool,
+    "outlier_dtype": str,  # "float32" when an outlier channel value does not fit float16
+    "scale_dtype": str,  # "float32" when a float16 scale/step would over- or underflow
+    "code_dtype": str,  # "int16" when step-quantized integers do not fit int8
+    "value_dtype": str,  # "float32" when a finite value would overflow the float_dtype cast
+    "compressed": list,  # per buffer: 1 = lossless-compressed, 0 = stored (compression did not help)
+}
+
+
+def _to_bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _from_bytes(buf: Buffer, dtype: torch.dtype) -> torch.Tensor:
+    if len(buf) == 0:
+        return torch.empty(0, dtype=dtype)
+    return torch.frombuffer(bytearray(buf), dtype=torch.uint8).view(dtype)
+
+
+def _rows_cols(shape: tuple[int, ...] | torch.Size) -> tuple[int, int]:
+    if len(shape) == 0:
+        return 1, 1
+    cols = shape[-1]
+    return (math.prod(shape) // cols if cols else 0), cols
+
+
+def _float_dtype_name(meta: dict[str, Any], key: str) -> torch.dtype:
+    return torch.float32 if meta.get(key) == "float32" else torch.float16
+
+
+class PipelineCodec(Codec):
+    """Composable codec: outlier tokens -> centering -> outlier channels -> rotation -> top-k ->
+    quantize (fixed-rate bits | entropy-coded step | cast) -> bit-pack -> lossless.
+
+    `name` is the registry preset it came from; `overrides` the params that differ from that preset.
+    """
+
+    def __init__(self, params: PipelineParams, name: str = "pipeline", overrides: dict[str, Any] | None = None):
+        self.params = params
+        self.name = name
+        self.overrides = dict(overrides or {})
+        p = params
+        self._plain_cast = (p.bits is None and p.step is None and not p.rotate and p.topk is None
+                            and p.outliers == 0 and p.outlier_token_ratio is None and not p.center)
+        self._spec = QuantSpec(p.bits, p.granularity, p.block) if p.bits is not None else None
+
+    # ------------------------------------------------------------------ encode
+    def encode(self, x: torch.Tensor) -> EncodedTensor:
+        check_input(x)
+        p, meta = self.params, {}
+        x = x.detach()
+        parts: list[bytes] = []
+        if x.numel() == 0:
+            pass
+        elif self._plain_cast:  # casts keep NaN/Inf natively
+            parts.append(self._cast_bytes(x, meta))
+        else:
+            parts = self._encode_stages(x, meta)
+        if p.lossless is not None:
+            parts, meta["compressed"] = self._compress(parts)
+        return seal(self._new_header(x, meta), parts)
+
+    def _encode_stages(self, x: torch.Tensor, meta: dict[str, Any]) -> list[bytes]:
+        p = self.params
+        rows, cols = _rows_cols(x.shape)
+        v = x.reshape(rows, cols).to(torch.float32)
+        owned = v.data_ptr() != x.data_ptr()  # stages below may write into v only if we own it
+        parts: list[bytes] = []
+
+        if not math.isfinite(float(v.sum())):  # cheap screen: a NaN or Inf makes the sum non-finite
+            finite = torch.isfinite(v)
+            bad = (~finite).reshape(-1).nonzero().reshape(-1)
+            if bad.numel():  # NaN/Inf travel exactly on a side channel, as zeros in the data
+                meta["nonfinite"] = bad.numel()
+                parts += [_to_bytes(bad), _to_bytes(v.reshape(-1)[bad])]
+                v, owned = torch.where(finite, v, torch.zeros((), dtype=v.dtype)), True
+
+        if p.outlier_token_ratio is not None:
+            idx = tokens.find_outlier_rows(v, p.outlier_token_ratio)
+            if idx.numel():
+                vals = v[idx]
+                vdtype = tokens.row_value_dtype(vals)
+                meta["outlier_rows"] = idx.numel()
+                if vdtype == torch.float32:
+                    meta["row_dtype"] = "float32"
+                parts += [_to_bytes(idx.to(torch.int32)), _to_bytes(vals.to(vdtype))]
+                v, owned = tokens.without_rows(v, idx), True
+
+        if p.center and v.shape[0] >= centering.MIN_ROWS:
+            mean = centering.channel_means(v)
+            meta["centered"] = True
+            parts.append(_to_bytes(mean.to(torch.float16)))
+            v, owned = v - mean, True
+
+        if p.outliers:
+            if not owned:
+                v = v.clone()
+            idx, values, v = split_outliers(v, num_outliers(p.outliers, cols))
+            vdtype = outlier_value_dtype(values)
+            if vdtype == torch.float32:
+                meta["outlier_dtype"] = "float32"
+            parts += [_to_bytes(idx.to(index_dtype(cols))), _to_bytes(values.to(vdtype))]
+
+        if p.rotate:
+            v = rotate(v, p.seed, p.rot_block)
+
+        if p.topk is not None:
+            v, idx = topk_split(v, kept_per_row(p.topk, cols))
+            parts.append(_to_bytes(idx.to(index_dtype(cols))))
+
+        if self._spec is not None:
+            codes, scale_bytes, stored = quantize(v, self._spec, p.scale_format)
+            if stored == "float32" and p.granularity != "tensor":
+                meta["scale_dtype"] = "float32"  # float16 fallback: a scale over/underflowed
+            parts += [scale_bytes, (pack_bits(codes, p.bits) if p.pack else codes).tobytes()]
+        elif p.step is not None:
+            steps, stored = stepquant.row_steps(v, p.step)
+            codes, code_dtype = stepquant.quantize_steps(v, steps)
+            if stored == "float32":
+                meta["scale_dtype"] = "float32"
+            if code_dtype == "int16":
+                meta["code_dtype"] = "int16"
+            parts += [_to_bytes(steps.to(_float_dtype_name(meta, "scale_dtype"))), codes.tobytes()]
+        else:
+            parts.append(self._cast_bytes(v, meta))
+        return parts
+
+    def _cast_bytes(self, v: torch.Tensor, meta: dict[str, Any]) -> bytes:
+        """v in float_dtype, or in float32 when that cast would turn a finite value into +-inf."""
+        wire = _WIRE_FLOAT[self.params.float_dtype]
+        w = v.to(wire)
+        if wire != v.dtype and wire != torch.float32 and int(w.isinf().sum()) != int(v.isinf().sum()):
+            meta["value_dtype"] = "float32"
+            w = v.to(torch.float32)
+        return _to_bytes(w)
+
+    def _value_dtype(self, meta: dict[str, Any]) -> torch.dtype:
+        return torch.float32 if meta.get("value_dtype") == "float32" else _WIRE_FLOAT[self.params.float_dtype]
+
+    def _compress(self, parts: list[bytes]) -> tuple[list[bytes], list[int]]:
+        out, flags = [], []
+        for b in parts:
+            c = compress(b, self.params.lossless, self.params.level)
+            keep = len(c) < len(b)
+            out.append(c if keep else b)
+            flags.append(int(keep))
+        return out, flags
+
+    # ------------------------------------------------------------------ decode
+    def decode(self, enc: EncodedTensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        shape, in_dtype, meta = self._open(enc)
+        out_dtype = dtype or in_dtype
+        rows, cols = _rows_cols(shape)
+        numel = math.prod(shape)
+        self._check_meta(meta, rows, numel)
+        layout = self._layout(rows, cols, numel, meta)
+        raws = self._unwrap(enc.buffers, layout, meta)
+        if numel == 0:
+            return torch.empty(shape, dtype=out_dtype)
+        p = self.params
+        if self._plain_cast:
+            v = _from_bytes(raws["values"], self._value_dtype(meta)).reshape(shape)
+            return (saturate_for(v.float(), out_dtype) if "value_dtype" in meta else v).to(out_dtype)
+
+        n_rows = rows - meta.get("outlier_rows", 0)  # rows that went through quantization
+        width = kept_per_row(p.topk, cols) if p.topk is not None else cols
+        if self._spec is not None:
+            codes = np.frombuffer(raws["codes"], dtype=np.uint8)
+            if p.pack:
+                codes = unpack_bits(codes, p.bits, n_rows * width)
+            elif codes.size and int(codes.max()) >> p.bits:
+                raise CodecError(f"codes buffer holds values >= 2**{p.bits}: corrupted data")
+            v = dequantize(codes, raws["scales"], self._spec, self._scale_dtype(meta), n_rows, width)
+        elif p.step is not None:
+            steps = _from_bytes(raws["steps"], _float_dtype_name(meta, "scale_dtype")).to(torch.float32)
+            if not bool(torch.isfinite(steps).all()) or bool((steps < 0).any()):
+                raise CodecError("step buffer holds negative or non-finite steps: corrupted data")
+            codes = np.frombuffer(raws["codes"], dtype=np.dtype(meta.get("code_dtype", "int8")))
+            v = stepquant.dequantize_steps(codes, steps, n_rows, width)
+        else:
+            v = _from_bytes(raws["values"], self._value_dtype(meta)).to(torch.float32).reshape(n_rows, width)
+
+        if p.topk is not None:
+            idx = _checked_index(_from_bytes(raws["topk_idx"], index_dtype(cols)), cols, "top-k")
+            v = topk_merge(v, idx.reshape(n_rows, width), cols)
+        if p.rotate:
+            v = unrotate(v, p.seed, p.rot_block)
+        if p.outliers:
+            idx = _checked_index(_from_bytes(raws["outlier_idx"], index_dtype(cols)), cols, "outlier")
+            vals = _from_bytes(raws["outlier_val"], _float_dtype_name(meta, "outlier_dtype"))
+            v = merge_outliers(v, idx, vals.reshape(n_rows, -1))
+        if meta.get("centered"):
+            v = v + _from_bytes(raws["means"], torch.float16).to(torch.float32)
+        if meta.get("outlier_rows"):
+            idx = _checked_index(_from_bytes(raws["row_idx"], torch.int32), rows, "outlier token")
+            if torch.unique(idx).numel() != idx.numel():
+                raise CodecError("outlier token indices repeat: corrupted data")
+            vals = _from_bytes(raws["row_val"], _float_dtype_name(meta, "row_dtype")).reshape(-1, cols)
+            v = tokens.with_rows(v, idx, vals)
+        v = saturate_for(v, out_dtype)
+        if meta.get("nonfinite"):
+            bad = _checked_index(_from_bytes(raws["nonfinite_idx"], torch.int64), numel, "non-finite")
+            v = v.reshape(-1).index_put_((bad,), _from_bytes(raws["nonfinite_val"], torch.float32))
+        return v.reshape(shape).to(out_dtype)
+
+    def _scale_dtype(self, meta: dict[str, Any]) -> str:
+        if self.params.granularity == "tensor" or meta.get("scale_dtype") == "float32":
+            return "float32"
+        return "log8" if self.params.scale_format == "log8" else "float16"
+
+    def _layout(self, rows: int, cols: int, numel: int, meta: dict[str, Any]) -> list[tuple[str, int]]:
+        """(buffer name, raw byte length) in wire order, derived from params + shape + meta alone."""
+        p = self.params
+        if numel == 0:
+            return []
+        fbytes = self._value_dtype(meta).itemsize
+        if self._plain_cast:
+            return [("values", numel * fbytes)]
+        layout = []
+        if meta.get("nonfinite"):
+            layout += [("nonfinite_idx", 8 * meta["nonfinite"]), ("nonfinite_val", 4 * meta["nonfinite"])]
+        n_out_rows = meta.get("outlier_rows", 0)
+        if n_out_rows:
+            rsz = 4 if meta.get("row_dtype") == "float32" else 2
+            layout += [("row_idx", 4 * n_out_rows), ("row_val", n_out_rows * cols * rsz)]
+        n_rows = rows - n_out_rows
+        if meta.get("centered"):
+            layout.append(("means", 2 * cols))
+        isz = index_dtype(cols).itemsize
+        if p.outliers:
+            k = num_outliers(p.outliers, cols)
+            vsz = 4 if meta.get("outlier_dtype") == "float32" else 2
+            layout += [("outlier_idx", k * isz), ("outlier_val", n_rows * k * vsz)]
+        width = cols
+        if p.topk is not None:
+            width = kept_per_row(p.topk, cols)
+            layout.append(("topk_idx", n_rows * width * isz))
+        n = n_rows * width
+        if self._spec is not None:
+            layout.append(("scales", scales_nbytes(self._spec, n_rows, width, self._scale_dtype(meta))))
+            layout.append(("codes", packed_nbytes(n, p.bits) if p.pack else n))
+        elif p.step is not None:
+            layout.append(("steps", n_rows * (4 if meta.get("scale_dtype") == "float32" else 2)))
+            layout.append(("codes", n * (2 if meta.get("code_dtype") == "int16" else 1)))
+        else:
+            layout.append(("values", n * fbytes))
+        return layout
+
+    def _check_meta(self, meta: dict[str, Any], rows: int, numel: int) -> None:
+        """Every meta key must be known, well-typed, and possible for this codec's params."""
+        p = self.params
+        for key, value in meta.items():
+            if key not in _META:
+                raise CodecError(f"header meta has unknown key {key!r}; known: {sorted(_META)}")
+            if type(value) is not _META[key]:
+                raise CodecError(f"header meta {key}={value!r} must be a {_META[key].__name__}")
+        allowed = {
+            "nonfinite": not self._plain_cast and 0 < meta.get("nonfinite", 1) <= numel,
+            "outlier_rows": p.outlier_token_ratio is not None and 0 < meta.get("outlier_rows", 1) <= rows,
+            "row_dtype": meta.get("row_dtype") == "float32" and bool(meta.get("outlier_rows")),
+            "centered": meta.get("centered") is True and p.center and (
+                rows - meta.get("outlier_rows", 0) >= centering.MIN_ROWS),
+            "outlier_dtype": meta.get("outlier_dtype") == "float32" and p.outliers > 0,
+            "scale_dtype": meta.get("scale_dtype") == "float32" and (
+                (self._spec is not None and p.granularity != "tensor") or p.step is not None),
+            "code_dtype": meta.get("code_dtype") == "int16" and p.step is not None,
+            "value_dtype": meta.get("value_dtype") == "float32" and p.float_dtype != "fp32" and (
+                self._spec is None and p.step is None),
+            "compressed": p.lossless is not None,
+        }
+        for key in meta:
+            if not allowed[key]:
+                raise CodecError(f"header meta {key}={meta[key]!r} is not possible for codec {self!r}")
+
+    def _unwrap(self, buffers: list[Buffer], layout: list[tuple[str, int]], meta: dict[str, Any]) -> dict[str, Buffer]:
+        if len(buffers) != len(layout):
+            raise CodecError(f"{self.name}: got {len(buffers)} buffers, header implies {len(layout)} "
+                             f"({[name for name, _ in layout]})")
+        flags = meta.get("compressed", [0] * len(layout))
+        if not (len(flags) == len(layout) and all(type(f) is int and f in (0, 1) for f in flags)):
+            raise CodecError(f"header meta compressed={flags!r} must list 0/1 for each of {len(layout)} buffers")
+        raws: dict[str, Buffer] = {}
+        for (name, expected), buf, flag in zip(layout, buffers, flags, strict=True):
+            if flag:
+                raws[name] = decompress(buf, self.params.lossless, expected)
+            elif memoryview(buf).nbytes != expected:
+                raise CodecError(f"{self.name}: buffer {name!r} has {memoryview(buf).nbytes} bytes, header "
+                                 f"implies {expected}: truncated data or a header that does not match")
+            else:
+                raws[name] = buf
+        return raws
+
+
+def _checked_index(idx: torch.Tensor, limit: int, what: str) -> torch.Tensor:
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limit):
+        raise CodecError(f"{what} indices fall outside 0..{limit - 1}: corrupted data")
+    return idx.long()

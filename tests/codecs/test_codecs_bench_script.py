@@ -1,0 +1,57 @@
+"""scripts/bench_codecs.py without the model: CSV round trip, tables and both figures from fake rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_codecs.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_codecs", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_codecs"] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_codecs", None)
+
+
+def _rows():
+    rows = []
+    for cut in (1, 15):
+        for name, bits, dppl in (("fp16", 16.0, 0.0), ("petals_blockwise8", 8.07, 0.2), ("ec40", 3.4, 0.9),
+                                 ("int3_b64_outlier_rot_log8_tc", 3.5, 2.5)):
+            rows.append({"cut": cut, "codec": name, "bits_per_value": bits, "bits_per_value_1tok": bits + 1,
+                         "ratio_vs_fp32": 32 / bits,
+                         "ratio_vs_fp16": 16 / bits, "delta_ppl_pct": dppl, "delta_ppl_ci_lo": dppl - 0.3,
+                         "delta_ppl_ci_hi": dppl + 0.3, "kl_nats": dppl / 100 + 1e-7, "top1_agree": 0.95,
+                         "rel_l2_err": 0.01, "encdec_MBps": 500.0, "encdec_MBps_median": 400.0, "enc_MBps": 900.0,
+                         "dec_MBps": 1000.0, "ppl_ref": 10.0, "ppl": 10.1, "wire_bytes": 1000, "values": 2000,
+                         "tokens": 20})
+    return rows
+
+
+def test_tables_csv_and_figures(bench, tmp_path):
+    rows = _rows()
+    bench.write_csv(rows, tmp_path / "r.csv")
+    back = bench.read_csv(tmp_path / "r.csv")
+    assert [(r["cut"], r["codec"]) for r in back] == [(r["cut"], r["codec"]) for r in rows]
+    table = bench.markdown_table(back)
+    assert "`ec40`" in table and "Δppl % cut 15" in table
+    target = bench.target_table(back)
+    assert "| 1 | `ec40` | 3.400 |" in target
+    bench.plot(back, tmp_path / "rd.png")
+    bench.plot(back, tmp_path / "rd_kl.png", metric="kl_nats")
+    assert (tmp_path / "rd.png").stat().st_size > 10_000 and (tmp_path / "rd_kl.png").stat().st_size > 10_000
+
+
+def test_flags(bench):
+    a = bench.parse_args(["--quick"])
+    assert a.cuts == [1, 15, 29] and a.n_windows == 2 and a.seq_len == 128 and "petals_blockwise8" in a.codecs
+    a = bench.parse_args(["--cuts", "4,8", "--codecs", "int8,fp16", "--n-windows", "3"])
+    assert a.cuts == [4, 8] and a.codecs == ["int8", "fp16"] and a.n_windows == 3 and a.seq_len == 256
