@@ -1,0 +1,304 @@
+"""Privacy benchmark on the real model: leakage against the cut per attack, and the privacy-utility
+frontier over defense strength. Writes CSV (one row per job, appended as each job ends, so an
+interrupted run keeps what it measured), a PNG per plot and the experiment README's table.
+
+    python scripts/bench_privacy.py                                   # the full run (see README)
+    python scripts/bench_privacy.py --cuts 1,15 --attacks whitebox    # a quick subset
+    python scripts/bench_privacy.py --plot-only                       # redraw from the CSV
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "experiments" / "privacy_leakage_vs_cut"
+COLUMNS = ["part", "cut", "attack", "defense", "strength", "codec", "token_acc", "content_token_acc",
+           "exact_match", "rouge_l", "pii_recovery", "dcor", "delta_ppl", "top1_agreement", "prepare_s",
+           "invert_s", "invert_s_per_token", "prepare_cpu_s", "invert_cpu_s", "tokens", "victims_done", "verified_frac",
+           "candidates_per_token", "train_steps", "train_tokens", "partial", "metrics_json"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cuts", default="0,1,4,8,15,22,29", help="cuts for leakage vs depth")
+    p.add_argument("--attacks", default="nearest_embedding,logit_lens,learned_inverter,whitebox")
+    p.add_argument("--victims", type=int, default=2, help="private prompts (alternating en_US / ja_JP)")
+    p.add_argument("--max-tokens", type=int, default=48, help="truncate each prompt to this many tokens")
+    p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template (adds ~20 tokens)")
+    p.add_argument("--t32-cut", type=int, default=15, help="cut of the timed 32-token whitebox job; -1 skips")
+    p.add_argument("--parts", default="t32,cut,defense,codec", help="which parts to run")
+    p.add_argument("--tag", default="", help="CSV name suffix, so parallel runs write separate files")
+    p.add_argument("--inverter-budget", type=float, default=40.0, help="learned inverter CPU seconds per cut")
+    p.add_argument("--inverter-arch", default="gru")
+    p.add_argument("--inverter-steps", type=int, default=None, help="optimizer steps (the budget still caps)")
+    p.add_argument("--defense-cut", type=int, default=8, help="cut for the privacy-utility frontier")
+    p.add_argument("--defenses", default="gaussian:0.05,gaussian:0.3,dchi:2000,dchi:500",
+                   help="name:strength (gaussian sigma, dchi eta); '' skips the frontier")
+    p.add_argument("--codecs", default="", help="codecs measured as defenses at --defense-cut, e.g. int8,int4_b32")
+    p.add_argument("--whitebox-max-candidates", type=int, default=512,
+                   help="per-position candidate limit for whitebox under a defense (noisy payload)")
+    p.add_argument("--job-budget", type=float, default=900.0, help="time budget per job (s); partial rows marked")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--append", action="store_true", help="append to the CSV instead of starting it anew")
+    p.add_argument("--plot-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def attack_spec(name: str, args, noisy: bool) -> dict:
+    if name == "learned_inverter":
+        return {"name": name, "arch": args.inverter_arch, "train_budget_s": args.inverter_budget,
+                "max_steps": args.inverter_steps}
+    if name == "whitebox" and noisy:
+        return {"name": name, "max_candidates": args.whitebox_max_candidates}
+    return {"name": name}
+
+
+def row_from(part, cut, attack, defense, strength, codec, m, victims) -> dict:
+    p = f"privacy/{attack}"
+    tokens = sum(v.num_tokens for v in victims)
+    return {
+        "part": part, "cut": cut, "attack": attack, "defense": defense, "strength": strength, "codec": codec,
+        "token_acc": m.get(f"{p}/token_acc"), "content_token_acc": m.get(f"{p}/content_token_acc"),
+        "exact_match": m.get(f"{p}/exact_match"), "rouge_l": m.get(f"{p}/rouge_l"),
+        "pii_recovery": m.get(f"{p}/pii_recovery"), "dcor": m.get("privacy/dcor"),
+        "delta_ppl": m.get("privacy/utility/delta_ppl"), "top1_agreement": m.get("privacy/utility/top1_agreement"),
+        "prepare_s": m.get(f"{p}/prepare_s"), "invert_s": m.get(f"{p}/invert_s"),
+        "invert_s_per_token": m.get(f"{p}/invert_s_per_token"), "tokens": tokens,
+        "prepare_cpu_s": m.get(f"{p}/prepare_cpu_s"), "invert_cpu_s": m.get(f"{p}/invert_cpu_s"),
+        "victims_done": m.get(f"{p}/victims_done"), "verified_frac": m.get(f"{p}/verified_frac"),
+        "candidates_per_token": m.get(f"{p}/candidates_per_token"), "partial": m.get(f"{p}/partial"),
+        "metrics_json": json.dumps(m, default=str),
+    }
+
+
+def run(args) -> None:
+    import torch
+
+    from splitinfer.models import load_model
+    from splitinfer.privacy import evaluate_privacy, victim_set
+
+    torch.set_num_threads(args.threads)
+    lm = load_model()
+    victims = victim_set(lm, args.victims, seed=args.seed, chat=args.chat, max_tokens=args.max_tokens)
+    parts = set(args.parts.split(","))
+    print(f"model {lm.name}: {lm.num_layers} layers; victims: "
+          + ", ".join(f"{v.locale} {v.num_tokens} tok" for v in victims), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"privacy{'_' + args.tag if args.tag else ''}.csv"
+    new = not (args.append and path.exists())
+    with open(path, "w" if new else "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+
+        def job(part, cut, attack, defense, strength, codec=None, victims=victims):
+            t = time.perf_counter()
+            noisy = defense != "none" or codec is not None
+            dspec = None if defense == "none" else {"name": defense,
+                                                   ("sigma" if defense == "gaussian" else "eta"): strength}
+            m = evaluate_privacy(lm, cut, attack=attack_spec(attack, args, noisy), defense=dspec, codec=codec,
+                                 victims=victims, time_budget_s=args.job_budget, seed=args.seed)
+            row = row_from(part, cut, attack, defense, strength, codec or "fp32", m, victims)
+            for key in ("train_steps", "train_tokens"):
+                row[key] = m.get(f"privacy/{attack}/{key}")
+            row["tokens"] = sum(v.num_tokens for v in victims)
+            w.writerow(row)
+            f.flush()
+            print(f"{part:8s} cut={cut:2d} {attack:18s} {defense}:{strength} codec={codec or 'fp32'} "
+                  f"acc={row['token_acc']:.3f} pii={row['pii_recovery']:.2f} rougeL={row['rouge_l']:.3f} "
+                  f"dcor={row['dcor']:.3f} partial={row['partial']} ({time.perf_counter() - t:.0f} s)", flush=True)
+
+        attacks = [a for a in args.attacks.split(",") if a]
+        if "t32" in parts and args.t32_cut >= 0 and "whitebox" in attacks:
+            short = victim_set(lm, 2, seed=args.seed, chat=False, max_tokens=32)
+            job("t32", args.t32_cut, "whitebox", "none", 0.0, victims=short)
+        if "cut" in parts:
+            for cut in [int(c) for c in args.cuts.split(",") if c]:
+                for attack in attacks:
+                    job("cut", cut, attack, "none", 0.0)
+        if "defense" in parts:
+            for spec in [s for s in args.defenses.split(",") if s]:
+                name, strength = spec.split(":")
+                for attack in attacks:
+                    job("defense", args.defense_cut, attack, name, float(strength))
+        if "codec" in parts:
+            for codec in [c for c in args.codecs.split(",") if c]:
+                for attack in attacks:
+                    job("codec", args.defense_cut, attack, "none", 0.0, codec=codec)
+
+
+def _num(x):
+    try:
+        v = float(x)
+        return v if math.isfinite(v) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def plot_and_table(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # Files in the order they were written; a later row for the same job replaces an earlier one.
+    latest = {}
+    for path in sorted(out.glob("privacy*.csv"), key=lambda q: q.stat().st_mtime):
+        for r in csv.DictReader(open(path)):
+            r["run"] = path.stem.removeprefix("privacy_")
+            latest[(r["part"], r["cut"], r["attack"], r["defense"], r["strength"], r["codec"])] = r
+    rows = list(latest.values())
+    order = {"t32": 0, "cut": 1, "defense": 2, "codec": 3}
+    rows.sort(key=lambda r: (order.get(r["part"], 9), int(r["cut"]), r["defense"], _num(r["strength"]) or 0,
+                             r["codec"], r["attack"]))
+    cut_rows = [r for r in rows if r["part"] == "cut"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for attack in sorted({r["attack"] for r in cut_rows}):
+        rs = sorted((r for r in cut_rows if r["attack"] == attack), key=lambda r: int(r["cut"]))
+        for ax, key in zip(axes, ("token_acc", "pii_recovery"), strict=True):
+            pts = [(int(r["cut"]), 100 * _num(r[key])) for r in rs if _num(r[key]) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=attack)
+    for ax, title in zip(axes, ("tokens recovered (%)", "PII items recovered whole (%)"), strict=True):
+        ax.set_xlabel("cut (layers on the device)")
+        ax.set_ylabel(title)
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("SmolLM2-135M-Instruct: leakage against cut depth, no defense")
+    fig.tight_layout()
+    fig.savefig(out / "leakage_vs_cut.png", dpi=120)
+    plt.close(fig)
+
+    frontier = [r for r in rows if r["part"] in ("defense", "codec")]
+    if frontier:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for attack in sorted({r["attack"] for r in frontier}):
+            pts = [(_num(r["top1_agreement"]), _num(r["token_acc"]), f"{r['defense']}:{r['strength']}"
+                    if r["part"] == "defense" else r["codec"]) for r in frontier if r["attack"] == attack]
+            pts = [p for p in pts if p[0] is not None and p[1] is not None]
+            if pts:
+                ax.scatter([100 * p[0] for p in pts], [100 * p[1] for p in pts], label=attack)
+                for x, y, lab in pts:
+                    ax.annotate(lab, (100 * x, 100 * y), fontsize=6)
+        ax.set_xlabel("utility: top-1 agreement with the clean model (%)")
+        ax.set_ylabel("leakage: tokens recovered (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(f"privacy-utility frontier at cut {frontier[0]['cut']}")
+        fig.tight_layout()
+        fig.savefig(out / "privacy_utility_frontier.png", dpi=120)
+        plt.close(fig)
+
+    def fmt(x, pct=True, nd=1):
+        v = _num(x)
+        if v is None:
+            return "–"
+        return f"{100 * v:.{nd}f}" if pct else f"{v:.{nd}f}"
+
+    lines = ["| part | cut | attack | defense | codec | token acc % | user-text acc % | exact % | ROUGE-L % | "
+             "PII % | dCor | Δppl | top-1 agree % | prepare s | invert s/token | invert CPU s | tokens | partial | run |",
+             "|" + "---|" * 19]
+    for r in rows:
+        d = "none" if r["defense"] == "none" else f"{r['defense']} {r['strength']}"
+        lines.append(f"| {r['part']} | {r['cut']} | {r['attack']} | {d} | {r['codec']} | {fmt(r['token_acc'])} | "
+                     f"{fmt(r['content_token_acc'])} | {fmt(r['exact_match'], nd=0)} | {fmt(r['rouge_l'])} | "
+                     f"{fmt(r['pii_recovery'])} | {fmt(r['dcor'], False, 3)} | {fmt(r['delta_ppl'], False, 2)} | "
+                     f"{fmt(r['top1_agreement'])} | {fmt(r['prepare_s'], False)} | "
+                     f"{fmt(r['invert_s_per_token'], False, 2)} | {fmt(r.get('invert_cpu_s'), False)} | {r['tokens']} | "
+                     f"{r['partial']} | {r['run']} |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    write_readme(out, rows, "\n".join(lines))
+
+
+README = """# Privacy: leakage against cut depth (SmolLM2-135M-Instruct)
+
+How much of a private prompt an honest-but-curious server rebuilds from the payload it decodes, per
+attack and per cut, and what defenses buy at what utility cost. Generated by `scripts/bench_privacy.py`
+(edit the script, not this file's table).
+
+## Threat model
+
+The server runs its half honestly and sees exactly `codec.decode(codec.encode(defense(device(ids))))`.
+White-box: it knows the public weights, the cut, the chat template, the defense kind and parameters and
+the codec (only the noise draws are secret). Black-box with auxiliary data: it can push public text
+through the device side (same defense kind and codec, its own noise) to train an inverse model. Victim
+texts are never in its data: victims are Faker prompts (en_US, ja_JP, seed 0) holding a name, phone,
+address, e-mail, date and a medical term; the auxiliary corpus is Python's documentation plus Faker
+requests on other templates and seeds. Details: `splitinfer/privacy/README.md`.
+
+## Command
+
+    python scripts/bench_privacy.py --attacks whitebox --parts t32,cut --tag whitebox --job-budget 1200
+    python scripts/bench_privacy.py --attacks nearest_embedding,logit_lens,learned_inverter --parts cut \\
+        --inverter-budget 30 --tag baselines
+    python scripts/bench_privacy.py --attacks nearest_embedding,logit_lens,learned_inverter,whitebox \\
+        --parts defense,codec --codecs int8,int4_b32 --whitebox-max-candidates 256 --inverter-budget 30 \\
+        --tag defenses
+    python scripts/bench_privacy.py --attacks learned_inverter --parts cut,defense --inverter-steps 40 \\
+        --inverter-budget 100 --tag inverter     # replaces the 30-s inverter rows: fixed step count
+    python scripts/bench_privacy.py --plot-only      # merge the CSVs, redraw, rewrite this README
+
+(three processes in parallel, torch single-threaded each, on a 2-core machine shared with other jobs:
+load average 4-10 during the run, so wall-clock seconds are 2-4x what an idle core needs; the
+`invert CPU s` column is the process CPU time.)
+
+Victims: 2 prompts (1 en_US, 1 ja_JP), no chat template, first 48 tokens each (96 tokens in all;
+the `t32` row: the same prompts cut to 32 tokens). Token accuracy excludes special tokens. PII % is
+the share of private items present in the (truncated) prompt that appear whole in the recovered text.
+
+## Results
+
+{summary}
+
+![leakage against cut](leakage_vs_cut.png)
+
+![privacy-utility frontier](privacy_utility_frontier.png)
+
+{table}
+
+Columns: `prepare s` = attack set-up (probe fit / inverter data collection + training), `invert s/token`
+= wall seconds per recovered token, `dCor` = distance correlation of input embeddings and payload,
+`Δppl` / `top-1 agree` = utility cost of defense + codec on the same prompts.
+"""
+
+
+def write_readme(out: Path, rows: list[dict], table: str) -> None:
+    wb = [r for r in rows if r["attack"] == "whitebox" and r["part"] == "cut"]
+    lines = []
+    if wb:
+        accs = [(int(r["cut"]), _num(r["token_acc"])) for r in wb]
+        lines.append("- White-box inversion, no defense: token accuracy "
+                     + ", ".join(f"cut {c}: {100 * a:.1f} %" for c, a in sorted(accs) if a is not None) + ".")
+    for r in rows:
+        if r["part"] == "t32":
+            lines.append(f"- 32-token prompts at cut {r['cut']}: {100 * (_num(r['token_acc']) or 0):.1f} % of tokens, "
+                         f"{_num(r['invert_s']) / 2:.0f} s wall per prompt ({(_num(r.get('invert_cpu_s')) or 0) / 2:.0f} "
+                         f"CPU s), plus {_num(r['prepare_s']):.0f} s one-off probe fit per cut.")
+    li = sorted((int(r["cut"]), _num(r["token_acc"])) for r in rows if r["attack"] == "learned_inverter"
+                and r["part"] == "cut")
+    if li:
+        lines.append("- Learned inverter (1-layer bi-GRU, width 256; see the `train_steps` / `train_tokens` CSV columns): "
+                     + ", ".join(f"cut {c}: {100 * a:.1f} %" for c, a in li if a is not None) + ".")
+    (out / "README.md").write_text(README.format(summary="\n".join(lines) or "(no rows yet)", table=table))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.plot_only:
+        run(args)
+    plot_and_table(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

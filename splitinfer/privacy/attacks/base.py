@@ -1,0 +1,76 @@
+"""What every attack shares: the context it is prepared with and the inversion interface."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from splitinfer.models import LoadedModel
+
+
+@dataclass
+class AttackContext:
+    """What the server-side attacker knows when it prepares for a cut.
+
+    `observe(ids)` reproduces the device side on the attacker's own inputs (public weights, the same
+    defense kind and codec, but the attacker's own noise seed): what a black-box attacker with
+    auxiliary data can collect to train on. `aux_ids` are tokenized public texts (never victims).
+    """
+
+    lm: LoadedModel
+    cut: int
+    observe: Callable[[torch.Tensor], torch.Tensor]
+    aux_ids: list[torch.Tensor] = field(default_factory=list)
+    seed: int = 0
+    deadline: float | None = None  # time.perf_counter() value after which work must stop
+    # True when the payload is the device output itself (no defense, no codec): the attacker then
+    # accepts only exact matches (it knows the set-up; Kerckhoffs).
+    noiseless: bool = False
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+
+@dataclass
+class Inversion:
+    """Recovered token ids (T,) for one payload; -1 where the attack did not get to (time budget)."""
+
+    ids: torch.Tensor
+    complete: bool = True
+    seconds: float = 0.0
+    verified: int = 0  # positions confirmed by an exact match / ratio test (white-box only)
+    candidates: int = 0  # candidate tokens run through the device stage (white-box only)
+
+
+class Attack:
+    """An honest-but-curious server's attack: `prepare` once per (model, cut, defense), then `invert`."""
+
+    name = "attack"
+    needs_training = False
+
+    def prepare(self, ctx: AttackContext) -> None:
+        self.ctx = ctx
+
+    def invert(self, payload: torch.Tensor, deadline: float | None = None) -> Inversion:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+def embedding_matrix(lm: LoadedModel) -> torch.Tensor:
+    """The public token-embedding table (V, H)."""
+    return lm.model.get_input_embeddings().weight.detach()
+
+
+def check_cut(lm: LoadedModel, cut: int) -> int:
+    """Fail before any work when the model has no such cut (0..L)."""
+    from splitinfer.models import validate_cuts
+
+    if isinstance(cut, bool) or not isinstance(cut, int):
+        raise ValueError(f"cut {cut!r} is not an int; this model has {lm.num_layers} layers, so cut must be in "
+                         f"0..{lm.num_layers}")
+    return validate_cuts([cut], lm.num_layers)[0]
