@@ -104,6 +104,19 @@ def causal_mask(
     return torch.where(allowed, zero, torch.finfo(dtype).min)
 
 
+def decoder_mask(attention_mask, batch, q_len, past, dtype, device, sliding_window=None, sdpa=True):
+    """The mask a causal stage passes to its layers, or None when plain causal attention is exact.
+
+    With no padding, no binding sliding window, and either one query (a decode step) or no past (a
+    prefill), transformers' SDPA path uses `is_causal` / no mask, which is what the unsplit model does
+    and faster than an explicit additive mask. Other attention backends always get the explicit mask.
+    """
+    window_binds = bool(sliding_window) and past + q_len > sliding_window
+    if sdpa and attention_mask is None and not window_binds and (q_len == 1 or past == 0):
+        return None
+    return causal_mask(attention_mask, batch, q_len, past, dtype, device, sliding_window)
+
+
 class Stage(nn.Module):
     """One contiguous piece of a model: optional embeddings, layers [start, end), optional head."""
 
@@ -121,6 +134,7 @@ class Stage(nn.Module):
         # Optional device-side hook on the token embeddings (first stage only), e.g. a dχ-privacy
         # defense that perturbs embeddings before layer 0: a callable (B,T,H) -> (B,T,H).
         self.embedding_hook = None
+        self.sdpa = getattr(lm.config, "_attn_implementation", None) == "sdpa"
 
     # -- accounting ---------------------------------------------------------------------------
     def num_parameters(self) -> int:
@@ -183,7 +197,7 @@ class LlamaStage(Stage):
         past = cache.seq_len if cache is not None else 0
         position_ids = self._positions(batch, q_len, past, position_ids, h.device)
         if len(self.layers):
-            mask = causal_mask(attention_mask, batch, q_len, past, h.dtype, h.device, self.sliding_window)
+            mask = decoder_mask(attention_mask, batch, q_len, past, h.dtype, h.device, self.sliding_window, self.sdpa)
             pos_emb = self.rotary_emb(h, position_ids)
             for layer in self.layers:
                 h = layer(h, attention_mask=mask, position_ids=position_ids, cache=cache,
@@ -211,7 +225,7 @@ class GPT2Stage(Stage):
         position_ids = self._positions(batch, q_len, past, position_ids, x.device)
         h = self._embedded(self.wte(x)) + self.wpe(position_ids) if self.is_first else x
         if len(self.layers):
-            mask = causal_mask(attention_mask, batch, q_len, past, h.dtype, h.device)
+            mask = decoder_mask(attention_mask, batch, q_len, past, h.dtype, h.device, sdpa=self.sdpa)
             for layer in self.layers:
                 h = layer(h, cache=cache, attention_mask=mask, use_cache=cache is not None)
         if self.is_last:
