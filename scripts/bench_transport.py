@@ -2,11 +2,21 @@
 
     python scripts/bench_transport.py                       # 20 prompts x 64 tokens, fp32 + default codec
     python scripts/bench_transport.py --prompts 5 --tokens 32 --codecs fp32 --csv results/transport.csv
+    python scripts/bench_transport.py --waits block,busy   # blocking waits and busy polling side by side
 
-For every prompt it runs the unsplit model (transformers' own greedy `generate`) and then the split
-model through a `splitinfer serve`-style server (a subprocess by default), once per codec, and
-reports: prompts with identical tokens, decode latency per token (median over all tokens, and the
-split/unsplit ratio), prefill latency (and ratio), and bytes per token each way. Figures, not a test.
+For every prompt it runs the unsplit model (transformers' own greedy `generate`), the split model in
+one process (no link: what the cut itself costs), and then the split model through `splitinfer
+serve`-style servers (subprocesses by default), once per codec and wait mode, and reports: prompts
+with identical tokens, decode latency per token (median over all tokens, and the split/unsplit
+ratio, also as the median of per-prompt ratios, which drift on a shared machine cannot bias),
+prefill latency (and ratio), and bytes per token each way. Figures, not a test.
+
+Wait modes: `block` sleeps in the kernel while the other side computes (the default of `splitinfer
+serve` and `generate`); `busy` spins (`--busy-poll-ms`) on both sides, which keeps each side's core
+from idling. On a KVM guest a vCPU that idled for the other side's ~30 ms comes back measurably
+slower (see experiments/README or the issue notes), which is a cost of the machine, not of the link.
+`--idle-spinners` instead keeps every core busy with lowest-priority (SCHED_IDLE) spinner processes,
+which do no work for either side and yield at once: a diagnostic for that machine effect.
 """
 
 from __future__ import annotations
@@ -117,19 +127,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, lm):
+def start_server(args, lm, busy_poll_ms: float = 0.0):
     """A server process (`python -m splitinfer.transport.server`) or an in-thread SplitServer."""
     if args.server == "thread":
         from splitinfer.transport import SplitServer
 
-        srv = SplitServer(lm, [args.cut], port=0).start()
+        srv = SplitServer(lm, [args.cut], port=0, busy_poll_ms=busy_poll_ms).start()
         return srv.url, srv.stop
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     proc = subprocess.Popen([sys.executable, "-m", "splitinfer.transport.server", "--model", args.model,
-                             "--cut", str(args.cut), "--port", str(port), *(["--threads", str(args.threads)] if args.threads else [])],
+                             "--cut", str(args.cut), "--port", str(port), "--busy-poll-ms", str(busy_poll_ms),
+                             *(["--threads", str(args.threads)] if args.threads else [])],
                             stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     line = {}
@@ -147,6 +158,32 @@ def start_server(args, lm):
     return f"tcp://127.0.0.1:{port}", stop
 
 
+def start_idle_spinners() -> list[subprocess.Popen]:
+    """One SCHED_IDLE busy loop per core: the scheduler runs it only when nothing else wants the core,
+    so the vCPU never halts, and it takes no time from the benchmark's own processes."""
+    code = ("import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\n"
+            "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n")
+    return [subprocess.Popen([sys.executable, "-c", code, str(c)]) for c in sorted(os.sched_getaffinity(0))]
+
+
+@torch.no_grad()
+def in_process(lm, stages, ids, n):
+    """The split with no link: device stage then server stages in this process (decode per token)."""
+    from splitinfer.generation import ServerSession
+
+    cache, session = stages[0].new_cache(), ServerSession(stages[1:])
+    eos = lm.eos_token_ids
+    token = session.step(stages[0](ids, cache=cache), 0)
+    tokens, decode, pos = [token], [], ids.shape[1]
+    while len(tokens) < n and token not in eos:
+        t0 = time.perf_counter()
+        token = session.step(stages[0](torch.tensor([[token]]), cache=cache), pos)
+        decode.append(time.perf_counter() - t0)
+        tokens.append(token)
+        pos += 1
+    return tokens, decode
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -155,6 +192,12 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt")
     ap.add_argument("--codecs", default="fp32,default", help="comma list; 'default' = the project's default")
     ap.add_argument("--server", choices=("process", "thread"), default="process")
+    ap.add_argument("--waits", default="block,busy",
+                    help="comma list of wait modes: block (sleep in poll) and/or busy (spin, see --busy-poll-ms)")
+    ap.add_argument("--busy-poll-ms", type=float, default=500.0,
+                    help="spin window of the busy wait mode, on the client and the server")
+    ap.add_argument("--idle-spinners", action="store_true",
+                    help="keep every core busy with SCHED_IDLE spinners (a diagnostic; see the docstring)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in each process (default 1: steadier on a shared CPU; 0 = torch's default)")
     ap.add_argument("--csv", default=None, help="also write the table here")
@@ -165,46 +208,57 @@ def main() -> int:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
-    from splitinfer.models import load_model
-    from splitinfer.transport import remote_generator
+    from splitinfer.models import load_model, split_model
+    from splitinfer.transport import RemoteLink, remote_generator
     from splitinfer.transport.payload import build_session_codec, default_codec
 
+    waits = [w for w in args.waits.split(",") if w]
+    if not waits or set(waits) - {"block", "busy"}:
+        ap.error(f"--waits {args.waits!r}: choose from block, busy (comma list)")
+    spinners = start_idle_spinners() if args.idle_spinners else []
     lm = load_model(args.model)
+    stages = split_model(lm, [args.cut])
     codecs = {}
     for name in args.codecs.split(","):
         codecs[name] = default_codec() if name == "default" else build_session_codec(name)
-    url, stop = start_server(args, lm)
-    from splitinfer.transport import RemoteLink
-
+    servers = {w: start_server(args, lm, args.busy_poll_ms if w == "busy" else 0.0) for w in waits}
+    url = servers[waits[0]][0]
     with RemoteLink(url, fingerprint=lm.fingerprint, cuts=[args.cut], hidden_size=lm.hidden_size) as probe:
         probe.ping()
         ping_ms = statistics.median(probe.ping() for _ in range(200)) * 1e3
-    gens = {}
-    for name, codec in codecs.items():
-        gen = remote_generator(lm, [args.cut], url, codec=codec, timeout_s=60)
-        gen.link = MeteredLink(gen.link)
-        gens[name] = gen
+    gens = {}  # (codec name, wait mode) -> generator
+    for w in waits:
+        for name, codec in codecs.items():
+            gen = remote_generator(lm, [args.cut], servers[w][0], codec=codec, timeout_s=60,
+                                   busy_poll_ms=args.busy_poll_ms if w == "busy" else 0.0)
+            gen.link = MeteredLink(gen.link)
+            gens[name, w] = gen
     prompts = [lm.encode_prompt(p) for p in PROMPTS[: args.prompts]]
-    rows = {n: {"same": 0, "dec": [], "pre": [], "up_pre": [], "up": [], "down": [], "ref_dec": [], "ref_pre": [], "agree": [], "overhead": [], "cpu": [], "ref_cpu": [],
-                "err": None} for n in codecs}
-    ref_dec_all, ref_pre_all = [], []
+    rows = {k: {"same": 0, "dec": [], "pre": [], "up_pre": [], "up": [], "down": [], "ref_dec": [], "ref_pre": [],
+                "agree": [], "overhead": [], "cpu": [], "ref_cpu": [], "prompt_ratio": [], "err": None} for k in gens}
+    inproc_dec, inproc_ratio, inproc_same = [], [], 0
+    med = statistics.median
     try:
         # warm-up (first calls allocate and JIT-select kernels)
         unsplit(lm, prompts[0], 4)
-        for name, gen in gens.items():
+        in_process(lm, stages, prompts[0], 4)
+        for key, gen in gens.items():
             try:
                 gen.generate(prompts[0], 4)
             except Exception as e:  # a codec still being written elsewhere: report, keep going
-                rows[name]["err"] = f"{type(e).__name__}: {e}"
+                rows[key]["err"] = f"{type(e).__name__}: {e}"
         t_start = time.perf_counter()
         for i, ids in enumerate(prompts):
             cpu0 = time.process_time()
             ref, ref_pre, ref_dec = unsplit(lm, ids, args.tokens)
             ref_cpu = (time.process_time() - cpu0) / len(ref)
-            ref_pre_all.append(ref_pre)
-            ref_dec_all += ref_dec
-            for name, gen in gens.items():
-                r = rows[name]
+            toks, dec = in_process(lm, stages, ids, args.tokens)
+            inproc_dec += dec
+            inproc_same += toks == ref
+            if dec and ref_dec:
+                inproc_ratio.append(med(dec) / med(ref_dec))
+            for key, gen in gens.items():
+                r = rows[key]
                 if r["err"]:
                     continue
                 before = gen.link.info()
@@ -225,6 +279,8 @@ def main() -> int:
                 r["dec"] += res.decode_s
                 r["ref_pre"].append(ref_pre)
                 r["ref_dec"] += ref_dec
+                if res.decode_s and ref_dec:
+                    r["prompt_ratio"].append(med(res.decode_s) / med(ref_dec))
                 steps = gen.link.steps
                 r["up_pre"].append(steps[0][0])
                 r["up"] += [s[0] for s in steps[1:]]
@@ -233,23 +289,34 @@ def main() -> int:
     finally:
         for gen in gens.values():
             gen.link.close()
-        stop()
+        for _, stop in servers.values():
+            stop()
+        for sp in spinners:
+            sp.kill()
 
-    med = statistics.median
     table = []
-    for name, r in rows.items():
+    ref_all = [d for r in rows.values() for d in r["ref_dec"]] or inproc_dec
+    if inproc_dec:
+        table.append({"codec": "(in-process split, no link)", "wait": "-",
+                      "identical": f"{inproc_same}/{len(prompts)}",
+                      "decode_ms_unsplit": round(med(ref_all) * 1e3, 2), "decode_ms_split": round(med(inproc_dec) * 1e3, 2),
+                      "decode_ratio_median": round(med(inproc_dec) / med(ref_all), 3),
+                      "decode_ratio_per_prompt": round(med(inproc_ratio), 3)})
+    for (name, wait), r in rows.items():
+        label = codecs[name].name if name != "default" else f"default ({codecs[name].name})"
         if r["err"]:
-            table.append({"codec": name, "error": r["err"][:100]})
+            table.append({"codec": label, "wait": wait, "error": r["err"][:100]})
             continue
         d_ref, d = med(r["ref_dec"]), med(r["dec"])
         p_ref, pre = med(r["ref_pre"]), med(r["pre"])
-        mean_ratio = statistics.fmean(r["dec"]) / statistics.fmean(r["ref_dec"])
         table.append({
-            "codec": codecs[name].name if name != "default" else f"default ({codecs[name].name})",
+            "codec": label, "wait": wait,
             "identical": f"{r['same']}/{len(prompts)}",
             "same_prefix": f"{statistics.fmean(r['agree']):.0%}",
             "decode_ms_unsplit": round(d_ref * 1e3, 2), "decode_ms_split": round(d * 1e3, 2),
-            "decode_ratio_median": round(d / d_ref, 3), "decode_ratio_mean": round(mean_ratio, 3),
+            "decode_ratio_median": round(d / d_ref, 3),
+            "decode_ratio_per_prompt": round(med(r["prompt_ratio"]), 3),
+            "decode_ratio_mean": round(statistics.fmean(r["dec"]) / statistics.fmean(r["ref_dec"]), 3),
             "prefill_ms_unsplit": round(p_ref * 1e3, 1), "prefill_ms_split": round(pre * 1e3, 1),
             "prefill_ratio": round(pre / p_ref, 3),
             "up_B_per_token": round(statistics.fmean(r["up"]), 1),
@@ -262,18 +329,21 @@ def main() -> int:
         })
     print(f"\nsplit over tcp://127.0.0.1 ({args.server} server) vs unsplit transformers generate: {lm.name}, "
           f"cut {args.cut}, greedy, {len(prompts)} prompts x {args.tokens} new tokens, "
-          f"torch threads {torch.get_num_threads()}; empty round trip (ping) {ping_ms:.3f} ms")
+          f"torch threads {torch.get_num_threads()}, busy-poll window {args.busy_poll_ms:g} ms, "
+          f"idle spinners {'on' if spinners else 'off'}; empty round trip (ping) {ping_ms:.3f} ms")
     cols = list(dict.fromkeys(k for row in table for k in row))
     widths = {c: max(len(c), *(len(str(row.get(c, ""))) for row in table)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for row in table:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in cols))
     print("(identical = prompts whose tokens all equal the unsplit model's; same_prefix = mean share of tokens "
-          "before the first difference;\n decode ms = median per-token latency; ratio = split / unsplit; "
-          "up B/token = encoded hidden state + envelope per decode step; down = the reply;\n link_overhead = mean "
+          "before the first difference;\n decode ms = median per-token latency; ratio = split / unsplit "
+          "(median of all tokens; per_prompt = median over prompts of each prompt's ratio; mean);\n"
+          " wait = block (sleep in poll) or busy (spin while the other side computes);\n"
+          " up B/token = encoded hidden state + envelope per decode step; down = the reply;\n link_overhead = mean "
           "time per step in the link that the server did not spend computing: encode, sockets, decode, wake-ups;\n"
           " cpu ms/token = CPU time of device + server processes (prefill included) per generated token: "
-          "the split's real cost, immune to waiting for a busy CPU)")
+          "the split's real cost, immune to waiting for a busy CPU; busy waiting counts as CPU)")
     if args.csv:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         with open(args.csv, "w", newline="") as f:

@@ -49,6 +49,10 @@ class SamplingConfig:
 def sample_token(logits: torch.Tensor, cfg: SamplingConfig, position: int) -> int:
     """Pick the next token from one position's logits (V,). Deterministic given (seed, position)."""
     if cfg.greedy:
+        if logits.dtype == torch.float32 and logits.dim() == 1 and logits.device.type == "cpu":
+            # numpy's argmax: same answer (first maximum; a NaN counts as the maximum), ~10x cheaper
+            # than torch's on one thread, and it sits on every decode step's critical path
+            return int(logits.detach().numpy().argmax())
         return int(torch.argmax(logits))
     scores = logits.float() / cfg.temperature
     if cfg.top_k:

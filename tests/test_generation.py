@@ -23,6 +23,21 @@ def test_greedy_is_argmax_and_top_k_1_equals_greedy():
     assert sample_token(logits, SamplingConfig(temperature=1.0, top_k=1, seed=5), 3) == int(logits.argmax())
 
 
+@pytest.mark.parametrize("values", [
+    [1.0, 3.0, 3.0, 2.0],                                   # ties: the first maximum
+    [1.0, float("nan"), 3.0, float("nan")],                 # NaN counts as the maximum, first one wins
+    [float("-inf")] * 3,
+    [1.0, float("inf"), float("inf")],
+    [-2.0],
+])
+def test_greedy_fast_path_agrees_with_torch_argmax(values):
+    logits = torch.tensor(values)
+    assert sample_token(logits, SamplingConfig(), 0) == int(torch.argmax(logits))
+    row = torch.tensor([values, values])[1]  # a view into a larger tensor, like logits[0, -1]
+    assert sample_token(row, SamplingConfig(), 0) == int(torch.argmax(row))
+    assert sample_token(logits.double(), SamplingConfig(), 0) == int(torch.argmax(logits))  # other dtypes: torch
+
+
 def test_sampling_is_seeded_by_seed_and_position():
     logits = torch.zeros(1000)
     cfg = SamplingConfig(temperature=1.0, seed=7)

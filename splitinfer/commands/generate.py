@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", default=None, help="activation codec for the uplink (default: none in-process, "
                    "the default codec with --server)")
     p.add_argument("--server", default=None, help="tcp://HOST:PORT of a `splitinfer serve` process")
+    p.add_argument("--busy-poll-ms", type=float, default=0.0,
+                   help="with --server: spin this long waiting for each reply before sleeping (lower latency, "
+                        "a busy core; pair with `splitinfer serve --busy-poll-ms`)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
@@ -49,7 +52,8 @@ def main(args: argparse.Namespace) -> int:
     if args.server:
         from splitinfer.transport.client import remote_generator
 
-        gen = remote_generator(lm, cuts, args.server, codec=codec, sampling=sampling)
+        gen = remote_generator(lm, cuts, args.server, codec=codec, sampling=sampling,
+                               busy_poll_ms=args.busy_poll_ms)
     else:
         gen = in_process_generator(lm, cuts, codec=codec, sampling=sampling)
     printed = ""

@@ -71,11 +71,15 @@ class RemoteLink:
     def __init__(self, url: str, *, fingerprint: str, cuts, hidden_size: int, codec: Any = None,
                  sampling: SamplingConfig | None = None, timeout_s: float = 5.0, retries: int = 3,
                  max_replays: int = 3, want_logprob: bool = False, vocab_size: int | None = None,
-                 curve: tuple[bytes, bytes, bytes] | None = None, curve_keys: str | None = None) -> None:
+                 curve: tuple[bytes, bytes, bytes] | None = None, curve_keys: str | None = None,
+                 busy_poll_ms: float = 0.0) -> None:
         if not isinstance(url, str) or not url.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(f"server url {url!r} must look like tcp://HOST:PORT")
         if not timeout_s > 0 or retries < 0:
             raise ValueError(f"timeout_s={timeout_s!r} must be > 0 and retries={retries!r} >= 0")
+        if not busy_poll_ms >= 0:
+            raise ValueError(f"busy_poll_ms={busy_poll_ms!r} must be >= 0 (0 = always wait in the kernel)")
+        self.busy_poll_s = float(busy_poll_ms) / 1e3
         self.url = url
         self.fingerprint = fingerprint
         self.cuts = list(cuts)
@@ -234,6 +238,16 @@ class RemoteLink:
             raise TransportError(f"server replied with token {tok!r}, not an id in [0, {self.vocab_size})")
         return tok
 
+    @staticmethod
+    def _ready(sock: zmq.Socket, left_s: float, spin_until: float) -> bool:
+        """Wait up to left_s for a reply: spinning until spin_until (busy_poll_ms: no kernel sleep and
+        wake-up on the critical path, at the price of a busy core), then sleeping in poll."""
+        while time.perf_counter() < spin_until:
+            if sock.poll(0, zmq.POLLIN):
+                return True
+            os.sched_yield()  # let ZeroMQ's I/O thread (and anything else) have this core at once
+        return bool(sock.poll(max(1, int(left_s * 1000)), zmq.POLLIN))
+
     def _connect(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.linger = 0
@@ -265,8 +279,9 @@ class RemoteLink:
             self.bytes_up += size
             self.messages += 1
             deadline = time.monotonic() + timeout_s
+            spin_until = time.perf_counter() + min(self.busy_poll_s, timeout_s)
             while (left := deadline - time.monotonic()) > 0:
-                if not sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                if not self._ready(sock, left, spin_until):
                     break
                 reply = sock.recv_multipart()
                 self.bytes_down += sum(len(f) for f in reply)

@@ -33,6 +33,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, defaults: dict | None 
     parser.add_argument("--max-message-bytes", type=int, default=d.get("max_message_bytes"))
     parser.add_argument("--threads", type=int, default=d.get("threads"),
                         help="torch threads (default: all cores; 1 is faster on a small shared CPU)")
+    parser.add_argument("--busy-poll-ms", type=float, default=d.get("busy_poll_ms"),
+                        help="after each message, spin this many ms waiting for the next before sleeping: "
+                             "lower per-step latency for a busy core (default 0)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -118,7 +119,7 @@ class SplitServer:
 
     def __init__(self, lm: LoadedModel, cuts, *, host: str = "127.0.0.1", port: int = 0,
                  limits: SessionLimits | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 curve: CurveConfig | None = None, poll_ms: int = 100) -> None:
+                 curve: CurveConfig | None = None, poll_ms: int = 100, busy_poll_ms: float = 0.0) -> None:
         if not lm.is_causal_lm:
             raise ValueError(f"model {lm.name!r} is an encoder ({lm.family}); the split server serves causal LMs")
         self.lm = lm
@@ -132,6 +133,9 @@ class SplitServer:
         self.curve = curve
         self._curve_keys = curve.load() if curve else None
         self.poll_ms = poll_ms
+        if not busy_poll_ms >= 0:
+            raise ValueError(f"busy_poll_ms={busy_poll_ms!r} must be >= 0 (0 = always wait in the kernel)")
+        self.busy_poll_s = float(busy_poll_ms) / 1e3
         kv_per_token = sum(s.kv_bytes_per_token() for s in self.stages)
         self.sessions = SessionTable(self.limits, kv_per_token)
         self.stats = ServerStats()
@@ -241,8 +245,9 @@ class SplitServer:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         next_evict = time.monotonic() + 1.0
+        busy_until = 0.0
         while not self._stop.is_set():
-            if poller.poll(self.poll_ms):
+            if self._wait(sock, poller, busy_until):
                 batch = []
                 while len(batch) < MAX_BATCH:
                     try:
@@ -250,12 +255,26 @@ class SplitServer:
                     except zmq.Again:
                         break
                 self._handle_batch(sock, batch)
+                busy_until = time.perf_counter() + self.busy_poll_s
             if time.monotonic() >= next_evict:
                 with self._lock:
                     n = self.sessions.evict_idle()
                 if n:
                     log.info("evicted %d idle session(s)", n)
                 next_evict = time.monotonic() + 1.0
+
+    def _wait(self, sock: zmq.Socket, poller: zmq.Poller, busy_until: float) -> bool:
+        """True when a message is waiting. Within busy_poll_ms of the last message, spin instead of
+        sleeping in the kernel: the next step of a session usually follows within a device-compute
+        time, and a core that never idles answers it without the wake-up (and, on a VM, the slower
+        first milliseconds of a vCPU coming back from halt)."""
+        while time.perf_counter() < busy_until:
+            if sock.poll(0, zmq.POLLIN):
+                return True
+            os.sched_yield()  # let ZeroMQ's I/O thread (and anything else) have this core at once
+            if self._stop.is_set():
+                return False
+        return bool(poller.poll(self.poll_ms))
 
     # -- request handling ----------------------------------------------------------------------
     def _handle_batch(self, sock: zmq.Socket, batch: list[list[zmq.Frame]]) -> None:
@@ -475,6 +494,7 @@ class ServerConfig:
     max_kv_bytes: int = SessionLimits.max_kv_bytes
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     threads: int | None = None  # torch intra-op threads; None = torch's default (all cores)
+    busy_poll_ms: float = 0.0  # spin this long after each message before sleeping (latency for CPU)
 
     def limits(self) -> SessionLimits:
         return SessionLimits(int(self.max_sessions), int(self.max_tokens_per_session), int(self.max_step_tokens),
@@ -514,7 +534,8 @@ class ServerConfig:
         curve = self.curve_config()
         lm = lm or load_model(self.model)
         return SplitServer(lm, self.cuts(), host=self.host, port=int(self.port), limits=self.limits(),
-                           max_message_bytes=int(self.max_message_bytes), curve=curve)
+                           max_message_bytes=int(self.max_message_bytes), curve=curve,
+                           busy_poll_ms=float(self.busy_poll_ms))
 
 
 def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None) -> ServerConfig:
@@ -522,7 +543,7 @@ def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None)
     mapping = {"model": "model", "cut": "cut", "host": "host", "port": "port", "curve": "curve", "keys": "keys",
                "max_sessions": "max_sessions", "max_tokens": "max_tokens_per_session",
                "idle_timeout": "idle_timeout_s", "max_kv_bytes": "max_kv_bytes",
-               "max_message_bytes": "max_message_bytes", "threads": "threads"}
+               "max_message_bytes": "max_message_bytes", "threads": "threads", "busy_poll_ms": "busy_poll_ms"}
     for arg, key in mapping.items():
         v = getattr(args, arg, None)
         if v is not None:

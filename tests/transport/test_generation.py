@@ -120,3 +120,32 @@ def test_real_model_through_server_equals_unsplit(make_server, real_model):
             assert res.token_ids == unsplit_generate(lm, ids, 16)
     finally:
         gen.link.close()
+
+
+def test_busy_polling_server_and_client_give_the_same_tokens(make_server, tiny_lm):
+    """busy_poll_ms trades CPU for latency: the spin paths must give exactly the blocking paths' answers,
+    and a spinning server must still stop promptly."""
+    import time
+
+    srv = make_server(tiny_lm, [2], busy_poll_ms=50.0)
+    gen = remote_generator(tiny_lm, [2], srv.url, codec="none", timeout_s=5, busy_poll_ms=50.0)
+    try:
+        for i in range(2):
+            ids = prompt(10 + i)
+            assert gen.generate(ids, 10, stop_at_eos=False).token_ids == unsplit_generate(tiny_lm, ids, 10)[:10]
+        assert gen.link.resends == 0
+    finally:
+        gen.link.close()
+    t0 = time.perf_counter()
+    srv.stop()
+    assert time.perf_counter() - t0 < 2.0
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_bad_busy_poll_values_are_refused(tiny_lm, bad):
+    from splitinfer.transport import RemoteLink, SplitServer
+
+    with pytest.raises(ValueError, match="busy_poll_ms"):
+        SplitServer(tiny_lm, [2], busy_poll_ms=bad)
+    with pytest.raises(ValueError, match="busy_poll_ms"):
+        RemoteLink("tcp://127.0.0.1:1", fingerprint="x", cuts=[2], hidden_size=8, busy_poll_ms=bad)
