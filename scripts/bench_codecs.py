@@ -40,6 +40,7 @@ DEFAULT_CUTS = (1, 4, 8, 15, 22, 29)
 DEFAULT_CODECS = (
     "fp16", "petals_blockwise8", "int8_token", "int8", "int6_b64_tc", "int4_b32_outlier_lz4",
     "int4_b64_outlier_rot_log8_tc", "int3_b64_outlier_rot_log8_tc", "ec25", "ec34", "ec37", "ec40", "ec45",
+    "ec37g", "ec38g", "ec40g",
     "top10_fp16",
 )
 QUICK_CODECS = ("fp16", "petals_blockwise8", "int8", "int4_b64_outlier_rot_log8_tc", "ec40")

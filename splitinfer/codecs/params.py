@@ -38,6 +38,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "center": (lambda v: type(v) is bool, "true or false"),
     "step": (lambda v: v is None or (type(v) in (int, float) and STEP_RANGE[0] <= v <= STEP_RANGE[1]),
              f"null or a number in {STEP_RANGE[0]}..{STEP_RANGE[1]} (step / row RMS)"),
+    "rans_groups": (lambda v: _is_int(v) and 0 <= v <= 51, "an int in 0..51 (0: codes go to the lossless stage)"),
     "pack": (lambda v: type(v) is bool, "true or false"),
     "lossless": (lambda v: v is None or v in METHODS, f"null or one of {METHODS}"),
     "level": (lambda v: _is_int(v) and 1 <= v <= 22, "an int in 1..22 (zstd level)"),
@@ -63,6 +64,7 @@ class PipelineParams:
     outlier_token_ratio: float | None = None  # rows with max|v| > ratio x median row max go in fp16
     center: bool = False  # subtract per-channel means (sent in fp16) when the message has >= 16 rows
     step: float | None = None  # entropy-coded quantization: round to step x row RMS (use with zstd)
+    rans_groups: int = 0  # step codes: rANS with this many per-channel-group tables (0: off), see rans.py
     pack: bool = True  # bit-pack codes; False keeps one code per byte (helps zstd's entropy stage)
     lossless: str | None = None  # "lz4" or "zstd" on every buffer, kept only where it shrinks
     level: int = 1  # zstd level (higher is slower and, on quantized activations, barely smaller)
@@ -80,6 +82,9 @@ class PipelineParams:
         if values.get("bits") is not None and values.get("step") is not None:
             raise CodecError("codec params bits and step are exclusive: bits = fixed-rate quantization, step = "
                              "entropy-coded quantization; set one of them to null")
+        if values.get("rans_groups") and values.get("step") is None:
+            raise CodecError("codec param rans_groups entropy-codes step-quantized integers: it needs `step` "
+                             "(set rans_groups=0 for fixed-rate `bits`)")
         floats = ("topk", "outlier_token_ratio", "step")
         return cls(**{k: (float(v) if k in floats and v is not None else v) for k, v in values.items()})
 

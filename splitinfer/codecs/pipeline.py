@@ -11,7 +11,8 @@ Buffers, in wire order (each only when its stage is on and has something to send
   outlier_idx int16|int32, outlier_val fp16|fp32  outlier channels
   topk_idx int16|int32                            column of each kept value
   scales | steps                                  see quantize.py / stepquant.py
-  codes (bit-packed) | codes (int8|int16) | values (float_dtype)
+  rans_side uint8, rans_tables uint8              rANS only: channel groups + predictors, tables (rans.py)
+  codes (bit-packed) | codes (int8|int16) | rANS stream | values (float_dtype)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from splitinfer.codecs import centering, stepquant, tokens
+from splitinfer.codecs import centering, rans, stepquant, tokens
 from splitinfer.codecs.base import Codec, check_input, saturate_for, seal
 from splitinfer.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from splitinfer.codecs.encoded import Buffer, EncodedTensor
@@ -51,6 +52,7 @@ _META = {
     "scale_dtype": str,  # "float32" when a float16 scale/step would over- or underflow
     "code_dtype": str,  # "int16" when step-quantized integers do not fit int8
     "value_dtype": str,  # "float32" when a finite value would overflow the float_dtype cast
+    "rans": list,  # [lo, hi, n_words] when step codes went through rANS (rans.py) instead of as bytes
     "compressed": list,  # per buffer: 1 = lossless-compressed, 0 = stored (compression did not help)
 }
 
@@ -168,10 +170,24 @@ class PipelineCodec(Codec):
                 meta["scale_dtype"] = "float32"
             if code_dtype == "int16":
                 meta["code_dtype"] = "int16"
-            parts += [_to_bytes(steps.to(_float_dtype_name(meta, "scale_dtype"))), codes.tobytes()]
+            parts.append(_to_bytes(steps.to(_float_dtype_name(meta, "scale_dtype"))))
+            parts += self._entropy_code(codes, code_dtype, cols, meta)
         else:
             parts.append(self._cast_bytes(v, meta))
         return parts
+
+    def _entropy_code(self, codes: np.ndarray, code_dtype: str, cols: int, meta: dict[str, Any]) -> list[bytes]:
+        """Step codes as bytes for the lossless stage, or through rANS when that is smaller (rans.py)."""
+        p = self.params
+        plain = codes.tobytes()
+        if not p.rans_groups or code_dtype != "int8" or codes.size < rans.MIN_VALUES or cols == 0:
+            return [plain]
+        side, tables, stream, info = rans.encode(codes.reshape(-1, cols), p.rans_groups)
+        plain_size = len(compress(plain, p.lossless, p.level)) if p.lossless else len(plain)
+        if len(side) + len(tables) + len(stream) >= plain_size:
+            return [plain]
+        meta["rans"] = info
+        return [side, tables, stream]
 
     def _cast_bytes(self, v: torch.Tensor, meta: dict[str, Any]) -> bytes:
         """v in float_dtype, or in float32 when that cast would turn a finite value into +-inf."""
@@ -223,7 +239,11 @@ class PipelineCodec(Codec):
             steps = _from_bytes(raws["steps"], _float_dtype_name(meta, "scale_dtype")).to(torch.float32)
             if not bool(torch.isfinite(steps).all()) or bool((steps < 0).any()):
                 raise CodecError("step buffer holds negative or non-finite steps: corrupted data")
-            codes = np.frombuffer(raws["codes"], dtype=np.dtype(meta.get("code_dtype", "int8")))
+            if meta.get("rans"):
+                codes = rans.decode(raws["rans_side"], raws["rans_tables"], raws["codes"], n_rows, width,
+                                    p.rans_groups, *meta["rans"]).reshape(-1)
+            else:
+                codes = np.frombuffer(raws["codes"], dtype=np.dtype(meta.get("code_dtype", "int8")))
             v = stepquant.dequantize_steps(codes, steps, n_rows, width)
         else:
             v = _from_bytes(raws["values"], self._value_dtype(meta)).to(torch.float32).reshape(n_rows, width)
@@ -289,7 +309,12 @@ class PipelineCodec(Codec):
             layout.append(("codes", packed_nbytes(n, p.bits) if p.pack else n))
         elif p.step is not None:
             layout.append(("steps", n_rows * (4 if meta.get("scale_dtype") == "float32" else 2)))
-            layout.append(("codes", n * (2 if meta.get("code_dtype") == "int16" else 1)))
+            if meta.get("rans"):
+                lo, hi, n_words = meta["rans"]
+                layout += [("rans_side", width), ("rans_tables", min(p.rans_groups, width) * (hi - lo + 1)),
+                           ("codes", rans.stream_nbytes(n, n_words))]
+            else:
+                layout.append(("codes", n * (2 if meta.get("code_dtype") == "int16" else 1)))
         else:
             layout.append(("values", n * fbytes))
         return layout
@@ -311,7 +336,8 @@ class PipelineCodec(Codec):
             "outlier_dtype": meta.get("outlier_dtype") == "float32" and p.outliers > 0,
             "scale_dtype": meta.get("scale_dtype") == "float32" and (
                 (self._spec is not None and p.granularity != "tensor") or p.step is not None),
-            "code_dtype": meta.get("code_dtype") == "int16" and p.step is not None,
+            "code_dtype": meta.get("code_dtype") == "int16" and p.step is not None and "rans" not in meta,
+            "rans": p.rans_groups > 0 and p.step is not None and rans.valid_info(meta.get("rans"), numel),
             "value_dtype": meta.get("value_dtype") == "float32" and p.float_dtype != "fp32" and (
                 self._spec is None and p.step is None),
             "compressed": p.lossless is not None,

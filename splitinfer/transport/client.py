@@ -119,6 +119,9 @@ class RemoteLink:
 
     def _chunks(self, hidden: torch.Tensor):
         n = hidden.shape[1]
+        if n == 1:  # a decode step: nothing to split (and no slicing on the critical path)
+            yield 0, hidden
+            return
         per = min(n, self.server_limits.get("max_step_tokens") or n)
         cap = self.server_limits.get("max_message_bytes")
         if cap and per > 1:  # fp32-sized estimate plus room for headers; codecs only make it smaller

@@ -39,7 +39,11 @@ class RawCodec:
             x = x.detach().contiguous().cpu()
         header = {"codec": NONE, "v": 1, "params": {}, "dtype": _DTYPE_NAMES[x.dtype], "shape": list(x.shape),
                   "meta": {}}
-        return EncodedTensor(header, [x.reshape(-1).view(torch.uint8).numpy().data if x.numel() else b""])
+        if not x.numel():
+            return EncodedTensor(header, [b""])
+        if x.dtype in _NP_DTYPES:  # one numpy view, no torch dispatches: this runs on every decode step
+            return EncodedTensor(header, [memoryview(x.numpy()).cast("B")])
+        return EncodedTensor(header, [x.reshape(-1).view(torch.uint8).numpy().data])
 
     def decode(self, enc, dtype: torch.dtype | None = None) -> torch.Tensor:
         h = enc.header
