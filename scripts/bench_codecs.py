@@ -20,6 +20,7 @@ import argparse
 import csv
 import logging
 import math
+import re
 import statistics
 import sys
 import time
@@ -276,10 +277,12 @@ def plot(rows: list[dict], path: Path, metric: str = "delta_ppl_pct") -> None:
     markers = "osD^v<>pP*hX"
     for ax, cut in zip(axes.flat, cuts, strict=False):
         here = {r["codec"]: r for r in rows if r["cut"] == cut}
-        family = sorted((n for n in here if n.startswith("ec")), key=lambda n: here[n]["bits_per_value"])
-        if len(family) > 1:  # the entropy-coded family is one rate-distortion curve
-            ax.plot([here[n]["bits_per_value"] for n in family], [here[n][metric] for n in family],
-                    color="grey", lw=0.8, zorder=1)
+        for suffix, ls in (("", "-"), ("g", ":")):  # each entropy-coded family (ecNN, ecNNg) is one curve
+            family = sorted((n for n in here if re.fullmatch(rf"ec\d+{suffix}", n)),
+                            key=lambda n: here[n]["bits_per_value"])
+            if len(family) > 1:
+                ax.plot([here[n]["bits_per_value"] for n in family], [here[n][metric] for n in family],
+                        color="grey", lw=0.8, ls=ls, zorder=1)
         for i, n in enumerate(names):
             if n not in here:
                 continue
