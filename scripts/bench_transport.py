@@ -14,7 +14,7 @@ prefill latency (and ratio), and bytes per token each way. Figures, not a test.
 Wait modes: `block` sleeps in the kernel while the other side computes (the default of `splitinfer
 serve` and `generate`); `busy` spins (`--busy-poll-ms`) on both sides, which keeps each side's core
 from idling. On a KVM guest a vCPU that idled for the other side's ~30 ms comes back measurably
-slower (see experiments/README or the issue notes), which is a cost of the machine, not of the link.
+slower (README, Transport), a cost of the machine rather than of the link.
 `--idle-spinners` instead keeps every core busy with lowest-priority (SCHED_IDLE) spinner processes,
 which do no work for either side and yield at once: a diagnostic for that machine effect.
 """

@@ -90,7 +90,7 @@ _PRESETS["int8"] = dict(_PRESETS["int8_b64_tc"])  # the project default, see DEF
 
 # int8 = 8-bit codes, one fp16 scale per 64 values, attention-sink token in fp16, per-channel centering.
 # Measured on SmolLM2 at cuts 1-29: 8.32-8.43 bits per value, Δppl -0.003..+0.06 %, KL <= 1e-4 nats
-# (3-23x below the Petals peer at 4 % more bytes), ~730 MB/s encode+decode on one core
+# (3-23x below the Petals peer at 4 % more bytes), ~720 MB/s encode+decode on one core
 # (experiments/codec_rate_distortion).
 DEFAULT_CODEC = "int8"
 
