@@ -1,0 +1,114 @@
+"""How much slower does a split half compute after waiting for the other half? One process, no link.
+
+In a real split each side waits while the other computes (~25-40 ms per decode step for SmolLM2 on
+one CPU thread). Some machines run the next compute slower after such a wait: a core that slept may
+come back at a lower clock or, on a VM, after the host gave its physical core to someone else. That
+cost lands on every split decode step whatever the transport does, so measure it before reading
+`bench_transport.py`'s ratios:
+
+    python scripts/bench_idle_gap.py                  # cut 15, 3 prompts x 64 tokens, gaps none/sleep/spin
+    python scripts/bench_idle_gap.py --gap-ms 5,30 --prompts 5
+
+For each decode step it runs the device stage and the server stage of an in-process split, with,
+before each stage, either no gap, a `time.sleep` of the other stage's typical time (the core idles,
+like a blocking `splitinfer serve` / `generate`), or a busy spin of the same length (like
+`--busy-poll-ms`). It prints the median time of each stage and the slowdown against no gap.
+Figures, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_transport import PROMPTS  # noqa: E402
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@torch.no_grad()
+def run(stages, ids, tokens: int, gap: str, gaps_s: tuple[float, float]):
+    from splitinfer.generation import ServerSession
+
+    wait = {"none": lambda s: None, "sleep": time.sleep, "spin": _spin}[gap]
+    dev_cache, session = stages[0].new_cache(), ServerSession(stages[1:])
+    token = session.step(stages[0](ids, cache=dev_cache), 0)
+    pos, dev, srv = ids.shape[1], [], []
+    for _ in range(tokens - 1):
+        wait(gaps_s[0])  # the device waits while the server computes
+        t0 = time.perf_counter()
+        hidden = stages[0](torch.tensor([[token]]), cache=dev_cache)
+        dev.append(time.perf_counter() - t0)
+        wait(gaps_s[1])  # the server waits while the device computes
+        t0 = time.perf_counter()
+        token = session.step(hidden, pos)
+        srv.append(time.perf_counter() - t0)
+        pos += 1
+    return dev, srv
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--cut", type=int, default=15)
+    ap.add_argument("--prompts", type=int, default=3, help=f"how many prompts (max {len(PROMPTS)})")
+    ap.add_argument("--tokens", type=int, default=64, help="decode steps per prompt")
+    ap.add_argument("--gap-ms", default=None,
+                    help="DEVICE_WAIT,SERVER_WAIT in ms (default: the measured server and device stage times)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as bench_transport)")
+    args = ap.parse_args()
+    if not 1 <= args.prompts <= len(PROMPTS):
+        ap.error(f"--prompts {args.prompts}: choose 1..{len(PROMPTS)}")
+    torch.set_num_threads(args.threads)
+
+    from splitinfer.models import load_model, split_model
+
+    lm = load_model(args.model)
+    stages = split_model(lm, [args.cut])
+    prompts = [lm.encode_prompt(p) for p in PROMPTS[: args.prompts]]
+    dev, srv = run(stages, prompts[0], 16, "none", (0.0, 0.0))  # warm-up, and the default gaps
+    if args.gap_ms:
+        try:
+            gaps_s = tuple(float(g) / 1e3 for g in args.gap_ms.split(","))
+        except ValueError:
+            gaps_s = ()
+        if len(gaps_s) != 2 or min(gaps_s) < 0:
+            ap.error(f"--gap-ms {args.gap_ms!r}: give two non-negative numbers, DEVICE_WAIT,SERVER_WAIT")
+    else:
+        gaps_s = (statistics.median(srv), statistics.median(dev))
+    results = {g: ([], []) for g in ("none", "sleep", "spin")}
+    for ids in prompts:  # interleaved, so drift hits every mode alike
+        for gap, (d, s) in results.items():
+            dd, ss = run(stages, ids, args.tokens, gap, gaps_s)
+            d += dd
+            s += ss
+    med = statistics.median
+    base = results["none"]
+    print(f"{lm.name}, cut {args.cut}, {len(prompts)} prompts x {args.tokens} decode steps, torch threads "
+          f"{torch.get_num_threads()}; gap before the device stage {gaps_s[0] * 1e3:.1f} ms, before the server "
+          f"stage {gaps_s[1] * 1e3:.1f} ms")
+    print(f"{'gap':6s}  {'device ms':>9s}  {'server ms':>9s}  {'sum ms':>7s}  {'vs no gap':>9s}")
+    for gap, (d, s) in results.items():
+        total = med(d) + med(s)
+        print(f"{gap:6s}  {med(d) * 1e3:9.2f}  {med(s) * 1e3:9.2f}  {total * 1e3:7.2f}  "
+              f"{total / (med(base[0]) + med(base[1])):9.3f}")
+    print("(medians per decode step; 'vs no gap' = (device + server) / the same without a gap: what waiting "
+          "alone costs on this machine)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
