@@ -77,9 +77,7 @@ class RemoteLink:
             raise ValueError(f"server url {url!r} must look like tcp://HOST:PORT")
         if not timeout_s > 0 or retries < 0:
             raise ValueError(f"timeout_s={timeout_s!r} must be > 0 and retries={retries!r} >= 0")
-        if not busy_poll_ms >= 0:
-            raise ValueError(f"busy_poll_ms={busy_poll_ms!r} must be >= 0 (0 = always wait in the kernel)")
-        self.busy_poll_s = float(busy_poll_ms) / 1e3
+        self.busy_poll_s = p.check_busy_poll_ms(busy_poll_ms)
         self.url = url
         self.fingerprint = fingerprint
         self.cuts = list(cuts)

@@ -87,6 +87,14 @@ def unpack(frame) -> dict[str, Any]:
     return env
 
 
+def check_busy_poll_ms(value: Any) -> float:
+    """A busy-poll window in ms (SplitServer, RemoteLink) -> seconds; anything else is a clear ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ValueError(f"busy_poll_ms={value!r} must be a finite number of milliseconds >= 0 "
+                         "(0 = always wait in the kernel; e.g. 500 to spin while the other side computes)")
+    return float(value) / 1e3
+
+
 # -- field validation ----------------------------------------------------------------------------
 
 def get_int(env: dict, key: str, lo: int = 0, hi: int = MAX_INT, *, required: bool = True,

@@ -133,9 +133,7 @@ class SplitServer:
         self.curve = curve
         self._curve_keys = curve.load() if curve else None
         self.poll_ms = poll_ms
-        if not busy_poll_ms >= 0:
-            raise ValueError(f"busy_poll_ms={busy_poll_ms!r} must be >= 0 (0 = always wait in the kernel)")
-        self.busy_poll_s = float(busy_poll_ms) / 1e3
+        self.busy_poll_s = p.check_busy_poll_ms(busy_poll_ms)
         kv_per_token = sum(s.kv_bytes_per_token() for s in self.stages)
         self.sessions = SessionTable(self.limits, kv_per_token)
         self.stats = ServerStats()
@@ -535,7 +533,7 @@ class ServerConfig:
         lm = lm or load_model(self.model)
         return SplitServer(lm, self.cuts(), host=self.host, port=int(self.port), limits=self.limits(),
                            max_message_bytes=int(self.max_message_bytes), curve=curve,
-                           busy_poll_ms=float(self.busy_poll_ms))
+                           busy_poll_ms=self.busy_poll_ms)
 
 
 def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None) -> ServerConfig:
