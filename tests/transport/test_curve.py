@@ -65,13 +65,16 @@ def test_unknown_or_unencrypted_clients_are_refused(curve_server, tiny_lm, keys,
     kw = {"curve_keys": str(keys / "stranger")} if who == "stranger" else {}
     if who == "stranger":
         (keys / "stranger" / "server.key").write_bytes((keys / "server.key").read_bytes())
+    # Sessions of earlier tests may still be closing on a loaded machine (a close waits at most 1 s for
+    # its reply), so compare with the count before: the refused client must not have added one.
+    before = curve_server.session_count
     gen = remote_generator(tiny_lm, [2], curve_server.url, codec="none", timeout_s=0.3, retries=0, **kw)
     try:
         with pytest.raises(TransportTimeout):
             gen.generate(IDS, 2)
     finally:
         gen.link.close()
-    assert curve_server.session_count == 0
+    assert curve_server.session_count <= before
 
 
 def test_session_belongs_to_the_key_that_opened_it(curve_server, tiny_lm, keys, tmp_path):
