@@ -112,6 +112,16 @@ def unsplit(lm, ids, n):
     return tokens, prefill, decode
 
 
+def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % interval of the median of `values` (per-prompt ratios), resampling prompts with replacement."""
+    if len(values) < 2:
+        return (float("nan"), float("nan"))
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(values), (n, len(values)), generator=g)
+    meds = sorted(statistics.median(values[i] for i in row) for row in idx.tolist())
+    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+
+
 def matched_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -301,7 +311,8 @@ def main() -> int:
                       "identical": f"{inproc_same}/{len(prompts)}",
                       "decode_ms_unsplit": round(med(ref_all) * 1e3, 2), "decode_ms_split": round(med(inproc_dec) * 1e3, 2),
                       "decode_ratio_median": round(med(inproc_dec) / med(ref_all), 3),
-                      "decode_ratio_per_prompt": round(med(inproc_ratio), 3)})
+                      "decode_ratio_per_prompt": round(med(inproc_ratio), 3),
+                      "per_prompt_ci95": "[{:.3f}, {:.3f}]".format(*bootstrap_ci(inproc_ratio))})
     for (name, wait), r in rows.items():
         label = codecs[name].name if name != "default" else f"default ({codecs[name].name})"
         if r["err"]:
@@ -316,6 +327,7 @@ def main() -> int:
             "decode_ms_unsplit": round(d_ref * 1e3, 2), "decode_ms_split": round(d * 1e3, 2),
             "decode_ratio_median": round(d / d_ref, 3),
             "decode_ratio_per_prompt": round(med(r["prompt_ratio"]), 3),
+            "per_prompt_ci95": "[{:.3f}, {:.3f}]".format(*bootstrap_ci(r["prompt_ratio"])),
             "decode_ratio_mean": round(statistics.fmean(r["dec"]) / statistics.fmean(r["ref_dec"]), 3),
             "prefill_ms_unsplit": round(p_ref * 1e3, 1), "prefill_ms_split": round(pre * 1e3, 1),
             "prefill_ratio": round(pre / p_ref, 3),
@@ -338,7 +350,8 @@ def main() -> int:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in cols))
     print("(identical = prompts whose tokens all equal the unsplit model's; same_prefix = mean share of tokens "
           "before the first difference;\n decode ms = median per-token latency; ratio = split / unsplit "
-          "(median of all tokens; per_prompt = median over prompts of each prompt's ratio; mean);\n"
+          "(median of all tokens; per_prompt = median over prompts of each prompt's ratio, with its bootstrap\n"
+          " 95 % interval over prompts; mean);\n"
           " wait = block (sleep in poll) or busy (spin while the other side computes);\n"
           " up B/token = encoded hidden state + envelope per decode step; down = the reply;\n link_overhead = mean "
           "time per step in the link that the server did not spend computing: encode, sockets, decode, wake-ups;\n"
