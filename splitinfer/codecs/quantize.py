@@ -132,10 +132,7 @@ def _quantize_np(a: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, bytes, str
 
 
 def _load_scales_np(buf: bytes, spec: QuantSpec, scale_dtype: str, rows: int, cols: int) -> np.ndarray:
-    n = spec.num_scales(rows, cols)
-    if len(buf) != scales_nbytes(spec, rows, cols, scale_dtype):
-        raise CodecError(f"scale buffer has {len(buf)} bytes, expected {scales_nbytes(spec, rows, cols, scale_dtype)}"
-                         f" for {n} {scale_dtype} scales")
+    _check_scale_bytes(buf, spec, scale_dtype, rows, cols)
     s = np.frombuffer(buf, dtype=np.float16 if scale_dtype == "float16" else np.float32).astype(np.float32)
     if not bool(np.isfinite(s).all()) or bool((s < 0).any()):
         raise CodecError("scale buffer holds negative or non-finite scales: corrupted data")
@@ -164,13 +161,7 @@ def _store_scales(scale: torch.Tensor, spec: QuantSpec, fmt: str) -> tuple[torch
     """Round scales to their wire format; return (the scales the decoder will see, bytes, dtype name)."""
     if spec.granularity == "tensor":
         return scale, scale.numpy().tobytes(), "float32"
-    if fmt == "fp16":
-        s16 = scale.to(torch.float16)
-        # float16 overflow (inf) or underflow (0 / subnormal, i.e. lost precision) -> keep float32
-        if bool(((s16 < _FP16_TINY) & (scale > 0)).any()) or not bool(torch.isfinite(s16).all()):
-            return scale, scale.numpy().tobytes(), "float32"
-        return s16.to(torch.float32), s16.numpy().tobytes(), "float16"
-    if fmt == "log8":
+    if fmt == "log8":  # per-token / per-block fp16 scales take the numpy path (_quantize_np)
         smax = scale.max().reshape(1) if scale.numel() else scale.new_zeros(1)
         with torch.no_grad():
             ratio = scale / torch.where(smax > 0, smax, torch.ones_like(smax))
@@ -187,16 +178,19 @@ def _log8_scales(smax: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     return torch.where(e == 255, torch.zeros_like(s), s)
 
 
+def _check_scale_bytes(buf: bytes, spec: QuantSpec, scale_dtype: str, rows: int, cols: int) -> None:
+    want = scales_nbytes(spec, rows, cols, scale_dtype)
+    if len(buf) != want:
+        raise CodecError(f"scale buffer has {len(buf)} bytes, expected {want} for {spec.num_scales(rows, cols)} "
+                         f"{scale_dtype} scales")
+
+
 def _load_scales(buf: bytes, spec: QuantSpec, scale_dtype: str, rows: int, cols: int) -> torch.Tensor:
-    n = spec.num_scales(rows, cols)
-    if len(buf) != scales_nbytes(spec, rows, cols, scale_dtype):
-        raise CodecError(f"scale buffer has {len(buf)} bytes, expected {scales_nbytes(spec, rows, cols, scale_dtype)}"
-                         f" for {n} {scale_dtype} scales")
+    """Per-tensor and log8 scales (per-token / per-block float16 and float32 ones: _load_scales_np)."""
+    _check_scale_bytes(buf, spec, scale_dtype, rows, cols)
     raw = torch.frombuffer(bytearray(buf), dtype=torch.uint8)
     if spec.granularity == "tensor" or scale_dtype == "float32":
         s = raw.view(torch.float32).clone()
-    elif scale_dtype == "float16":
-        s = raw.view(torch.float16).to(torch.float32)
     elif scale_dtype == "log8":
         s = _log8_scales(raw[:4].view(torch.float32), raw[4:])
     else:

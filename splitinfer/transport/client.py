@@ -243,10 +243,8 @@ class RemoteLink:
     def _ready(sock: zmq.Socket, left_s: float, spin_until: float) -> bool:
         """Wait up to left_s for a reply: spinning until spin_until (busy_poll_ms: no kernel sleep and
         wake-up on the critical path, at the price of a busy core), then sleeping in poll."""
-        while time.perf_counter() < spin_until:
-            if sock.poll(0, zmq.POLLIN):
-                return True
-            os.sched_yield()  # let ZeroMQ's I/O thread (and anything else) have this core at once
+        if p.spin_until_readable(sock, spin_until):
+            return True
         return bool(sock.poll(max(1, int(left_s * 1000)), zmq.POLLIN))
 
     def _connect(self) -> zmq.Socket:

@@ -8,10 +8,13 @@ Everything a peer sends is checked here before use; nothing is ever unpickled.
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import msgpack
+import zmq
 
 PROTOCOL_VERSION = 1
 MAX_ENVELOPE_BYTES = 4096  # real envelopes are ~60-200 bytes
@@ -93,6 +96,18 @@ def check_busy_poll_ms(value: Any) -> float:
         raise ValueError(f"busy_poll_ms={value!r} must be a finite number of milliseconds >= 0 "
                          "(0 = always wait in the kernel; e.g. 500 to spin while the other side computes)")
     return float(value) / 1e3
+
+
+def spin_until_readable(sock, until: float, stop=None) -> bool:
+    """Busy-poll `sock` until time.perf_counter() reaches `until` (or `stop` is set): True as soon as a
+    message waits. Yields the core between polls so ZeroMQ's I/O thread runs at once."""
+    while time.perf_counter() < until:
+        if sock.poll(0, zmq.POLLIN):
+            return True
+        os.sched_yield()
+        if stop is not None and stop.is_set():
+            return False
+    return False
 
 
 # -- field validation ----------------------------------------------------------------------------

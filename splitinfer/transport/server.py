@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import os
 import signal
 import sys
 import threading
@@ -266,12 +265,8 @@ class SplitServer:
         sleeping in the kernel: the next step of a session usually follows within a device-compute
         time, and a core that never idles answers it without the wake-up (and, on a VM, the slower
         first milliseconds of a vCPU coming back from halt)."""
-        while time.perf_counter() < busy_until:
-            if sock.poll(0, zmq.POLLIN):
-                return True
-            os.sched_yield()  # let ZeroMQ's I/O thread (and anything else) have this core at once
-            if self._stop.is_set():
-                return False
+        if p.spin_until_readable(sock, busy_until, self._stop):
+            return True
         return bool(poller.poll(self.poll_ms))
 
     # -- request handling ----------------------------------------------------------------------
