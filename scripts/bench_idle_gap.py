@@ -6,14 +6,15 @@ come back at a lower clock or, on a VM, after the host gave its physical core to
 cost lands on every split decode step whatever the transport does, so measure it before reading
 `bench_transport.py`'s ratios:
 
-    python scripts/bench_idle_gap.py                  # cut 15, 3 prompts x 64 tokens, gaps none/sleep/spin
+    python scripts/bench_idle_gap.py                  # cut 15, 3 prompts x 64 tokens, gaps none/sleep/spin/rehearse
     python scripts/bench_idle_gap.py --gap-ms 5,30 --prompts 5
 
 For each decode step it runs the device stage and the server stage of an in-process split, with,
 before each stage, either no gap, a `time.sleep` of the other stage's typical time (the core idles,
-like a blocking `splitinfer serve` / `generate`), or a busy spin of the same length (like
-`--busy-poll-ms`). It prints the median time of each stage and the slowdown against no gap.
-Figures, not a test.
+like a blocking `splitinfer serve` / `generate`), a busy spin of the same length (like
+`--busy-poll-ms --no-rehearse`), or a spin that rehearses that stage's step path on a tiny shadow
+model (`splitinfer.transport.warm`, what `--busy-poll-ms` does by default). It prints the median time
+of each stage and the slowdown against no gap. Figures, not a test.
 """
 
 from __future__ import annotations
@@ -39,20 +40,32 @@ def _spin(seconds: float) -> None:
         pass
 
 
+def _rehearse(rehearsal):
+    def wait(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            rehearsal(lambda: time.perf_counter() >= end)  # "the message is here" when the gap is over
+    return wait
+
+
+GAPS = ("none", "sleep", "spin", "rehearse")
+
+
 @torch.no_grad()
-def run(stages, ids, tokens: int, gap: str, gaps_s: tuple[float, float]):
+def run(stages, ids, tokens: int, gap: str, gaps_s: tuple[float, float], rehearsals=(None, None)):
     from splitinfer.generation import ServerSession
 
-    wait = {"none": lambda s: None, "sleep": time.sleep, "spin": _spin}[gap]
+    waits = {"none": (lambda s: None,) * 2, "sleep": (time.sleep,) * 2, "spin": (_spin,) * 2,
+             "rehearse": tuple(_rehearse(r) if r else _spin for r in rehearsals)}[gap]
     dev_cache, session = stages[0].new_cache(), ServerSession(stages[1:])
     token = session.step(stages[0](ids, cache=dev_cache), 0)
     pos, dev, srv = ids.shape[1], [], []
     for _ in range(tokens - 1):
-        wait(gaps_s[0])  # the device waits while the server computes
+        waits[0](gaps_s[0])  # the device waits while the server computes
         t0 = time.perf_counter()
         hidden = stages[0](torch.tensor([[token]]), cache=dev_cache)
         dev.append(time.perf_counter() - t0)
-        wait(gaps_s[1])  # the server waits while the device computes
+        waits[1](gaps_s[1])  # the server waits while the device computes
         t0 = time.perf_counter()
         token = session.step(hidden, pos)
         srv.append(time.perf_counter() - t0)
@@ -89,10 +102,16 @@ def main() -> int:
             ap.error(f"--gap-ms {args.gap_ms!r}: give two non-negative numbers, DEVICE_WAIT,SERVER_WAIT")
     else:
         gaps_s = (statistics.median(srv), statistics.median(dev))
-    results = {g: ([], []) for g in ("none", "sleep", "spin")}
+    from splitinfer.transport.payload import RawCodec
+    from splitinfer.transport.server import _head_on_last_position_only
+    from splitinfer.transport.warm import device_rehearsal, server_rehearsal
+
+    rehearsals = (device_rehearsal(lm, [args.cut], RawCodec()),
+                  server_rehearsal(lm, [args.cut], RawCodec(), _head_on_last_position_only))
+    results = {g: ([], []) for g in GAPS}
     for ids in prompts:  # interleaved, so drift hits every mode alike
         for gap, (d, s) in results.items():
-            dd, ss = run(stages, ids, args.tokens, gap, gaps_s)
+            dd, ss = run(stages, ids, args.tokens, gap, gaps_s, rehearsals)
             d += dd
             s += ss
     med = statistics.median
@@ -100,10 +119,10 @@ def main() -> int:
     print(f"{lm.name}, cut {args.cut}, {len(prompts)} prompts x {args.tokens} decode steps, torch threads "
           f"{torch.get_num_threads()}; gap before the device stage {gaps_s[0] * 1e3:.1f} ms, before the server "
           f"stage {gaps_s[1] * 1e3:.1f} ms")
-    print(f"{'gap':6s}  {'device ms':>9s}  {'server ms':>9s}  {'sum ms':>7s}  {'vs no gap':>9s}")
+    print(f"{'gap':8s}  {'device ms':>9s}  {'server ms':>9s}  {'sum ms':>7s}  {'vs no gap':>9s}")
     for gap, (d, s) in results.items():
         total = med(d) + med(s)
-        print(f"{gap:6s}  {med(d) * 1e3:9.2f}  {med(s) * 1e3:9.2f}  {total * 1e3:7.2f}  "
+        print(f"{gap:8s}  {med(d) * 1e3:9.2f}  {med(s) * 1e3:9.2f}  {total * 1e3:7.2f}  "
               f"{total / (med(base[0]) + med(base[1])):9.3f}")
     print("(medians per decode step; 'vs no gap' = (device + server) / the same without a gap: what waiting "
           "alone costs on this machine)")

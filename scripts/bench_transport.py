@@ -131,18 +131,24 @@ def matched_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+# wait mode -> (busy_poll_ms, rehearse) on both sides
+WAITS = {"block": lambda a: (0.0, False), "busy": lambda a: (a.busy_poll_ms, False),
+         "warm": lambda a: (a.busy_poll_ms, True)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(args, lm, busy_poll_ms: float = 0.0):
+def start_server(args, lm, wait: str):
     """A server process (`python -m splitinfer.transport.server`) or an in-thread SplitServer."""
+    busy_poll_ms, rehearse = WAITS[wait](args)
     if args.server == "thread":
         from splitinfer.transport import SplitServer
 
-        srv = SplitServer(lm, [args.cut], port=0, busy_poll_ms=busy_poll_ms).start()
+        srv = SplitServer(lm, [args.cut], port=0, busy_poll_ms=busy_poll_ms, rehearse=rehearse).start()
         return srv.url, srv.stop
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -150,6 +156,7 @@ def start_server(args, lm, busy_poll_ms: float = 0.0):
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     proc = subprocess.Popen([sys.executable, "-m", "splitinfer.transport.server", "--model", args.model,
                              "--cut", str(args.cut), "--port", str(port), "--busy-poll-ms", str(busy_poll_ms),
+                             "--rehearse" if rehearse else "--no-rehearse",
                              *(["--threads", str(args.threads)] if args.threads else [])],
                             stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
@@ -202,8 +209,9 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt")
     ap.add_argument("--codecs", default="fp32,default", help="comma list; 'default' = the project's default")
     ap.add_argument("--server", choices=("process", "thread"), default="process")
-    ap.add_argument("--waits", default="block,busy",
-                    help="comma list of wait modes: block (sleep in poll) and/or busy (spin, see --busy-poll-ms)")
+    ap.add_argument("--waits", default="block,busy,warm",
+                    help="comma list of wait modes: block (sleep in poll), busy (spin, see --busy-poll-ms), "
+                         "warm (spin and rehearse the step path on a shadow model)")
     ap.add_argument("--busy-poll-ms", type=float, default=500.0,
                     help="spin window of the busy wait mode, on the client and the server")
     ap.add_argument("--idle-spinners", action="store_true",
@@ -223,15 +231,15 @@ def main() -> int:
     from splitinfer.transport.payload import build_session_codec, default_codec
 
     waits = [w for w in args.waits.split(",") if w]
-    if not waits or set(waits) - {"block", "busy"}:
-        ap.error(f"--waits {args.waits!r}: choose from block, busy (comma list)")
+    if not waits or set(waits) - set(WAITS):
+        ap.error(f"--waits {args.waits!r}: choose from {', '.join(WAITS)} (comma list)")
     spinners = start_idle_spinners() if args.idle_spinners else []
     lm = load_model(args.model)
     stages = split_model(lm, [args.cut])
     codecs = {}
     for name in args.codecs.split(","):
         codecs[name] = default_codec() if name == "default" else build_session_codec(name)
-    servers = {w: start_server(args, lm, args.busy_poll_ms if w == "busy" else 0.0) for w in waits}
+    servers = {w: start_server(args, lm, w) for w in waits}
     url = servers[waits[0]][0]
     with RemoteLink(url, fingerprint=lm.fingerprint, cuts=[args.cut], hidden_size=lm.hidden_size) as probe:
         probe.ping()
@@ -239,8 +247,9 @@ def main() -> int:
     gens = {}  # (codec name, wait mode) -> generator
     for w in waits:
         for name, codec in codecs.items():
+            busy_poll_ms, rehearse = WAITS[w](args)
             gen = remote_generator(lm, [args.cut], servers[w][0], codec=codec, timeout_s=60,
-                                   busy_poll_ms=args.busy_poll_ms if w == "busy" else 0.0)
+                                   busy_poll_ms=busy_poll_ms, rehearse=rehearse)
             gen.link = MeteredLink(gen.link)
             gens[name, w] = gen
     prompts = [lm.encode_prompt(p) for p in PROMPTS[: args.prompts]]
@@ -352,7 +361,8 @@ def main() -> int:
           "before the first difference;\n decode ms = median per-token latency; ratio = split / unsplit "
           "(median of all tokens; per_prompt = median over prompts of each prompt's ratio, with its bootstrap\n"
           " 95 % interval over prompts; mean);\n"
-          " wait = block (sleep in poll) or busy (spin while the other side computes);\n"
+          " wait = block (sleep in poll), busy (spin while the other side computes) or warm (spin and "
+          "rehearse the step path on a shadow model);\n"
           " up B/token = encoded hidden state + envelope per decode step; down = the reply;\n link_overhead = mean "
           "time per step in the link that the server did not spend computing: encode, sockets, decode, wake-ups;\n"
           " cpu ms/token = CPU time of device + server processes (prefill included) per generated token: "

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--busy-poll-ms", type=float, default=0.0,
                    help="with --server: spin this long waiting for each reply before sleeping (lower latency, "
                         "a busy core; pair with `splitinfer serve --busy-poll-ms`)")
+    p.add_argument("--no-rehearse", action="store_true",
+                   help="with --busy-poll-ms: spin plainly instead of rehearsing the device step on a tiny "
+                        "shadow model while waiting")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
@@ -53,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
         from splitinfer.transport.client import remote_generator
 
         gen = remote_generator(lm, cuts, args.server, codec=codec, sampling=sampling,
-                               busy_poll_ms=args.busy_poll_ms)
+                               busy_poll_ms=args.busy_poll_ms, rehearse=not args.no_rehearse)
     else:
         gen = in_process_generator(lm, cuts, codec=codec, sampling=sampling)
     printed = ""

@@ -101,6 +101,7 @@ class RemoteLink:
         self.bytes_up = self.bytes_down = self.messages = 0
         self.resends = 0  # requests sent again after a timeout
         self.replays = 0  # sessions rebuilt from the kept hidden states
+        self.rehearsal = None  # a warm.Rehearsal of the device's step path, run while busy-polling
 
     # -- the Link interface ----------------------------------------------------------------------
     def step(self, hidden: torch.Tensor, start: int) -> int:
@@ -239,11 +240,11 @@ class RemoteLink:
             raise TransportError(f"server replied with token {tok!r}, not an id in [0, {self.vocab_size})")
         return tok
 
-    @staticmethod
-    def _ready(sock: zmq.Socket, left_s: float, spin_until: float) -> bool:
+    def _ready(self, sock: zmq.Socket, left_s: float, spin_until: float) -> bool:
         """Wait up to left_s for a reply: spinning until spin_until (busy_poll_ms: no kernel sleep and
-        wake-up on the critical path, at the price of a busy core), then sleeping in poll."""
-        if p.spin_until_readable(sock, spin_until):
+        wake-up on the critical path, at the price of a busy core; `rehearsal` runs between polls),
+        then sleeping in poll."""
+        if p.spin_until_readable(sock, spin_until, rehearse=self.rehearsal):
             return True
         return bool(sock.poll(max(1, int(left_s * 1000)), zmq.POLLIN))
 
@@ -311,11 +312,14 @@ def _send_frames(sock: zmq.Socket, frames: list) -> None:
 
 
 def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
-                     sampling: SamplingConfig | None = None, **link_kwargs: Any) -> SplitGenerator:
+                     sampling: SamplingConfig | None = None, *, rehearse: bool = True,
+                     **link_kwargs: Any) -> SplitGenerator:
     """A SplitGenerator whose device stage runs here and whose server stages run at `server_url`.
 
     `codec` None means the project's default codec; `"none"` sends raw fp32. CURVE keys come from
     `curve_keys=DIR` or the SPLITINFER_CURVE_KEYS environment variable (a `splitinfer keygen` folder).
+    With `busy_poll_ms` > 0 the link rehearses the device's step path while it waits (`rehearse`,
+    see `splitinfer.transport.warm`).
     """
     cuts = validate_cuts(cuts, lm.num_layers)
     stages = split_model(lm, cuts)
@@ -324,4 +328,8 @@ def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
     link = RemoteLink(server_url, fingerprint=lm.fingerprint, cuts=cuts, hidden_size=lm.hidden_size,
                       codec=default_codec() if codec is None else codec, sampling=sampling,
                       vocab_size=lm.vocab_size, **link_kwargs)
+    if rehearse and link.busy_poll_s > 0:
+        from splitinfer.transport.warm import device_rehearsal
+
+        link.rehearsal = device_rehearsal(lm, cuts, link.codec)
     return SplitGenerator(lm, stages[0], link)

@@ -98,12 +98,19 @@ def check_busy_poll_ms(value: Any) -> float:
     return float(value) / 1e3
 
 
-def spin_until_readable(sock, until: float, stop=None) -> bool:
+def spin_until_readable(sock, until: float, stop=None, rehearse=None) -> bool:
     """Busy-poll `sock` until time.perf_counter() reaches `until` (or `stop` is set): True as soon as a
-    message waits. Yields the core between polls so ZeroMQ's I/O thread runs at once."""
+    message waits. Yields the core between polls so ZeroMQ's I/O thread runs at once. `rehearse`
+    (a `warm.Rehearsal`) runs between polls and stops as soon as a message waits."""
+
+    def waiting() -> bool:
+        return bool(sock.poll(0, zmq.POLLIN))
+
     while time.perf_counter() < until:
         if sock.poll(0, zmq.POLLIN):
             return True
+        if rehearse is not None:
+            rehearse(waiting)
         os.sched_yield()
         if stop is not None and stop.is_set():
             return False

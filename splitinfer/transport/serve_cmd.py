@@ -36,6 +36,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, defaults: dict | None 
     parser.add_argument("--busy-poll-ms", type=float, default=d.get("busy_poll_ms"),
                         help="after each message, spin this many ms waiting for the next before sleeping: "
                              "lower per-step latency for a busy core (default 0)")
+    parser.add_argument("--rehearse", action=argparse.BooleanOptionalAction, default=d.get("rehearse"),
+                        help="while busy-polling, rehearse the step path on a tiny shadow model so the next "
+                             "step starts warm (default on; --no-rehearse for a plain spin)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -118,7 +118,8 @@ class SplitServer:
 
     def __init__(self, lm: LoadedModel, cuts, *, host: str = "127.0.0.1", port: int = 0,
                  limits: SessionLimits | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 curve: CurveConfig | None = None, poll_ms: int = 100, busy_poll_ms: float = 0.0) -> None:
+                 curve: CurveConfig | None = None, poll_ms: int = 100, busy_poll_ms: float = 0.0,
+                 rehearse: bool = True) -> None:
         if not lm.is_causal_lm:
             raise ValueError(f"model {lm.name!r} is an encoder ({lm.family}); the split server serves causal LMs")
         self.lm = lm
@@ -133,6 +134,8 @@ class SplitServer:
         self._curve_keys = curve.load() if curve else None
         self.poll_ms = poll_ms
         self.busy_poll_s = p.check_busy_poll_ms(busy_poll_ms)
+        self.rehearse = bool(rehearse)  # with busy polling: rehearse the step path while waiting (warm.py)
+        self._rehearsal = None
         kv_per_token = sum(s.kv_bytes_per_token() for s in self.stages)
         self.sessions = SessionTable(self.limits, kv_per_token)
         self.stats = ServerStats()
@@ -230,6 +233,10 @@ class SplitServer:
                 sock.bind(self.url)
             log.info("serving %s cut %s on %s (curve %s)", self.lm.name, self.cuts, self.url,
                      "on" if self.curve else "off")
+            if self.rehearse and self.busy_poll_s > 0:  # built here, before serving: ~50 ms, once
+                from splitinfer.transport.warm import server_rehearsal
+
+                self._rehearsal = server_rehearsal(self.lm, self.cuts, pl.RawCodec(), _head_on_last_position_only)
             self._ready.set()
             self._loop(sock)
         finally:
@@ -265,7 +272,7 @@ class SplitServer:
         sleeping in the kernel: the next step of a session usually follows within a device-compute
         time, and a core that never idles answers it without the wake-up (and, on a VM, the slower
         first milliseconds of a vCPU coming back from halt)."""
-        if p.spin_until_readable(sock, busy_until, self._stop):
+        if p.spin_until_readable(sock, busy_until, self._stop, self._rehearsal):
             return True
         return bool(poller.poll(self.poll_ms))
 
@@ -426,6 +433,8 @@ class SplitServer:
                     self.stats.errors[p.INTERNAL] += 1
                     reply = p.error_reply(job.rid, p.INTERNAL, f"{type(e).__name__}: {e}")
             self._send(sock, job.reply_to, reply)
+            if self._rehearsal is not None:  # after the reply: rehearse this session's codec from now on
+                self._rehearsal.use_codec(job.session.codec)
 
     def _run_step(self, job: StepJob) -> dict:
         s = job.session
@@ -488,6 +497,7 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     threads: int | None = None  # torch intra-op threads; None = torch's default (all cores)
     busy_poll_ms: float = 0.0  # spin this long after each message before sleeping (latency for CPU)
+    rehearse: bool = True  # while busy-polling, keep the step path warm on a shadow model (warm.py)
 
     def limits(self) -> SessionLimits:
         return SessionLimits(int(self.max_sessions), int(self.max_tokens_per_session), int(self.max_step_tokens),
@@ -528,7 +538,7 @@ class ServerConfig:
         lm = lm or load_model(self.model)
         return SplitServer(lm, self.cuts(), host=self.host, port=int(self.port), limits=self.limits(),
                            max_message_bytes=int(self.max_message_bytes), curve=curve,
-                           busy_poll_ms=self.busy_poll_ms)
+                           busy_poll_ms=self.busy_poll_ms, rehearse=bool(self.rehearse))
 
 
 def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None) -> ServerConfig:
@@ -536,7 +546,7 @@ def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None)
     mapping = {"model": "model", "cut": "cut", "host": "host", "port": "port", "curve": "curve", "keys": "keys",
                "max_sessions": "max_sessions", "max_tokens": "max_tokens_per_session",
                "idle_timeout": "idle_timeout_s", "max_kv_bytes": "max_kv_bytes",
-               "max_message_bytes": "max_message_bytes", "threads": "threads", "busy_poll_ms": "busy_poll_ms"}
+               "max_message_bytes": "max_message_bytes", "threads": "threads", "busy_poll_ms": "busy_poll_ms", "rehearse": "rehearse"}
     for arg, key in mapping.items():
         v = getattr(args, arg, None)
         if v is not None:

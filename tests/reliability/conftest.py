@@ -4,7 +4,6 @@ for the whole session, torch on one thread (2 threads on a busy 2-core machine i
 from __future__ import annotations
 
 import pytest
-import torch
 
 from .harness import Zygote
 from .scenarios import SERVER_ARGS
@@ -18,11 +17,8 @@ def lm():
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_here(one_torch_thread):
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,25 @@ def test_flags_win_over_config():
     assert (cfg.port, cfg.model, cfg.cuts()) == (7000, "tiny-llama", [3])
 
 
+def test_rehearse_setting_from_config_override_and_flag():
+    from splitinfer.cli import build_parser
+    from splitinfer.transport.server import config_from_args
+
+    def cfg_of(*argv):
+        args = build_parser().parse_args(["serve", *argv])
+        return config_from_args(args, compose_config(args.config_dir, args.config_name, args.overrides))
+
+    assert cfg_of().rehearse is True  # conf/server/default.yaml
+    assert cfg_of("rehearse=false").rehearse is False
+    assert cfg_of("--no-rehearse", "rehearse=true").rehearse is False  # the flag wins
+    assert cfg_of("--rehearse", "rehearse=false").rehearse is True
+    srv = cfg_of("--model", "tiny-llama", "--cut", "2", "--port", "0", "--busy-poll-ms", "5",
+                 "--no-rehearse").build()
+    assert (srv.rehearse, srv.busy_poll_s) == (False, 0.005)
+    args = build_parser().parse_args(["generate", "hi", "--server", "tcp://127.0.0.1:1", "--no-rehearse"])
+    assert args.no_rehearse is True
+
+
 def test_keygen_command(tmp_path):
     from splitinfer.cli import main
 
