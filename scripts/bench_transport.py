@@ -2,7 +2,7 @@
 
     python scripts/bench_transport.py                       # 20 prompts x 64 tokens, fp32 + default codec
     python scripts/bench_transport.py --prompts 5 --tokens 32 --codecs fp32 --csv results/transport.csv
-    python scripts/bench_transport.py --waits block,busy   # blocking waits and busy polling side by side
+    python scripts/bench_transport.py --waits block,warm   # blocking waits and rehearsing busy polls only
 
 For every prompt it runs the unsplit model (transformers' own greedy `generate`), the split model in
 one process (no link: what the cut itself costs), and then the split model through `splitinfer
@@ -11,10 +11,12 @@ with identical tokens, decode latency per token (median over all tokens, and the
 ratio, also as the median of per-prompt ratios, which drift on a shared machine cannot bias),
 prefill latency (and ratio), and bytes per token each way. Figures, not a test.
 
-Wait modes: `block` sleeps in the kernel while the other side computes (the default of `splitinfer
-serve` and `generate`); `busy` spins (`--busy-poll-ms`) on both sides, which keeps each side's core
-from idling. On a KVM guest a vCPU that idled for the other side's ~30 ms comes back measurably
-slower (README, Transport), a cost of the machine rather than of the link.
+Wait modes (each side alike): `block` sleeps in the kernel while the other side computes (the default
+of `splitinfer serve` and `generate`); `busy` spins (`--busy-poll-ms`, `--no-rehearse`), which keeps
+each side's core from idling; `warm` spins and rehearses the step path on a tiny shadow model
+(`splitinfer.transport.warm`); `early` sleeps and starts that rehearsing spin `--wake-early-ms` before
+the message is due (`--wake-early-ms`). A half that waited computes its next step slower (README,
+Transport; `bench_idle_gap.py`), a cost of the machine rather than of the link, which rehearsal removes.
 `--idle-spinners` instead keeps every core busy with lowest-priority (SCHED_IDLE) spinner processes,
 which do no work for either side and yield at once: a diagnostic for that machine effect.
 """
@@ -131,9 +133,9 @@ def matched_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-# wait mode -> (busy_poll_ms, rehearse) on both sides
-WAITS = {"block": lambda a: (0.0, False), "busy": lambda a: (a.busy_poll_ms, False),
-         "warm": lambda a: (a.busy_poll_ms, True)}
+# wait mode -> (busy_poll_ms, rehearse, wake_early_ms) on both sides
+WAITS = {"block": lambda a: (0.0, False, 0.0), "busy": lambda a: (a.busy_poll_ms, False, 0.0),
+         "warm": lambda a: (a.busy_poll_ms, True, 0.0), "early": lambda a: (a.busy_poll_ms, True, a.wake_early_ms)}
 
 
 def free_port() -> int:
@@ -144,11 +146,12 @@ def free_port() -> int:
 
 def start_server(args, lm, wait: str):
     """A server process (`python -m splitinfer.transport.server`) or an in-thread SplitServer."""
-    busy_poll_ms, rehearse = WAITS[wait](args)
+    busy_poll_ms, rehearse, wake_early_ms = WAITS[wait](args)
     if args.server == "thread":
         from splitinfer.transport import SplitServer
 
-        srv = SplitServer(lm, [args.cut], port=0, busy_poll_ms=busy_poll_ms, rehearse=rehearse).start()
+        srv = SplitServer(lm, [args.cut], port=0, busy_poll_ms=busy_poll_ms, rehearse=rehearse,
+                          wake_early_ms=wake_early_ms).start()
         return srv.url, srv.stop
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -156,7 +159,7 @@ def start_server(args, lm, wait: str):
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     proc = subprocess.Popen([sys.executable, "-m", "splitinfer.transport.server", "--model", args.model,
                              "--cut", str(args.cut), "--port", str(port), "--busy-poll-ms", str(busy_poll_ms),
-                             "--rehearse" if rehearse else "--no-rehearse",
+                             "--rehearse" if rehearse else "--no-rehearse", "--wake-early-ms", str(wake_early_ms),
                              *(["--threads", str(args.threads)] if args.threads else [])],
                             stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
@@ -209,9 +212,12 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt")
     ap.add_argument("--codecs", default="fp32,default", help="comma list; 'default' = the project's default")
     ap.add_argument("--server", choices=("process", "thread"), default="process")
-    ap.add_argument("--waits", default="block,busy,warm",
+    ap.add_argument("--waits", default="block,busy,warm,early",
                     help="comma list of wait modes: block (sleep in poll), busy (spin, see --busy-poll-ms), "
-                         "warm (spin and rehearse the step path on a shadow model)")
+                         "warm (spin and rehearse the step path on a shadow model), early (sleep, then spin "
+                         "and rehearse from --wake-early-ms before the message is due)")
+    ap.add_argument("--wake-early-ms", type=float, default=3.0,
+                    help="the early wait mode's head start before the expected message (default 3)")
     ap.add_argument("--busy-poll-ms", type=float, default=500.0,
                     help="spin window of the busy wait mode, on the client and the server")
     ap.add_argument("--idle-spinners", action="store_true",
@@ -247,9 +253,9 @@ def main() -> int:
     gens = {}  # (codec name, wait mode) -> generator
     for w in waits:
         for name, codec in codecs.items():
-            busy_poll_ms, rehearse = WAITS[w](args)
+            busy_poll_ms, rehearse, wake_early_ms = WAITS[w](args)
             gen = remote_generator(lm, [args.cut], servers[w][0], codec=codec, timeout_s=60,
-                                   busy_poll_ms=busy_poll_ms, rehearse=rehearse)
+                                   busy_poll_ms=busy_poll_ms, rehearse=rehearse, wake_early_ms=wake_early_ms)
             gen.link = MeteredLink(gen.link)
             gens[name, w] = gen
     prompts = [lm.encode_prompt(p) for p in PROMPTS[: args.prompts]]
@@ -351,6 +357,7 @@ def main() -> int:
     print(f"\nsplit over tcp://127.0.0.1 ({args.server} server) vs unsplit transformers generate: {lm.name}, "
           f"cut {args.cut}, greedy, {len(prompts)} prompts x {args.tokens} new tokens, "
           f"torch threads {torch.get_num_threads()}, busy-poll window {args.busy_poll_ms:g} ms, "
+          f"wake early {args.wake_early_ms:g} ms, "
           f"idle spinners {'on' if spinners else 'off'}; empty round trip (ping) {ping_ms:.3f} ms")
     cols = list(dict.fromkeys(k for row in table for k in row))
     widths = {c: max(len(c), *(len(str(row.get(c, ""))) for row in table)) for c in cols}
@@ -361,8 +368,9 @@ def main() -> int:
           "before the first difference;\n decode ms = median per-token latency; ratio = split / unsplit "
           "(median of all tokens; per_prompt = median over prompts of each prompt's ratio, with its bootstrap\n"
           " 95 % interval over prompts; mean);\n"
-          " wait = block (sleep in poll), busy (spin while the other side computes) or warm (spin and "
-          "rehearse the step path on a shadow model);\n"
+          " wait = block (sleep in poll), busy (spin while the other side computes), warm (spin and "
+          "rehearse the step path on a shadow model) or early\n (sleep, then spin and rehearse from "
+          "--wake-early-ms before the message is due);\n"
           " up B/token = encoded hidden state + envelope per decode step; down = the reply;\n link_overhead = mean "
           "time per step in the link that the server did not spend computing: encode, sockets, decode, wake-ups;\n"
           " cpu ms/token = CPU time of device + server processes (prefill included) per generated token: "

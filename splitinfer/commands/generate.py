@@ -23,6 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-rehearse", action="store_true",
                    help="with --busy-poll-ms: spin plainly instead of rehearsing the device step on a tiny "
                         "shadow model while waiting")
+    p.add_argument("--wake-early-ms", type=float, default=0.0,
+                   help="with --busy-poll-ms: sleep while the server computes and spin from this many ms "
+                        "before the reply is due (the median of recent replies); default 0: spin at once")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads on this side (default: torch's, all cores); 1 is steadier on a small "
+                        "shared CPU and lets --busy-poll-ms rehearse the device compute")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
@@ -44,6 +50,12 @@ def main(args: argparse.Namespace) -> int:
     from splitinfer.models import load_model, validate_cuts
 
     cuts = parse_cuts(args.cut)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads}: give a number of threads >= 1 (or leave it out)")
+        import torch
+
+        torch.set_num_threads(args.threads)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     lm = load_model(args.model)
     cuts = validate_cuts(cuts, lm.num_layers)
@@ -56,7 +68,8 @@ def main(args: argparse.Namespace) -> int:
         from splitinfer.transport.client import remote_generator
 
         gen = remote_generator(lm, cuts, args.server, codec=codec, sampling=sampling,
-                               busy_poll_ms=args.busy_poll_ms, rehearse=not args.no_rehearse)
+                               busy_poll_ms=args.busy_poll_ms, rehearse=not args.no_rehearse,
+                               wake_early_ms=args.wake_early_ms)
     else:
         gen = in_process_generator(lm, cuts, codec=codec, sampling=sampling)
     printed = ""

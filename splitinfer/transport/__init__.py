@@ -6,7 +6,8 @@
 
 Modules: `protocol` (envelope, validation, error codes), `payload` (codecs on the wire), `sessions`
 (limits, eviction), `server` (SplitServer, `python -m splitinfer.transport.server`), `client`
-(RemoteLink, remote_generator), `simulated` (SimulatedLink), `keys` (CurveZMQ key folders).
+(RemoteLink, remote_generator), `simulated` (SimulatedLink), `keys` (CurveZMQ key folders), `warm`
+(rehearsal of a waiting side's step path).
 
 Protocol, version 1
 -------------------
@@ -56,10 +57,21 @@ replays the encoded hidden states it kept; sampling is seeded by (seed, position
 produces the same tokens. With CurveZMQ on, only clients whose public keys are in the server's
 allowed folder connect, and a session only answers the client key that opened it (`forbidden`).
 
+Waiting for the other side
+--------------------------
+Each side waits while the other computes (protocol.Waiter). By default it sleeps in poll. With
+`busy_poll_ms` it spins instead and, unless `rehearse=False`, rehearses its own step path on a tiny
+random shadow of its stages between polls (`warm`), so the next real step starts warm; with
+`wake_early_ms` as well it sleeps and starts that spin only so long before the message is due (the
+median of its last 16 waits). `scripts/bench_transport.py` compares the modes (README, Transport).
+
 Command line
 ------------
     splitinfer serve --model smollm2-135m-instruct --cut 15 --port 5555     # or: splitinfer serve port=5555
     splitinfer generate --server tcp://127.0.0.1:5555 --cut 15 "What is the capital of France?"
+    # lowest latency at ~5 % more CPU: one thread a side, rehearsing spins from 3 ms before each message
+    splitinfer serve --threads 1 --busy-poll-ms 500 --wake-early-ms 3
+    splitinfer generate --server tcp://127.0.0.1:5555 --threads 1 --busy-poll-ms 500 --wake-early-ms 3 "Hi"
     python -m splitinfer.transport.server --model tiny-llama --cut 2 --port 5555   # same server, no CLI
 
 Security

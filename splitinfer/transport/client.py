@@ -72,12 +72,14 @@ class RemoteLink:
                  sampling: SamplingConfig | None = None, timeout_s: float = 5.0, retries: int = 3,
                  max_replays: int = 3, want_logprob: bool = False, vocab_size: int | None = None,
                  curve: tuple[bytes, bytes, bytes] | None = None, curve_keys: str | None = None,
-                 busy_poll_ms: float = 0.0) -> None:
+                 busy_poll_ms: float = 0.0, wake_early_ms: float = 0.0) -> None:
         if not isinstance(url, str) or not url.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(f"server url {url!r} must look like tcp://HOST:PORT")
         if not timeout_s > 0 or retries < 0:
             raise ValueError(f"timeout_s={timeout_s!r} must be > 0 and retries={retries!r} >= 0")
         self.busy_poll_s = p.check_busy_poll_ms(busy_poll_ms)
+        # how to wait for a reply: sleep, or spin (busy_poll_ms), from wake_early_ms before it is due
+        self.waiter = p.Waiter(self.busy_poll_s, p.check_busy_poll_ms(wake_early_ms, "wake_early_ms"))
         self.url = url
         self.fingerprint = fingerprint
         self.cuts = list(cuts)
@@ -101,7 +103,6 @@ class RemoteLink:
         self.bytes_up = self.bytes_down = self.messages = 0
         self.resends = 0  # requests sent again after a timeout
         self.replays = 0  # sessions rebuilt from the kept hidden states
-        self.rehearsal = None  # a warm.Rehearsal of the device's step path, run while busy-polling
 
     # -- the Link interface ----------------------------------------------------------------------
     def step(self, hidden: torch.Tensor, start: int) -> int:
@@ -240,13 +241,14 @@ class RemoteLink:
             raise TransportError(f"server replied with token {tok!r}, not an id in [0, {self.vocab_size})")
         return tok
 
-    def _ready(self, sock: zmq.Socket, left_s: float, spin_until: float) -> bool:
-        """Wait up to left_s for a reply: spinning until spin_until (busy_poll_ms: no kernel sleep and
-        wake-up on the critical path, at the price of a busy core; `rehearsal` runs between polls),
-        then sleeping in poll."""
-        if p.spin_until_readable(sock, spin_until, rehearse=self.rehearsal):
-            return True
-        return bool(sock.poll(max(1, int(left_s * 1000)), zmq.POLLIN))
+    @property
+    def rehearsal(self):
+        """A warm.Rehearsal of the device's step path, run while busy-polling (remote_generator sets it)."""
+        return self.waiter.rehearsal
+
+    @rehearsal.setter
+    def rehearsal(self, value) -> None:
+        self.waiter.rehearsal = value
 
     def _connect(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
@@ -279,9 +281,9 @@ class RemoteLink:
             self.bytes_up += size
             self.messages += 1
             deadline = time.monotonic() + timeout_s
-            spin_until = time.perf_counter() + min(self.busy_poll_s, timeout_s)
+            self.waiter.begin()
             while (left := deadline - time.monotonic()) > 0:
-                if not self._ready(sock, left, spin_until):
+                if not self.waiter.wait(sock, left):
                     break
                 reply = sock.recv_multipart()
                 self.bytes_down += sum(len(f) for f in reply)
@@ -319,7 +321,8 @@ def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
     `codec` None means the project's default codec; `"none"` sends raw fp32. CURVE keys come from
     `curve_keys=DIR` or the SPLITINFER_CURVE_KEYS environment variable (a `splitinfer keygen` folder).
     With `busy_poll_ms` > 0 the link rehearses the device's step path while it waits (`rehearse`,
-    see `splitinfer.transport.warm`).
+    see `splitinfer.transport.warm`); `wake_early_ms` > 0 sleeps until that long before the reply
+    is due and spins only from then (see `protocol.Waiter`).
     """
     cuts = validate_cuts(cuts, lm.num_layers)
     stages = split_model(lm, cuts)

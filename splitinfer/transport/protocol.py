@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,11 +92,14 @@ def unpack(frame) -> dict[str, Any]:
     return env
 
 
-def check_busy_poll_ms(value: Any) -> float:
-    """A busy-poll window in ms (SplitServer, RemoteLink) -> seconds; anything else is a clear ValueError."""
+def check_busy_poll_ms(value: Any, name: str = "busy_poll_ms") -> float:
+    """A busy-poll setting in ms (busy_poll_ms, wake_early_ms) -> seconds; anything else is a clear
+    ValueError."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-        raise ValueError(f"busy_poll_ms={value!r} must be a finite number of milliseconds >= 0 "
-                         "(0 = always wait in the kernel; e.g. 500 to spin while the other side computes)")
+        hint = ("0 = always wait in the kernel; e.g. 500 to spin while the other side computes"
+                if name == "busy_poll_ms" else
+                "0 = spin from the start of each wait; e.g. 3 to sleep until 3 ms before the expected message")
+        raise ValueError(f"{name}={value!r} must be a finite number of milliseconds >= 0 ({hint})")
     return float(value) / 1e3
 
 
@@ -115,6 +120,63 @@ def spin_until_readable(sock, until: float, stop=None, rehearse=None) -> bool:
         if stop is not None and stop.is_set():
             return False
     return False
+
+
+class Waiter:
+    """How one side waits for its next message (SplitServer: the next request; RemoteLink: the reply).
+
+    Without busy polling it sleeps in poll. With `busy_poll_s` it spins that long from the start of
+    the wait (`begin()`), running `rehearsal` between polls. With `wake_early_s` as well it first
+    sleeps and starts the spin `wake_early_s` before the message is expected: the median of this
+    side's last 16 waits. A wait that began with no message expected (a server before its first
+    request) only sleeps.
+    """
+
+    HISTORY = 16
+    MIN_HISTORY = 4  # waits seen before the prediction is trusted; until then spin from the start
+
+    def __init__(self, busy_poll_s: float = 0.0, wake_early_s: float = 0.0, rehearsal=None) -> None:
+        self.busy_poll_s = busy_poll_s
+        self.wake_early_s = wake_early_s
+        self.rehearsal = rehearsal
+        self.since: float | None = None  # when the current wait began
+        self._waits: deque[float] = deque(maxlen=self.HISTORY)
+
+    def begin(self) -> None:
+        """A message is now expected (a request was sent, or a reply to one)."""
+        self.since = time.perf_counter()
+
+    def expected_s(self) -> float | None:
+        """The predicted length of a wait: the median of the recent ones (None before MIN_HISTORY)."""
+        if len(self._waits) < self.MIN_HISTORY:
+            return None
+        return statistics.median(self._waits)
+
+    def wait(self, sock, timeout_s: float, stop=None) -> bool:
+        """Wait up to timeout_s from now; True as soon as a message waits on `sock`."""
+        now = time.perf_counter()
+        deadline = now + timeout_s
+        if self.busy_poll_s > 0 and self.since is not None:
+            spin_from = self.since
+            expected = self.expected_s() if self.wake_early_s > 0 else None
+            if expected is not None:
+                spin_from = max(self.since, self.since + expected - self.wake_early_s)
+            spin_until = min(spin_from + self.busy_poll_s, deadline)
+            if spin_from - now >= 1e-3:  # sleep until the spin window (poll takes whole ms)
+                if sock.poll(int((min(spin_from, deadline) - now) * 1e3), zmq.POLLIN):
+                    return self._arrived()
+            if spin_until_readable(sock, spin_until, stop, self.rehearsal):
+                return self._arrived()
+        left = deadline - time.perf_counter()
+        if left > 0 and sock.poll(max(1, int(left * 1e3)), zmq.POLLIN):
+            return self._arrived()
+        return False
+
+    def _arrived(self) -> bool:
+        if self.since is not None:
+            self._waits.append(time.perf_counter() - self.since)
+            self.since = None
+        return True
 
 
 # -- field validation ----------------------------------------------------------------------------

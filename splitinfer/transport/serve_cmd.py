@@ -39,6 +39,10 @@ def add_server_arguments(parser: argparse.ArgumentParser, defaults: dict | None 
     parser.add_argument("--rehearse", action=argparse.BooleanOptionalAction, default=d.get("rehearse"),
                         help="while busy-polling, rehearse the step path on a tiny shadow model so the next "
                              "step starts warm (default on; --no-rehearse for a plain spin)")
+    parser.add_argument("--wake-early-ms", type=float, default=d.get("wake_early_ms"),
+                        help="with --busy-poll-ms: sleep between requests and start spinning this many ms "
+                             "before the next one is due (the median of recent waits): most of busy "
+                             "polling's latency at a fraction of its CPU (default 0: spin at once)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -119,7 +119,7 @@ class SplitServer:
     def __init__(self, lm: LoadedModel, cuts, *, host: str = "127.0.0.1", port: int = 0,
                  limits: SessionLimits | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  curve: CurveConfig | None = None, poll_ms: int = 100, busy_poll_ms: float = 0.0,
-                 rehearse: bool = True) -> None:
+                 rehearse: bool = True, wake_early_ms: float = 0.0) -> None:
         if not lm.is_causal_lm:
             raise ValueError(f"model {lm.name!r} is an encoder ({lm.family}); the split server serves causal LMs")
         self.lm = lm
@@ -136,6 +136,8 @@ class SplitServer:
         self.busy_poll_s = p.check_busy_poll_ms(busy_poll_ms)
         self.rehearse = bool(rehearse)  # with busy polling: rehearse the step path while waiting (warm.py)
         self._rehearsal = None
+        # with busy polling: sleep until this long before the next request is expected, then spin
+        self._waiter = p.Waiter(self.busy_poll_s, p.check_busy_poll_ms(wake_early_ms, "wake_early_ms"))
         kv_per_token = sum(s.kv_bytes_per_token() for s in self.stages)
         self.sessions = SessionTable(self.limits, kv_per_token)
         self.stats = ServerStats()
@@ -237,6 +239,7 @@ class SplitServer:
                 from splitinfer.transport.warm import server_rehearsal
 
                 self._rehearsal = server_rehearsal(self.lm, self.cuts, pl.RawCodec(), _head_on_last_position_only)
+                self._waiter.rehearsal = self._rehearsal
             self._ready.set()
             self._loop(sock)
         finally:
@@ -246,12 +249,12 @@ class SplitServer:
             ctx.term()
 
     def _loop(self, sock: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
         next_evict = time.monotonic() + 1.0
-        busy_until = 0.0
         while not self._stop.is_set():
-            if self._wait(sock, poller, busy_until):
+            # Busy polling (busy_poll_ms): the next step of a session usually follows within a
+            # device-compute time, and a core that never idles answers it without the wake-up (and, on
+            # a VM, the slower first milliseconds of a vCPU coming back from halt); see protocol.Waiter.
+            if self._waiter.wait(sock, self.poll_ms / 1e3, self._stop):
                 batch = []
                 while len(batch) < MAX_BATCH:
                     try:
@@ -259,22 +262,13 @@ class SplitServer:
                     except zmq.Again:
                         break
                 self._handle_batch(sock, batch)
-                busy_until = time.perf_counter() + self.busy_poll_s
+                self._waiter.begin()
             if time.monotonic() >= next_evict:
                 with self._lock:
                     n = self.sessions.evict_idle()
                 if n:
                     log.info("evicted %d idle session(s)", n)
                 next_evict = time.monotonic() + 1.0
-
-    def _wait(self, sock: zmq.Socket, poller: zmq.Poller, busy_until: float) -> bool:
-        """True when a message is waiting. Within busy_poll_ms of the last message, spin instead of
-        sleeping in the kernel: the next step of a session usually follows within a device-compute
-        time, and a core that never idles answers it without the wake-up (and, on a VM, the slower
-        first milliseconds of a vCPU coming back from halt)."""
-        if p.spin_until_readable(sock, busy_until, self._stop, self._rehearsal):
-            return True
-        return bool(poller.poll(self.poll_ms))
 
     # -- request handling ----------------------------------------------------------------------
     def _handle_batch(self, sock: zmq.Socket, batch: list[list[zmq.Frame]]) -> None:
@@ -498,6 +492,7 @@ class ServerConfig:
     threads: int | None = None  # torch intra-op threads; None = torch's default (all cores)
     busy_poll_ms: float = 0.0  # spin this long after each message before sleeping (latency for CPU)
     rehearse: bool = True  # while busy-polling, keep the step path warm on a shadow model (warm.py)
+    wake_early_ms: float = 0.0  # with busy polling: sleep, and spin from this long before a request is due
 
     def limits(self) -> SessionLimits:
         return SessionLimits(int(self.max_sessions), int(self.max_tokens_per_session), int(self.max_step_tokens),
@@ -538,7 +533,8 @@ class ServerConfig:
         lm = lm or load_model(self.model)
         return SplitServer(lm, self.cuts(), host=self.host, port=int(self.port), limits=self.limits(),
                            max_message_bytes=int(self.max_message_bytes), curve=curve,
-                           busy_poll_ms=self.busy_poll_ms, rehearse=bool(self.rehearse))
+                           busy_poll_ms=self.busy_poll_ms, rehearse=bool(self.rehearse),
+                           wake_early_ms=self.wake_early_ms)
 
 
 def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None) -> ServerConfig:
@@ -546,7 +542,8 @@ def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None)
     mapping = {"model": "model", "cut": "cut", "host": "host", "port": "port", "curve": "curve", "keys": "keys",
                "max_sessions": "max_sessions", "max_tokens": "max_tokens_per_session",
                "idle_timeout": "idle_timeout_s", "max_kv_bytes": "max_kv_bytes",
-               "max_message_bytes": "max_message_bytes", "threads": "threads", "busy_poll_ms": "busy_poll_ms", "rehearse": "rehearse"}
+               "max_message_bytes": "max_message_bytes", "threads": "threads", "busy_poll_ms": "busy_poll_ms", "rehearse": "rehearse",
+               "wake_early_ms": "wake_early_ms"}
     for arg, key in mapping.items():
         v = getattr(args, arg, None)
         if v is not None:

@@ -31,7 +31,7 @@ def test_flags_win_over_config():
     assert (cfg.port, cfg.model, cfg.cuts()) == (7000, "tiny-llama", [3])
 
 
-def test_rehearse_setting_from_config_override_and_flag():
+def test_rehearse_and_wake_early_settings_from_config_override_and_flag():
     from splitinfer.cli import build_parser
     from splitinfer.transport.server import config_from_args
 
@@ -44,10 +44,11 @@ def test_rehearse_setting_from_config_override_and_flag():
     assert cfg_of("--no-rehearse", "rehearse=true").rehearse is False  # the flag wins
     assert cfg_of("--rehearse", "rehearse=false").rehearse is True
     srv = cfg_of("--model", "tiny-llama", "--cut", "2", "--port", "0", "--busy-poll-ms", "5",
-                 "--no-rehearse").build()
-    assert (srv.rehearse, srv.busy_poll_s) == (False, 0.005)
-    args = build_parser().parse_args(["generate", "hi", "--server", "tcp://127.0.0.1:1", "--no-rehearse"])
-    assert args.no_rehearse is True
+                 "--no-rehearse", "wake_early_ms=2").build()
+    assert (srv.rehearse, srv.busy_poll_s, srv._waiter.wake_early_s) == (False, 0.005, 0.002)
+    args = build_parser().parse_args(["generate", "hi", "--server", "tcp://127.0.0.1:1", "--no-rehearse",
+                                      "--wake-early-ms", "3"])
+    assert (args.no_rehearse, args.wake_early_ms) == (True, 3.0)
 
 
 def test_keygen_command(tmp_path):

@@ -122,15 +122,16 @@ def test_real_model_through_server_equals_unsplit(make_server, real_model):
         gen.link.close()
 
 
-@pytest.mark.parametrize("rehearse", [False, True])
-def test_busy_polling_server_and_client_give_the_same_tokens(make_server, tiny_lm, rehearse):
-    """busy_poll_ms trades CPU for latency: the spin paths (plain, or rehearsing on a shadow model) must
-    give exactly the blocking paths' answers, and a spinning server must still stop promptly."""
+@pytest.mark.parametrize("rehearse, wake_early_ms", [(False, 0.0), (True, 0.0), (True, 1.0)])
+def test_busy_polling_server_and_client_give_the_same_tokens(make_server, tiny_lm, rehearse, wake_early_ms):
+    """busy_poll_ms trades CPU for latency: the spin paths (plain, rehearsing on a shadow model, or
+    starting just before the message is due) must give exactly the blocking paths' answers, and a
+    spinning server must still stop promptly."""
     import time
 
-    srv = make_server(tiny_lm, [2], busy_poll_ms=50.0, rehearse=rehearse)
+    srv = make_server(tiny_lm, [2], busy_poll_ms=50.0, rehearse=rehearse, wake_early_ms=wake_early_ms)
     gen = remote_generator(tiny_lm, [2], srv.url, codec="none", timeout_s=5, busy_poll_ms=50.0,
-                           rehearse=rehearse)
+                           rehearse=rehearse, wake_early_ms=wake_early_ms)
     assert (gen.link.rehearsal is not None) == rehearse
     try:
         for i in range(2):
