@@ -354,7 +354,11 @@ class SplitServer:
                 "cuts": self.cuts, "hidden": self.lm.hidden_size, "sessions": len(self.sessions),
                 "kv_bytes": self.sessions.kv_bytes(), "curve": self.curve is not None,
                 "max_message_bytes": self.max_message_bytes, "limits": asdict(self.limits),
-                "steps": self.stats.steps, "compute_s": self.stats.compute_s, "cpu_s": time.process_time()}
+                "steps": self.stats.steps, "compute_s": self.stats.compute_s, "cpu_s": time.process_time(),
+                "busy_poll_ms": self.busy_poll_s * 1e3, "wake_early_ms": self._waiter.wake_early_s * 1e3,
+                "rehearsal": None if self._rehearsal is None else {
+                    "runs": self._rehearsal.runs, "interrupted": self._rehearsal.interrupted,
+                    "failed": self._rehearsal.failed}}
 
     def _open(self, env: dict, owner: str | None) -> dict:
         p.check_keys(env, p.OPEN_KEYS, "open")

@@ -156,6 +156,8 @@ def test_rehearsing_server_and_client_give_unsplit_tokens_and_do_rehearse(make_s
         assert srv_r.failed is None and dev_r.failed is None
         # each side waited for the other ~12 times: it rehearsed (or began to) while waiting
         assert srv_r.runs + srv_r.interrupted > 0 and dev_r.runs + dev_r.interrupted > 0
+        info = gen.link.info()["rehearsal"]  # what the server reports over the wire
+        assert info["failed"] is None and info["runs"] + info["interrupted"] > 0
     finally:
         gen.link.close()
         ref.link.close()
