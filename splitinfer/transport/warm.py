@@ -109,12 +109,16 @@ class Rehearsal:
         self._wire: dict[str, list] = {}  # codec key -> wire steps
         self._steps: list = []
         self._wire_only: list = []
+        self._codec = None
         self.runs = self.interrupted = 0
         self.failed: str | None = None
         self.use_codec(codec)
 
     def use_codec(self, codec) -> None:
         """Rehearse the wire path of `codec` from now on (the codec of the session last served)."""
+        if codec is self._codec:  # the server calls this after every step: usually the same codec
+            return
+        self._codec = codec
         key = repr(pl.codec_spec(codec))
         if key not in self._wire:
             if len(self._wire) >= 8:
