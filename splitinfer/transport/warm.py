@@ -133,6 +133,10 @@ class Rehearsal:
         self._wire_only = list(wire)
 
     def _hook(self, module, args) -> None:
+        self._give_way()
+
+    def _give_way(self) -> None:
+        """Between two pieces of a rehearsal: stop it if a message waits."""
         if self._check is not None:
             os.sched_yield()  # let ZeroMQ's I/O thread in at once, as a plain busy poll does
             if self._check():
@@ -153,10 +157,7 @@ class Rehearsal:
                 # compute only single-threaded, where it pays (bench_transport runs 1 thread a side).
                 for step in self._steps if torch.get_num_threads() == 1 else self._wire_only:
                     step()
-                    if check is not None:
-                        os.sched_yield()
-                        if check():
-                            raise _Interrupted
+                    self._give_way()
             self.runs += 1
             return True
         except _Interrupted:
