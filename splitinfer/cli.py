@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from splitinfer.errors import UserError
+
 COMMANDS = {
     "generate": "splitinfer.commands.generate",
     "serve": "splitinfer.transport.serve_cmd",
@@ -21,8 +23,18 @@ COMMANDS = {
 }
 
 
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 2, no traceback."""
+class CliError(UserError):
+    """A user-facing error of the command line: printed as one line, exit status 2, no traceback."""
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Bad input rather than a bug: a `UserError`, or (until every module's errors derive from it) a
+    `ValueError` / `FileNotFoundError` subclass defined in splitinfer (CodecError, EmptyCorpusError, ...).
+
+    Plain built-in ValueErrors are not user errors here: they may be bugs, and keep their traceback."""
+    if isinstance(e, UserError):
+        return True
+    return isinstance(e, ValueError | FileNotFoundError) and type(e).__module__.startswith("splitinfer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._module.main(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (CliError, ValueError, FileNotFoundError) as e:
+    except Exception as e:
+        if not is_user_error(e):
+            raise  # a bug: keep the traceback
         # Bad input: one clear line (the message names the value, what is allowed, what to do).
         print(f"splitinfer {args.command}: error: {e}", file=sys.stderr)
         return 2

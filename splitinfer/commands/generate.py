@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from splitinfer.errors import ConfigError
+
 HELP = "generate text with the model cut in two (in-process, or --server tcp://HOST:PORT)"
 
 
@@ -29,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on this side (default: torch's, all cores); 1 is steadier on a small "
                         "shared CPU and lets --busy-poll-ms rehearse the device compute")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate, >= 1 (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -42,28 +44,48 @@ def parse_cuts(text: str) -> list[int]:
     try:
         return [int(c) for c in str(text).split(",")]
     except ValueError:
-        raise ValueError(f"--cut {text!r} is not an int or a comma-separated list of ints (e.g. 15 or 4,20)") from None
+        raise ConfigError(f"--cut {text!r} is not an int or a comma-separated list of ints (e.g. 15 or 4,20)") from None
+
+
+def check_arguments(args: argparse.Namespace) -> list[int]:
+    """Refuse bad input before any weights load (a model takes seconds to load; a typo should not).
+
+    Returns the cuts, checked against the model's layer count read without its weights."""
+    from splitinfer.models import peek_num_layers, validate_cuts
+
+    if not str(args.prompt).strip():
+        raise ConfigError("the prompt is empty; give the text to answer, e.g. "
+                          "splitinfer generate \"What is the capital of France?\"")
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens}: give a number of tokens >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads}: give a number of threads >= 1 (or leave it out)")
+    cuts = parse_cuts(args.cut)
+    num_layers = peek_num_layers(args.model)
+    try:
+        return validate_cuts(cuts, num_layers)
+    except ConfigError:
+        raise
+    except ValueError as e:  # validate_cuts' plain ValueError: bad input here, so a UserError
+        raise ConfigError(f"--cut {args.cut}: {e}") from None
 
 
 def main(args: argparse.Namespace) -> int:
     from splitinfer.generation import SamplingConfig, in_process_generator
-    from splitinfer.models import load_model, validate_cuts
+    from splitinfer.models import load_model
 
-    cuts = parse_cuts(args.cut)
+    cuts = check_arguments(args)
+    codec = None
+    if args.codec:
+        from splitinfer.codecs import build_codec
+
+        codec = build_codec(args.codec)  # an unknown codec is refused before the model loads, too
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads}: give a number of threads >= 1 (or leave it out)")
         import torch
 
         torch.set_num_threads(args.threads)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     lm = load_model(args.model)
-    cuts = validate_cuts(cuts, lm.num_layers)
-    codec = None
-    if args.codec:
-        from splitinfer.codecs import build_codec
-
-        codec = build_codec(args.codec)
     if args.server:
         from splitinfer.transport.client import remote_generator
 
