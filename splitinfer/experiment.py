@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from splitinfer.data import Corpus, CorpusSpec
-from splitinfer.metrics.bandwidth import ByteCounter, transmit
+from splitinfer.metrics.bandwidth import bandwidth_metrics
 from splitinfer.metrics.compute import LayerProfile, memory_metrics, profile_layers
 from splitinfer.metrics.latency import DeviceProfile, LinkProfile, estimate_latency
 from splitinfer.metrics.quality import QualityAccumulator, first_mismatch, generation_metrics
@@ -235,117 +235,80 @@ class MetricOptions:
     server_speedup: float = 1.0  # the server is this many times faster than this machine
 
 
-def _identity(h: torch.Tensor) -> torch.Tensor:
-    return h
-
-
-class MeasuredLink:
-    """An in-process link that applies the device-side defense, then the codec, counting real bytes."""
-
-    def __init__(self, session_factory, codec, defense, counter: ByteCounter) -> None:
-        self._factory = session_factory
-        self.codec, self.defense, self.counter = codec, defense, counter
-        self.session = session_factory()
-        self.bytes_up = self.bytes_down = 0
-
-    def step(self, hidden: torch.Tensor, start: int) -> int:
-        hidden, nbytes, enc_s, dec_s = transmit(self.codec, self.defense(hidden))
-        self.counter.add(nbytes, hidden.shape[1], "prefill" if start == 0 else "decode", enc_s, dec_s)
-        self.bytes_up += nbytes
-        self.bytes_down += 4
-        return self.session.step(hidden, start)
-
-    def reset(self) -> None:
-        self.session = self._factory()
-        self.bytes_up = self.bytes_down = 0
-
-    def close(self) -> None:
-        pass
-
-
-def acts_on_embeddings(defense) -> bool:
-    """Embedding-level defenses (dχ-privacy) change the device stage itself, so cached hidden states
-    of the unsplit model cannot stand in for it."""
-    return getattr(defense, "acts_on", "payload") == "embedding"
-
-
-def apply_defense(dev, defense):
-    """Install `defense` on the device stage; return the function applied to every payload."""
-    if defense is None:
-        dev.embedding_hook = None
-        return _identity
-    if hasattr(defense, "acts_on"):  # splitinfer.privacy defenses
-        from splitinfer.privacy.defenses import attach_defense
-
-        return attach_defense(dev, defense)
-    return defense  # any callable hidden -> hidden
-
-
 @torch.no_grad()
 def evaluate_split(lm, cut: int, codec, defense, corpus: Corpus, ref: Reference, opts: MetricOptions,
-                   *, reuse_hidden: bool = True, profile: LayerProfile | None = None) -> dict[str, Any]:
-    """Bandwidth, quality, generation, memory and timing of one (cut, codec, defense)."""
-    from splitinfer.models import split_model
+                   *, reuse_hidden: bool = True, profile: LayerProfile | None = None,
+                   seed: int = 0) -> dict[str, Any]:
+    """Bandwidth, quality, generation, memory and timing of one (cut, codec, defense), through the split
+    path: the device half encodes, an in-process link carries and counts, the server half decodes.
 
-    dev, srv = split_model(lm, [cut])
-    defense = apply_defense(dev, defense)
-    counter = ByteCounter(lm.hidden_size)
-    out: dict[str, Any] = {}
+    With `reuse_hidden` the device stage's output is the cached unsplit hidden state at the cut (exactly
+    what the device stage computes; not usable when the defense changes the device stage itself)."""
+    from splitinfer.split import InProcessLink, SplitGenerator, split_pair
+
+    device, server = split_pair(lm, [cut], codec=codec, defense=defense)
+    reuse_hidden = reuse_hidden and not device.acts_on_embeddings
+    link = InProcessLink(server)
+    # what ran, from the objects themselves (not the config's labels)
+    out: dict[str, Any] = {"codec_ran": device.codec.name,
+                           "defense_ran": getattr(defense, "name", None) or ("none" if defense is None else
+                                                                             type(defense).__name__)}
 
     if opts.quality:
-        acc = QualityAccumulator()
+        acc = QualityAccumulator(seed=seed)
         for w in range(corpus.windows.shape[0]):
             ids = corpus.windows[w:w + 1]
-            h = ref.window_hidden[cut][w:w + 1] if reuse_hidden else dev(ids)
-            h, nbytes, enc_s, dec_s = transmit(codec, defense(h))
-            counter.add(nbytes, h.shape[1], "prefill", enc_s, dec_s)
-            acc.add(ref.window_logprobs[w], srv(h)[0, :-1], ids[0, 1:])
+            h = ref.window_hidden[cut][w:w + 1] if reuse_hidden else device.hidden(ids)
+            received = link.carry(device.encode(h), "prefill")
+            acc.add(ref.window_logprobs[w], server.logits(received)[0, :-1], ids[0, 1:])
         out.update(acc.result())
 
-    if opts.generation and corpus.prompts.shape[0]:
+    if corpus.prompts.shape[0]:
         matched = []
         tp, g = corpus.prompts.shape[1], corpus.gen_tokens
-        if reuse_hidden:
-            # Teacher-forced replay of greedy generation: the server sees the prompt message, then one
+        if reuse_hidden or not opts.generation:
+            # Teacher-forced replay of greedy generation: the server receives the prompt message, then one
             # message per generated token, exactly as a real generation sends them; its argmax at each
             # step is the token split generation would pick, so the first mismatch is where it diverges.
+            seqs = torch.cat([corpus.prompts, ref.gen_tokens[:, :-1]], dim=1)
             for p in range(corpus.prompts.shape[0]):
-                seq = ref.gen_hidden[cut][p:p + 1]
+                device.reset()
+                seq = ref.gen_hidden[cut][p:p + 1] if reuse_hidden else device.hidden(seqs[p:p + 1])
                 parts = [seq[:, :tp]] + [seq[:, i:i + 1] for i in range(tp, tp + g - 1)]
-                received = []
-                for i, part in enumerate(parts):
-                    h, nbytes, enc_s, dec_s = transmit(codec, defense(part))
-                    counter.add(nbytes, part.shape[1], "prefill" if i == 0 else "decode", enc_s, dec_s)
-                    received.append(h)
-                pred = srv(torch.cat(received, dim=1))[0, tp - 1:].argmax(-1)
-                matched.append(first_mismatch(pred, ref.gen_tokens[p]))
+                received = [link.carry(device.encode(part), "prefill" if i == 0 else "decode")
+                            for i, part in enumerate(parts)]
+                if opts.generation:
+                    pred = server.logits(torch.cat(received, dim=1))[0, tp - 1:].argmax(-1)
+                    matched.append(first_mismatch(pred, ref.gen_tokens[p]))
         else:
-            from splitinfer.generation import ServerSession, SplitGenerator
-
-            link = MeasuredLink(lambda: ServerSession([srv]), codec, defense, counter)
-            gen = SplitGenerator(lm, dev, link)
+            gen = SplitGenerator(lm, device, link)
+            traffic = link.traffic
             for p in range(corpus.prompts.shape[0]):
                 res = gen.generate(corpus.prompts[p:p + 1], g, stop_at_eos=False)
+                traffic = _merge_traffic(traffic, link.traffic)
                 matched.append(first_mismatch(res.token_ids, ref.gen_tokens[p]))
-        out.update(generation_metrics(matched, g))
+            link.traffic = traffic
+        if opts.generation:
+            out.update(generation_metrics(matched, g))
 
-    if not opts.generation and corpus.prompts.shape[0]:
-        # Bytes only: the messages a generation would send (the prompt, then one per token), no server.
-        tp = corpus.prompts.shape[1]
-        seqs = torch.cat([corpus.prompts, ref.gen_tokens[:, :-1]], dim=1)
-        for p in range(seqs.shape[0]):
-            seq = ref.gen_hidden[cut][p:p + 1] if reuse_hidden else dev(seqs[p:p + 1])
-            for i, part in enumerate([seq[:, :tp]] + [seq[:, j:j + 1] for j in range(tp, seq.shape[1])]):
-                _, nbytes, enc_s, dec_s = transmit(codec, defense(part))
-                counter.add(nbytes, part.shape[1], "prefill" if i == 0 else "decode", enc_s, dec_s)
-
-    out.update(counter.result())
-    out.update(memory_metrics(dev, srv, opts.context_tokens))
+    out.update(bandwidth_metrics(link.traffic, lm.hidden_size, encode_s=device.encode_s, decode_s=server.decode_s))
+    out.update(memory_metrics(device.stage, server.stages[0], opts.context_tokens))
     if profile is not None:
         for side, figures in (("device", profile.device(cut)), ("server", profile.server(cut)),
                               ("whole", profile.whole())):
             out.update({f"{side}_{k}": v for k, v in figures.items()})
     return out
+
+
+def _merge_traffic(total, new):
+    """A generation resets its link; keep what earlier generations of the same job moved."""
+    if total is new:
+        return total
+    from dataclasses import fields
+
+    for f in fields(total):
+        setattr(total, f.name, getattr(total, f.name) + getattr(new, f.name))
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,14 +394,13 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
         ref = get_reference(lm, corpus, reuse, disk=bool(cfg.get("disk_cache", False)))
         profile = (get_profile(lm, opts.prompt_tokens, opts.context_tokens, opts.profile_repeats, reuse)
                    if opts.timing or opts.latency else None)
-        reuse_hidden = reuse and not acts_on_embeddings(defense)
         metrics: dict[str, Any] = {
             "name": cfg.name, **choices, "cut": cut, "num_layers": num_layers, "hidden_size": lm.hidden_size,
             "model_fingerprint": lm.fingerprint, "corpus_digest": corpus.digest, "job_num": job_num,
             "reuse": reuse, "torch_threads": torch.get_num_threads(), "group": group,
         }
-        metrics.update(evaluate_split(lm, cut, codec, defense, corpus, ref, opts, reuse_hidden=reuse_hidden,
-                                      profile=profile))
+        metrics.update(evaluate_split(lm, cut, codec, defense, corpus, ref, opts, reuse_hidden=reuse,
+                                      profile=profile, seed=int(cfg.get("seed", 0))))
         if opts.latency and profile is not None and "up_bytes_per_token_decode" in metrics:
             metrics.update({"link_uplink_mbps": link.uplink_mbps, "link_downlink_mbps": link.downlink_mbps,
                             "link_rtt_ms": link.rtt_ms, "device_slowdown": device.slowdown,

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from splitinfer.generation import (
+    DeviceHalf,
     InProcessLink,
     SamplingConfig,
+    ServerHalf,
     ServerSession,
     SplitGenerator,
     StepError,
@@ -15,6 +17,7 @@ from splitinfer.generation import (
     sample_token,
 )
 from splitinfer.models import split_model, tiny_model
+from splitinfer.split import RawCodec
 
 
 def test_greedy_is_argmax_and_top_k_1_equals_greedy():
@@ -93,12 +96,14 @@ def test_server_session_rejects_out_of_order_steps_and_rolls_back():
 def test_in_process_link_counts_bytes_and_resets():
     lm = tiny_model("gpt2")
     dev, srv = split_model(lm, [1])
-    link = InProcessLink(lambda: ServerSession([srv]))
-    gen = SplitGenerator(lm, dev, link)
+    link = InProcessLink(ServerHalf([srv]))
+    gen = SplitGenerator(lm, DeviceHalf(dev), link)
+    raw = RawCodec()
+    prompt, step = (raw.encode(torch.zeros(1, t, 64)).nbytes for t in (6, 1))
     res = gen.generate(torch.randint(3, 256, (1, 6)), 4, stop_at_eos=False)
-    assert res.bytes_up == (6 + 3) * 64 * 4 and res.bytes_down == 4 * 4 and link.messages == 4
+    assert res.bytes_up == prompt + 3 * step and res.bytes_down == 4 * 4 and link.messages == 4
     gen.generate(torch.randint(3, 256, (1, 6)), 2, stop_at_eos=False)
-    assert link.bytes_up == (6 + 1) * 64 * 4
+    assert link.bytes_up == prompt + step
 
 
 def test_generator_input_errors():

@@ -4,16 +4,17 @@ Pure functions over tensors, byte counts and timings; nothing here loads models 
 `report.py` can reuse the latency model on stored metrics.
 """
 
-from splitinfer.metrics.bandwidth import ByteCounter, transmit
+from splitinfer.metrics.bandwidth import bandwidth_metrics
 from splitinfer.metrics.latency import DeviceProfile, LinkProfile, estimate_latency
-from splitinfer.metrics.quality import QualityAccumulator, first_mismatch
+from splitinfer.metrics.quality import QualityAccumulator, first_mismatch, generation_metrics, wilson_interval
 
 __all__ = [
-    "ByteCounter",
     "DeviceProfile",
     "LinkProfile",
     "QualityAccumulator",
+    "bandwidth_metrics",
     "estimate_latency",
     "first_mismatch",
-    "transmit",
+    "generation_metrics",
+    "wilson_interval",
 ]

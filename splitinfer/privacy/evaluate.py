@@ -10,7 +10,7 @@ import torch
 
 from splitinfer.models import LoadedModel, split_model
 from splitinfer.privacy.attacks import Attack, AttackContext, NoAttack, build_attack, check_cut
-from splitinfer.privacy.defenses import Defense, NoDefense, attach_defense, build_defense
+from splitinfer.privacy.defenses import Defense, NoDefense, build_defense
 from splitinfer.privacy.metrics import distance_correlation, pii_recovered, rouge_l, token_accuracy
 from splitinfer.privacy.victims import PII_KINDS, Victim, aux_corpus, victim_set
 
@@ -27,17 +27,11 @@ def resolve_codec(codec):
 
 
 def payload_fn(dev, defense: Defense, codec) -> Callable[[torch.Tensor], torch.Tensor]:
-    """ids -> what the server decodes: codec.decode(codec.encode(defense(dev(ids))))."""
-    post = attach_defense(dev, defense)
+    """ids -> what the server decodes: the split path's `DeviceHalf.observe`, i.e.
+    codec.decode(codec.encode(defense(dev(ids)))) with exactly the code `generate` and `serve` use."""
+    from splitinfer.split import DeviceHalf
 
-    @torch.no_grad()
-    def observe(ids: torch.Tensor) -> torch.Tensor:
-        h = post(dev(ids))
-        if codec is not None:
-            h = codec.decode(codec.encode(h))
-        return h.float()
-
-    return observe
+    return DeviceHalf(dev, codec=codec, defense=defense).observe
 
 
 def _as_victims(lm: LoadedModel, victims, seed: int) -> list[Victim]:

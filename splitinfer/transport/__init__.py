@@ -97,7 +97,7 @@ _EXPORTS = {
     "TransportError": "splitinfer.transport.client",
     "TransportTimeout": "splitinfer.transport.client",
     "remote_generator": "splitinfer.transport.client",
-    "SimulatedLink": "splitinfer.transport.simulated",
+    "SimulatedLink": "splitinfer.split.simulated",
     "RawCodec": "splitinfer.transport.payload",
     "PROTOCOL_VERSION": "splitinfer.transport.protocol",
     "ProtocolError": "splitinfer.transport.protocol",

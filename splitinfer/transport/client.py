@@ -22,17 +22,17 @@ from typing import Any
 import torch
 import zmq
 
-from splitinfer.generation import SamplingConfig, SplitGenerator
+from splitinfer.errors import ConfigError, NotFoundError, UserError
 from splitinfer.models import LoadedModel, split_model, validate_cuts
+from splitinfer.split import DeviceHalf, SamplingConfig, SplitGenerator, Traffic, phase_of
 from splitinfer.transport import protocol as p
 from splitinfer.transport.payload import build_session_codec, codec_spec, default_codec
 
 CURVE_KEYS_ENV = "SPLITINFER_CURVE_KEYS"
 
 
-class TransportError(ValueError):
-    """The split server could not be used (no reply, refused request). A ValueError so the CLI prints
-    it as one line."""
+class TransportError(UserError, ValueError):
+    """The split server could not be used (no reply, refused request): printed by the CLI as one line."""
 
 
 class RemoteError(TransportError):
@@ -56,16 +56,18 @@ def load_client_curve_keys(keys_dir: str | os.PathLike) -> tuple[bytes, bytes, b
     secret_file, server_file = d / "client.key_secret", d / "server.key"
     for f in (secret_file, server_file):
         if not f.is_file():
-            raise FileNotFoundError(f"CURVE key file {f} is missing; create keys with `splitinfer keygen --dir {d}`")
+            raise NotFoundError(f"CURVE key file {f} is missing; create keys with `splitinfer keygen --dir {d}`")
     pub, sec = zmq.auth.load_certificate(str(secret_file))
     server_pub, _ = zmq.auth.load_certificate(str(server_file))
     return pub, sec, server_pub
 
 
 class RemoteLink:
-    """A `Link` to a `SplitServer`: opens a session, sends encoded hidden states, returns token ids.
+    """A `Link` to a `SplitServer`: opens a session, sends the device half's codec messages, returns
+    token ids.
 
-    Counts the real frame bytes both ways (`bytes_up`, `bytes_down`, retries and replays included).
+    Counts the real frame bytes both ways (`bytes_up`, `bytes_down`, retries and replays included);
+    `traffic` splits the step payloads by phase as every link does.
     """
 
     def __init__(self, url: str, *, fingerprint: str, cuts, hidden_size: int, codec: Any = None,
@@ -74,9 +76,9 @@ class RemoteLink:
                  curve: tuple[bytes, bytes, bytes] | None = None, curve_keys: str | None = None,
                  busy_poll_ms: float = 0.0, wake_early_ms: float = 0.0) -> None:
         if not isinstance(url, str) or not url.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError(f"server url {url!r} must look like tcp://HOST:PORT")
+            raise ConfigError(f"server url {url!r} must look like tcp://HOST:PORT")
         if not timeout_s > 0 or retries < 0:
-            raise ValueError(f"timeout_s={timeout_s!r} must be > 0 and retries={retries!r} >= 0")
+            raise ConfigError(f"timeout_s={timeout_s!r} must be > 0 and retries={retries!r} >= 0")
         self.busy_poll_s = p.check_busy_poll_ms(busy_poll_ms)
         # how to wait for a reply: sleep, or spin (busy_poll_ms), from wake_early_ms before it is due
         self.waiter = p.Waiter(self.busy_poll_s, p.check_busy_poll_ms(wake_early_ms, "wake_early_ms"))
@@ -101,33 +103,28 @@ class RemoteLink:
         self.last_logprob: float | None = None
         self.server_limits: dict = {}
         self.bytes_up = self.bytes_down = self.messages = 0
+        self.traffic = Traffic()  # step payloads by phase (bytes_up above also counts envelopes, retries)
         self.resends = 0  # requests sent again after a timeout
         self.replays = 0  # sessions rebuilt from the kept hidden states
 
     # -- the Link interface ----------------------------------------------------------------------
-    def step(self, hidden: torch.Tensor, start: int) -> int:
-        """Send the hidden states of positions start..start+T-1; returns the server's next token.
-
-        A prefill longer than the server's max_step_tokens (or its message cap) goes as several
-        consecutive chunk steps; the token after the last chunk is the answer."""
+    def step(self, enc, start: int) -> int:
+        """Send one step's codec message (positions start..start+T-1); returns the server's next token."""
         if self.sid is None:
             self._open_and_replay_until_open()
-        token = -1
-        for offset, chunk in self._chunks(hidden):
-            token = self._step_one(chunk, start + offset)
-        return token
+        return self._step_one(enc.to_frames(), start)
 
-    def _chunks(self, hidden: torch.Tensor):
+    def max_chunk_tokens(self, hidden: torch.Tensor) -> int:
+        """How many positions one message may carry: the server's max_step_tokens, and its message cap
+        (an fp32-sized estimate plus room for headers; codecs only make it smaller)."""
+        if self.sid is None:
+            self._open_and_replay_until_open()
         n = hidden.shape[1]
-        if n == 1:  # a decode step: nothing to split (and no slicing on the critical path)
-            yield 0, hidden
-            return
         per = min(n, self.server_limits.get("max_step_tokens") or n)
         cap = self.server_limits.get("max_message_bytes")
-        if cap and per > 1:  # fp32-sized estimate plus room for headers; codecs only make it smaller
+        if cap and per > 1:
             per = max(1, min(per, (cap - 4096) // max(1, hidden[0, 0].numel() * hidden.element_size())))
-        for offset in range(0, n, per):
-            yield offset, hidden[:, offset:offset + per]
+        return per
 
     def _open_and_replay_until_open(self) -> None:
         for _ in range(self.max_replays + 1):
@@ -137,8 +134,7 @@ class RemoteLink:
         raise TransportError(f"the server at {self.url} lost the session {self.max_replays + 1} times while it "
                              "was being replayed; giving up")
 
-    def _step_one(self, hidden: torch.Tensor, start: int) -> int:
-        frames = self.codec.encode(hidden).to_frames()
+    def _step_one(self, frames: list, start: int) -> int:
         for attempt in itertools.count():
             if self.sid is None:
                 self._open_and_replay()
@@ -155,6 +151,8 @@ class RemoteLink:
             self.sid = None  # the server lost it: open a new session and replay (loop)
         token = self._token(rep)
         self.history.append((start, frames, token))
+        tokens = _frame_tokens(frames)
+        self.traffic.add_up(sum(memoryview(f).nbytes for f in frames), tokens, phase_of(start, tokens))
         return token
 
     def reset(self) -> None:
@@ -166,6 +164,7 @@ class RemoteLink:
                 pass
         self.sid, self.seq, self.history = None, 0, []
         self.bytes_up = self.bytes_down = self.messages = self.resends = self.replays = 0
+        self.traffic = Traffic()
 
     def close(self) -> None:
         """Close the server session (waiting briefly for its reply) and this link's socket."""
@@ -313,26 +312,37 @@ def _send_frames(sock: zmq.Socket, frames: list) -> None:
         sock.send(f, zmq.SNDMORE if i < last else 0, copy=memoryview(f).nbytes < COPY_BELOW)
 
 
-def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
-                     sampling: SamplingConfig | None = None, *, rehearse: bool = True,
-                     **link_kwargs: Any) -> SplitGenerator:
-    """A SplitGenerator whose device stage runs here and whose server stages run at `server_url`.
+def _frame_tokens(frames: list) -> int:
+    from splitinfer.codecs.encoded import header_from_bytes
 
-    `codec` None means the project's default codec; `"none"` sends raw fp32. CURVE keys come from
-    `curve_keys=DIR` or the SPLITINFER_CURVE_KEYS environment variable (a `splitinfer keygen` folder).
-    With `busy_poll_ms` > 0 the link rehearses the device's step path while it waits (`rehearse`,
-    see `splitinfer.transport.warm`); `wake_early_ms` > 0 sleeps until that long before the reply
-    is due and spins only from then (see `protocol.Waiter`).
+    shape = header_from_bytes(frames[0]).get("shape") or [1, 1, 1]
+    return int(shape[1]) if len(shape) == 3 else 1
+
+
+def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
+                     sampling: SamplingConfig | None = None, *, defense: Any = None, rehearse: bool = True,
+                     **link_kwargs: Any) -> SplitGenerator:
+    """A SplitGenerator whose device half runs here and whose server half runs at `server_url`.
+
+    `codec` None means the project's default codec; `"none"` sends raw fp32. `defense` (a
+    `splitinfer.privacy` defense or its name) runs on the device before the codec; the server needs no
+    change. CURVE keys come from `curve_keys=DIR` or the SPLITINFER_CURVE_KEYS environment variable (a
+    `splitinfer keygen` folder). With `busy_poll_ms` > 0 the link rehearses the device's step path while
+    it waits (`rehearse`, see `splitinfer.transport.warm`); `wake_early_ms` > 0 sleeps until that long
+    before the reply is due and spins only from then (see `protocol.Waiter`).
     """
     cuts = validate_cuts(cuts, lm.num_layers)
-    stages = split_model(lm, cuts)
     if "curve" not in link_kwargs and "curve_keys" not in link_kwargs and os.environ.get(CURVE_KEYS_ENV):
         link_kwargs["curve_keys"] = os.environ[CURVE_KEYS_ENV]
+    if isinstance(defense, str | dict):
+        from splitinfer.privacy.defenses import build_defense
+
+        defense = build_defense(defense)
+    device = DeviceHalf(split_model(lm, cuts)[0], codec=default_codec() if codec is None else codec, defense=defense)
     link = RemoteLink(server_url, fingerprint=lm.fingerprint, cuts=cuts, hidden_size=lm.hidden_size,
-                      codec=default_codec() if codec is None else codec, sampling=sampling,
-                      vocab_size=lm.vocab_size, **link_kwargs)
+                      codec=device.codec, sampling=sampling, vocab_size=lm.vocab_size, **link_kwargs)
     if rehearse and link.busy_poll_s > 0:
         from splitinfer.transport.warm import device_rehearsal
 
         link.rehearsal = device_rehearsal(lm, cuts, link.codec)
-    return SplitGenerator(lm, stages[0], link)
+    return SplitGenerator(lm, device, link)

@@ -101,7 +101,7 @@ def test_defenses_on_the_data_path():
     defenses = pytest.importorskip("splitinfer.privacy.defenses")
     from splitinfer.codecs import build_codec
     from splitinfer.data import CorpusSpec
-    from splitinfer.experiment import MetricOptions, acts_on_embeddings, compute_reference, evaluate_split
+    from splitinfer.experiment import MetricOptions, compute_reference, evaluate_split
     from splitinfer.models import tiny_model
 
     lm = tiny_model("llama")
@@ -112,7 +112,7 @@ def test_defenses_on_the_data_path():
     clean = evaluate_split(lm, 2, codec, None, corpus, ref, opts)
     noisy = evaluate_split(lm, 2, codec, defenses.build_defense("gaussian", sigma=1.0), corpus, ref, opts)
     dchi = defenses.build_defense("dchi", eta=1.0)
-    assert acts_on_embeddings(dchi)
+    assert dchi.acts_on == "embedding"
     embedded = evaluate_split(lm, 2, codec, dchi, corpus, ref, opts, reuse_hidden=False)
     assert clean["kl_mean"] < 1e-6 < noisy["kl_mean"] and embedded["kl_mean"] > 1e-6
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from splitinfer.metrics.bandwidth import ByteCounter
+from splitinfer.metrics.bandwidth import bandwidth_metrics
 from splitinfer.metrics.latency import DeviceProfile, LinkProfile, estimate_latency
+from splitinfer.split import Traffic
 
 ROW = {
     "device_prefill_s_per_token": 0.001, "server_prefill_s_per_token": 0.002, "whole_prefill_s_per_token": 0.003,
@@ -49,14 +50,14 @@ def test_bad_profiles():
         DeviceProfile("x", 0.0)
 
 
-def test_byte_counter():
-    c = ByteCounter(hidden_size=4)
-    c.add(100, 10, "prefill")
-    c.add(20, 1, "decode")
-    c.add(22, 1, "decode")
-    r = c.result()
+def test_bandwidth_metrics_from_link_traffic():
+    c = Traffic()
+    c.add_up(100, 10, "prefill")
+    c.add_up(20, 1, "decode")
+    c.add_up(22, 1, "decode")
+    r = bandwidth_metrics(c, hidden_size=4)
     assert r["up_bytes_per_token_prefill"] == 10 and r["up_bytes_per_token_decode"] == 21
     assert r["up_ratio_vs_fp32_decode"] == pytest.approx(21 / 16)
     assert r["down_bytes_per_token_prefill"] == pytest.approx(0.4)
     with pytest.raises(ValueError, match="phase"):
-        c.add(1, 1, "upload")
+        c.add_up(1, 1, "upload")

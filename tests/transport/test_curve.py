@@ -90,7 +90,7 @@ def test_session_belongs_to_the_key_that_opened_it(curve_server, tiny_lm, keys, 
         a.generate(IDS, 2, stop_at_eos=False)
         b.link.sid = a.link.sid  # b tries to drive a's session
         with pytest.raises(RemoteError) as e:
-            b.link.step(torch.zeros(1, 1, tiny_lm.hidden_size), 5)
+            b.link.step(b.device.encode(torch.zeros(1, 1, tiny_lm.hidden_size)), 5)
         assert e.value.code == p.FORBIDDEN
     finally:
         b.link.sid = None

@@ -31,8 +31,8 @@ class HookedLink:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def step(self, hidden, start):
-        tok = self.inner.step(hidden, start)
+    def step(self, enc, start):
+        tok = self.inner.step(enc, start)
         self.n += 1
         self.hook(self.n)
         return tok

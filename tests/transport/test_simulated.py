@@ -5,20 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splitinfer.generation import InProcessLink, ServerSession, SplitGenerator
-from splitinfer.models import split_model
+from splitinfer.split import InProcessLink, SplitGenerator, split_pair
 from splitinfer.transport import SimulatedLink, remote_generator
 
 
 def in_process(lm, cut=2):
-    stages = split_model(lm, [cut])
-    return stages, InProcessLink(lambda: ServerSession(stages[1:]))
+    device, server = split_pair(lm, [cut])
+    return device, InProcessLink(server)
 
 
 def test_delay_is_rtt_plus_bytes_over_bandwidth(tiny_lm):
-    stages, inner = in_process(tiny_lm)
+    device, inner = in_process(tiny_lm)
     link = SimulatedLink(inner, bandwidth_bps=1e6, downlink_bps=2e6, rtt_s=0.01, sleep=False)
-    gen = SplitGenerator(tiny_lm, stages[0], link)
+    gen = SplitGenerator(tiny_lm, device, link)
     res = gen.generate(torch.tensor([[4, 5, 6]]), 5, stop_at_eos=False)
     up, down = res.bytes_up, res.bytes_down
     assert link.simulated_s == pytest.approx(5 * 0.01 + up * 8 / 1e6 + down * 8 / 2e6)
@@ -28,9 +27,9 @@ def test_delay_is_rtt_plus_bytes_over_bandwidth(tiny_lm):
 def test_jitter_is_seeded_and_nonnegative(tiny_lm):
     delays = []
     for _ in range(2):
-        stages, inner = in_process(tiny_lm)
+        device, inner = in_process(tiny_lm)
         link = SimulatedLink(inner, bandwidth_bps=1e9, rtt_s=0.0, jitter_s=0.005, seed=3, sleep=False)
-        SplitGenerator(tiny_lm, stages[0], link).generate(torch.tensor([[4, 5]]), 6, stop_at_eos=False)
+        SplitGenerator(tiny_lm, device, link).generate(torch.tensor([[4, 5]]), 6, stop_at_eos=False)
         delays.append(link.delays)
     assert delays[0] == delays[1] and all(d >= 0 for d in delays[0]) and len(set(delays[0])) > 1
 

@@ -1,6 +1,6 @@
 """A simulated network in front of any link: bandwidth, round-trip time and optional jitter.
 
-    link = SimulatedLink(InProcessLink(factory, codec), bandwidth_bps=10e6, rtt_s=0.05, jitter_s=0.005)
+    link = SimulatedLink(InProcessLink(server_half), bandwidth_bps=10e6, rtt_s=0.05, jitter_s=0.005)
     link = SimulatedLink(remote_link, bandwidth_bps=1e6, rtt_s=0.1, sleep=False)   # account only
 
 Each step costs rtt + jitter + bytes_up*8/uplink + bytes_down*8/downlink on top of what the inner link
@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import time
 
-import torch
+from splitinfer.errors import ConfigError
 
 
 class SimulatedLink:
@@ -23,10 +23,10 @@ class SimulatedLink:
                  downlink_bps: float | None = None, seed: int = 0, sleep: bool = True) -> None:
         for name, v in (("bandwidth_bps", bandwidth_bps), ("downlink_bps", downlink_bps or bandwidth_bps)):
             if not isinstance(v, int | float) or not v > 0:
-                raise ValueError(f"{name}={v!r}: must be a number of bits per second > 0")
+                raise ConfigError(f"{name}={v!r}: must be a number of bits per second > 0")
         for name, v in (("rtt_s", rtt_s), ("jitter_s", jitter_s)):
             if not isinstance(v, int | float) or v < 0:
-                raise ValueError(f"{name}={v!r}: must be a number of seconds >= 0")
+                raise ConfigError(f"{name}={v!r}: must be a number of seconds >= 0")
         self.inner = inner
         self.uplink_bps = float(bandwidth_bps)
         self.downlink_bps = float(downlink_bps or bandwidth_bps)
@@ -62,9 +62,9 @@ class SimulatedLink:
         jitter = abs(self._rng.gauss(0.0, self.jitter_s)) if self.jitter_s else 0.0
         return self.rtt_s + jitter + up * 8 / self.uplink_bps + down * 8 / self.downlink_bps
 
-    def step(self, hidden: torch.Tensor, start: int) -> int:
+    def step(self, enc, start: int) -> int:
         up0, down0 = self.inner.bytes_up, self.inner.bytes_down
-        token = self.inner.step(hidden, start)
+        token = self.inner.step(enc, start)
         delay = self.delay_for(self.inner.bytes_up - up0, self.inner.bytes_down - down0)
         self.delays.append(delay)
         if self.sleep and delay > 0:

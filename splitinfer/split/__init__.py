@@ -1,0 +1,40 @@
+"""The split path, in one place: a device half, a server half, and links that only move frames.
+
+    prompt ids ─▶ DeviceHalf: stage (embeddings + layers 0..k-1) ─▶ defense ─▶ codec.encode ─┐
+                                                                        Link (frames, counted)│
+    next token ◀── ServerHalf: sample ◀── stages (layers k..L-1 + norm + head) ◀── decode ◀──┘
+
+Every recipe composes these: `splitinfer generate` (in-process, simulated or over ZeroMQ), one Hydra
+sweep job (bandwidth, quality and latency inputs), the privacy evaluator (what the server decodes is
+what the attacker sees), and the benchmarks. Bytes are counted once, by the link, as the frames it moved.
+"""
+
+from splitinfer.split.device import DeviceHalf, install_defense
+from splitinfer.split.generator import GenerationResult, SplitGenerator, in_process_generator, split_pair
+from splitinfer.split.link import TOKEN_REPLY_BYTES, InProcessLink, Link, Traffic, phase_of
+from splitinfer.split.server import SamplingConfig, ServerHalf, ServerSession, StepError, sample_token
+from splitinfer.split.simulated import SimulatedLink
+from splitinfer.split.wire import RawCodec, codec_spec, resolve_codec
+
+__all__ = [
+    "TOKEN_REPLY_BYTES",
+    "DeviceHalf",
+    "GenerationResult",
+    "InProcessLink",
+    "Link",
+    "RawCodec",
+    "SamplingConfig",
+    "ServerHalf",
+    "ServerSession",
+    "SimulatedLink",
+    "SplitGenerator",
+    "StepError",
+    "Traffic",
+    "codec_spec",
+    "in_process_generator",
+    "install_defense",
+    "phase_of",
+    "resolve_codec",
+    "sample_token",
+    "split_pair",
+]

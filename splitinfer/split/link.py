@@ -1,0 +1,119 @@
+"""Links move codec messages from the device half to the server half and count what they moved.
+
+A link's `step(enc, start)` carries one step's message up and the next token back. The bytes it counts
+are the frames it carried: the codec's header + buffers up, the reply down. In-process and simulated
+links reply with the token id alone (`TOKEN_REPLY_BYTES`); the ZeroMQ link counts its real frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from splitinfer.codecs.encoded import EncodedTensor
+from splitinfer.split.server import ServerHalf, ServerSession
+
+TOKEN_REPLY_BYTES = 4  # an int32 token id: the in-process reply (the ZeroMQ link counts its own frames)
+
+
+def phase_of(start: int, tokens: int) -> str:
+    """A message that starts a sequence or carries several positions is prefill; one token is decode."""
+    return "prefill" if start == 0 or tokens > 1 else "decode"
+
+
+@dataclass
+class Traffic:
+    """What a link moved, by direction and phase (prefill: a prompt or chunk; decode: one token)."""
+
+    up_prefill_bytes: int = 0
+    up_prefill_tokens: int = 0
+    prefill_msgs: int = 0
+    up_decode_bytes: int = 0
+    up_decode_tokens: int = 0
+    decode_msgs: int = 0
+    down_bytes: int = 0
+
+    def add_up(self, nbytes: int, tokens: int, phase: str) -> None:
+        if phase == "prefill":
+            self.up_prefill_bytes += nbytes
+            self.up_prefill_tokens += tokens
+            self.prefill_msgs += 1
+        elif phase == "decode":
+            self.up_decode_bytes += nbytes
+            self.up_decode_tokens += tokens
+            self.decode_msgs += 1
+        else:
+            raise ValueError(f"phase={phase!r} is not 'prefill' or 'decode'")
+
+    @property
+    def bytes_up(self) -> int:
+        return self.up_prefill_bytes + self.up_decode_bytes
+
+    @property
+    def messages(self) -> int:
+        return self.prefill_msgs + self.decode_msgs
+
+
+class Link(Protocol):
+    """Carries a device step's codec message to the server side and brings back the next token id."""
+
+    traffic: Traffic
+
+    @property
+    def bytes_up(self) -> int: ...
+    @property
+    def bytes_down(self) -> int: ...
+    def step(self, enc: EncodedTensor, start: int) -> int: ...
+    def reset(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _tokens_of(enc: EncodedTensor) -> int:
+    shape = enc.header.get("shape") or [1, 1, 1]
+    return int(shape[1]) if len(shape) == 3 else 1
+
+
+class InProcessLink:
+    """A link with no network: the frames cross as the wire would carry them (header re-parsed), counted.
+
+    `carry(enc)` moves a message without a step (teacher-forced evaluation); `step(enc, start)` runs a
+    generation step in the server's session and returns the sampled token.
+    """
+
+    def __init__(self, server: ServerHalf) -> None:
+        self.server = server
+        self.traffic = Traffic()
+        self.session: ServerSession = server.session()
+
+    @property
+    def bytes_up(self) -> int:
+        return self.traffic.bytes_up
+
+    @property
+    def bytes_down(self) -> int:
+        return self.traffic.down_bytes
+
+    @property
+    def messages(self) -> int:
+        return self.traffic.messages
+
+    def carry(self, enc: EncodedTensor, phase: str = "prefill") -> torch.Tensor:
+        """Move one message to the server and decode it there; returns the server's hidden state."""
+        frames = enc.to_frames()
+        self.traffic.add_up(sum(memoryview(f).nbytes for f in frames), _tokens_of(enc), phase)
+        return self.server.decode(EncodedTensor.from_frames(frames))
+
+    def step(self, enc: EncodedTensor, start: int) -> int:
+        hidden = self.carry(enc, phase_of(start, _tokens_of(enc)))
+        token = self.session.step(hidden, start)
+        self.traffic.down_bytes += TOKEN_REPLY_BYTES
+        return token
+
+    def reset(self) -> None:
+        self.session = self.server.session()
+        self.traffic = Traffic()
+
+    def close(self) -> None:
+        pass

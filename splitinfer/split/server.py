@@ -1,0 +1,163 @@
+"""The server half of the split path: its stages, the codec it decodes, sampling, KV sessions.
+
+A `ServerSession` is one generation's state on the server (the stages' KV caches and the position);
+sampling is seeded by (seed, position), so a replayed step draws exactly the same token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from splitinfer.errors import ConfigError
+from splitinfer.models import Stage
+from splitinfer.split.wire import resolve_codec
+
+
+class StepError(ConfigError):
+    """A step that does not fit the session's state (wrong start position, too many tokens)."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the server picks the next token; temperature 0 means greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, int | float) and 0.0 <= self.temperature <= 100.0):
+            raise ConfigError(f"temperature={self.temperature!r}: must be a number in [0, 100] (0 = greedy)")
+        if not (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0):
+            raise ConfigError(f"top_k={self.top_k!r}: must be an int >= 0 (0 = off)")
+        if not (isinstance(self.top_p, int | float) and 0.0 < self.top_p <= 1.0):
+            raise ConfigError(f"top_p={self.top_p!r}: must be a number in (0, 1] (1 = off)")
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**62):
+            raise ConfigError(f"seed={self.seed!r}: must be an int in [0, 2**62)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def sample_token(logits: torch.Tensor, cfg: SamplingConfig, position: int) -> int:
+    """Pick the next token from one position's logits (V,). Deterministic given (seed, position)."""
+    if cfg.greedy:
+        if logits.dtype == torch.float32 and logits.dim() == 1 and logits.device.type == "cpu":
+            # numpy's argmax: same answer (first maximum; a NaN counts as the maximum), ~10x cheaper
+            # than torch's on one thread, and it sits on every decode step's critical path
+            return int(logits.detach().numpy().argmax())
+        return int(torch.argmax(logits))
+    scores = logits.float() / cfg.temperature
+    if cfg.top_k:
+        kth = torch.topk(scores, min(cfg.top_k, scores.numel())).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        cum = torch.softmax(sorted_scores, -1).cumsum(-1)
+        drop = cum - torch.softmax(sorted_scores, -1) >= cfg.top_p  # keep the smallest set reaching top_p
+        scores = scores.scatter(0, order[drop], float("-inf"))
+    gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + position) % 2**63)
+    return int(torch.multinomial(torch.softmax(scores, -1), 1, generator=gen))
+
+
+class ServerSession:
+    """The server side of one generation: the remaining stages, their KV caches and the sampler."""
+
+    def __init__(self, stages: Sequence[Stage], sampling: SamplingConfig | None = None,
+                 max_tokens: int | None = None) -> None:
+        if not stages or not stages[-1].is_last:
+            raise ConfigError("a server session needs the chain's stages up to and including the last one")
+        self.stages = list(stages)
+        self.sampling = sampling or SamplingConfig()
+        self.max_tokens = max_tokens
+        self.caches = [s.new_cache() for s in self.stages]
+        self.position = 0
+
+    @property
+    def hidden_size(self) -> int:
+        return self.stages[0].hidden_size
+
+    def cache_bytes(self) -> int:
+        return sum(c.nbytes() for c in self.caches if c is not None)
+
+    @torch.no_grad()
+    def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        """Run the chain on hidden states for positions start..start+T-1; returns logits (1, T, V)."""
+        if hidden.dim() != 3 or hidden.shape[0] != 1 or hidden.shape[-1] != self.hidden_size:
+            raise StepError(f"hidden states must have shape (1, T, {self.hidden_size}), got {tuple(hidden.shape)}")
+        if start != self.position:
+            raise StepError(f"step starts at position {start} but the session is at {self.position}; "
+                            "resend from the session's position or replay the session")
+        n = hidden.shape[1]
+        if n == 0:
+            raise StepError("a step must carry at least one position")
+        if self.max_tokens is not None and start + n > self.max_tokens:
+            raise StepError(f"session would hold {start + n} tokens, over its limit of {self.max_tokens}")
+        pos = torch.arange(start, start + n)[None]
+        h = hidden.to(torch.float32)
+        for stage, cache in zip(self.stages, self.caches, strict=True):
+            h = stage(h, position_ids=pos, cache=cache)
+        self.position += n
+        return h
+
+    def step(self, hidden: torch.Tensor, start: int) -> int:
+        """Run one step and return the sampled next token id."""
+        logits = self.forward(hidden, start)
+        return sample_token(logits[0, -1], self.sampling, self.position)
+
+    def rollback(self, position: int) -> None:
+        """Forget everything from `position` on (for a step that must be redone)."""
+        for c in self.caches:
+            if c is not None:
+                c.crop(position)
+        self.position = min(self.position, position)
+
+
+class ServerHalf:
+    """The server's part of the split path: the stages after the cut and the codec it decodes.
+
+    `decode(enc)` turns a received codec message into the float32 hidden state; `session()` starts one
+    generation's KV state; `logits(hidden)` runs the stages without a cache (teacher-forced evaluation).
+    """
+
+    def __init__(self, stages: Sequence[Stage], codec=None, sampling: SamplingConfig | None = None,
+                 max_tokens: int | None = None) -> None:
+        if not stages or not stages[-1].is_last:
+            raise ConfigError("a server half needs the chain's stages up to and including the last one")
+        self.stages = list(stages)
+        self.codec = resolve_codec(codec)
+        self.sampling = sampling or SamplingConfig()
+        self.max_tokens = max_tokens
+        self.decode_s = 0.0  # seconds spent decoding payloads (codec cost on the server)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.stages[0].hidden_size
+
+    def decode(self, enc) -> torch.Tensor:
+        """A codec message -> the hidden state it carries, float32 with the shape in its header."""
+        t0 = time.perf_counter()
+        h = self.codec.decode(enc)
+        shape = enc.header.get("shape")
+        h = h.to(torch.float32)
+        if shape is not None and list(h.shape) != list(shape):
+            h = h.reshape(shape)
+        self.decode_s += time.perf_counter() - t0
+        return h
+
+    def session(self, sampling: SamplingConfig | None = None) -> ServerSession:
+        return ServerSession(self.stages, sampling or self.sampling, self.max_tokens)
+
+    @torch.no_grad()
+    def logits(self, hidden: torch.Tensor, *, position_ids=None, attention_mask=None) -> torch.Tensor:
+        """Run the stages on a whole sequence with no KV cache (teacher forcing); (B, T, V)."""
+        h = hidden
+        for stage in self.stages:
+            h = stage(h, position_ids=position_ids, attention_mask=attention_mask)
+        return h
