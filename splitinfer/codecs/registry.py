@@ -133,13 +133,26 @@ def _build(name: str, params_json: str) -> Codec:
     if name in _PEERS:
         return _PEERS[name](name, params)
     if name not in _PRESETS:
-        raise CodecError(
-            f"unknown codec {name!r}. Available: {', '.join(available_codecs())}. Pass one of these names, "
-            "or a dict {'name': <preset>, **params} / {**params} for a custom pipeline."
-        )
+        raise CodecError(_unknown_codec_message(name))
     base = PipelineParams.from_mapping(_PRESETS[name])
     full = PipelineParams.from_mapping({**_PRESETS[name], **params})
     return PipelineCodec(full, name=name, overrides=full.diff(base))
+
+
+NAME_GRAMMAR = ("int{2..8}_{tensor|token|b32|b64}[_outlier][_rot][_log8][_tc][_lz4|_zstd], fp32, fp16, bf16, "
+                "top10_fp16, ec15..ec60, ec34g/ec37g/ec38g/ec40g, petals_blockwise8")
+LIST_COMMAND = 'python -c "from splitinfer.codecs import available_codecs; print(available_codecs())"'
+
+
+def _unknown_codec_message(name: str) -> str:
+    """One short line: the nearest names, the naming grammar, and where the full list is."""
+    import difflib
+
+    near = difflib.get_close_matches(name, available_codecs(), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(near)}?" if near else ""
+    return (f"unknown codec {name!r}.{hint} Names: {NAME_GRAMMAR} (not every combination exists; "
+            f"all {len(available_codecs())}: {LIST_COMMAND}), or a dict {{'name': <preset>, **params}} for a "
+            "custom pipeline.")
 
 
 def codec_from_header(header: Mapping[str, Any]) -> Codec:

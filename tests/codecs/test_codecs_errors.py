@@ -87,7 +87,7 @@ def test_header_that_does_not_match_its_buffers(encoded, change):
 
 
 @pytest.mark.parametrize("header, message", [
-    ({"codec": "nope"}, "unknown codec 'nope'. Available: .*fp16"),
+    ({"codec": "nope"}, r"unknown codec 'nope'\. Names: .*fp16"),
     ({"codec": 3}, "no codec name"),
     ({"codec": "int8", "params": {"bits": "4"}}, r"bits='4' is invalid: must be null or an int in 2..8"),
     ({"codec": "int8", "params": {"bits": True}}, "bits=True is invalid"),
@@ -155,9 +155,10 @@ def test_bad_inputs_to_encode():
             codec.encode(bad)
 
 
-def test_unknown_codec_name_lists_the_available_ones():
-    with pytest.raises(CodecError, match=r"unknown codec 'int9'\. Available: .*int8.*Pass one of these names"):
+def test_unknown_codec_name_is_short_and_points_at_the_list():
+    with pytest.raises(CodecError, match=r"unknown codec 'int9'\. Did you mean int8\?.*int\{2\.\.8\}_") as e:
         build_codec("int9")
+    assert len(str(e.value)) < 600 and "available_codecs()" in str(e.value)
     with pytest.raises(ValueError):  # CodecError is a ValueError
         build_codec({"name": "int8", "bits": 99})
 
