@@ -586,7 +586,7 @@ def run_server(cfg: ServerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from splitinfer.transport.serve_cmd import add_server_arguments
+    from splitinfer.transport.server_args import add_server_arguments
 
     parser = argparse.ArgumentParser(prog="python -m splitinfer.transport.server",
                                      description="Serve the server stage of a cut model over ZeroMQ.")
