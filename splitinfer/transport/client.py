@@ -27,6 +27,7 @@ from splitinfer.models import LoadedModel, split_model, validate_cuts
 from splitinfer.split import DeviceHalf, SamplingConfig, SplitGenerator, Traffic, phase_of
 from splitinfer.transport import protocol as p
 from splitinfer.transport.payload import build_session_codec, codec_spec, default_codec
+from splitinfer.transport.wait import WaitPolicy
 
 CURVE_KEYS_ENV = "SPLITINFER_CURVE_KEYS"
 
@@ -74,14 +75,13 @@ class RemoteLink:
                  sampling: SamplingConfig | None = None, timeout_s: float = 5.0, retries: int = 3,
                  max_replays: int = 3, want_logprob: bool = False, vocab_size: int | None = None,
                  curve: tuple[bytes, bytes, bytes] | None = None, curve_keys: str | None = None,
-                 busy_poll_ms: float = 0.0, wake_early_ms: float = 0.0) -> None:
+                 wait: WaitPolicy | dict | str | None = None) -> None:
         if not isinstance(url, str) or not url.startswith(("tcp://", "ipc://", "inproc://")):
             raise ConfigError(f"server url {url!r} must look like tcp://HOST:PORT")
         if not timeout_s > 0 or retries < 0:
             raise ConfigError(f"timeout_s={timeout_s!r} must be > 0 and retries={retries!r} >= 0")
-        self.busy_poll_s = p.check_busy_poll_ms(busy_poll_ms)
-        # how to wait for a reply: sleep, or spin (busy_poll_ms), from wake_early_ms before it is due
-        self.waiter = p.Waiter(self.busy_poll_s, p.check_busy_poll_ms(wake_early_ms, "wake_early_ms"))
+        self.wait = WaitPolicy.resolve(wait)  # how to wait for a reply: sleep, or spin (and rehearse)
+        self.waiter = p.Waiter(self.wait)
         self.url = url
         self.fingerprint = fingerprint
         self.cuts = list(cuts)
@@ -242,7 +242,8 @@ class RemoteLink:
 
     @property
     def rehearsal(self):
-        """A warm.Rehearsal of the device's step path, run while busy-polling (remote_generator sets it)."""
+        """A warm.Rehearsal of the device's step path, run while busy-polling (remote_generator sets it
+        when the link's WaitPolicy rehearses)."""
         return self.waiter.rehearsal
 
     @rehearsal.setter
@@ -320,17 +321,19 @@ def _frame_tokens(frames: list) -> int:
 
 
 def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
-                     sampling: SamplingConfig | None = None, *, defense: Any = None, rehearse: bool = True,
-                     **link_kwargs: Any) -> SplitGenerator:
+                     sampling: SamplingConfig | None = None, *, defense: Any = None,
+                     wait: WaitPolicy | dict | str | None = None, **link_kwargs: Any) -> SplitGenerator:
     """A SplitGenerator whose device half runs here and whose server half runs at `server_url`.
 
     `codec` None means the project's default codec; `"none"` sends raw fp32. `defense` (a
     `splitinfer.privacy` defense or its name) runs on the device before the codec; the server needs no
     change. CURVE keys come from `curve_keys=DIR` or the SPLITINFER_CURVE_KEYS environment variable (a
-    `splitinfer keygen` folder). With `busy_poll_ms` > 0 the link rehearses the device's step path while
-    it waits (`rehearse`, see `splitinfer.transport.warm`); `wake_early_ms` > 0 sleeps until that long
-    before the reply is due and spins only from then (see `protocol.Waiter`).
+    `splitinfer keygen` folder). `wait` (a `WaitPolicy`, its settings as a dict, or a mode name) says
+    how the link waits for each reply; when it spins and rehearses, the device's step path is rehearsed
+    on a tiny shadow model meanwhile (`splitinfer.transport.warm`). The old separate keywords
+    (busy_poll_ms=, rehearse=, wake_early_ms=) are still taken, deprecated, by `WaitPolicy.resolve`.
     """
+    wait = WaitPolicy.resolve(wait, link_kwargs)
     cuts = validate_cuts(cuts, lm.num_layers)
     if "curve" not in link_kwargs and "curve_keys" not in link_kwargs and os.environ.get(CURVE_KEYS_ENV):
         link_kwargs["curve_keys"] = os.environ[CURVE_KEYS_ENV]
@@ -340,8 +343,8 @@ def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
         defense = build_defense(defense)
     device = DeviceHalf(split_model(lm, cuts)[0], codec=default_codec() if codec is None else codec, defense=defense)
     link = RemoteLink(server_url, fingerprint=lm.fingerprint, cuts=cuts, hidden_size=lm.hidden_size,
-                      codec=device.codec, sampling=sampling, vocab_size=lm.vocab_size, **link_kwargs)
-    if rehearse and link.busy_poll_s > 0:
+                      codec=device.codec, sampling=sampling, vocab_size=lm.vocab_size, wait=wait, **link_kwargs)
+    if wait.rehearses:
         from splitinfer.transport.warm import device_rehearsal
 
         link.rehearsal = device_rehearsal(lm, cuts, link.codec)

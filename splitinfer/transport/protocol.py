@@ -1,4 +1,5 @@
-"""The wire protocol: envelope encoding, strict field validation, error codes, payload codecs.
+"""The wire protocol: envelope encoding, strict field validation, error codes, payload codecs; and
+`Waiter`, which waits for the next message as a `WaitPolicy` (splitinfer.transport.wait) says.
 
 One message = ZeroMQ multipart frames: a msgpack envelope (a small map, see `splitinfer.transport`'s
 docstring for every field), then for a step the codec's frames (its JSON header, then raw buffers).
@@ -17,6 +18,8 @@ from typing import Any
 
 import msgpack
 import zmq
+
+from splitinfer.transport.wait import WaitPolicy
 
 PROTOCOL_VERSION = 1
 MAX_ENVELOPE_BYTES = 4096  # real envelopes are ~60-200 bytes
@@ -92,17 +95,6 @@ def unpack(frame) -> dict[str, Any]:
     return env
 
 
-def check_busy_poll_ms(value: Any, name: str = "busy_poll_ms") -> float:
-    """A busy-poll setting in ms (busy_poll_ms, wake_early_ms) -> seconds; anything else is a clear
-    ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-        hint = ("0 = always wait in the kernel; e.g. 500 to spin while the other side computes"
-                if name == "busy_poll_ms" else
-                "0 = spin from the start of each wait; e.g. 3 to sleep until 3 ms before the expected message")
-        raise ValueError(f"{name}={value!r} must be a finite number of milliseconds >= 0 ({hint})")
-    return float(value) / 1e3
-
-
 def spin_until_readable(sock, until: float, stop=None, rehearse=None) -> bool:
     """Busy-poll `sock` until time.perf_counter() reaches `until` (or `stop` is set): True as soon as a
     message waits. Yields the core between polls so ZeroMQ's I/O thread runs at once. `rehearse`
@@ -123,11 +115,12 @@ def spin_until_readable(sock, until: float, stop=None, rehearse=None) -> bool:
 
 
 class Waiter:
-    """How one side waits for its next message (SplitServer: the next request; RemoteLink: the reply).
+    """How one side waits for its next message (SplitServer: the next request; RemoteLink: the reply),
+    as its `WaitPolicy` says.
 
-    Without busy polling it sleeps in poll. With `busy_poll_s` it spins that long from the start of
-    the wait (`begin()`), running `rehearsal` between polls. With `wake_early_s` as well it first
-    sleeps and starts the spin `wake_early_s` before the message is expected: the median of this
+    Without busy polling it sleeps in poll. With `busy_poll_ms` it spins that long from the start of
+    the wait (`begin()`), running `rehearsal` between polls. With `wake_early_ms` as well it first
+    sleeps and starts the spin `wake_early_ms` before the message is expected: the median of this
     side's last 16 waits. A wait that began with no message expected (a server before its first
     request) only sleeps.
     """
@@ -135,9 +128,12 @@ class Waiter:
     HISTORY = 16
     MIN_HISTORY = 4  # waits seen before the prediction is trusted; until then spin from the start
 
-    def __init__(self, busy_poll_s: float = 0.0, wake_early_s: float = 0.0, rehearsal=None) -> None:
-        self.busy_poll_s = busy_poll_s
-        self.wake_early_s = wake_early_s
+    def __init__(self, policy: WaitPolicy | None = None, rehearsal=None) -> None:
+        self.policy = policy if policy is not None else WaitPolicy()
+        if not isinstance(self.policy, WaitPolicy):
+            raise TypeError(f"policy must be a WaitPolicy, got {type(policy).__name__}")
+        self.busy_poll_s = self.policy.busy_poll_s  # copied from the frozen policy: read on every wait
+        self.wake_early_s = self.policy.wake_early_s
         self.rehearsal = rehearsal
         self.since: float | None = None  # when the current wait began
         self._waits: deque[float] = deque(maxlen=self.HISTORY)

@@ -32,6 +32,7 @@ from splitinfer.transport import payload as pl
 from splitinfer.transport import protocol as p
 from splitinfer.transport.protocol import ProtocolError
 from splitinfer.transport.sessions import Session, SessionLimits, SessionTable
+from splitinfer.transport.wait import WaitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,8 @@ class SplitServer:
 
     def __init__(self, lm: LoadedModel, cuts, *, host: str = "127.0.0.1", port: int = 0,
                  limits: SessionLimits | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 curve: CurveConfig | None = None, poll_ms: int = 100, busy_poll_ms: float = 0.0,
-                 rehearse: bool = True, wake_early_ms: float = 0.0) -> None:
+                 curve: CurveConfig | None = None, poll_ms: int = 100,
+                 wait: WaitPolicy | dict | str | None = None) -> None:
         if not lm.is_causal_lm:
             raise ValueError(f"model {lm.name!r} is an encoder ({lm.family}); the split server serves causal LMs")
         self.lm = lm
@@ -133,11 +134,9 @@ class SplitServer:
         self.curve = curve
         self._curve_keys = curve.load() if curve else None
         self.poll_ms = poll_ms
-        self.busy_poll_s = p.check_busy_poll_ms(busy_poll_ms)
-        self.rehearse = bool(rehearse)  # with busy polling: rehearse the step path while waiting (warm.py)
-        self._rehearsal = None
-        # with busy polling: sleep until this long before the next request is expected, then spin
-        self._waiter = p.Waiter(self.busy_poll_s, p.check_busy_poll_ms(wake_early_ms, "wake_early_ms"))
+        self.wait = WaitPolicy.resolve(wait)  # how to wait for the next request (sleep, spin, rehearse)
+        self._rehearsal = None  # built in the serving thread when the policy rehearses (warm.py)
+        self._waiter = p.Waiter(self.wait)
         kv_per_token = sum(s.kv_bytes_per_token() for s in self.stages)
         self.sessions = SessionTable(self.limits, kv_per_token)
         self.stats = ServerStats()
@@ -148,6 +147,14 @@ class SplitServer:
         self._lock = threading.Lock()  # guards reads of the session table from other threads
 
     # -- what tests and operators look at ------------------------------------------------------
+    @property
+    def busy_poll_s(self) -> float:
+        return self.wait.busy_poll_s
+
+    @property
+    def rehearse(self) -> bool:
+        return self.wait.rehearse
+
     @property
     def url(self) -> str:
         return f"tcp://{self.host}:{self.port}"
@@ -235,7 +242,7 @@ class SplitServer:
                 sock.bind(self.url)
             log.info("serving %s cut %s on %s (curve %s)", self.lm.name, self.cuts, self.url,
                      "on" if self.curve else "off")
-            if self.rehearse and self.busy_poll_s > 0:  # built here, before serving: ~50 ms, once
+            if self.wait.rehearses:  # built here, before serving: ~50 ms, once
                 from splitinfer.transport.warm import server_rehearsal
 
                 self._rehearsal = server_rehearsal(self.lm, self.cuts, pl.RawCodec(), _head_on_last_position_only)
@@ -251,7 +258,7 @@ class SplitServer:
     def _loop(self, sock: zmq.Socket) -> None:
         next_evict = time.monotonic() + 1.0
         while not self._stop.is_set():
-            # Busy polling (busy_poll_ms): the next step of a session usually follows within a
+            # Busy polling (WaitPolicy.busy_poll_ms): the next step of a session usually follows within a
             # device-compute time, and a core that never idles answers it without the wake-up (and, on
             # a VM, the slower first milliseconds of a vCPU coming back from halt); see protocol.Waiter.
             if self._waiter.wait(sock, self.poll_ms / 1e3, self._stop):
@@ -355,7 +362,7 @@ class SplitServer:
                 "kv_bytes": self.sessions.kv_bytes(), "curve": self.curve is not None,
                 "max_message_bytes": self.max_message_bytes, "limits": asdict(self.limits),
                 "steps": self.stats.steps, "compute_s": self.stats.compute_s, "cpu_s": time.process_time(),
-                "busy_poll_ms": self.busy_poll_s * 1e3, "wake_early_ms": self._waiter.wake_early_s * 1e3,
+                "wait": self.wait.as_dict(),
                 "rehearsal": None if self._rehearsal is None else {
                     "runs": self._rehearsal.runs, "interrupted": self._rehearsal.interrupted,
                     "failed": self._rehearsal.failed}}
@@ -494,9 +501,13 @@ class ServerConfig:
     max_kv_bytes: int = SessionLimits.max_kv_bytes
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     threads: int | None = None  # torch intra-op threads; None = torch's default (all cores)
-    busy_poll_ms: float = 0.0  # spin this long after each message before sleeping (latency for CPU)
-    rehearse: bool = True  # while busy-polling, keep the step path warm on a shadow model (warm.py)
-    wake_early_ms: float = 0.0  # with busy polling: sleep, and spin from this long before a request is due
+    # the wait settings, flat as in the YAML and on the command line; `wait()` makes the WaitPolicy
+    busy_poll_ms: float = WaitPolicy.busy_poll_ms
+    rehearse: bool = WaitPolicy.rehearse
+    wake_early_ms: float = WaitPolicy.wake_early_ms
+
+    def wait(self) -> WaitPolicy:
+        return WaitPolicy.from_config(self)
 
     def limits(self) -> SessionLimits:
         return SessionLimits(int(self.max_sessions), int(self.max_tokens_per_session), int(self.max_step_tokens),
@@ -536,9 +547,7 @@ class ServerConfig:
         curve = self.curve_config()
         lm = lm or load_model(self.model)
         return SplitServer(lm, self.cuts(), host=self.host, port=int(self.port), limits=self.limits(),
-                           max_message_bytes=int(self.max_message_bytes), curve=curve,
-                           busy_poll_ms=self.busy_poll_ms, rehearse=bool(self.rehearse),
-                           wake_early_ms=self.wake_early_ms)
+                           max_message_bytes=int(self.max_message_bytes), curve=curve, wait=self.wait())
 
 
 def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None) -> ServerConfig:
@@ -546,8 +555,8 @@ def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None)
     mapping = {"model": "model", "cut": "cut", "host": "host", "port": "port", "curve": "curve", "keys": "keys",
                "max_sessions": "max_sessions", "max_tokens": "max_tokens_per_session",
                "idle_timeout": "idle_timeout_s", "max_kv_bytes": "max_kv_bytes",
-               "max_message_bytes": "max_message_bytes", "threads": "threads", "busy_poll_ms": "busy_poll_ms", "rehearse": "rehearse",
-               "wake_early_ms": "wake_early_ms"}
+               "max_message_bytes": "max_message_bytes", "threads": "threads",
+               **{name: name for name in WaitPolicy.names()}}
     for arg, key in mapping.items():
         v = getattr(args, arg, None)
         if v is not None:

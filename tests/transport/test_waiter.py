@@ -1,4 +1,4 @@
-"""protocol.Waiter: sleep, spin, or sleep then spin from just before the message is due. Real ZeroMQ
+"""protocol.Waiter (as its WaitPolicy says): sleep, spin, or sleep then spin from just before the message is due. Real ZeroMQ
 sockets on loopback. What the waiter does is read from a stand-in rehearsal that logs when it is
 called: a spinning waiter calls it between polls, a sleeping one never does (CPU time would say the
 same, but not on a loaded machine, where a spinner that yields gets little CPU)."""
@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from splitinfer.transport import protocol as p
+from splitinfer.transport.wait import WaitPolicy
 
 
 @pytest.fixture
@@ -68,13 +69,13 @@ def test_blocking_waiter_sleeps_and_learns_the_wait(pair):
 
 def test_busy_waiter_spins_from_the_start(pair):
     a, b = pair
-    got, wall, calls = timed_wait(p.Waiter(busy_poll_s=1.0, rehearsal=Spins()), a, b, 0.1)
+    got, wall, calls = timed_wait(p.Waiter(WaitPolicy(busy_poll_ms=1000), rehearsal=Spins()), a, b, 0.1)
     assert got and len(calls) >= 2 and calls[0] < 0.05
 
 
 def test_wake_early_sleeps_then_spins_only_near_the_expected_message(pair):
     a, b = pair
-    w = p.Waiter(busy_poll_s=1.0, wake_early_s=0.03, rehearsal=Spins())
+    w = p.Waiter(WaitPolicy(busy_poll_ms=1000, wake_early_ms=30), rehearsal=Spins())
     assert w.expected_s() is None
     for _ in range(p.Waiter.MIN_HISTORY):  # until it has a prediction it spins from the start
         got, wall, calls = timed_wait(w, a, b, 0.2)
@@ -89,7 +90,7 @@ def test_wake_early_sleeps_then_spins_only_near_the_expected_message(pair):
 
 def test_an_early_message_still_wakes_a_sleeping_waiter_at_once(pair):
     a, b = pair
-    w = p.Waiter(busy_poll_s=1.0, wake_early_s=0.01, rehearsal=Spins())
+    w = p.Waiter(WaitPolicy(busy_poll_ms=1000, wake_early_ms=10), rehearsal=Spins())
     w._waits.extend([2.0] * 4)  # it expects the next message in 2 s
     got, wall, calls = timed_wait(w, a, b, 0.05)
     assert got and wall < 1.0 and calls == []
@@ -97,7 +98,7 @@ def test_an_early_message_still_wakes_a_sleeping_waiter_at_once(pair):
 
 def test_a_timed_out_wait_keeps_waiting_for_the_same_message(pair):
     a, b = pair
-    w = p.Waiter(busy_poll_s=0.05)
+    w = p.Waiter(WaitPolicy(busy_poll_ms=50))
     w.begin()
     since = w.since
     assert w.wait(a, 0.02) is False and w.since == since
@@ -106,11 +107,7 @@ def test_a_timed_out_wait_keeps_waiting_for_the_same_message(pair):
     assert len(w._waits) == 1 and w._waits[0] >= 0.02
 
 
-@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "soon", True])
-def test_bad_wake_early_values_are_refused(tiny_lm, bad):
-    from splitinfer.transport import RemoteLink, SplitServer
-
-    with pytest.raises(ValueError, match="wake_early_ms"):
-        SplitServer(tiny_lm, [2], busy_poll_ms=10, wake_early_ms=bad)
-    with pytest.raises(ValueError, match="wake_early_ms"):
-        RemoteLink("tcp://127.0.0.1:1", fingerprint="x", cuts=[2], hidden_size=8, wake_early_ms=bad)
+def test_a_waiter_takes_only_a_wait_policy():
+    assert p.Waiter().policy == WaitPolicy()
+    with pytest.raises(TypeError, match="WaitPolicy"):
+        p.Waiter(0.5)  # the old busy_poll_s positional argument

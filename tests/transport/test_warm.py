@@ -14,6 +14,7 @@ from splitinfer.models import split_model, tiny_model
 from splitinfer.transport import payload as pl
 from splitinfer.transport import remote_generator
 from splitinfer.transport.server import _head_on_last_position_only
+from splitinfer.transport.wait import WaitPolicy
 from splitinfer.transport.warm import (
     PAST,
     Rehearsal,
@@ -139,14 +140,14 @@ def test_a_codec_that_cannot_encode_zeros_rehearses_the_compute_only(tiny_lm):
 
 
 def test_rehearsing_server_and_client_give_unsplit_tokens_and_do_rehearse(make_server, tiny_lm):
-    srv = make_server(tiny_lm, [2], busy_poll_ms=200.0)
-    gen = remote_generator(tiny_lm, [2], srv.url, codec="int8", timeout_s=5, busy_poll_ms=200.0)
+    srv = make_server(tiny_lm, [2], wait=WaitPolicy(busy_poll_ms=200.0))
+    gen = remote_generator(tiny_lm, [2], srv.url, codec="int8", timeout_s=5, wait={"busy_poll_ms": 200.0})
     ref = remote_generator(tiny_lm, [2], make_server(tiny_lm, [2]).url, codec="int8", timeout_s=5)
     try:
         ids = torch.tensor([[1, 5, 9, 13, 17]])
         out = gen.generate(ids, 12, stop_at_eos=False).token_ids
         assert out == ref.generate(ids, 12, stop_at_eos=False).token_ids
-        raw = remote_generator(tiny_lm, [2], srv.url, codec="none", timeout_s=5, busy_poll_ms=200.0)
+        raw = remote_generator(tiny_lm, [2], srv.url, codec="none", timeout_s=5, wait=srv.wait)
         try:
             assert raw.generate(ids, 12, stop_at_eos=False).token_ids == unsplit_generate(tiny_lm, ids, 12)[:12]
         finally:
