@@ -1,0 +1,429 @@
+"""The report's figures: metrics against the cut, the bandwidth-quality(-leakage) trade-off with its
+Pareto frontier, and Neurosurgeon-style latency per link.
+
+Conventions: one shared legend per figure; each codec (or link) keeps one colour and one marker in every
+figure; an axis is logarithmic only when its values span more than LOG_SPAN_DECADES decades, with plain
+tick labels (0.1, 0.2, 0.5, 1); every axis names its unit; 95 % intervals (`*_ci_low/high`) are drawn as
+bands or error bars where the jobs recorded them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from splitinfer.report.measures import (
+    LEAK,
+    LEAK_PII,
+    QUALITY_BOUND,
+    QUALITY_BOUND_LABEL,
+    QUALITY_BOUND_SOURCE,
+    ci,
+    codec_fidelity,
+    config_key,
+    configurations,
+)
+from splitinfer.report.runs import num
+from splitinfer.report.tables import pareto_front, tradeoff_objectives, tradeoff_tolerances
+
+LOG_SPAN_DECADES = 1.5
+DPI = 110
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d", "8")
+CUT_LABEL = "cut (layers run on the device)"
+
+# (column, axis label with unit, factor applied to the stored value)
+PLOT_METRICS: list[tuple[str, str, float]] = [
+    ("up_bytes_per_token_decode", "uplink per generated token (B)", 1.0),
+    ("up_bytes_per_token_prefill", "uplink per prompt token (B)", 1.0),
+    ("delta_ppl_pct", "Δ perplexity (%)", 1.0),
+    ("kl_mean", "KL(unsplit ‖ split) (nats/token)", 1.0),
+    ("top1_agreement", "top-1 agreement (fraction)", 1.0),
+    ("exact_match_rate", "greedy exact match (fraction)", 1.0),
+    ("device_memory_mb", "device memory (MB)", 1.0),
+    ("tpot_s", "per-token latency (s)", 1.0),
+    ("ttft_s", "time to first token (s)", 1.0),
+    (LEAK, "prompt tokens recovered,\nstrongest attack (%)", 100.0),
+    (LEAK_PII, "PII recovered,\nstrongest attack (%)", 100.0),
+]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def series_label(r: dict, with_defense: bool) -> str:
+    return str(r.get("codec")) + (f" + {r.get('defense')}" if with_defense else "")
+
+
+def _styles(labels: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """A fixed (colour, marker) per label, in the order given."""
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab10"].colors
+    return {lab: (matplotlib.colors.to_hex(colours[i % 10]), MARKERS[i % len(MARKERS)])
+            for i, lab in enumerate(labels)}
+
+
+def _codec_groups(rows: Sequence[dict]) -> tuple[dict[str, list[dict]], dict[str, tuple[str, str]]]:
+    """Rows grouped by codec (and defense when it varies), most faithful codec first, with their styles."""
+    with_defense = len({str(r.get("defense")) for r in rows}) > 1
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(series_label(r, with_defense), []).append(r)
+    order = sorted(groups, key=lambda k: (codec_fidelity(groups[k][0].get("codec"), groups[k][0]).key(), k))
+    groups = {k: sorted(groups[k], key=lambda r: r.get("cut", 0)) for k in order}
+    return groups, _styles(order)
+
+
+def set_scale(ax, values: Sequence[float | None], axis: str = "y") -> str:
+    """Linear unless the positive values span more than LOG_SPAN_DECADES decades; then log (symlog when
+    some are zero), with plain-number tick labels. Returns the scale used."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    pos = [v for v in vals if v > 0]
+    if not pos or any(v < 0 for v in vals) or math.log10(max(pos) / min(pos)) <= LOG_SPAN_DECADES:
+        _linear(ax, vals, axis)
+        return "linear"
+    axis_obj = ax.yaxis if axis == "y" else ax.xaxis
+    if any(v == 0 for v in vals):
+        thresh = 10 ** math.floor(math.log10(min(pos)))
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("symlog", linthresh=thresh, linscale=0.5)
+        scale = "symlog"
+    else:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        axis_obj.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if
+                                              math.log10(max(pos) / min(pos)) < 3 else (1.0,)))
+        axis_obj.set_minor_formatter(NullFormatter())
+        scale = "log"
+    axis_obj.set_major_formatter(FuncFormatter(lambda v, _: tick_label(v)))
+    return scale
+
+
+FLAT_SPREAD = 0.02
+
+
+def _linear(ax, vals: Sequence[float], axis: str) -> None:
+    """Plain tick labels (no "+5.81e2" offset); values that vary by less than FLAT_SPREAD of their size
+    (bytes that differ by a header byte) get an axis of ±5 % around them, so they read as flat, not as noise
+    blown up to the full height."""
+    from matplotlib.ticker import ScalarFormatter
+
+    fmt = ScalarFormatter(useOffset=False)
+    fmt.set_scientific(False)
+    (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(fmt)
+    if not vals:
+        return
+    lo, hi = min(vals), max(vals)
+    mid = (lo + hi) / 2
+    if mid and hi - lo < FLAT_SPREAD * abs(mid):
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(mid - 0.05 * abs(mid), mid + 0.05 * abs(mid))
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def tick_label(v: float) -> str:
+    """Plain numbers between 0.001 and 100000 (0.02, 1, 500); powers of ten outside (10⁻⁵, 2×10⁻⁷)."""
+    if v == 0 or 1e-3 <= abs(v) < 1e5:
+        return f"{v:g}"
+    exp = math.floor(math.log10(abs(v)))
+    mant = v / 10 ** exp
+    power = "10" + str(exp).translate(_SUPERSCRIPT)
+    return power if abs(mant - 1) < 1e-9 else f"{mant:g}×{power}"
+
+
+def _finish(fig, handles: list, labels: list[str], title: str, ncols: int = 6):
+    """The title and the one legend of the figure (below the panels)."""
+    fig.suptitle(title)
+    if handles and len([a for a in fig.axes if a.axison]) == 1:
+        fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
+    elif handles:
+        # columns that fit the figure's width: ~0.07 in per character at 8 pt plus the marker and padding
+        col_in = 0.07 * max(len(label) for label in labels) + 0.6
+        fit = max(1, int(fig.get_figwidth() // col_in))
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), ncols, fit), fontsize=8,
+                   frameon=False)
+    return fig
+
+
+def save(fig, path: Path | None) -> Path | None:
+    """Write `fig` to `path` and free it (None when there was nothing to draw)."""
+    if fig is None:
+        return None
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    return path
+
+
+def plot_metrics_vs_cut(rows: Sequence[dict], path: Path, title: str = "") -> Path | None:
+    """`draw_metrics_vs_cut` saved to `path` (None when no metric is present)."""
+    return save(draw_metrics_vs_cut(rows, title), path)
+
+
+def plot_tradeoff(rows: Sequence[dict], path: Path) -> Path | None:
+    """`draw_tradeoff` saved to `path` (None without bandwidth and quality metrics)."""
+    return save(draw_tradeoff(rows), path)
+
+
+def plot_latency_by_link(rows: Sequence[dict], path: Path, title: str = "") -> Path | None:
+    """`draw_latency_by_link` saved to `path` (None without latency metrics)."""
+    return save(draw_latency_by_link(rows, title), path)
+
+
+def draw_metrics_vs_cut(rows: Sequence[dict], title: str = ""):
+    """One panel per metric against the cut, one line per codec, 95 % interval bands where recorded."""
+    rows = configurations(rows)
+    metrics = [m for m in PLOT_METRICS if any(num(r.get(m[0])) is not None for r in rows)]
+    if not metrics:
+        return None
+    plt = _plt()
+    ncol = min(3, len(metrics))
+    nrow = math.ceil(len(metrics) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.0 * nrow + 0.9), squeeze=False,
+                             layout="constrained", dpi=DPI)
+    groups, styles = _codec_groups(rows)
+    any_band = False
+    for ax, (key, label, factor) in zip(axes.flat, metrics, strict=False):
+        shown: list[float | None] = []
+        same = _same_for_all(groups, key)
+        if same:
+            xs = sorted(same)
+            ax.plot(xs, [same[x] * factor for x in xs], color="0.25", marker=".", lw=1.2)
+            ax.text(0.03, 0.95, "same for every codec", transform=ax.transAxes, fontsize=8, va="top", color="0.25")
+            shown += [same[x] * factor for x in xs]
+        for name, rs in ({} if same else groups).items():
+            colour, marker = styles[name]
+            pts = [(r["cut"], num(r.get(key)), ci(r, key)) for r in rs if num(r.get(key)) is not None]
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            ax.plot(xs, [p[1] * factor for p in pts], color=colour, marker=marker, ms=4, lw=1.2, label=name)
+            shown += [p[1] * factor for p in pts]
+            banded = [p for p in pts if p[2] is not None]
+            if banded:
+                any_band = True
+                ax.fill_between([p[0] for p in banded], [p[2][0] * factor for p in banded],
+                                [p[2][1] * factor for p in banded], color=colour, alpha=0.15, lw=0)
+                shown += [v * factor for p in banded for v in p[2]]
+        if key == "delta_ppl_pct":
+            ax.axhline(0, color="0.5", lw=0.8)
+        set_scale(ax, shown)
+        ax.set_xlabel(CUT_LABEL)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    handles, labels = _legend_entries(styles, band=any_band)
+    return _finish(fig, handles, labels, title or "metrics against the cut, per codec")
+
+
+def _same_for_all(groups: dict[str, list[dict]], key: str) -> dict[int, float] | None:
+    """{cut: value} when every series (codec) has the same values of `key` at the same cuts, else None."""
+    if len(groups) < 2:
+        return None
+    series = [{r["cut"]: num(r.get(key)) for r in rs if num(r.get(key)) is not None} for rs in groups.values()]
+    first = series[0]
+    if not first or any(set(s) != set(first) for s in series):
+        return None
+    if all(math.isclose(s[c], first[c], rel_tol=1e-9, abs_tol=1e-15) for s in series for c in first):
+        return first
+    return None
+
+
+def _legend_entries(styles: dict[str, tuple[str, str]], band: bool = False, frontier: bool = False,
+                    hollow: bool = False) -> tuple[list, list[str]]:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles: list = [Line2D([], [], color=c, marker=m, ms=5, lw=1.2) for c, m in styles.values()]
+    labels = list(styles)
+    if band:
+        handles.append(Patch(color="0.5", alpha=0.3))
+        labels.append("95 % bootstrap interval")
+    if frontier:
+        handles.append(Line2D([], [], color="k", ls="--", lw=1, marker="o", mfc="none", mec="k", ms=8))
+        labels.append("Pareto frontier (labels: cut)")
+    if hollow:
+        handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="none", ms=5))
+        labels.append("open marker: no interval (point |Δppl|)")
+    return handles, labels
+
+
+def place_labels(ax, points: Sequence[tuple[float, float]], texts: Sequence[str], colours: Sequence[str],
+                 avoid: Sequence[tuple[float, float]] = (), fontsize: float = 7.5) -> list:
+    """Annotate `points` with `texts` so labels do not overlap each other or the markers in `avoid` and stay
+    inside the axes: each label takes the first of 32 offsets around its point (4 radii x 8 directions)
+    that is clear, else the least-overlapping one, with a leader line when it sits away from the point.
+    Call after the figure's layout is final (positions are in pixels)."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    px_per_pt = fig.dpi / 72.0
+    marker_r = 5.5 * px_per_pt  # the frontier ring (s=95) has a radius of ~5 pt
+    obstacles = [(x - marker_r, y - marker_r, x + marker_r, y + marker_r)
+                 for x, y in ax.transData.transform(list(avoid) or list(points))] if (avoid or points) else []
+    placed: list[tuple[float, float, float, float]] = []
+    out = []
+
+    def overlap(a, b) -> float:
+        w = min(a[2], b[2]) - max(a[0], b[0])
+        h = min(a[3], b[3]) - max(a[1], b[1])
+        return w * h if w > 0 and h > 0 else 0.0
+
+    directions = [(1, 1), (-1, 1), (1, -1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    order = sorted(range(len(points)), key=lambda i: points[i])
+    for i in order:
+        x, y = points[i]
+        px, py = ax.transData.transform((x, y))
+        probe = ax.text(x, y, texts[i], fontsize=fontsize)
+        bb = probe.get_window_extent(renderer)
+        probe.remove()
+        w, h = bb.width, bb.height
+        best = None
+        for radius in (7, 12, 19, 28):
+            for dx, dy in directions:
+                norm = math.hypot(dx, dy)
+                ox, oy = radius * dx / norm * px_per_pt, radius * dy / norm * px_per_pt
+                x0 = px + ox if dx > 0 else px + ox - w if dx < 0 else px - w / 2
+                y0 = py + oy if dy > 0 else py + oy - h if dy < 0 else py - h / 2
+                cand = (x0, y0, x0 + w, y0 + h)
+                outside = (max(0.0, box.x0 - cand[0]) + max(0.0, cand[2] - box.x1)
+                           + max(0.0, box.y0 - cand[1]) + max(0.0, cand[3] - box.y1))
+                score = (1e6 * outside + sum(overlap(cand, p) for p in placed)
+                         + 0.5 * sum(overlap(cand, o) for o in obstacles))
+                if best is None or score < best[0]:
+                    best = (score, radius, dx, dy, ox, oy, cand)
+            if best[0] == 0:
+                break
+        _, radius, dx, dy, ox, oy, cand = best
+        arrow = ({"arrowstyle": "-", "color": colours[i], "lw": 0.6, "shrinkA": 0, "shrinkB": 4}
+                 if radius > 7 else None)
+        t = ax.annotate(texts[i], (x, y), xytext=(ox / px_per_pt, oy / px_per_pt), textcoords="offset points",
+                        fontsize=fontsize, color=colours[i], arrowprops=arrow,
+                        ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                        va="bottom" if dy > 0 else "top" if dy < 0 else "center")
+        t.set_in_layout(False)
+        placed.append(cand)
+        out.append(t)
+    return out
+
+
+def draw_tradeoff(rows: Sequence[dict]):
+    """Uplink bytes against the quality bound (and against the strongest attack's token recovery when an
+    attack ran), one marker per configuration, the Pareto frontier ringed and labelled with its cuts."""
+    usable = [r for r in configurations(rows) if num(r.get("up_bytes_per_token_decode")) is not None
+              and num(r.get(QUALITY_BOUND)) is not None]
+    if not usable:
+        return None
+    objectives = tradeoff_objectives(usable)
+    leak = len(objectives) == 3
+    front_keys = {config_key(usable[i]) for i in pareto_front(usable, objectives, tradeoff_tolerances(objectives))}
+    plt = _plt()
+    panels = 2 if leak else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels + (2.4 if panels == 1 else 0), 5.0), squeeze=False, layout="constrained", dpi=DPI)
+    groups, styles = _codec_groups(usable)
+    with_defense = len({str(r.get("defense")) for r in usable}) > 1
+    pairs = [(QUALITY_BOUND, QUALITY_BOUND_LABEL + "\nbars: 95 % interval of |Δppl|", 1.0)]
+    if leak:
+        pairs.append((LEAK, "prompt tokens recovered, strongest attack (%)", 100.0))
+    hollow = False
+    xs_all = [r["up_bytes_per_token_decode"] for r in usable]
+    labels_todo = []
+    for ax, (yk, ylabel, factor) in zip(axes.flat, pairs, strict=True):
+        ys_all: list[float | None] = []
+        for name, rs in groups.items():
+            colour, marker = styles[name]
+            for r in rs:
+                y = num(r.get(yk))
+                if y is None:
+                    continue
+                y *= factor
+                x = r["up_bytes_per_token_decode"]
+                point = yk == QUALITY_BOUND and r.get(QUALITY_BOUND_SOURCE) != "ci95"
+                hollow |= point
+                ax.scatter([x], [y], s=26, marker=marker, facecolors="white" if point else colour,
+                           edgecolors=colour, linewidths=1.0, zorder=3)
+                ys_all.append(y)
+                interval = ci(r, "delta_ppl_pct") if yk == QUALITY_BOUND else None
+                if interval is not None:
+                    lo = 0.0 if interval[0] <= 0 <= interval[1] else min(abs(interval[0]), abs(interval[1]))
+                    ax.plot([x, x], [lo, y], color=colour, lw=0.8, alpha=0.5, zorder=2)
+        fr = sorted((r for r in usable if config_key(r) in front_keys and num(r.get(yk)) is not None),
+                    key=lambda r: (r["up_bytes_per_token_decode"], r[yk]))
+        if fr:
+            ax.scatter([r["up_bytes_per_token_decode"] for r in fr], [r[yk] * factor for r in fr], s=95,
+                       facecolors="none", edgecolors="k", linewidths=1.0, zorder=4)
+            if not leak:
+                ax.plot([r["up_bytes_per_token_decode"] for r in fr], [r[yk] * factor for r in fr], "k--",
+                        lw=1, zorder=1)
+            labels_todo.append((ax, fr, yk, factor))
+        set_scale(ax, xs_all, axis="x")
+        set_scale(ax, ys_all)
+        if yk == LEAK:
+            ax.set_ylim(-3, 103)
+        ax.set_xlabel("uplink per generated token (B)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    handles, labels = _legend_entries(styles, frontier=True, hollow=hollow)
+    _finish(fig, handles, labels, "bandwidth–quality" + ("–privacy" if leak else "")
+            + " trade-off (lower is better on every axis)", ncols=4)
+    fig.canvas.draw()
+    fig.set_layout_engine("none")  # freeze the layout so the labels placed in pixels stay where they are
+    for ax, fr, yk, factor in labels_todo:
+        others = [(r["up_bytes_per_token_decode"], num(r.get(yk)) * factor) for r in usable
+                  if num(r.get(yk)) is not None]
+        place_labels(ax, [(r["up_bytes_per_token_decode"], r[yk] * factor) for r in fr],
+                     [f"cut {r.get('cut')}" for r in fr],
+                     [styles[series_label(r, with_defense)][0] for r in fr],
+                     avoid=others)
+    return fig
+
+
+def draw_latency_by_link(rows: Sequence[dict], title: str = ""):
+    """Neurosurgeon-style: TTFT and per-token latency at each cut, one line per link, with the
+    all-on-device (black dashed) and all-on-server (dotted, per link) baselines."""
+    if not any(num(r.get("tpot_s")) is not None for r in rows):
+        return None
+    from matplotlib.lines import Line2D
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained", dpi=DPI)
+    by_link: dict[str, list[dict]] = {}
+    for r in rows:
+        by_link.setdefault(str(r.get("link")), []).append(r)
+    styles = _styles(list(by_link))
+    for ax, key, label in ((axes[0], "ttft", "time to first token (s)"), (axes[1], "tpot", "per-token latency (s)")):
+        device_line = None
+        shown: list[float | None] = []
+        for link, rs in by_link.items():
+            rs = sorted((r for r in rs if num(r.get(f"{key}_s")) is not None), key=lambda r: r["cut"])
+            if not rs:
+                continue
+            colour, marker = styles[link]
+            ax.plot([r["cut"] for r in rs], [r[f"{key}_s"] for r in rs], color=colour, marker=marker, ms=3.5, lw=1.2)
+            shown += [r[f"{key}_s"] for r in rs]
+            srv = num(rs[0].get(f"{key}_all_server_s"))
+            if srv is not None:
+                ax.axhline(srv, color=colour, ls=":", lw=1)
+                shown.append(srv)
+            device_line = num(rs[0].get(f"{key}_all_device_s"))
+        if device_line is not None:
+            ax.axhline(device_line, color="k", ls="--", lw=1)
+            shown.append(device_line)
+        set_scale(ax, shown)
+        ax.set_xlabel(CUT_LABEL)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    handles = [Line2D([], [], color=c, marker=m, ms=4, lw=1.2) for c, m in styles.values()]
+    labels = [f"split, {link}" for link in styles]
+    handles += [Line2D([], [], color="k", ls="--", lw=1), Line2D([], [], color="0.4", ls=":", lw=1)]
+    labels += ["all on device", "all on server (dotted, colour of its link)"]
+    return _finish(fig, handles, labels, title or "latency at each cut per link", ncols=4)
