@@ -1,7 +1,7 @@
 """One sweep job: a composed config in, a flat metrics dict out (also `metrics.json` + loggers).
 
 The data path is the one in ARCHITECTURE.md: device stage -> defense -> codec -> server stage, in
-process. What makes a 93-job sweep fast is reusing work that is exactly the same across jobs run
+process. What makes a sweep of dozens of jobs fast is reusing work that is exactly the same across jobs run
 in one process (the basic launcher runs them all in one):
 
 - the model, loaded once per model spec;
