@@ -1,10 +1,14 @@
 #!/usr/bin/env python
 """Rate-distortion benchmark of the activation codecs on the real model (SmolLM2-135M-Instruct).
 
-For every cut k and codec: run layers [0, k), encode + decode the hidden state at the cut (one message
-per window, as on the wire), run layers [k, L) + norm + head, and compare with the unsplit model:
-bits per value (true wire bytes incl. header), Δperplexity %, KL(ref || codec) of the next-token
-distribution, top-1 agreement, and encode+decode throughput (MB/s of fp32 input, one core).
+A thin recipe over the library: for every cut k and codec, `splitinfer.experiment.evaluate_split` sends the
+hidden state at the cut through the split path (one message per window, as a prefill sends it, and one
+message per generated token of two prompts, as decode steps send it) and compares the server's output
+with the unsplit model on the same windows a sweep job with `data=pydoc data.num_windows=N
+data.window_tokens=T data.seed=S` scores, so the figures here and a sweep's agree exactly: bits per value
+(true wire bytes incl. header; prefill and one-token messages), Δperplexity % with its paired-bootstrap
+95 % interval, KL(ref || codec) of the next-token distribution, top-1 agreement. The encode+decode
+throughput (MB/s of fp32 input, one core) is this script's own timing.
 
     python scripts/bench_codecs.py                       # full run (~10 min on 2 cores)
     python scripts/bench_codecs.py --quick               # smoke run (~1 min)
@@ -24,11 +28,9 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -51,76 +53,32 @@ COLUMNS = ("cut", "codec", "bits_per_value", "bits_per_value_1tok", "ratio_vs_fp
            "values", "tokens")
 
 
-# ----------------------------------------------------------------------------- model access
-class CutRunner:
-    """Prefix hidden states at every cut and suffix logits from a cut, on the bundled model."""
+# ----------------------------------------------------------------------------- the library's evaluation
+def corpus_spec(args: argparse.Namespace):
+    """The windows a sweep job with `data=pydoc data.num_windows=N data.window_tokens=T data.seed=S` scores,
+    plus 2 prompts whose generated tokens go as one-token (decode) messages."""
+    from splitinfer.data import CorpusSpec
 
-    def __init__(self) -> None:
-        from splitinfer.models import load_model, split_model
-
-        self.lm = load_model("smollm2-135m-instruct")
-        self._split = split_model
-        self.model, self.tokenizer = self.lm.model, self.lm.tokenizer
-        self.num_layers = self.lm.num_layers
-
-    @torch.no_grad()
-    def reference(self, ids: torch.Tensor, cuts: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Unsplit logits (B, T, V) and the hidden state entering layer k for every cut k."""
-        stages = self._split(self.lm, sorted(cuts))
-        hidden, h = {}, ids
-        for cut, stage in zip([*sorted(cuts), None], stages, strict=True):
-            h = stage(h)
-            if cut is not None:
-                hidden[cut] = h
-        return h, hidden
-
-    @torch.no_grad()
-    def suffix(self, cut: int, h: torch.Tensor) -> torch.Tensor:
-        return self._split(self.lm, [cut])[1](h)
+    return CorpusSpec(source="pydoc", num_windows=args.n_windows, window_tokens=args.seq_len, num_prompts=2,
+                      prompt_tokens=32, gen_tokens=17, seed=args.seed)
 
 
-def corpus_windows(tokenizer, n_windows: int, seq_len: int, seed: int) -> torch.Tensor:
-    """n_windows random (seeded) windows of seq_len tokens from Python's pydoc_data.topics."""
-    from pydoc_data.topics import topics
+def evaluate(lm, cut: int, codec, corpus, ref, seed: int) -> dict[str, float]:
+    """One (cut, codec) through the split path, exactly as a sweep job measures it
+    (`splitinfer.experiment.evaluate_split`), renamed to this benchmark's CSV columns."""
+    from splitinfer.experiment import MetricOptions, evaluate_split
 
-    text = "\n\n".join(topics[k] for k in sorted(topics))
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seq_len, (n_windows,), generator=g)
-    return torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
-
-
-# ----------------------------------------------------------------------------- metrics
-@dataclass
-class Reference:
-    logp: torch.Tensor  # (B, T-1, V) log-probs of the unsplit model for positions predicting 1..T-1
-    targets: torch.Tensor  # (B, T-1)
-    nll: float = field(init=False)
-    token_nll: torch.Tensor = field(init=False)
-    prob: torch.Tensor = field(init=False)
-    neg_entropy: torch.Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.token_nll = -self.logp.gather(-1, self.targets[..., None])[..., 0]
-        self.nll = float(self.token_nll.mean())
-        self.prob = self.logp.exp()
-        self.neg_entropy = (self.prob * self.logp).sum(-1)
-
-
-def quality(ref: Reference, logits: torch.Tensor, seed: int = 0) -> dict[str, float]:
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(-1, ref.targets[..., None])[..., 0]
-    kl = float((ref.neg_entropy - (ref.prob * logp).sum(-1)).mean())
-    agree = float((logp.argmax(-1) == ref.logp.argmax(-1)).float().mean())
-    # paired bootstrap over tokens: how much of Δppl is the corpus' sampling noise
-    delta = (nll - ref.token_nll).reshape(-1).double()
-    g = torch.Generator().manual_seed(seed)
-    means = delta[torch.randint(0, delta.numel(), (1000, delta.numel()), generator=g)].mean(1)
-    lo, hi = (100 * (math.exp(float(q)) - 1) for q in torch.quantile(means, torch.tensor([0.025, 0.975],
-                                                                                      dtype=torch.float64)))
-    d = float(delta.mean())
-    return {"ppl_ref": math.exp(ref.nll), "ppl": math.exp(ref.nll + d), "delta_ppl_pct": 100 * (math.exp(d) - 1),
-            "delta_ppl_ci_lo": lo, "delta_ppl_ci_hi": hi, "kl_nats": kl, "top1_agree": agree}
+    m = evaluate_split(lm, cut, codec, None, corpus, ref, MetricOptions(generation=False, timing=False,
+                                                                         latency=False), seed=seed)
+    h = lm.hidden_size
+    values = corpus.windows.numel() * h
+    bits = m["up_bytes_per_token_prefill"] * 8 / h
+    return {"bits_per_value": bits, "bits_per_value_1tok": m["up_bytes_per_token_decode"] * 8 / h,
+            "ratio_vs_fp32": 32 / bits, "ratio_vs_fp16": 16 / bits, "wire_bytes": round(bits * values / 8),
+            "values": values, "tokens": corpus.windows.numel(), "delta_ppl_pct": m["delta_ppl_pct"],
+            "delta_ppl_ci_lo": m["delta_ppl_pct_ci_low"], "delta_ppl_ci_hi": m["delta_ppl_pct_ci_high"],
+            "kl_nats": m["kl_mean"], "top1_agree": m["top1_agreement"], "ppl_ref": m["ppl_unsplit"],
+            "ppl": m["ppl_split"]}
 
 
 def throughput(codec, h: torch.Tensor, repeats: int) -> dict[str, float]:
@@ -144,54 +102,44 @@ def throughput(codec, h: torch.Tensor, repeats: int) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> list[dict]:
+    from splitinfer.experiment import compute_reference
+    from splitinfer.models import load_model
+
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    runner = CutRunner()
-    bad = [k for k in args.cuts if not 1 <= k < runner.num_layers]
+    lm = load_model(args.model)
+    bad = [k for k in args.cuts if not 1 <= k < lm.num_layers]
     if bad:
-        raise SystemExit(f"--cuts {bad} out of range: cuts must be in 1..{runner.num_layers - 1}")
-    ids = corpus_windows(runner.tokenizer, args.n_windows, args.seq_len, args.seed)
+        raise SystemExit(f"--cuts {bad} out of range: cuts must be in 1..{lm.num_layers - 1}")
+    corpus = corpus_spec(args).build(lm)
     log.info("%d windows x %d tokens, cuts %s, %d codecs (model ready in %.0f s)",
-             *ids.shape, args.cuts, len(args.codecs), time.perf_counter() - t_start)
-    logits, hidden = runner.reference(ids, args.cuts)
-    ref = Reference(F.log_softmax(logits[:, :-1].float(), dim=-1), ids[:, 1:])
-    del logits
+             *corpus.windows.shape, args.cuts, len(args.codecs), time.perf_counter() - t_start)
+    ref = compute_reference(lm, corpus)
     codecs = {name: build_codec(name) for name in args.codecs}
 
     k0 = args.cuts[0]  # the split path with no codec must reproduce the unsplit model
-    diff = float((F.log_softmax(runner.suffix(k0, hidden[k0])[:, :-1], -1) - ref.logp).abs().max())
-    log.info("sanity: split at cut %d without codec vs unsplit: max |Δ log p| = %.2e", k0, diff)
-    if diff > 1e-3:
-        raise SystemExit(f"split path does not reproduce the unsplit model (max |Δ log p| = {diff:.2e})")
+    sanity = evaluate(lm, k0, None, corpus, ref, args.seed)
+    log.info("sanity: split at cut %d without codec vs unsplit: KL = %.2e", k0, sanity["kl_nats"])
+    if sanity["kl_nats"] > 1e-6:
+        raise SystemExit(f"split path does not reproduce the unsplit model (KL = {sanity['kl_nats']:.2e})")
 
     rows = []
     for cut in args.cuts:
-        h = hidden[cut]
+        h = ref.window_hidden[cut]
         for name, codec in codecs.items():
             t0 = time.perf_counter()
-            decoded, nbytes = [], 0
-            for w in range(h.shape[0]):  # one message per window, as a prefill would send it
-                enc = codec.encode(h[w: w + 1])
-                nbytes += enc.nbytes
-                decoded.append(codec.decode(enc).float())
-            h2 = torch.cat(decoded)
-            row = {"cut": cut, "codec": name, "wire_bytes": nbytes, "values": h.numel(), "tokens": ids.numel(),
-                   "bits_per_value": nbytes * 8 / h.numel(),
-                   "rel_l2_err": float((h2 - h).norm() / h.norm())}
-            # decode steps send one token per message: there the header and per-message side data weigh more
-            steps = [codec.encode(h[0:1, t: t + 1]).nbytes for t in range(1, min(17, h.shape[1]))]
-            row["bits_per_value_1tok"] = statistics.mean(steps) * 8 / h.shape[-1]
-            row["ratio_vs_fp32"] = 32 / row["bits_per_value"]
-            row["ratio_vs_fp16"] = 16 / row["bits_per_value"]
-            row.update(quality(ref, runner.suffix(cut, h2)))
+            row = {"cut": cut, "codec": name, **evaluate(lm, cut, codec, corpus, ref, args.seed)}
+            h2 = torch.cat([codec.decode(codec.encode(h[w:w + 1])).float() for w in range(h.shape[0])])
+            row["rel_l2_err"] = float((h2 - h).norm() / h.norm())
             torch.set_num_threads(1)  # throughput is quoted for one core
             row.update(throughput(codec, h[:1], args.repeats))
             torch.set_num_threads(args.threads)
             rows.append(row)
-            log.info("cut %2d %-30s %6.3f bits  Δppl %+8.3f%%  KL %.5f  top1 %.4f  %6.0f MB/s  (%.1f s)", cut, name,
-                     row["bits_per_value"], row["delta_ppl_pct"], row["kl_nats"], row["top1_agree"],
-                     row["encdec_MBps"], time.perf_counter() - t0)
+            log.info("cut %2d %-30s %6.3f bits  Δppl %+8.3f%% [%+.3f, %+.3f]  KL %.5f  top1 %.4f  %6.0f MB/s  (%.1f s)",
+                     cut, name, row["bits_per_value"], row["delta_ppl_pct"], row["delta_ppl_ci_lo"],
+                     row["delta_ppl_ci_hi"], row["kl_nats"], row["top1_agree"], row["encdec_MBps"],
+                     time.perf_counter() - t0)
     log.info("done in %.0f s", time.perf_counter() - t_start)
     return rows
 
@@ -331,7 +279,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated codec names (default: a curated set incl. fp16 and petals_blockwise8)")
     p.add_argument("--n-windows", type=int, default=None, help="windows of the corpus (default 8)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per window (default 256)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="corpus sampling seed (the sweep's data.seed)")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="model spec (default: the bundled SmolLM2)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the model (codec timing uses 1)")
     p.add_argument("--repeats", type=int, default=20, help="timed encode+decode repeats per (cut, codec)")
     p.add_argument("--out-dir", type=Path, default=REPO / "experiments" / "codec_rate_distortion")

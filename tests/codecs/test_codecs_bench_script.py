@@ -55,3 +55,30 @@ def test_flags(bench):
     assert a.cuts == [1, 15, 29] and a.n_windows == 2 and a.seq_len == 128 and "petals_blockwise8" in a.codecs
     a = bench.parse_args(["--cuts", "4,8", "--codecs", "int8,fp16", "--n-windows", "3"])
     assert a.cuts == [4, 8] and a.codecs == ["int8", "fp16"] and a.n_windows == 3 and a.seq_len == 256
+
+
+def test_bench_figures_equal_a_sweep_jobs_on_the_same_windows(bench, tmp_path):
+    """The benchmark is a recipe over the library: its Δppl/KL/top-1/bytes for a (cut, codec) are exactly a
+    sweep job's on the same windows (same corpus spec, same split path, same statistics)."""
+    from hydra import compose, initialize_config_dir
+
+    from splitinfer.experiment import run_job
+
+    args = bench.parse_args(["--model", "tiny-llama", "--cuts", "1,2", "--codecs", "int8", "--n-windows", "2",
+                             "--seq-len", "24", "--repeats", "1", "--threads", "1"])
+    rows = bench.run(args)
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    spec = bench.corpus_spec(args)
+    for row in rows:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose("config", overrides=[
+                "model=tiny_llama", "logger=jsonl", "metrics.timing=false", "metrics.latency=false",
+                "metrics.generation=false", f"split.cut={row['cut']}", f"codec={row['codec']}", "data=pydoc",
+                f"data.num_windows={spec.num_windows}", f"data.window_tokens={spec.window_tokens}",
+                f"data.num_prompts={spec.num_prompts}", f"data.prompt_tokens={spec.prompt_tokens}",
+                f"data.gen_tokens={spec.gen_tokens}", f"seed={spec.seed}"])
+        m = run_job(cfg, out_dir=tmp_path / f"cut{row['cut']}")
+        assert row["delta_ppl_pct"] == m["delta_ppl_pct"] and row["kl_nats"] == m["kl_mean"]
+        assert row["delta_ppl_ci_lo"] == m["delta_ppl_pct_ci_low"] and row["top1_agree"] == m["top1_agreement"]
+        assert row["bits_per_value"] == m["up_bytes_per_token_prefill"] * 8 / 64
+        assert row["bits_per_value_1tok"] == m["up_bytes_per_token_decode"] * 8 / 64
