@@ -1,10 +1,12 @@
-"""`splitinfer report MULTIRUN_DIR`: a sweep's jobs -> CSV, Markdown table and PNG plots."""
+"""`splitinfer report MULTIRUN_DIR`: a sweep's jobs -> report.csv, report.md (recommendation, Pareto rows,
+plots, full table) and PNG plots; a re-run replaces the plots it wrote before."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "aggregate a sweep folder into report.csv, report.md and plots (metric vs cut, trade-off, Pareto)"
+HELP = ("aggregate a sweep folder into report.csv, report.md (recommendation, Pareto frontier, plots, table) and "
+        "plots (metrics vs cut, trade-off, latency per link)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or 'all'), re-evaluated from the jobs' measured bytes and timings")
     p.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B as a 'report' run")
     p.add_argument("--wandb-mode", default="offline", choices=("offline", "online"))
-    p.add_argument("--quiet", action="store_true", help="do not print the table")
+    p.add_argument("--quiet", action="store_true", help="do not print the table and the recommendation")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -27,6 +29,8 @@ def main(args: argparse.Namespace) -> int:
     rep = build_report(args.sweep_dir, args.out, links)
     if not args.quiet:
         print(rep.table)
+        print("\nRecommendation (no constraints; add them with `splitinfer recommend`):\n")
+        print(rep.recommendation)
     print(f"\n{len(rep.rows)} jobs -> {rep.csv}\n{' ' * len(str(len(rep.rows)))}         {rep.markdown}")
     for p in rep.plots:
         print(f"plot: {p}")

@@ -126,9 +126,20 @@ def choose(rows: list[dict], key: str, tol: float = TIE_TOLERANCE) -> tuple[dict
     return min(tied, key=lambda r: (tie_key(r), r[key])), lowest, tied
 
 
+def _value(v: float, unit: str) -> str:
+    """An objective value with its unit: 0.2003 s, 650 B, 0.0123 J."""
+    return f"{v:.4f} s" if unit == "s" else f"{v:.0f} B" if unit == "B" else f"{v:.3g} {unit}"
+
+
 def _describe(r: dict) -> str:
     return f"cut {r.get('cut')} + {r.get('codec')}" + (
         f" + {r['defense']}" if str(r.get("defense", "none")) not in ("none", "None") else "")
+
+
+def _pct(v: float, sign: bool = True) -> str:
+    """Two decimals, or two significant digits below 0.01 (a lossless codec's +0.0013 % is not +0.00)."""
+    spec = ("+" if sign else "") + (".2f" if v == 0 or abs(v) >= 0.01 else ".2g")
+    return format(v, spec)
 
 
 def _dppl_text(r: dict) -> str | None:
@@ -137,9 +148,10 @@ def _dppl_text(r: dict) -> str | None:
         return None
     interval = ci(r, "delta_ppl_pct")
     if interval is None:
-        return f"Δppl {v:+.2f} % (interval unknown: older metrics)"
+        return f"Δppl {_pct(v)} % (interval unknown: older metrics)"
     bound, _ = quality_bound(r)
-    return f"Δppl {v:+.2f} % (95 % CI {interval[0]:+.2f} to {interval[1]:+.2f}; |Δppl| ≤ {bound:.2f} %)"
+    return (f"Δppl {_pct(v)} % (95 % CI {_pct(interval[0])} to {_pct(interval[1])}; "
+            f"|Δppl| ≤ {_pct(bound, sign=False)} %)")
 
 
 def privacy_statement(best: dict, attacked_any: bool, constraints: Constraints) -> str:
@@ -210,16 +222,17 @@ def recommend(rows: list[dict], objective: str = "latency", constraints: Constra
                  f"which fails: {'; '.join(c.check(closest))}. Relax a constraint or sweep more codecs.", *notes]
         return Recommendation(None, "\n".join(lines), 0, len(scored), None, notes)
     best, lowest, tied = choose(feasible, key, tie_tolerance)
-    runs = "only the embeddings" if best["cut"] == 0 else f"embeddings + layers 0..{best['cut'] - 1}"
+    runs = ("only the embeddings" if best["cut"] == 0 else "embeddings + layer 0" if best["cut"] == 1
+            else f"embeddings + layers 0..{best['cut'] - 1}")
     lines = [f"Recommended: cut {best['cut']} (the device runs {runs}) with codec {best['codec']}"
              + (f", defense {best['defense']}" if str(best.get("defense", "none")) not in ("none", "None") else "")
              + f" on {best.get('link')}."]
     if config_key(best) == config_key(lowest):
-        lines.append(f"It has the lowest {what} ({best[key]:.4g} {unit}) of the {len(feasible)} of {len(scored)} "
+        lines.append(f"It has the lowest {what} ({_value(best[key], unit)}) of the {len(feasible)} of {len(scored)} "
                      "configurations that meet the constraints.")
     else:
         gain = 100 * (best[key] - lowest[key]) / abs(best[key]) if best[key] else 0.0
-        lines.append(f"Its {what} is {best[key]:.4g} {unit}; {_describe(lowest)} is lower ({lowest[key]:.4g} {unit}, "
+        lines.append(f"Its {what} is {_value(best[key], unit)}; {_describe(lowest)} is lower ({_value(lowest[key], unit)}, "
                      f"{gain:.2f} % less), but within the tie tolerance of {100 * tie_tolerance:g} %, so the tie "
                      f"goes to the more faithful or simpler configuration ({codec_fidelity(best.get('codec'), best).label}"
                      f" over {codec_fidelity(lowest.get('codec'), lowest).label}). Rule: "
@@ -257,12 +270,12 @@ def recommend(rows: list[dict], objective: str = "latency", constraints: Constra
         unconstrained, _, _ = choose(scored, key, tie_tolerance)
         if config_key(unconstrained) != config_key(best):
             lines.append(f"Without the constraints ({', '.join(active)}) {_describe(unconstrained)} would be "
-                         f"chosen ({unconstrained[key]:.4g} {unit}) but fails: " + "; ".join(c.check(unconstrained)) + ".")
+                         f"chosen ({_value(unconstrained[key], unit)}) but fails: " + "; ".join(c.check(unconstrained)) + ".")
         else:
             lines.append(f"The constraints ({', '.join(active)}) do not bind: this is also the unconstrained choice.")
     rest = sorted((r for r in feasible if config_key(r) != config_key(best)), key=lambda r: (r[key], tie_key(r)))
     if rest:
-        lines.append(f"Runner-up: {_describe(rest[0])} ({rest[0][key]:.4g} {unit}).")
+        lines.append(f"Runner-up: {_describe(rest[0])} ({_value(rest[0][key], unit)}).")
     return Recommendation(best, "\n".join(lines), len(feasible), len(scored), lowest, notes)
 
 
