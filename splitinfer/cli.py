@@ -28,13 +28,20 @@ class CliError(UserError):
 
 
 def is_user_error(e: BaseException) -> bool:
-    """Bad input rather than a bug: a `UserError`, or (until every module's errors derive from it) a
-    `ValueError` / `FileNotFoundError` subclass defined in splitinfer (CodecError, EmptyCorpusError, ...).
-
-    Plain built-in ValueErrors are not user errors here: they may be bugs, and keep their traceback."""
+    """Bad input rather than a bug: a `UserError` (the rule), or, until every module's errors derive from
+    it, a `ValueError` / `FileNotFoundError` that splitinfer defines (CodecError, EmptyCorpusError, ...) or
+    raises itself (`raise ValueError(...)` in a splitinfer module). One raised inside torch, numpy, ... is
+    a bug and keeps its traceback."""
     if isinstance(e, UserError):
         return True
-    return isinstance(e, ValueError | FileNotFoundError) and type(e).__module__.startswith("splitinfer")
+    if not isinstance(e, ValueError | FileNotFoundError):
+        return False
+    if type(e).__module__.startswith("splitinfer"):
+        return True
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("splitinfer")
 
 
 def build_parser() -> argparse.ArgumentParser:

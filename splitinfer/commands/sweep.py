@@ -21,11 +21,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from splitinfer.run import check_command_line
+
     out = Path(args.out or f"multirun/{args.experiment}/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     cmd = [sys.executable, "-m", "splitinfer.run", "-m", f"experiment={args.experiment}", f"hydra.sweep.dir={out}"]
     if args.launcher:
         cmd.append(f"hydra/launcher={args.launcher}")
     cmd += args.overrides
+    # Every group option (--experiment, --launcher, codec=int8,int9 ...) exists, or one line and exit 2 here;
+    # the sweep process checks its experiment's sweeper params the same way before it launches a job.
+    check_command_line(cmd[3:])
     print("+ " + " ".join(cmd), file=sys.stderr)
     t0 = time.perf_counter()
     rc = subprocess.call(cmd)

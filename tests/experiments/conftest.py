@@ -11,9 +11,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
-# Codec presets live in conf/codec (the codecs package); these stand in only for absent files.
-FALLBACK = Path(__file__).resolve().parent / "fallback_conf"
-SEARCHPATH = f"hydra.searchpath=[file://{FALLBACK}]"
 
 # Tiny, fast settings used by every test job.
 TINY = [
@@ -27,14 +24,14 @@ def compose(overrides: list[str] | None = None, *, hydra_cfg: bool = False):
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hcompose("config", overrides=[SEARCHPATH, *(overrides or [])], return_hydra_config=hydra_cfg)
+        return hcompose("config", overrides=list(overrides or []), return_hydra_config=hydra_cfg)
 
 
 def run_cli(args: list[str], tmp_path: Path, env: dict | None = None, timeout: int = 240):
     """`python -m splitinfer.run ARGS` in a subprocess, outputs under tmp_path."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0",
                 "SPLITINFER_CACHE": str(tmp_path / "cache"), **(env or {})}  # tiny models only: no real cache needed
-    return subprocess.run([sys.executable, "-m", "splitinfer.run", *args, SEARCHPATH], cwd=tmp_path, env=full_env,
+    return subprocess.run([sys.executable, "-m", "splitinfer.run", *args], cwd=tmp_path, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
