@@ -19,6 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", default=None, help="activation codec for the uplink (default: none in-process, "
                    "the default codec with --server)")
     p.add_argument("--server", default=None, help="tcp://HOST:PORT of a `splitinfer serve` process")
+    p.add_argument("--defense", default=None,
+                   help="privacy defense run on the device before the codec: gaussian or dchi (the server needs "
+                        "no change); its parameters with --defense-param")
+    p.add_argument("--defense-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a defense parameter, repeatable: e.g. --defense gaussian --defense-param sigma=0.1 "
+                        "--defense-param seed=3")
     p.add_argument("--busy-poll-ms", type=float, default=0.0,
                    help="with --server: spin this long waiting for each reply before sleeping (lower latency, "
                         "a busy core; pair with `splitinfer serve --busy-poll-ms`)")
@@ -70,6 +76,29 @@ def check_arguments(args: argparse.Namespace) -> list[int]:
         raise ConfigError(f"--cut {args.cut}: {e}") from None
 
 
+def build_defense_arg(args: argparse.Namespace):
+    """The --defense and --defense-param flags as a defense object (None without --defense)."""
+    if not args.defense:
+        if args.defense_param:
+            raise ConfigError("--defense-param needs --defense NAME (gaussian or dchi)")
+        return None
+    from splitinfer.privacy.defenses import build_defense
+
+    params = {}
+    for item in args.defense_param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--defense-param {item!r}: give KEY=VALUE, e.g. sigma=0.1")
+        try:
+            params[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise ConfigError(f"--defense-param {item!r}: {value!r} is not a number") from None
+    try:
+        return build_defense(args.defense, **params)
+    except TypeError as e:
+        raise ConfigError(f"--defense {args.defense}: bad parameter ({e})") from None
+
+
 def main(args: argparse.Namespace) -> int:
     from splitinfer.generation import SamplingConfig, in_process_generator
     from splitinfer.models import load_model
@@ -85,15 +114,18 @@ def main(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
+    defense = build_defense_arg(args)  # refused before the model loads, like the codec
+    if args.server:
+        from splitinfer.transport.wait import WaitPolicy
+
+        wait = WaitPolicy.from_args(args)
     lm = load_model(args.model)
     if args.server:
         from splitinfer.transport.client import remote_generator
 
-        gen = remote_generator(lm, cuts, args.server, codec=codec, sampling=sampling,
-                               busy_poll_ms=args.busy_poll_ms, rehearse=not args.no_rehearse,
-                               wake_early_ms=args.wake_early_ms)
+        gen = remote_generator(lm, cuts, args.server, codec=codec, sampling=sampling, defense=defense, wait=wait)
     else:
-        gen = in_process_generator(lm, cuts, codec=codec, sampling=sampling)
+        gen = in_process_generator(lm, cuts, codec=codec, sampling=sampling, defense=defense)
     printed = ""
 
     def stream(token_ids: list[int]) -> None:
