@@ -19,6 +19,9 @@ from pathlib import Path
 
 import torch
 
+from splitinfer.errors import ConfigError, NotFoundError
+from splitinfer.models import adapters
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -32,18 +35,14 @@ BUNDLED_MODELS: dict[str, tuple[str, str, str]] = {
     ),
 }
 
-TINY_FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "bert")
-# Which stage implementation a transformers model_type uses.
-FAMILY_OF_MODEL_TYPE = {
-    "llama": "llama",
-    "qwen2": "llama",
-    "mistral": "llama",
-    "gpt2": "gpt2",
-    "bert": "bert",
-}
+# The model types whose tiny random models the test suite checks (`tiny_model(name)`, "tiny-<name>").
+TINY_FAMILIES = adapters.TESTED_TYPES
+# Which stage kind (partition.STAGE_CLASSES) a tested model_type uses. Other decoder-only model types of
+# the standard shape work too: they are verified on first load (adapters.verify_decoder).
+FAMILY_OF_MODEL_TYPE = {t: "encoder" if t in adapters.ENCODER_TYPES else "decoder" for t in TINY_FAMILIES}
 
 
-class ModelNotAvailableError(FileNotFoundError):
+class ModelNotAvailableError(NotFoundError):
     """The requested model is not installed or not on disk; the message says what provides it."""
 
 
@@ -53,7 +52,7 @@ class LoadedModel:
 
     model: torch.nn.Module
     tokenizer: object | None
-    family: str  # "llama" (Llama/Qwen2/Mistral/SmolLM2), "gpt2" or "bert"
+    family: str  # the config's model_type: "llama" (also SmolLM2), "qwen2", "gemma3_text", "gpt2", "bert", ...
     name: str
     fingerprint: str
     source: str = ""
@@ -76,13 +75,22 @@ class LoadedModel:
         return int(self.model.config.vocab_size)
 
     @property
+    def model_type(self) -> str:
+        return str(self.model.config.model_type)
+
+    @property
+    def kind(self) -> str:
+        """'decoder' (a causal LM, split by DecoderStage) or 'encoder' (BERT, split by EncoderStage)."""
+        return "encoder" if self.model_type in adapters.ENCODER_TYPES else "decoder"
+
+    @property
     def is_causal_lm(self) -> bool:
-        return self.family != "bert"
+        return self.kind == "decoder"
 
     def encode_prompt(self, text: str, chat: bool = True) -> torch.Tensor:
         """Token ids (1, T) for a prompt; wraps it in the chat template when asked and available."""
         if self.tokenizer is None:
-            raise ValueError(f"model {self.name!r} has no tokenizer; pass token ids instead of text")
+            raise ConfigError(f"model {self.name!r} has no tokenizer; pass token ids instead of text")
         tok = self.tokenizer
         if chat and getattr(tok, "chat_template", None):
             ids = tok.apply_chat_template(
@@ -172,33 +180,109 @@ def _finish(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _load_hf_dir(path: Path, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    config = AutoConfig.from_pretrained(path)
-    family = FAMILY_OF_MODEL_TYPE.get(config.model_type)
-    if family is None:
-        raise ValueError(
-            f"model type {config.model_type!r} in {path} is not supported; supported types: "
-            f"{sorted(FAMILY_OF_MODEL_TYPE)}"
-        )
-    cls = AutoModel if family == "bert" else AutoModelForCausalLM
+    config = _read_config(path)
+    kind = check_supported(config, where=str(path))
+    cls = AutoModel if kind == "encoder" else AutoModelForCausalLM
     hf_logging.disable_progress_bar()  # a cached load takes < 1 s; no bar needed
     try:
-        model = cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        model = cls.from_pretrained(path, dtype=dtype, attn_implementation=adapters.attn_implementation(config))
     finally:
         hf_logging.enable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):
         tokenizer = None
-    return _finish(model), tokenizer, family
+    return _finish(model), tokenizer, str(config.model_type)
 
 
-def _gguf_cache_dir(gguf: Path) -> Path:
+def _read_config(path: Path):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (ValueError, KeyError) as e:  # a model_type this transformers does not know
+        import transformers
+
+        try:
+            mt = json.loads((path / "config.json").read_text()).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            mt = None
+        raise ConfigError(f"cannot read the model config in {path}: model type {mt!r} is unknown to transformers "
+                          f"{transformers.__version__}; {adapters.supported_text()}") from None
+
+
+def check_supported(config, where: str = "") -> str:
+    """The stage kind ('decoder' / 'encoder') of a model config, or a ConfigError naming what splitinfer
+    supports. Reads the config only (plus, once per process for an untested decoder type, a small random
+    model of its classes), so an unsupported model is refused before its weights load."""
+    try:
+        kind = adapters.kind_of(config)
+        if kind == "decoder" and config.model_type not in FAMILY_OF_MODEL_TYPE:
+            adapters.verify_decoder(config)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+    return kind
+
+
+_HASH_INDEX = "gguf-sha256.json"  # path -> size, mtime_ns, sha256 of GGUF files already hashed
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gguf_sha256(gguf: Path, *, compute: bool = True) -> str | None:
+    """The sha256 of a GGUF file's content, memoised per path+size+mtime in a small JSON index under
+    `cache_root()/models`, so only the first load of a given file reads it through (~0.3 s per 100 MB).
+    With `compute=False`, only the memo is consulted (None when the file was never hashed)."""
+    st = gguf.stat()
+    key, stamp = str(gguf.resolve()), {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    index_path = cache_root() / "models" / _HASH_INDEX
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    entry = index.get(key)
+    if isinstance(entry, dict) and {k: entry.get(k) for k in stamp} == stamp and entry.get("sha256"):
+        return str(entry["sha256"])
+    if not compute:
+        return None
+    digest = _file_sha256(gguf)
+    index[key] = {**stamp, "sha256": digest}
+    try:  # best effort: a read-only cache only costs a rehash next time
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".index-", dir=index_path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(index, f, indent=1, sort_keys=True)
+        os.replace(tmp, index_path)
+    except OSError as e:
+        log.debug("could not save the GGUF hash index %s: %s", index_path, e)
+    return digest
+
+
+def _gguf_cache_dir(gguf: Path, digest: str | None = None) -> Path:
+    """Where the conversion of `gguf` lives: named by the file's content hash, so every copy of one
+    file (other clones, venvs, paths) shares one conversion under `cache_root()`."""
+    digest = digest or gguf_sha256(gguf)
+    return cache_root() / "models" / f"gguf-sha256-{digest[:24]}"
+
+
+def _legacy_cache_dir(gguf: Path) -> Path:
+    """Where versions before the content-addressed cache put a conversion (keyed by path+size+mtime)."""
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
     return cache_root() / "models" / f"{gguf.stem}-{key}"
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:
@@ -209,7 +293,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s once into %s (first load dequantizes; ~20-25 s)", gguf.name, target)
+    log.warning("converting %s once into %s (first load dequantizes; ~20-25 s)", gguf.name, target)
     src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = src.config
@@ -225,14 +309,16 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     try:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "splitinfer.json").write_text(json.dumps({"source": str(gguf)}))
+        (tmp / "splitinfer.json").write_text(json.dumps({"source": str(gguf), "sha256": gguf_sha256(gguf)}))
         try:
             os.rename(tmp, target)
         except OSError:  # another process won the race; its copy is identical
             shutil.rmtree(tmp, ignore_errors=True)
+            return
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    log.warning("converted %s: %.0f MB in %s (shared by every copy of this file)", gguf.name, _dir_mb(target), target)
 
 
 def _load_gguf(gguf: Path, dtype: torch.dtype, use_cache: bool):
@@ -241,8 +327,17 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, use_cache: bool):
 
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        return _finish(model), tokenizer, FAMILY_OF_MODEL_TYPE.get(model.config.model_type, "llama")
+        check_supported(model.config, where=str(gguf))
+        return _finish(model), tokenizer, str(model.config.model_type)
     target = _gguf_cache_dir(gguf)
+    if not (target / "config.json").is_file():
+        legacy = _legacy_cache_dir(gguf)
+        if (legacy / "config.json").is_file():  # adopt an earlier path-keyed conversion of this very file
+            try:
+                os.rename(legacy, target)
+                log.warning("moved the conversion of %s to the content-addressed cache %s", gguf.name, target)
+            except OSError:
+                pass
     if not (target / "config.json").is_file():
         convert_gguf(gguf, target)
     return _load_hf_dir(target, dtype)
@@ -253,7 +348,7 @@ def load_model(
 ) -> LoadedModel:
     """Load a bundled model by name, a local HF model directory, or a local `.gguf` file."""
     if not isinstance(name_or_path, str | os.PathLike) or not str(name_or_path).strip():
-        raise ValueError(f"model must be a bundled name {sorted(BUNDLED_MODELS)} or a local path, got {name_or_path!r}")
+        raise ConfigError(f"model must be a bundled name {sorted(BUNDLED_MODELS)} or a local path, got {name_or_path!r}")
     spec = str(name_or_path)
     if spec.startswith("tiny-"):
         return tiny_model(spec.removeprefix("tiny-"))
@@ -283,42 +378,26 @@ def load_model(
 
 
 def _tiny_config(family: str, **overrides):
-    from transformers import BertConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    common = dict(vocab_size=256, hidden_size=64, num_hidden_layers=4, num_attention_heads=4)
-    if family in ("llama", "qwen2", "mistral"):
-        cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[family]
-        kw = dict(common, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=512,
-                  tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-        if family == "mistral":
-            kw["sliding_window"] = 16  # small, so tests exercise the sliding-window mask
-        kw.update(overrides)
-        return cls(**kw)
-    if family == "gpt2":
-        kw = dict(vocab_size=256, n_embd=64, n_layer=4, n_head=4, n_positions=512,
-                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
-        kw.update({"n_layer": overrides.pop("num_hidden_layers")} if "num_hidden_layers" in overrides else {})
-        kw.update(overrides)
-        return GPT2Config(**kw)
-    if family == "bert":
-        kw = dict(common, intermediate_size=128, max_position_embeddings=512, pad_token_id=0)
-        kw.update(overrides)
-        return BertConfig(**kw)
-    raise ValueError(f"unknown tiny model family {family!r}; choose one of {TINY_FAMILIES}")
+    if family not in adapters.TINY_CONFIGS:
+        raise ConfigError(f"unknown tiny model {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+    base = dict(adapters.TINY_CONFIGS[family])
+    if "num_hidden_layers" in overrides and "layer_types" in base:  # keep the local/global pattern's length
+        n = int(overrides["num_hidden_layers"])
+        base["layer_types"] = (base["layer_types"] * n)[:n]
+    names = CONFIG_MAPPING[family].attribute_map  # gpt2: num_hidden_layers -> n_layer, ...
+    kw = {names.get(k, k): v for k, v in {**base, **overrides}.items()}
+    return AutoConfig.for_model(family, **kw)
 
 
 def tiny_model(family: str, seed: int = 0, **overrides) -> LoadedModel:
-    """A small randomly initialised model (fp32, fixed seed) of a supported family, for fast tests."""
-    from transformers import AutoModelForCausalLM, BertModel
-
+    """A small randomly initialised model (fp32, fixed seed) of a tested model type (`TINY_FAMILIES`:
+    4 layers, hidden 64, vocab 256, no tokenizer), for fast tests. `overrides` change its config."""
     config = _tiny_config(family, **overrides)
-    config._attn_implementation = "sdpa"
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = BertModel(config) if family == "bert" else AutoModelForCausalLM.from_config(config)
-    model = _finish(model.to(torch.float32))
-    name = f"tiny-{family}"
-    return LoadedModel(model, None, FAMILY_OF_MODEL_TYPE[config.model_type], name, fingerprint_model(model),
+    model = _finish(adapters.random_model(config, seed))
+    return LoadedModel(model, None, str(config.model_type), f"tiny-{family}", fingerprint_model(model),
                        source=f"random init, seed {seed}")
 
 
@@ -338,8 +417,9 @@ def peek_num_layers(name_or_path: str) -> int:
         if not (path.is_file() and path.suffix == ".gguf"):
             return load_model(spec).num_layers  # raises the clear not-found error
         gguf = path
-    cached = _gguf_cache_dir(gguf) / "config.json"
-    if cached.is_file():
+    digest = gguf_sha256(gguf, compute=False)  # a memo only: peeking never reads the whole file
+    cached = _gguf_cache_dir(gguf, digest) / "config.json" if digest else None
+    if cached is not None and cached.is_file():
         return int(json.loads(cached.read_text())["num_hidden_layers"])
     from gguf import GGUFReader
 
@@ -347,4 +427,4 @@ def peek_num_layers(name_or_path: str) -> int:
     for key, entry in reader.fields.items():
         if key.endswith(".block_count"):
             return int(entry.parts[entry.data[0]][0])
-    raise ValueError(f"could not read the layer count from {gguf}")
+    raise ConfigError(f"could not read the layer count from {gguf}: it has no *.block_count field")

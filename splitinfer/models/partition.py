@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from splitinfer.errors import ConfigError
+from splitinfer.models import adapters
 from splitinfer.models.loading import LoadedModel
 
 
@@ -23,19 +25,19 @@ def validate_cuts(cuts: object, num_layers: int) -> list[int]:
     """
     valid = f"this model has {num_layers} layers, so every cut must be an int in 0..{num_layers}"
     if isinstance(cuts, bool) or not isinstance(cuts, int | Sequence) or isinstance(cuts, str | bytes):
-        raise ValueError(f"cuts must be an int or a list of ints, got {cuts!r}; {valid}")
+        raise ConfigError(f"cuts must be an int or a list of ints, got {cuts!r}; {valid}")
     seq = [cuts] if isinstance(cuts, int) else list(cuts)
     if not seq:
-        raise ValueError(f"cuts is empty; give at least one cut. {valid}")
+        raise ConfigError(f"cuts is empty; give at least one cut. {valid}")
     out = []
     for c in seq:
         if isinstance(c, bool) or not isinstance(c, int):
-            raise ValueError(f"cut {c!r} is not an int; {valid}")
+            raise ConfigError(f"cut {c!r} is not an int; {valid}")
         if not 0 <= c <= num_layers:
-            raise ValueError(f"cut {c} is out of range; {valid}")
+            raise ConfigError(f"cut {c} is out of range; {valid}")
         out.append(int(c))
     if any(b <= a for a, b in zip(out, out[1:], strict=False)):
-        raise ValueError(f"cuts {out} must be strictly increasing (device -> edge -> cloud); {valid}")
+        raise ConfigError(f"cuts {out} must be strictly increasing (device -> edge -> cloud); {valid}")
     return out
 
 
@@ -94,7 +96,7 @@ def causal_mask(
     allowed = allowed[None, None].expand(batch, 1, q_len, kv_len)
     if attention_mask is not None:
         if attention_mask.shape != (batch, kv_len):
-            raise ValueError(
+            raise ConfigError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch={batch}, "
                 f"past+current={kv_len}): give the padding mask over all positions seen so far"
             )
@@ -123,6 +125,7 @@ class Stage(nn.Module):
     def __init__(self, lm: LoadedModel, index: int, start: int, end: int, is_last: bool) -> None:
         super().__init__()
         self.family = lm.family
+        self.kind = lm.kind
         self.index = index
         self.start_layer = start
         self.end_layer = end
@@ -132,7 +135,8 @@ class Stage(nn.Module):
         self.vocab_size = lm.vocab_size
         self.config = lm.config
         # Optional device-side hook on the token embeddings (first stage only), e.g. a dχ-privacy
-        # defense that perturbs embeddings before layer 0: a callable (B,T,H) -> (B,T,H).
+        # defense that perturbs embeddings before layer 0: a callable (B,T,H) -> (B,T,H). It sees the
+        # rows of the embedding table (`get_input_embeddings().weight`), before any family scaling.
         self.embedding_hook = None
         self.sdpa = getattr(lm.config, "_attn_implementation", None) == "sdpa"
 
@@ -146,7 +150,7 @@ class Stage(nn.Module):
     def kv_bytes_per_token(self, dtype_bytes: int = 4) -> int:
         """Bytes of K and V one token adds to this stage's cache (all its layers)."""
         n = self.end_layer - self.start_layer
-        if self.family == "bert" or n == 0:
+        if self.kind == "encoder" or n == 0:
             return 0
         cfg = self.config
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -154,13 +158,10 @@ class Stage(nn.Module):
         return 2 * n * heads * head_dim * dtype_bytes
 
     def new_cache(self) -> KVCache | None:
-        return None if self.family == "bert" else KVCache()
+        return None if self.kind == "encoder" else KVCache()
 
     def extra_repr(self) -> str:
         return f"index={self.index}, layers=[{self.start_layer}, {self.end_layer}), last={self.is_last}"
-
-    def _embedded(self, h: torch.Tensor) -> torch.Tensor:
-        return self.embedding_hook(h) if self.embedding_hook is not None else h
 
     def _positions(self, batch, q_len, past, position_ids, device):
         if position_ids is None:
@@ -176,71 +177,75 @@ def _unique_params(module: nn.Module):
             yield p
 
 
-class LlamaStage(Stage):
-    """Llama-style decoders: SmolLM2, Llama, Qwen2, Mistral (rotary positions)."""
+class DecoderStage(Stage):
+    """A piece of any decoder-only causal LM with the standard stack (see `splitinfer.models.adapters`):
+    Llama, Qwen2/3, Mistral, Gemma 2/3, Phi, Phi-3, SmolLM2/3, OLMo 2, GPT-2, GPT-NeoX, Granite, StarCoder2...
+
+    Per-layer sliding windows (`layer_windows`) and per-kind rotary positions follow the config; the
+    first stage adds learned absolute positions where the model has them (GPT-2)."""
 
     def __init__(self, lm, index, start, end, is_last):
         super().__init__(lm, index, start, end, is_last)
-        base = lm.model.model
-        self.embed_tokens = base.embed_tokens if self.is_first else None
-        self.layers = nn.ModuleList(base.layers[start:end])
-        self.rotary_emb = base.rotary_emb
-        self.norm = base.norm if is_last else None
-        self.lm_head = lm.model.lm_head if is_last else None
-        cfg = lm.config
-        use_sw = getattr(cfg, "use_sliding_window", True)
-        self.sliding_window = getattr(cfg, "sliding_window", None) if use_sw else None
+        parts = adapters.decoder_parts(lm.model)
+        self.embed_tokens = parts.embed if self.is_first else None
+        self.embed_positions = parts.positions if self.is_first else None
+        self.layers = nn.ModuleList(parts.layers[start:end])
+        self.rotary_emb = parts.rotary if len(self.layers) else None
+        self.norm = parts.norm if is_last else None
+        self.lm_head = parts.head if is_last else None
+        self.layer_windows = adapters.layer_windows(lm.config)[start:end]
+        self.layer_kinds = adapters.layer_kinds(lm.config)[start:end]
+        self._rope_by_kind = adapters.rotary_takes_kind(self.rotary_emb)
+        self._calls = [adapters.layer_call_names(layer) for layer in self.layers]
 
-    def forward(self, x, *, position_ids=None, attention_mask=None, cache=None):
-        h = self._embedded(self.embed_tokens(x)) if self.is_first else x
-        batch, q_len = h.shape[:2]
-        past = cache.seq_len if cache is not None else 0
-        position_ids = self._positions(batch, q_len, past, position_ids, h.device)
-        if len(self.layers):
-            mask = decoder_mask(attention_mask, batch, q_len, past, h.dtype, h.device, self.sliding_window, self.sdpa)
-            pos_emb = self.rotary_emb(h, position_ids)
-            for layer in self.layers:
-                h = layer(h, attention_mask=mask, position_ids=position_ids, cache=cache,
-                          use_cache=cache is not None, position_embeddings=pos_emb)
-        if self.is_last:
-            h = self.lm_head(self.norm(h))
-        return h
-
-
-class GPT2Stage(Stage):
-    """GPT-2: learned absolute positions, added in the first stage only."""
-
-    def __init__(self, lm, index, start, end, is_last):
-        super().__init__(lm, index, start, end, is_last)
-        base = lm.model.transformer
-        self.wte = base.wte if self.is_first else None
-        self.wpe = base.wpe if self.is_first else None
-        self.layers = nn.ModuleList(base.h[start:end])
-        self.ln_f = base.ln_f if is_last else None
-        self.lm_head = lm.model.lm_head if is_last else None
+    @property
+    def sliding_window(self) -> int | None:
+        """The widest sliding window among this stage's layers (None: all attend globally)."""
+        return max((w for w in self.layer_windows if w), default=None)
 
     def forward(self, x, *, position_ids=None, attention_mask=None, cache=None):
         batch, q_len = x.shape[:2]
         past = cache.seq_len if cache is not None else 0
         position_ids = self._positions(batch, q_len, past, position_ids, x.device)
-        h = self._embedded(self.wte(x)) + self.wpe(position_ids) if self.is_first else x
+        if self.is_first:
+            h = adapters.embed_tokens(self.embed_tokens, self.config, x, self.embedding_hook)
+            if self.embed_positions is not None:
+                h = h + self.embed_positions(position_ids)
+        else:
+            h = x
         if len(self.layers):
-            mask = decoder_mask(attention_mask, batch, q_len, past, h.dtype, h.device, sdpa=self.sdpa)
-            for layer in self.layers:
-                h = layer(h, cache=cache, attention_mask=mask, use_cache=cache is not None)
+            masks, rope = {}, {}
+            for i, layer in enumerate(self.layers):
+                window, kind = self.layer_windows[i], self.layer_kinds[i]
+                if window not in masks:
+                    masks[window] = decoder_mask(attention_mask, batch, q_len, past, h.dtype, h.device, window,
+                                                 self.sdpa)
+                cache_name, params = self._calls[i]
+                kwargs = {"attention_mask": masks[window], cache_name: cache}
+                if self.rotary_emb is not None:
+                    key = kind if self._rope_by_kind else None
+                    if key not in rope:
+                        rope[key] = (self.rotary_emb(h, position_ids, kind) if self._rope_by_kind
+                                     else self.rotary_emb(h, position_ids))
+                    kwargs["position_embeddings"] = rope[key]
+                if "position_ids" in params:
+                    kwargs["position_ids"] = position_ids
+                if "use_cache" in params:
+                    kwargs["use_cache"] = cache is not None
+                h = layer(h, **kwargs)
         if self.is_last:
-            h = self.lm_head(self.ln_f(h))
+            h = adapters.finish_logits(self.config, self.lm_head(self.norm(h)))
         return h
 
 
-class BertStage(Stage):
+class EncoderStage(Stage):
     """BERT-style encoders: bidirectional, no KV cache; the last stage returns the encoder output
     (or the pooled embedding with `output="pooled"`)."""
 
     def __init__(self, lm, index, start, end, is_last, output: str = "last_hidden"):
         super().__init__(lm, index, start, end, is_last)
         if output not in ("last_hidden", "pooled"):
-            raise ValueError(f"encoder output {output!r} is not one of 'last_hidden', 'pooled'")
+            raise ConfigError(f"encoder output {output!r} is not one of 'last_hidden', 'pooled'")
         self.output = output
         self.embeddings = lm.model.embeddings if self.is_first else None
         self.layers = nn.ModuleList(lm.model.encoder.layer[start:end])
@@ -248,7 +253,9 @@ class BertStage(Stage):
 
     def forward(self, x, *, position_ids=None, attention_mask=None, cache=None):
         if self.is_first:
-            word = self._embedded(self.embeddings.word_embeddings(x))
+            word = self.embeddings.word_embeddings(x)
+            if self.embedding_hook is not None:
+                word = self.embedding_hook(word)
             h = self.embeddings(inputs_embeds=word, position_ids=position_ids)
         else:
             h = x
@@ -259,23 +266,26 @@ class BertStage(Stage):
                 h = layer(h, attention_mask=mask)
         if self.is_last and self.output == "pooled":
             if self.pooler is None:
-                raise ValueError("this encoder has no pooler; use output='last_hidden'")
+                raise ConfigError("this encoder has no pooler; use output='last_hidden'")
             h = self.pooler(h)
         return h
 
 
-STAGE_CLASSES = {"llama": LlamaStage, "gpt2": GPT2Stage, "bert": BertStage}
+# Stage classes by adapter kind. The old per-family names stay as aliases.
+STAGE_CLASSES = {"decoder": DecoderStage, "encoder": EncoderStage}
+LlamaStage = GPT2Stage = DecoderStage
+BertStage = EncoderStage
 
 
 def split_model(lm: LoadedModel, cuts: int | Sequence[int], *, encoder_output: str = "last_hidden") -> list[Stage]:
     """Cut `lm` at `cuts` into len(cuts)+1 stages that together compute exactly what the model does."""
     cuts = validate_cuts(cuts, lm.num_layers)
     bounds = [0, *cuts, lm.num_layers]
-    cls = STAGE_CLASSES[lm.family]
+    cls = STAGE_CLASSES[lm.kind]
     stages = []
     for i in range(len(bounds) - 1):
         is_last = i == len(bounds) - 2
-        kwargs = {"output": encoder_output} if lm.family == "bert" else {}
+        kwargs = {"output": encoder_output} if lm.kind == "encoder" else {}
         stages.append(cls(lm, i, bounds[i], bounds[i + 1], is_last, **kwargs).eval())
     return stages
 

@@ -19,7 +19,6 @@ rehearsed only while torch runs one intra-op thread (see `Rehearsal.__call__`).
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Callable
@@ -54,29 +53,15 @@ def shadow_model(lm: LoadedModel, cuts: list[int]) -> tuple[LoadedModel, list[in
     """A randomly initialised copy of `lm`'s architecture with tiny widths and one layer per stage of
     `cuts`, and the cuts that give it the same stages. None (logged) for an architecture we cannot
     shrink: the rehearsal is then skipped."""
-    from transformers import AutoModelForCausalLM
+    from splitinfer.models import adapters
 
     firsts, cuts_out = shadow_plan(list(cuts), lm.num_layers)
-    cfg = copy.deepcopy(lm.config)
+    if not lm.is_causal_lm:
+        log.info("no rehearsal for %s: the %s encoder has no shadow", lm.name, lm.family)
+        return None
     try:
-        if lm.family == "gpt2":
-            cfg.n_embd = cfg.n_head * SHADOW_HEAD_DIM
-            cfg.n_inner = SHADOW_MLP
-            cfg.n_layer = len(firsts)
-        elif lm.family == "llama":  # Llama, Qwen2, Mistral, SmolLM2
-            cfg.head_dim = SHADOW_HEAD_DIM
-            cfg.hidden_size = int(cfg.num_attention_heads) * SHADOW_HEAD_DIM
-            cfg.intermediate_size = SHADOW_MLP
-            cfg.num_hidden_layers = len(firsts)
-            if isinstance(getattr(cfg, "layer_types", None), list):  # per-layer attention kinds
-                cfg.layer_types = [cfg.layer_types[i] for i in firsts]
-        else:
-            log.info("no rehearsal for %s: family %s has no shadow", lm.name, lm.family)
-            return None
-        cfg.vocab_size = SHADOW_VOCAB
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(cfg).to(torch.float32).eval()
+        cfg = adapters.shrink_config(lm.config, firsts, head_dim=SHADOW_HEAD_DIM, mlp=SHADOW_MLP, vocab=SHADOW_VOCAB)
+        model = adapters.random_model(cfg)
     except Exception as e:  # a config that does not shrink this way
         log.info("no rehearsal for %s: cannot build a shadow model (%s: %s)", lm.name, type(e).__name__, e)
         return None

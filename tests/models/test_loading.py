@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from splitinfer.errors import ConfigError, NotFoundError
 from splitinfer.models import ModelNotAvailableError, load_model, tiny_model
 
 
@@ -15,7 +16,7 @@ def test_tiny_models_are_seeded():
 
 
 def test_unknown_tiny_family():
-    with pytest.raises(ValueError, match="llama"):
+    with pytest.raises(ConfigError, match="llama.*gemma3_text"):
         tiny_model("t5")
 
 
@@ -33,11 +34,17 @@ def test_not_a_model_path(tmp_path):
         load_model(str(tmp_path / "weights.bin"))
 
 
-def test_local_hf_directory_round_trip(tmp_path):
-    lm = tiny_model("qwen2", seed=3)
+def test_missing_model_is_a_user_error():
+    assert issubclass(ModelNotAvailableError, NotFoundError)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma2", "gpt_neox"])
+def test_local_hf_directory_round_trip(tmp_path, family):
+    lm = tiny_model(family, seed=3)
     lm.model.save_pretrained(tmp_path)
     again = load_model(str(tmp_path))
-    assert again.family == "llama" and again.fingerprint == lm.fingerprint
+    assert again.family == family and again.fingerprint == lm.fingerprint
+    assert again.config._attn_implementation == lm.config._attn_implementation
     ids = torch.randint(3, 256, (1, 9))
     assert torch.allclose(again.model(ids).logits, lm.model(ids).logits, atol=1e-6)
 
@@ -45,7 +52,7 @@ def test_local_hf_directory_round_trip(tmp_path):
 def test_peek_num_layers_without_loading(tmp_path):
     from splitinfer.models import peek_num_layers
 
-    assert peek_num_layers("tiny-gpt2") == 4
+    assert peek_num_layers("tiny-gpt2") == peek_num_layers("tiny-gemma3_text") == 4
     lm = tiny_model("llama", num_hidden_layers=3)
     lm.model.save_pretrained(tmp_path)
     assert peek_num_layers(str(tmp_path)) == 3

@@ -38,13 +38,10 @@ class NearestEmbedding(Attack):
 
 
 def final_norm_and_head(lm):
-    """(final norm, LM head) modules of a causal LM."""
-    model = lm.model
-    if lm.family == "llama":
-        return model.model.norm, model.lm_head
-    if lm.family == "gpt2":
-        return model.transformer.ln_f, model.lm_head
-    raise ValueError(f"the logit lens needs a causal LM with an LM head; {lm.name!r} is a {lm.family} model")
+    """(final norm, LM head) modules of a causal LM, found by the model family's adapter."""
+    from splitinfer.models.adapters import final_norm_and_head as parts
+
+    return parts(lm)
 
 
 class LogitLens(Attack):
