@@ -25,9 +25,21 @@ from splitinfer.report.tables import latency_pivot, mark_pareto, markdown_table,
 GENERATED = ("metrics_vs_cut.png", "tradeoff_pareto.png", "latency_by_link.png", "latency_by_link.md")
 GENERATED_GLOBS = ("latency_by_link_*.png",)
 MANIFEST = ".report_files.json"
-FRONTIER_COLUMNS = ("cut", "codec", "defense", "link", "up_bytes_per_token_decode", "up_ratio_vs_fp32_decode",
-                    "delta_ppl_pct", "abs_dppl_ub_pct", "kl_mean", "exact_match_rate", "tpot_s",
-                    "leakage_attack", LEAK)
+FRONTIER_COLUMNS = (
+    "cut",
+    "codec",
+    "defense",
+    "link",
+    "up_bytes_per_token_decode",
+    "up_ratio_vs_fp32_decode",
+    "delta_ppl_pct",
+    "abs_dppl_ub_pct",
+    "kl_mean",
+    "exact_match_rate",
+    "tpot_s",
+    "leakage_attack",
+    LEAK,
+)
 
 
 @dataclass
@@ -82,27 +94,53 @@ def _recommendations(rows: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
-def _markdown(title: str, sweep_dir: str | Path, rows: list[dict], recommendation: str, frontier: list[dict],
-              plots: list[Path], table: str) -> str:
+def _markdown(
+    title: str,
+    sweep_dir: str | Path,
+    rows: list[dict],
+    recommendation: str,
+    frontier: list[dict],
+    plots: list[Path],
+    table: str,
+) -> str:
     n_configs = len(configurations(rows))
     attacked = any(num(r.get(LEAK)) is not None for r in rows)
-    out = [f"# {title}: {len(rows)} jobs ({n_configs} configurations) from {sweep_dir}", "",
-           "## Recommendation", "",
-           "Add constraints with `splitinfer recommend DIR --max-delta-ppl 1 --max-device-mb 200 --link wifi` "
-           "(see `--help`).", "", recommendation, "",
-           "## How to read the numbers", "",
-           f"- **Quality bound** (`abs_dppl_ub_pct`, column \"|Δppl| ≤ %\"): {QUALITY_BOUND_TEXT}. The Pareto "
-           "frontier and `--max-delta-ppl` use it, never the signed Δppl. " + ci_note(rows),
-           f"- **Ties**: {TIE_RULE.format(tol=100 * TIE_TOLERANCE)} (`recommend --tie-tolerance`).",
-           "- **Privacy**: " + ("leakage is the strongest attack run on each configuration (highest share of "
-                                "prompt tokens recovered), column \"tokens recovered %\"." if attacked
-                                else PRIVACY_NOT_MEASURED), ""]
+    out = [
+        f"# {title}: {len(rows)} jobs ({n_configs} configurations) from {sweep_dir}",
+        "",
+        "## Recommendation",
+        "",
+        "Add constraints with `splitinfer recommend DIR --max-delta-ppl 1 --max-device-mb 200 --link wifi` "
+        "(see `--help`).",
+        "",
+        recommendation,
+        "",
+        "## How to read the numbers",
+        "",
+        '- **Quality bound** (`abs_dppl_ub_pct`, column "abs Δppl ≤ % (95%)"): '
+        f"{QUALITY_BOUND_TEXT}. The Pareto "
+        "frontier and `--max-delta-ppl` use it, never the signed Δppl. " + ci_note(rows),
+        f"- **Ties**: {TIE_RULE.format(tol=100 * TIE_TOLERANCE)} (`recommend --tie-tolerance`).",
+        "- **Privacy**: "
+        + (
+            "leakage is the strongest attack run on each configuration (highest share of "
+            'prompt tokens recovered), column "tokens recovered %".'
+            if attacked
+            else PRIVACY_NOT_MEASURED
+        ),
+        "",
+    ]
     out += ["## Pareto frontier", ""]
     if frontier:
         objectives = "uplink bytes per generated token and the |Δppl| upper bound" + (
-            " and the strongest attack's token recovery" if attacked else "")
-        out += [f"Configurations no other configuration beats on {objectives} (all lower is better):", "",
-                markdown_table(frontier, columns=FRONTIER_COLUMNS), ""]
+            " and the strongest attack's token recovery" if attacked else ""
+        )
+        out += [
+            f"Configurations no other configuration beats on {objectives} (all lower is better):",
+            "",
+            markdown_table(frontier, columns=FRONTIER_COLUMNS),
+            "",
+        ]
     else:
         out += ["No frontier: the jobs have no quality (Δppl) or bandwidth metrics.", ""]
     if plots:
@@ -112,8 +150,9 @@ def _markdown(title: str, sweep_dir: str | Path, rows: list[dict], recommendatio
     return "\n".join(out)
 
 
-def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
-                 links: Sequence[str] | None = None) -> Report:
+def build_report(
+    sweep_dir: str | Path, out_dir: str | Path | None = None, links: Sequence[str] | None = None
+) -> Report:
     """Aggregate a sweep into `report.csv`, `report.md` and PNG plots under `out_dir`
     (default SWEEP_DIR/report), replacing the plots of an earlier report there. `links` adds a
     latency-by-link figure re-evaluated from the jobs' bytes and timings (e.g. all of conf/link for a
@@ -130,11 +169,18 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     csv_path, md_path = out / "report.csv", out / "report.md"
     write_csv(rows, csv_path)
     title = str(rows[0].get("name", "sweep"))
-    plots = [p for p in (
-        plot_metrics_vs_cut(rows if len(groups) == 1 else next(iter(groups.values())), out / "metrics_vs_cut.png",
-                            f"{title}: metrics against the cut"),
-        plot_tradeoff(rows, out / "tradeoff_pareto.png"),
-    ) if p]
+    plots = [
+        p
+        for p in (
+            plot_metrics_vs_cut(
+                rows if len(groups) == 1 else next(iter(groups.values())),
+                out / "metrics_vs_cut.png",
+                f"{title}: metrics against the cut",
+            ),
+            plot_tradeoff(rows, out / "tradeoff_pareto.png"),
+        )
+        if p
+    ]
     if len(groups) > 1:
         codecs = _series(rows, "codec")
         pick = next(iter(codecs.values())) if len(codecs) == 1 else rows
@@ -145,13 +191,20 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     elif links:
         for codec, rs in _series(rows, "codec").items():
             relinked = [r2 for name in links for r2 in with_latency(rs, load_link(name))]
-            p = plot_latency_by_link(relinked, out / f"latency_by_link_{codec}.png",
-                                     f"{title}: latency at each cut per link ({codec})")
+            p = plot_latency_by_link(
+                relinked,
+                out / f"latency_by_link_{codec}.png",
+                f"{title}: latency at each cut per link ({codec})",
+            )
             if p:
                 plots.append(p)
     recommendation = _recommendations(rows)
-    md_path.write_text(_markdown(title, sweep_dir, rows, recommendation, frontier, plots, table), encoding="utf-8")
-    written = [p.name for p in plots] + (["latency_by_link.md"] if (out / "latency_by_link.md").exists() else [])
+    md_path.write_text(
+        _markdown(title, sweep_dir, rows, recommendation, frontier, plots, table), encoding="utf-8"
+    )
+    written = [p.name for p in plots] + (
+        ["latency_by_link.md"] if (out / "latency_by_link.md").exists() else []
+    )
     (out / MANIFEST).write_text(json.dumps(written) + "\n", encoding="utf-8")
     return Report(rows, out, csv_path, md_path, table, plots, recommendation, frontier)
 
@@ -161,8 +214,14 @@ def log_report(report: Report, group: str | None = None, mode: str = "offline") 
     from splitinfer.loggers import build_logger
 
     cols = sorted({k for r in report.rows for k in r if num(r.get(k)) is not None or k in ("codec", "link")})
-    logger = build_logger(report.out_dir, "report.jsonl", {"project": "splitinfer", "mode": mode},
-                          group=group or str(report.rows[0].get("name")), job_type="report", name="report")
+    logger = build_logger(
+        report.out_dir,
+        "report.jsonl",
+        {"project": "splitinfer", "mode": mode},
+        group=group or str(report.rows[0].get("name")),
+        job_type="report",
+        name="report",
+    )
     try:
         logger.log_table("sweep_table", cols, [[r.get(c) for c in cols] for r in report.rows])
         for p in report.plots:

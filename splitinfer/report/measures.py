@@ -23,8 +23,10 @@ CI_METRICS = ("delta_ppl_pct", "kl_mean", "top1_agreement", "exact_match_rate")
 QUALITY_BOUND = "abs_dppl_ub_pct"
 QUALITY_BOUND_SOURCE = "abs_dppl_ub_source"  # "ci95" (from the interval) or "point" (no interval recorded)
 QUALITY_BOUND_LABEL = "|Δppl| upper 95 % bound (%)"
-QUALITY_BOUND_TEXT = ("the upper end of the 95 % bootstrap interval of |Δppl|, max(|ci_low|, |ci_high|), "
-                      "so a lossy codec cannot look better than a lossless one by a lucky negative Δppl")
+QUALITY_BOUND_TEXT = (
+    "the upper end of the 95 % bootstrap interval of |Δppl|, max(|ci_low|, |ci_high|), "
+    "so a lossy codec cannot look better than a lossless one by a lucky negative Δppl"
+)
 
 LEAK = "leakage_token_acc"
 LEAK_ATTACK = "leakage_attack"
@@ -39,14 +41,26 @@ PRIVACY_NOT_MEASURED = (
     "the server can rebuild from the payload. A split alone is not a privacy measure: in this project's "
     f"experiment ({PRIVACY_EXPERIMENT}) white-box inversion recovers 100 % of the prompt's tokens and PII at "
     "every cut tested (0-29), and still >= 91 % of the tokens with Gaussian noise of 0.3 x RMS. Sweep with "
-    "attack=whitebox to measure it for your configuration.")
+    "attack=whitebox to measure it for your configuration."
+)
 
 # Leakage metrics of splitinfer.privacy (`privacy/<attack>/<metric>`, `privacy/dcor`), most telling first;
 # utility, timing and bookkeeping columns under privacy/ are not leakage.
 LEAKAGE_SUFFIXES = ("/token_acc", "/content_token_acc", "/rouge_l", "/pii_recovery", "/exact_match", "dcor")
 
 # Fields that identify a configuration, apart from the attack run against it.
-CONFIG_KEYS = ("name", "model", "data", "device", "device_slowdown", "link", "split", "defense", "codec", "cut")
+CONFIG_KEYS = (
+    "name",
+    "model",
+    "data",
+    "device",
+    "device_slowdown",
+    "link",
+    "split",
+    "defense",
+    "codec",
+    "cut",
+)
 
 
 def ci(row: dict, key: str) -> tuple[float, float] | None:
@@ -56,7 +70,7 @@ def ci(row: dict, key: str) -> tuple[float, float] | None:
 
 
 def quality_bound(row: dict) -> tuple[float | None, str | None]:
-    """(upper 95 % bound of |Δppl| in %, "ci95"), or (|Δppl|, "point") without an interval, or (None, None)."""
+    """(upper 95 % bound of |Δppl| in %, "ci95"); (|Δppl|, "point") without an interval; else (None, None)."""
     point = num(row.get("delta_ppl_pct"))
     interval = ci(row, "delta_ppl_pct")
     if interval is not None:
@@ -119,8 +133,15 @@ def codec_fidelity(codec: Any, row: dict | None = None) -> Fidelity:
 
 def privacy_columns(rows: Sequence[dict]) -> list[str]:
     """Leakage columns present in `rows`, ordered by LEAKAGE_SUFFIXES (so [0] is the headline one)."""
-    keys = {k for r in rows for k in r if k.startswith("privacy") and "/utility/" not in k
-            and k.endswith(LEAKAGE_SUFFIXES) and num(r.get(k)) is not None}
+    keys = {
+        k
+        for r in rows
+        for k in r
+        if k.startswith("privacy")
+        and "/utility/" not in k
+        and k.endswith(LEAKAGE_SUFFIXES)
+        and num(r.get(k)) is not None
+    }
     rank = {suf: i for i, suf in enumerate(LEAKAGE_SUFFIXES)}
     return sorted(keys, key=lambda k: (min(rank[s] for s in LEAKAGE_SUFFIXES if k.endswith(s)), k))
 
@@ -152,8 +173,13 @@ def _strongest(rows: Sequence[dict]) -> dict[str, Any] | None:
     if best is None:
         return None
     (acc, _), attack, pii, partial = best
-    return {LEAK: acc, LEAK_ATTACK: attack, LEAK_PII: pii, LEAK_PARTIAL: partial,
-            LEAK_ATTACKS: ",".join(sorted(attacks))}
+    return {
+        LEAK: acc,
+        LEAK_ATTACK: attack,
+        LEAK_PII: pii,
+        LEAK_PARTIAL: partial,
+        LEAK_ATTACKS: ",".join(sorted(attacks)),
+    }
 
 
 def annotate(rows: list[dict]) -> None:
@@ -190,6 +216,8 @@ def ci_note(rows: Sequence[dict]) -> str:
     missing = sum(1 for r in quality if r[QUALITY_BOUND_SOURCE] != "ci95")
     if not missing:
         return f"All {len(quality)} jobs have a 95 % bootstrap interval for Δppl."
-    return (f"{missing} of {len(quality)} jobs have no Δppl interval (metrics from an older splitinfer): for "
-            "them the interval is unknown and the bound falls back to the point estimate |Δppl|, which "
-            "noise can move by more than the differences between codecs.")
+    return (
+        f"{missing} of {len(quality)} jobs have no Δppl interval (metrics from an older splitinfer): for "
+        "them the interval is unknown and the bound falls back to the point estimate |Δppl|, which "
+        "noise can move by more than the differences between codecs."
+    )

@@ -66,8 +66,10 @@ def _styles(labels: Sequence[str]) -> dict[str, tuple[str, str]]:
     import matplotlib
 
     colours = matplotlib.colormaps["tab10"].colors
-    return {lab: (matplotlib.colors.to_hex(colours[i % 10]), MARKERS[i % len(MARKERS)])
-            for i, lab in enumerate(labels)}
+    return {
+        lab: (matplotlib.colors.to_hex(colours[i % 10]), MARKERS[i % len(MARKERS)])
+        for i, lab in enumerate(labels)
+    }
 
 
 def _codec_groups(rows: Sequence[dict]) -> tuple[dict[str, list[dict]], dict[str, tuple[str, str]]]:
@@ -98,8 +100,9 @@ def set_scale(ax, values: Sequence[float | None], axis: str = "y") -> str:
         scale = "symlog"
     else:
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-        axis_obj.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if
-                                              math.log10(max(pos) / min(pos)) < 3 else (1.0,)))
+        axis_obj.set_major_locator(
+            LogLocator(base=10, subs=(1.0, 2.0, 5.0) if math.log10(max(pos) / min(pos)) < 3 else (1.0,))
+        )
         axis_obj.set_minor_formatter(NullFormatter())
         scale = "log"
     axis_obj.set_major_formatter(FuncFormatter(lambda v, _: tick_label(v)))
@@ -134,7 +137,7 @@ def tick_label(v: float) -> str:
     if v == 0 or 1e-3 <= abs(v) < 1e5:
         return f"{v:g}"
     exp = math.floor(math.log10(abs(v)))
-    mant = v / 10 ** exp
+    mant = v / 10**exp
     power = "10" + str(exp).translate(_SUPERSCRIPT)
     return power if abs(mant - 1) < 1e-9 else f"{mant:g}×{power}"
 
@@ -148,8 +151,14 @@ def _finish(fig, handles: list, labels: list[str], title: str, ncols: int = 6):
         # columns that fit the figure's width: ~0.07 in per character at 8 pt plus the marker and padding
         col_in = 0.07 * max(len(label) for label in labels) + 0.6
         fit = max(1, int(fig.get_figwidth() // col_in))
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), ncols, fit), fontsize=8,
-                   frameon=False)
+        fig.legend(
+            handles,
+            labels,
+            loc="outside lower center",
+            ncols=min(len(labels), ncols, fit),
+            fontsize=8,
+            frameon=False,
+        )
     return fig
 
 
@@ -186,8 +195,9 @@ def draw_metrics_vs_cut(rows: Sequence[dict], title: str = ""):
     plt = _plt()
     ncol = min(3, len(metrics))
     nrow = math.ceil(len(metrics) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.0 * nrow + 0.9), squeeze=False,
-                             layout="constrained", dpi=DPI)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(4.6 * ncol, 3.0 * nrow + 0.9), squeeze=False, layout="constrained", dpi=DPI
+    )
     groups, styles = _codec_groups(rows)
     any_band = False
     for ax, (key, label, factor) in zip(axes.flat, metrics, strict=False):
@@ -196,7 +206,9 @@ def draw_metrics_vs_cut(rows: Sequence[dict], title: str = ""):
         if same:
             xs = sorted(same)
             ax.plot(xs, [same[x] * factor for x in xs], color="0.25", marker=".", lw=1.2)
-            ax.text(0.03, 0.95, "same for every codec", transform=ax.transAxes, fontsize=8, va="top", color="0.25")
+            ax.text(
+                0.03, 0.95, "same for every codec", transform=ax.transAxes, fontsize=8, va="top", color="0.25"
+            )
             shown += [same[x] * factor for x in xs]
         for name, rs in ({} if same else groups).items():
             colour, marker = styles[name]
@@ -209,8 +221,14 @@ def draw_metrics_vs_cut(rows: Sequence[dict], title: str = ""):
             banded = [p for p in pts if p[2] is not None]
             if banded:
                 any_band = True
-                ax.fill_between([p[0] for p in banded], [p[2][0] * factor for p in banded],
-                                [p[2][1] * factor for p in banded], color=colour, alpha=0.15, lw=0)
+                ax.fill_between(
+                    [p[0] for p in banded],
+                    [p[2][0] * factor for p in banded],
+                    [p[2][1] * factor for p in banded],
+                    color=colour,
+                    alpha=0.15,
+                    lw=0,
+                )
                 shown += [v * factor for p in banded for v in p[2]]
         if key == "delta_ppl_pct":
             ax.axhline(0, color="0.5", lw=0.8)
@@ -218,7 +236,7 @@ def draw_metrics_vs_cut(rows: Sequence[dict], title: str = ""):
         ax.set_xlabel(CUT_LABEL)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     handles, labels = _legend_entries(styles, band=any_band)
     return _finish(fig, handles, labels, title or "metrics against the cut, per codec")
@@ -228,7 +246,9 @@ def _same_for_all(groups: dict[str, list[dict]], key: str) -> dict[int, float] |
     """{cut: value} when every series (codec) has the same values of `key` at the same cuts, else None."""
     if len(groups) < 2:
         return None
-    series = [{r["cut"]: num(r.get(key)) for r in rs if num(r.get(key)) is not None} for rs in groups.values()]
+    series = [
+        {r["cut"]: num(r.get(key)) for r in rs if num(r.get(key)) is not None} for rs in groups.values()
+    ]
     first = series[0]
     if not first or any(set(s) != set(first) for s in series):
         return None
@@ -237,8 +257,9 @@ def _same_for_all(groups: dict[str, list[dict]], key: str) -> dict[int, float] |
     return None
 
 
-def _legend_entries(styles: dict[str, tuple[str, str]], band: bool = False, frontier: bool = False,
-                    hollow: bool = False) -> tuple[list, list[str]]:
+def _legend_entries(
+    styles: dict[str, tuple[str, str]], band: bool = False, frontier: bool = False, hollow: bool = False
+) -> tuple[list, list[str]]:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -256,8 +277,14 @@ def _legend_entries(styles: dict[str, tuple[str, str]], band: bool = False, fron
     return handles, labels
 
 
-def place_labels(ax, points: Sequence[tuple[float, float]], texts: Sequence[str], colours: Sequence[str],
-                 avoid: Sequence[tuple[float, float]] = (), fontsize: float = 7.5) -> list:
+def place_labels(
+    ax,
+    points: Sequence[tuple[float, float]],
+    texts: Sequence[str],
+    colours: Sequence[str],
+    avoid: Sequence[tuple[float, float]] = (),
+    fontsize: float = 7.5,
+) -> list:
     """Annotate `points` with `texts` so labels do not overlap each other or the markers in `avoid` and stay
     inside the axes: each label takes the first of 32 offsets around its point (4 radii x 8 directions)
     that is clear, else the least-overlapping one, with a leader line when it sits away from the point.
@@ -268,8 +295,14 @@ def place_labels(ax, points: Sequence[tuple[float, float]], texts: Sequence[str]
     box = ax.get_window_extent(renderer)
     px_per_pt = fig.dpi / 72.0
     marker_r = 5.5 * px_per_pt  # the frontier ring (s=95) has a radius of ~5 pt
-    obstacles = [(x - marker_r, y - marker_r, x + marker_r, y + marker_r)
-                 for x, y in ax.transData.transform(list(avoid) or list(points))] if (avoid or points) else []
+    obstacles = (
+        [
+            (x - marker_r, y - marker_r, x + marker_r, y + marker_r)
+            for x, y in ax.transData.transform(list(avoid) or list(points))
+        ]
+        if (avoid or points)
+        else []
+    )
     placed: list[tuple[float, float, float, float]] = []
     out = []
 
@@ -295,21 +328,38 @@ def place_labels(ax, points: Sequence[tuple[float, float]], texts: Sequence[str]
                 x0 = px + ox if dx > 0 else px + ox - w if dx < 0 else px - w / 2
                 y0 = py + oy if dy > 0 else py + oy - h if dy < 0 else py - h / 2
                 cand = (x0, y0, x0 + w, y0 + h)
-                outside = (max(0.0, box.x0 - cand[0]) + max(0.0, cand[2] - box.x1)
-                           + max(0.0, box.y0 - cand[1]) + max(0.0, cand[3] - box.y1))
-                score = (1e6 * outside + sum(overlap(cand, p) for p in placed)
-                         + 0.5 * sum(overlap(cand, o) for o in obstacles))
+                outside = (
+                    max(0.0, box.x0 - cand[0])
+                    + max(0.0, cand[2] - box.x1)
+                    + max(0.0, box.y0 - cand[1])
+                    + max(0.0, cand[3] - box.y1)
+                )
+                score = (
+                    1e6 * outside
+                    + sum(overlap(cand, p) for p in placed)
+                    + 0.5 * sum(overlap(cand, o) for o in obstacles)
+                )
                 if best is None or score < best[0]:
                     best = (score, radius, dx, dy, ox, oy, cand)
             if best[0] == 0:
                 break
         _, radius, dx, dy, ox, oy, cand = best
-        arrow = ({"arrowstyle": "-", "color": colours[i], "lw": 0.6, "shrinkA": 0, "shrinkB": 4}
-                 if radius > 7 else None)
-        t = ax.annotate(texts[i], (x, y), xytext=(ox / px_per_pt, oy / px_per_pt), textcoords="offset points",
-                        fontsize=fontsize, color=colours[i], arrowprops=arrow,
-                        ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                        va="bottom" if dy > 0 else "top" if dy < 0 else "center")
+        arrow = (
+            {"arrowstyle": "-", "color": colours[i], "lw": 0.6, "shrinkA": 0, "shrinkB": 4}
+            if radius > 7
+            else None
+        )
+        t = ax.annotate(
+            texts[i],
+            (x, y),
+            xytext=(ox / px_per_pt, oy / px_per_pt),
+            textcoords="offset points",
+            fontsize=fontsize,
+            color=colours[i],
+            arrowprops=arrow,
+            ha="left" if dx > 0 else "right" if dx < 0 else "center",
+            va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+        )
         t.set_in_layout(False)
         placed.append(cand)
         out.append(t)
@@ -319,16 +369,28 @@ def place_labels(ax, points: Sequence[tuple[float, float]], texts: Sequence[str]
 def draw_tradeoff(rows: Sequence[dict]):
     """Uplink bytes against the quality bound (and against the strongest attack's token recovery when an
     attack ran), one marker per configuration, the Pareto frontier ringed and labelled with its cuts."""
-    usable = [r for r in configurations(rows) if num(r.get("up_bytes_per_token_decode")) is not None
-              and num(r.get(QUALITY_BOUND)) is not None]
+    usable = [
+        r
+        for r in configurations(rows)
+        if num(r.get("up_bytes_per_token_decode")) is not None and num(r.get(QUALITY_BOUND)) is not None
+    ]
     if not usable:
         return None
     objectives = tradeoff_objectives(usable)
     leak = len(objectives) == 3
-    front_keys = {config_key(usable[i]) for i in pareto_front(usable, objectives, tradeoff_tolerances(objectives))}
+    front_keys = {
+        config_key(usable[i]) for i in pareto_front(usable, objectives, tradeoff_tolerances(objectives))
+    }
     plt = _plt()
     panels = 2 if leak else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels + (2.4 if panels == 1 else 0), 5.0), squeeze=False, layout="constrained", dpi=DPI)
+    fig, axes = plt.subplots(
+        1,
+        panels,
+        figsize=(6.4 * panels + (2.4 if panels == 1 else 0), 5.0),
+        squeeze=False,
+        layout="constrained",
+        dpi=DPI,
+    )
     groups, styles = _codec_groups(usable)
     with_defense = len({str(r.get("defense")) for r in usable}) > 1
     pairs = [(QUALITY_BOUND, QUALITY_BOUND_LABEL + "\nbars: 95 % interval of |Δppl|", 1.0)]
@@ -349,21 +411,43 @@ def draw_tradeoff(rows: Sequence[dict]):
                 x = r["up_bytes_per_token_decode"]
                 point = yk == QUALITY_BOUND and r.get(QUALITY_BOUND_SOURCE) != "ci95"
                 hollow |= point
-                ax.scatter([x], [y], s=26, marker=marker, facecolors="white" if point else colour,
-                           edgecolors=colour, linewidths=1.0, zorder=3)
+                ax.scatter(
+                    [x],
+                    [y],
+                    s=26,
+                    marker=marker,
+                    facecolors="white" if point else colour,
+                    edgecolors=colour,
+                    linewidths=1.0,
+                    zorder=3,
+                )
                 ys_all.append(y)
                 interval = ci(r, "delta_ppl_pct") if yk == QUALITY_BOUND else None
                 if interval is not None:
                     lo = 0.0 if interval[0] <= 0 <= interval[1] else min(abs(interval[0]), abs(interval[1]))
                     ax.plot([x, x], [lo, y], color=colour, lw=0.8, alpha=0.5, zorder=2)
-        fr = sorted((r for r in usable if config_key(r) in front_keys and num(r.get(yk)) is not None),
-                    key=lambda r: (r["up_bytes_per_token_decode"], r[yk]))
+        fr = sorted(
+            (r for r in usable if config_key(r) in front_keys and num(r.get(yk)) is not None),
+            key=lambda r: (r["up_bytes_per_token_decode"], r[yk]),
+        )
         if fr:
-            ax.scatter([r["up_bytes_per_token_decode"] for r in fr], [r[yk] * factor for r in fr], s=95,
-                       facecolors="none", edgecolors="k", linewidths=1.0, zorder=4)
+            ax.scatter(
+                [r["up_bytes_per_token_decode"] for r in fr],
+                [r[yk] * factor for r in fr],
+                s=95,
+                facecolors="none",
+                edgecolors="k",
+                linewidths=1.0,
+                zorder=4,
+            )
             if not leak:
-                ax.plot([r["up_bytes_per_token_decode"] for r in fr], [r[yk] * factor for r in fr], "k--",
-                        lw=1, zorder=1)
+                ax.plot(
+                    [r["up_bytes_per_token_decode"] for r in fr],
+                    [r[yk] * factor for r in fr],
+                    "k--",
+                    lw=1,
+                    zorder=1,
+                )
             labels_todo.append((ax, fr, yk, factor))
         set_scale(ax, xs_all, axis="x")
         set_scale(ax, ys_all)
@@ -373,17 +457,28 @@ def draw_tradeoff(rows: Sequence[dict]):
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     handles, labels = _legend_entries(styles, frontier=True, hollow=hollow)
-    _finish(fig, handles, labels, "bandwidth–quality" + ("–privacy" if leak else "")
-            + " trade-off (lower is better on every axis)", ncols=4)
+    _finish(
+        fig,
+        handles,
+        labels,
+        "bandwidth–quality" + ("–privacy" if leak else "") + " trade-off (lower is better on every axis)",
+        ncols=4,
+    )
     fig.canvas.draw()
     fig.set_layout_engine("none")  # freeze the layout so the labels placed in pixels stay where they are
     for ax, fr, yk, factor in labels_todo:
-        others = [(r["up_bytes_per_token_decode"], num(r.get(yk)) * factor) for r in usable
-                  if num(r.get(yk)) is not None]
-        place_labels(ax, [(r["up_bytes_per_token_decode"], r[yk] * factor) for r in fr],
-                     [f"cut {r.get('cut')}" for r in fr],
-                     [styles[series_label(r, with_defense)][0] for r in fr],
-                     avoid=others)
+        others = [
+            (r["up_bytes_per_token_decode"], num(r.get(yk)) * factor)
+            for r in usable
+            if num(r.get(yk)) is not None
+        ]
+        place_labels(
+            ax,
+            [(r["up_bytes_per_token_decode"], r[yk] * factor) for r in fr],
+            [f"cut {r.get('cut')}" for r in fr],
+            [styles[series_label(r, with_defense)][0] for r in fr],
+            avoid=others,
+        )
     return fig
 
 
@@ -400,7 +495,10 @@ def draw_latency_by_link(rows: Sequence[dict], title: str = ""):
     for r in rows:
         by_link.setdefault(str(r.get("link")), []).append(r)
     styles = _styles(list(by_link))
-    for ax, key, label in ((axes[0], "ttft", "time to first token (s)"), (axes[1], "tpot", "per-token latency (s)")):
+    for ax, key, label in (
+        (axes[0], "ttft", "time to first token (s)"),
+        (axes[1], "tpot", "per-token latency (s)"),
+    ):
         device_line = None
         shown: list[float | None] = []
         for link, rs in by_link.items():
@@ -408,7 +506,14 @@ def draw_latency_by_link(rows: Sequence[dict], title: str = ""):
             if not rs:
                 continue
             colour, marker = styles[link]
-            ax.plot([r["cut"] for r in rs], [r[f"{key}_s"] for r in rs], color=colour, marker=marker, ms=3.5, lw=1.2)
+            ax.plot(
+                [r["cut"] for r in rs],
+                [r[f"{key}_s"] for r in rs],
+                color=colour,
+                marker=marker,
+                ms=3.5,
+                lw=1.2,
+            )
             shown += [r[f"{key}_s"] for r in rs]
             srv = num(rs[0].get(f"{key}_all_server_s"))
             if srv is not None:

@@ -33,6 +33,7 @@ from splitinfer.report.measures import (
     quality_bound,
 )
 from splitinfer.report.runs import ReportError, load_link, num, with_latency
+from splitinfer.report.tables import small
 
 OBJECTIVES = {
     "latency": ("tpot_s", "per-token latency", "s"),
@@ -41,8 +42,10 @@ OBJECTIVES = {
     "energy": ("energy_j_per_token", "device energy per token", "J"),
 }
 TIE_TOLERANCE = 0.02
-TIE_RULE = ("configurations within {tol:g} % of the best objective count as tied, and a tie goes to the more "
-            "faithful codec (fp32 > fp16/bf16 > 8-bit > fewer bits > top-k), then to no defense")
+TIE_RULE = (
+    "configurations within {tol:g} % of the best objective count as tied, and a tie goes to the more "
+    "faithful codec (fp32 > fp16/bf16 > 8-bit > fewer bits > top-k), then to no defense"
+)
 
 
 @dataclass
@@ -61,14 +64,18 @@ class Constraints:
         if self.max_device_mb is not None:
             mb = num(r.get("device_memory_mb"))
             if mb is None or mb > self.max_device_mb:
-                fails.append(f"device memory {'not measured' if mb is None else f'{mb:.1f} MB'} > "
-                             f"{self.max_device_mb:g} MB")
+                fails.append(
+                    f"device memory {'not measured' if mb is None else f'{mb:.1f} MB'} > "
+                    f"{self.max_device_mb:g} MB"
+                )
         if self.max_delta_ppl_pct is not None:
             bound, source = quality_bound(r)
             if bound is None:
                 fails.append("Δppl not measured")
             elif bound > self.max_delta_ppl_pct:
-                what = "|Δppl| upper 95 % bound" if source == "ci95" else "|Δppl| (point estimate, no interval)"
+                what = (
+                    "|Δppl| upper 95 % bound" if source == "ci95" else "|Δppl| (point estimate, no interval)"
+                )
                 fails.append(f"{what} {bound:.2f} % > {self.max_delta_ppl_pct:g} %")
         if self.min_exact_match is not None:
             low, source = lower_bound(r, "exact_match_rate")
@@ -83,7 +90,9 @@ class Constraints:
             if v is None:
                 fails.append("leakage not measured (no attack ran on this configuration)")
             elif v > self.max_leakage:
-                what = (f"tokens recovered by the strongest attack ({r.get(LEAK_ATTACK)})" if key == LEAK else key)
+                what = (
+                    f"tokens recovered by the strongest attack ({r.get(LEAK_ATTACK)})" if key == LEAK else key
+                )
                 fails.append(f"{what} {v:.3g} > {self.max_leakage:g}")
         return fails
 
@@ -94,7 +103,8 @@ class Recommendation:
     explanation: str
     feasible: int
     total: int
-    fastest: dict | None = None  # the feasible configuration with the lowest objective (may differ by the tie rule)
+    # the feasible configuration with the lowest objective (the tie rule may have chosen another)
+    fastest: dict | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -133,13 +143,8 @@ def _value(v: float, unit: str) -> str:
 
 def _describe(r: dict) -> str:
     return f"cut {r.get('cut')} + {r.get('codec')}" + (
-        f" + {r['defense']}" if str(r.get("defense", "none")) not in ("none", "None") else "")
-
-
-def _pct(v: float, sign: bool = True) -> str:
-    """Two decimals, or two significant digits below 0.01 (a lossless codec's +0.0013 % is not +0.00)."""
-    spec = ("+" if sign else "") + (".2f" if v == 0 or abs(v) >= 0.01 else ".2g")
-    return format(v, spec)
+        f" + {r['defense']}" if str(r.get("defense", "none")) not in ("none", "None") else ""
+    )
 
 
 def _dppl_text(r: dict) -> str | None:
@@ -148,10 +153,10 @@ def _dppl_text(r: dict) -> str | None:
         return None
     interval = ci(r, "delta_ppl_pct")
     if interval is None:
-        return f"Δppl {_pct(v)} % (interval unknown: older metrics)"
+        return f"Δppl {small(v, sign=True)} % (interval unknown: older metrics)"
     bound, _ = quality_bound(r)
-    return (f"Δppl {_pct(v)} % (95 % CI {_pct(interval[0])} to {_pct(interval[1])}; "
-            f"|Δppl| ≤ {_pct(bound, sign=False)} %)")
+    lo, hi = (small(x, sign=True) for x in interval)
+    return f"Δppl {small(v, sign=True)} % (95 % CI {lo} to {hi}; |Δppl| ≤ {small(bound)} %)"
 
 
 def privacy_statement(best: dict, attacked_any: bool, constraints: Constraints) -> str:
@@ -159,9 +164,12 @@ def privacy_statement(best: dict, attacked_any: bool, constraints: Constraints) 
     acc = num(best.get(LEAK))
     if acc is not None:
         pii = num(best.get(LEAK_PII))
-        text = (f"Privacy (measured): the strongest attack run on this configuration, {best.get(LEAK_ATTACK)}, "
-                f"recovers {100 * acc:.1f} % of the prompt's tokens"
-                + (f" and {100 * pii:.0f} % of its PII items" if pii is not None else "") + ".")
+        text = (
+            f"Privacy (measured): the strongest attack run on this configuration, {best.get(LEAK_ATTACK)}, "
+            f"recovers {100 * acc:.1f} % of the prompt's tokens"
+            + (f" and {100 * pii:.0f} % of its PII items" if pii is not None else "")
+            + "."
+        )
         if best.get(LEAK_PARTIAL):
             text += " That attack ran out of time (partial): the figure covers only the victims it finished."
         if constraints.max_leakage is not None:
@@ -172,14 +180,21 @@ def privacy_statement(best: dict, attacked_any: bool, constraints: Constraints) 
     if attacked_any:
         text = "This configuration was not attacked (other jobs of the sweep were). " + text
     if best.get("cut") == 0:
-        text += (" At cut 0 the payload is the token embeddings themselves: a nearest-embedding lookup reads the "
-                 "prompt back exactly.")
+        text += (
+            " At cut 0 the payload is the token embeddings themselves: a nearest-embedding lookup reads the "
+            "prompt back exactly."
+        )
     return text
 
 
-def recommend(rows: list[dict], objective: str = "latency", constraints: Constraints | None = None,
-              link: str | None = None, slowdown: float | None = None,
-              tie_tolerance: float = TIE_TOLERANCE) -> Recommendation:
+def recommend(
+    rows: list[dict],
+    objective: str = "latency",
+    constraints: Constraints | None = None,
+    link: str | None = None,
+    slowdown: float | None = None,
+    tie_tolerance: float = TIE_TOLERANCE,
+) -> Recommendation:
     """The (cut, codec) minimising `objective` under `constraints`, with the reasons (module docstring)."""
     from splitinfer.report.measures import annotate
 
@@ -194,8 +209,10 @@ def recommend(rows: list[dict], objective: str = "latency", constraints: Constra
     if c.max_leakage is not None:
         priv = privacy_columns(rows)
         if not attacked_any and not priv:
-            raise ReportError("--max-leakage needs jobs run with an attack (attack=whitebox in the sweep); these "
-                              "have no privacy/* leakage columns")
+            raise ReportError(
+                "--max-leakage needs jobs run with an attack (attack=whitebox in the sweep); these "
+                "have no privacy/* leakage columns"
+            )
         if c.leakage_metric is not None and c.leakage_metric not in priv + [LEAK]:
             raise ReportError(f"leakage metric {c.leakage_metric!r} is not one of {[LEAK, *priv]}")
     if link is not None or slowdown is not None:
@@ -207,46 +224,72 @@ def recommend(rows: list[dict], objective: str = "latency", constraints: Constra
             lp = load_link(links.pop())
         rows = with_latency(rows, lp, slowdown)
     elif len({str(r.get("link")) for r in rows}) > 1 and objective in ("latency", "ttft", "energy"):
-        raise ReportError("the sweep has several links; choose one with --link "
-                          f"({sorted({str(r.get('link')) for r in rows})})")
+        raise ReportError(
+            "the sweep has several links; choose one with --link "
+            f"({sorted({str(r.get('link')) for r in rows})})"
+        )
     key, what, unit = OBJECTIVES[objective]
     configs = _merged_configs(rows)
     scored = [r for r in configs if num(r.get(key)) is not None]
     if not scored:
-        raise ReportError(f"no job has {key!r}; was metrics.{'latency' if objective != 'bytes' else 'generation'} off?")
+        raise ReportError(
+            f"no job has {key!r}; was metrics.{'latency' if objective != 'bytes' else 'generation'} off?"
+        )
     notes = _constraint_notes(c, scored)
     feasible = [r for r in scored if not c.check(r)]
     if not feasible:
         closest = min(scored, key=lambda r: (len(c.check(r)), r[key]))
-        lines = [f"No configuration meets the constraints ({len(scored)} tried). Closest: {_describe(closest)}, "
-                 f"which fails: {'; '.join(c.check(closest))}. Relax a constraint or sweep more codecs.", *notes]
+        lines = [
+            f"No configuration meets the constraints ({len(scored)} tried). Closest: {_describe(closest)}, "
+            f"which fails: {'; '.join(c.check(closest))}. Relax a constraint or sweep more codecs.",
+            *notes,
+        ]
         return Recommendation(None, "\n".join(lines), 0, len(scored), None, notes)
     best, lowest, tied = choose(feasible, key, tie_tolerance)
-    runs = ("only the embeddings" if best["cut"] == 0 else "embeddings + layer 0" if best["cut"] == 1
-            else f"embeddings + layers 0..{best['cut'] - 1}")
-    lines = [f"Recommended: cut {best['cut']} (the device runs {runs}) with codec {best['codec']}"
-             + (f", defense {best['defense']}" if str(best.get("defense", "none")) not in ("none", "None") else "")
-             + f" on {best.get('link')}."]
+    runs = (
+        "only the embeddings"
+        if best["cut"] == 0
+        else "embeddings + layer 0"
+        if best["cut"] == 1
+        else f"embeddings + layers 0..{best['cut'] - 1}"
+    )
+    lines = [
+        f"Recommended: cut {best['cut']} (the device runs {runs}) with codec {best['codec']}"
+        + (f", defense {best['defense']}" if str(best.get("defense", "none")) not in ("none", "None") else "")
+        + f" on {best.get('link')}."
+    ]
     if config_key(best) == config_key(lowest):
-        lines.append(f"It has the lowest {what} ({_value(best[key], unit)}) of the {len(feasible)} of {len(scored)} "
-                     "configurations that meet the constraints.")
+        lines.append(
+            f"It has the lowest {what} ({_value(best[key], unit)}) of the {len(feasible)} of {len(scored)} "
+            "configurations that meet the constraints."
+        )
     else:
         gain = 100 * (best[key] - lowest[key]) / abs(best[key]) if best[key] else 0.0
-        lines.append(f"Its {what} is {_value(best[key], unit)}; {_describe(lowest)} is lower ({_value(lowest[key], unit)}, "
-                     f"{gain:.2f} % less), but within the tie tolerance of {100 * tie_tolerance:g} %, so the tie "
-                     f"goes to the more faithful or simpler configuration ({codec_fidelity(best.get('codec'), best).label}"
-                     f" over {codec_fidelity(lowest.get('codec'), lowest).label}). Rule: "
-                     + TIE_RULE.format(tol=100 * tie_tolerance) + ".")
+        lines.append(
+            f"Its {what} is {_value(best[key], unit)}; {_describe(lowest)} is lower "
+            f"({_value(lowest[key], unit)}, {gain:.2f} % less), but within the tie tolerance of "
+            f"{100 * tie_tolerance:g} %, so the tie goes to the more faithful or simpler configuration "
+            f"({codec_fidelity(best.get('codec'), best).label}"
+            f" over {codec_fidelity(lowest.get('codec'), lowest).label}). Rule: "
+            + TIE_RULE.format(tol=100 * tie_tolerance)
+            + "."
+        )
     facts = []
-    for k, label, fmt in (("up_bytes_per_token_decode", "uplink", "{:.0f} B/token"),
-                          ("up_ratio_vs_fp32_decode", "vs fp32", "{:.3f}x")):
+    for k, label, fmt in (
+        ("up_bytes_per_token_decode", "uplink", "{:.0f} B/token"),
+        ("up_ratio_vs_fp32_decode", "vs fp32", "{:.3f}x"),
+    ):
         if num(best.get(k)) is not None:
             facts.append(f"{label} {fmt.format(best[k])}")
     if _dppl_text(best):
         facts.append(_dppl_text(best))
-    for k, label, fmt in (("kl_mean", "KL", "{:.2g} nats/token"), ("exact_match_rate", "greedy exact match", "{:.2f}"),
-                          ("device_memory_mb", "device memory", "{:.1f} MB"),
-                          ("ttft_s", "TTFT", "{:.3f} s"), ("tpot_s", "per token", "{:.3f} s")):
+    for k, label, fmt in (
+        ("kl_mean", "KL", "{:.2g} nats/token"),
+        ("exact_match_rate", "greedy exact match", "{:.2f}"),
+        ("device_memory_mb", "device memory", "{:.1f} MB"),
+        ("ttft_s", "TTFT", "{:.3f} s"),
+        ("tpot_s", "per token", "{:.3f} s"),
+    ):
         if num(best.get(k)) is not None:
             facts.append(f"{label} {fmt.format(best[k])}")
     if c.leakage_metric and num(best.get(c.leakage_metric)) is not None:
@@ -257,23 +300,46 @@ def recommend(rows: list[dict], objective: str = "latency", constraints: Constra
     if objective in ("latency", "ttft") and num(best.get("tpot_all_device_s")) is not None:
         k2 = "tpot" if objective == "latency" else "ttft"
         dev, srv = best[f"{k2}_all_device_s"], best[f"{k2}_all_server_s"]
-        beaten = [name for name, v in (("all on the server", srv), ("all on the device", dev)) if v < best[key]]
-        lines.append(f"Baselines on this link: all on the device {dev:.3f} s, all on the server {srv:.3f} s - "
-                     + (f"{' and '.join(beaten)} {'beat' if len(beaten) > 1 else 'beats'} every split, so a split "
-                        f"costs {what} here; split only for another reason (device memory, server load), and not "
-                        "for privacy unless an attack shows the payload protects the prompt."
-                        if beaten else "the split beats both."))
+        beaten = [
+            name for name, v in (("all on the server", srv), ("all on the device", dev)) if v < best[key]
+        ]
+        lines.append(
+            f"Baselines on this link: all on the device {dev:.3f} s, all on the server {srv:.3f} s - "
+            + (
+                f"{' and '.join(beaten)} {'beat' if len(beaten) > 1 else 'beats'} every split, so a split "
+                f"costs {what} here; split only for another reason (device memory, server load), and not "
+                "for privacy unless an attack shows the payload protects the prompt."
+                if beaten
+                else "the split beats both."
+            )
+        )
     lines.append(privacy_statement(best, attacked_any, c))
-    active = [n for n, v in (("device memory", c.max_device_mb), ("Δppl", c.max_delta_ppl_pct),
-                             ("leakage", c.max_leakage), ("exact match", c.min_exact_match)) if v is not None]
+    active = [
+        n
+        for n, v in (
+            ("device memory", c.max_device_mb),
+            ("Δppl", c.max_delta_ppl_pct),
+            ("leakage", c.max_leakage),
+            ("exact match", c.min_exact_match),
+        )
+        if v is not None
+    ]
     if active:
         unconstrained, _, _ = choose(scored, key, tie_tolerance)
         if config_key(unconstrained) != config_key(best):
-            lines.append(f"Without the constraints ({', '.join(active)}) {_describe(unconstrained)} would be "
-                         f"chosen ({_value(unconstrained[key], unit)}) but fails: " + "; ".join(c.check(unconstrained)) + ".")
+            lines.append(
+                f"Without the constraints ({', '.join(active)}) {_describe(unconstrained)} would be "
+                f"chosen ({_value(unconstrained[key], unit)}) but fails: "
+                + "; ".join(c.check(unconstrained))
+                + "."
+            )
         else:
-            lines.append(f"The constraints ({', '.join(active)}) do not bind: this is also the unconstrained choice.")
-    rest = sorted((r for r in feasible if config_key(r) != config_key(best)), key=lambda r: (r[key], tie_key(r)))
+            lines.append(
+                f"The constraints ({', '.join(active)}) do not bind: this is also the unconstrained choice."
+            )
+    rest = sorted(
+        (r for r in feasible if config_key(r) != config_key(best)), key=lambda r: (r[key], tie_key(r))
+    )
     if rest:
         lines.append(f"Runner-up: {_describe(rest[0])} ({_value(rest[0][key], unit)}).")
     return Recommendation(best, "\n".join(lines), len(feasible), len(scored), lowest, notes)
@@ -285,17 +351,24 @@ def _constraint_notes(c: Constraints, rows: list[dict]) -> list[str]:
     if c.max_delta_ppl_pct is not None:
         known = [r for r in rows if r.get(QUALITY_BOUND_SOURCE)]
         point = sum(1 for r in known if r[QUALITY_BOUND_SOURCE] != "ci95")
-        text = (f"Quality bound applied: --max-delta-ppl {c.max_delta_ppl_pct:g} was checked against "
-                f"{QUALITY_BOUND_TEXT}.")
+        text = (
+            f"Quality bound applied: --max-delta-ppl {c.max_delta_ppl_pct:g} was checked against "
+            f"{QUALITY_BOUND_TEXT}."
+        )
         if point:
-            text += (f" {point} of {len(known)} configurations have no interval (metrics from an older splitinfer): "
-                     "the interval is unknown, so for them the point estimate |Δppl| was used, which noise can "
-                     "push under the limit.")
+            text += (
+                f" {point} of {len(known)} configurations have no interval (metrics from an older "
+                "splitinfer): "
+                "the interval is unknown, so for them the point estimate |Δppl| was used, which noise can "
+                "push under the limit."
+            )
         notes.append(text)
     if c.min_exact_match is not None:
         point = sum(1 for r in rows if lower_bound(r, "exact_match_rate")[1] == "point")
-        text = (f"--min-exact-match {c.min_exact_match:g} was checked against the lower end of the 95 % interval "
-                "of the greedy exact-match rate.")
+        text = (
+            f"--min-exact-match {c.min_exact_match:g} was checked against the lower end of the 95 % interval "
+            "of the greedy exact-match rate."
+        )
         if point:
             text += f" {point} configurations have no interval: their point value was used."
         notes.append(text)

@@ -47,8 +47,11 @@ def _overrides(job_dir: Path) -> str | None:
     f = job_dir / ".hydra" / "overrides.yaml"
     if not f.is_file():
         return None
-    items = [line.strip()[2:].strip() for line in f.read_text(encoding="utf-8").splitlines()
-             if line.strip().startswith("- ")]
+    items = [
+        line.strip()[2:].strip()
+        for line in f.read_text(encoding="utf-8").splitlines()
+        if line.strip().startswith("- ")
+    ]
     return " ".join(sorted(items))
 
 
@@ -59,8 +62,10 @@ def load_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
     root = Path(sweep_dir).expanduser()
     if not root.is_dir():
-        raise NotFoundError(f"{str(root)!r} is not a folder; give the multirun folder of a sweep "
-                            "(e.g. multirun/default_sweep/2026-01-01_12-00-00)")
+        raise NotFoundError(
+            f"{str(root)!r} is not a folder; give the multirun folder of a sweep "
+            "(e.g. multirun/default_sweep/2026-01-01_12-00-00)"
+        )
     rows = []
     for f in sorted(root.rglob("metrics.json")):
         try:
@@ -77,7 +82,9 @@ def load_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
             row["device_memory_mb"] = row["device_memory_bytes"] / 1e6
         rows.append(row)
     if not rows:
-        raise ReportError(f"no metrics.json under {str(root)!r}: did the sweep run (python -m splitinfer.run -m ...)?")
+        raise ReportError(
+            f"no metrics.json under {str(root)!r}: did the sweep run (python -m splitinfer.run -m ...)?"
+        )
     rows.sort(key=lambda r: (str(r.get("codec")), str(r.get("defense")), str(r.get("link")), r.get("cut", 0)))
     annotate(rows)
     return rows
@@ -100,14 +107,17 @@ def load_link(name: str) -> LinkProfile:
     return LinkProfile(**node)
 
 
-def with_latency(rows: list[dict], link: LinkProfile, slowdown: float | None = None,
-                 server_speedup: float = 1.0) -> list[dict]:
+def with_latency(
+    rows: list[dict], link: LinkProfile, slowdown: float | None = None, server_speedup: float = 1.0
+) -> list[dict]:
     """Rows re-evaluated for another link/device slowdown (from their stored bytes and timings)."""
     out = []
     for r in rows:
         if "device_decode_s_per_token" not in r or "up_bytes_per_token_decode" not in r:
-            raise ReportError("these jobs have no timing/bandwidth metrics (metrics.timing / generation were "
-                              "off); latency for another link cannot be computed")
+            raise ReportError(
+                "these jobs have no timing/bandwidth metrics (metrics.timing / generation were "
+                "off); latency for another link cannot be computed"
+            )
         device = DeviceProfile(str(r.get("device")), slowdown if slowdown else r.get("device_slowdown", 1.0))
         prompt = int(r.get("latency_prompt_tokens", 128))
         out.append({**r, "link": link.name, **estimate_latency(r, link, device, prompt, server_speedup)})

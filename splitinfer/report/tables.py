@@ -28,26 +28,30 @@ def _fmt(spec: str) -> Callable[[dict, str], str]:
             return spec.format(v)
         except (ValueError, TypeError):
             return str(v)
+
     return cell
 
 
-def _with_ci(spec: str) -> Callable[[dict, str], str]:
+def small(v: float, sign: bool = False) -> str:
+    """Two decimals, or two significant digits below 0.01 (fp16's +0.0013 % is not +0.00)."""
+    return format(v, ("+" if sign else "") + (".2f" if v == 0 or abs(v) >= 0.01 else ".2g"))
+
+
+def _with_ci(r: dict, key: str) -> str:
     """The value and, when the job recorded one, its 95 % interval: `+0.08 [-0.05, +0.21]`."""
-    def cell(r: dict, key: str) -> str:
-        v = num(r.get(key))
-        if v is None:
-            return ""
-        interval = ci(r, key)
-        text = spec.format(v)
-        return text + (f" [{spec.format(interval[0])}, {spec.format(interval[1])}]" if interval else " [no CI]")
-    return cell
+    v = num(r.get(key))
+    if v is None:
+        return ""
+    interval = ci(r, key)
+    text = small(v, sign=True)
+    return text + (f" [{small(interval[0], True)}, {small(interval[1], True)}]" if interval else " [no CI]")
 
 
 def _bound(r: dict, key: str) -> str:
     v = num(r.get(key))
     if v is None:
         return ""
-    return f"{v:.2f}" + ("" if r.get(QUALITY_BOUND_SOURCE) == "ci95" else " (point)")
+    return small(v) + ("" if r.get(QUALITY_BOUND_SOURCE) == "ci95" else " (point)")
 
 
 def _pct(r: dict, key: str) -> str:
@@ -65,8 +69,8 @@ TABLE_COLUMNS: list[tuple[str, str, Callable[[dict, str], str]]] = [
     ("up_bytes_per_token_prefill", "up B/tok prefill", _fmt("{:.0f}")),
     ("up_bytes_per_token_decode", "up B/tok decode", _fmt("{:.0f}")),
     ("up_ratio_vs_fp32_decode", "vs fp32", _fmt("{:.3f}")),
-    ("delta_ppl_pct", "Δppl % [95% CI]", _with_ci("{:+.2f}")),
-    (QUALITY_BOUND, "|Δppl| ≤ %", _bound),
+    ("delta_ppl_pct", "Δppl % [95% CI]", _with_ci),
+    (QUALITY_BOUND, "abs Δppl ≤ % (95%)", _bound),  # no "|" in a Markdown header
     ("kl_mean", "KL nats/tok", _fmt("{:.2g}")),
     ("top1_agreement", "top-1", _fmt("{:.3f}")),
     ("exact_match_rate", "exact match", _fmt("{:.2f}")),
@@ -84,7 +88,9 @@ TABLE_COLUMNS: list[tuple[str, str, Callable[[dict, str], str]]] = [
 _ONLY_IF_VARYING = ("defense", "attack", "link")
 
 
-def pareto_front(rows: Sequence[dict], objectives: Sequence[str], rel_tol: Sequence[float] | None = None) -> list[int]:
+def pareto_front(
+    rows: Sequence[dict], objectives: Sequence[str], rel_tol: Sequence[float] | None = None
+) -> list[int]:
     """Indices of rows no other row beats on every objective (all minimised).
 
     `rel_tol[k]` makes objective k a tie when two values differ by less than that fraction (e.g. 0.01 for
@@ -142,12 +148,18 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
         w.writerows(rows)
 
 
-def markdown_table(rows: Sequence[dict], extra: Iterable[str] = (), columns: Sequence[str] | None = None) -> str:
+def markdown_table(
+    rows: Sequence[dict], extra: Iterable[str] = (), columns: Sequence[str] | None = None
+) -> str:
     """A Markdown table of `rows`: the TABLE_COLUMNS they have (or only `columns`), then `extra` columns."""
     varying = {k for k in _ONLY_IF_VARYING if len({str(r.get(k)) for r in rows}) > 1}
-    cols = [c for c in TABLE_COLUMNS if any(c[0] in r for r in rows)
-            and (c[0] not in _ONLY_IF_VARYING or c[0] in varying)
-            and (columns is None or c[0] in columns)]
+    cols = [
+        c
+        for c in TABLE_COLUMNS
+        if any(c[0] in r for r in rows)
+        and (c[0] not in _ONLY_IF_VARYING or c[0] in varying)
+        and (columns is None or c[0] in columns)
+    ]
     cols += [(c, c.removeprefix("privacy/"), _fmt("{:.4g}")) for c in extra]
     lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:

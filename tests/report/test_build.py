@@ -14,8 +14,10 @@ from .fake_sweep import row, with_ci, write_sweep
 
 @pytest.fixture
 def sweep(tmp_path):
-    d = write_sweep(tmp_path / "sweep", [row(cut, codec) for codec in ("fp16", "int8", "int4")
-                                         for cut in (0, 5, 10, 20, 30)])
+    d = write_sweep(
+        tmp_path / "sweep",
+        [row(cut, codec) for codec in ("fp16", "int8", "int4") for cut in (0, 5, 10, 20, 30)],
+    )
     (d / "99").mkdir()
     (d / "99" / "metrics.json").write_text("{not json")  # a job killed mid-write is skipped
     return d
@@ -33,14 +35,21 @@ def test_build_report(sweep):
 def test_report_md_has_recommendation_frontier_and_plots(sweep):
     rep = build_report(sweep)
     md = rep.markdown.read_text()
-    for heading in ("## Recommendation", "## How to read the numbers", "## Pareto frontier", "## Plots",
-                    "## All jobs"):
+    for heading in (
+        "## Recommendation",
+        "## How to read the numbers",
+        "## Pareto frontier",
+        "## Plots",
+        "## All jobs",
+    ):
         assert heading in md
     assert "Recommended: cut" in md and rep.recommendation in md
     assert "Privacy was not measured" in md and "split for privacy" not in md
     # relative image links to the plots written next to report.md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert sorted(links) == sorted(p.name for p in rep.plots) and all((rep.out_dir / x).is_file() for x in links)
+    assert sorted(links) == sorted(p.name for p in rep.plots) and all(
+        (rep.out_dir / x).is_file() for x in links
+    )
     # the frontier section lists exactly the starred configurations
     front = md.split("## Pareto frontier")[1].split("## Plots")[0]
     starred = {(r["cut"], r["codec"]) for r in rep.rows if r.get("pareto")}
@@ -59,7 +68,9 @@ def test_rerun_replaces_its_plots(sweep, tmp_path):
     assert not list(out.glob("latency_by_link_*.png"))
     assert (out / "my_notes.png").exists()  # a file the report did not write stays
     assert {p.name for p in second.plots} < {p.name for p in first.plots}
-    assert sorted(p.name for p in out.glob("*.png")) == sorted([*(p.name for p in second.plots), "my_notes.png"])
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(
+        [*(p.name for p in second.plots), "my_notes.png"]
+    )
 
 
 def test_cli(sweep, capsys, tmp_path):
@@ -75,8 +86,11 @@ def test_cli(sweep, capsys, tmp_path):
 
 
 def test_link_sweep_gets_the_neurosurgeon_table_and_plot(tmp_path):
-    rows = [row(cut, "int8", link=link, tpot_s=rtt + cut / 100)
-            for link, rtt in (("3g", 0.15), ("wifi", 0.02)) for cut in (0, 10, 30)]
+    rows = [
+        row(cut, "int8", link=link, tpot_s=rtt + cut / 100)
+        for link, rtt in (("3g", 0.15), ("wifi", 0.02))
+        for cut in (0, 10, 30)
+    ]
     rep = build_report(write_sweep(tmp_path / "links", rows))
     assert (rep.out_dir / "latency_by_link.png").stat().st_size > 10_000
     md = (rep.out_dir / "latency_by_link.md").read_text()
@@ -88,8 +102,13 @@ def test_attack_sweep_report(tmp_path):
     rows = []
     for cut, (wb, inv) in ((0, (1.0, 0.9)), (10, (1.0, 0.6)), (20, (0.97, 0.4))):
         base = with_ci(row(cut, "int8"), (-0.1, 0.3))
-        rows.append(dict(base, attack="whitebox", **{"privacy/whitebox/token_acc": wb,
-                                                     "privacy/whitebox/pii_recovery": 1.0}))
+        rows.append(
+            dict(
+                base,
+                attack="whitebox",
+                **{"privacy/whitebox/token_acc": wb, "privacy/whitebox/pii_recovery": 1.0},
+            )
+        )
         rows.append(dict(base, attack="learned_inverter", **{"privacy/learned_inverter/token_acc": inv}))
     rep = build_report(write_sweep(tmp_path / "priv", rows))
     md = rep.markdown.read_text()

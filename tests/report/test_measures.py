@@ -38,13 +38,26 @@ def test_annotate_tolerates_old_metrics_and_says_so():
 
 
 def test_codec_fidelity_order():
-    names = ["top10_fp16", "ec40", "int3_b64_outlier_rot_log8_tc", "int4_b32", "int6_b64_tc", "int8_token",
-             "petals_blockwise8", "int8", "bf16", "fp16", "fp32"]
+    names = [
+        "top10_fp16",
+        "ec40",
+        "int3_b64_outlier_rot_log8_tc",
+        "int4_b32",
+        "int6_b64_tc",
+        "int8_token",
+        "petals_blockwise8",
+        "int8",
+        "bf16",
+        "fp16",
+        "fp32",
+    ]
     ranked = sorted(names, key=lambda n: codec_fidelity(n).key())
     assert ranked[:3] == ["fp32", "bf16", "fp16"] or ranked[:3] == ["fp32", "fp16", "bf16"]
     tiers = [codec_fidelity(n).tier for n in ranked]
     assert tiers == sorted(tiers) and tiers[0] == 0 and tiers[-1] == 4
-    assert codec_fidelity("int6_b64_tc").key() < codec_fidelity("int4_b32").key() < codec_fidelity("ec40").key()
+    assert (
+        codec_fidelity("int6_b64_tc").key() < codec_fidelity("int4_b32").key() < codec_fidelity("ec40").key()
+    )
     assert {codec_fidelity(n).tier for n in ("int8", "int8_token", "petals_blockwise8")} == {2}
     # an unknown name falls back to the measured bits per value
     assert codec_fidelity("my_codec", {"up_ratio_vs_fp32_prefill": 0.5}).tier == 1
@@ -52,9 +65,18 @@ def test_codec_fidelity_order():
 
 
 def test_strongest_attack_across_jobs_of_one_configuration():
-    wb = row(10, "int8", attack="whitebox", **{"privacy/whitebox/token_acc": 1.0, "privacy/whitebox/pii_recovery": 1.0})
-    inv = row(10, "int8", attack="learned_inverter", **{"privacy/learned_inverter/token_acc": 0.75,
-                                                        "privacy/learned_inverter/pii_recovery": 0.33})
+    wb = row(
+        10,
+        "int8",
+        attack="whitebox",
+        **{"privacy/whitebox/token_acc": 1.0, "privacy/whitebox/pii_recovery": 1.0},
+    )
+    inv = row(
+        10,
+        "int8",
+        attack="learned_inverter",
+        **{"privacy/learned_inverter/token_acc": 0.75, "privacy/learned_inverter/pii_recovery": 0.33},
+    )
     other = row(20, "int8", attack="learned_inverter", **{"privacy/learned_inverter/token_acc": 0.5})
     clean = row(30, "int8")
     rows = [inv, wb, other, clean]

@@ -37,7 +37,12 @@ def _close_figures():
 
 def _sweep(ci: bool = True) -> list[dict]:
     rows = []
-    for codec, kl, width in (("fp16", 1e-7, 0.003), ("int8", 1e-4, 0.1), ("ec40", 1e-2, 0.7), ("int3", 3e-2, 1.2)):
+    for codec, kl, width in (
+        ("fp16", 1e-7, 0.003),
+        ("int8", 1e-4, 0.1),
+        ("ec40", 1e-2, 0.7),
+        ("int3", 3e-2, 1.2),
+    ):
         for cut in (1, 4, 8, 15, 22, 29):
             d = {"fp16": 0.0, "int8": 0.05, "ec40": 0.9, "int3": 2.0}[codec] + (cut % 3 - 1) * width / 3
             r = row(cut, codec, delta_ppl_pct=d, kl_mean=kl * (1 + cut / 30))
@@ -52,8 +57,10 @@ def _text_box(t, renderer):
 
 
 def _boxes_disjoint(boxes) -> bool:
-    return all(a.x1 <= b.x0 or b.x1 <= a.x0 or a.y1 <= b.y0 or b.y1 <= a.y0
-               for a, b in itertools.combinations(boxes, 2))
+    return all(
+        a.x1 <= b.x0 or b.x1 <= a.x0 or a.y1 <= b.y0 or b.y1 <= a.y0
+        for a, b in itertools.combinations(boxes, 2)
+    )
 
 
 def test_scale_rule_and_tick_labels():
@@ -112,7 +119,9 @@ def test_tradeoff_labels_only_the_frontier_inside_the_axes():
     renderer = fig.canvas.get_renderer()
     box = ax.get_window_extent(renderer)
     boxes = [_text_box(t, renderer) for t in labels]
-    assert all(box.x0 - 1 <= b.x0 and b.x1 <= box.x1 + 1 and box.y0 - 1 <= b.y0 and b.y1 <= box.y1 + 1 for b in boxes)
+    assert all(
+        box.x0 - 1 <= b.x0 and b.x1 <= box.x1 + 1 and box.y0 - 1 <= b.y0 and b.y1 <= box.y1 + 1 for b in boxes
+    )
     assert _boxes_disjoint(boxes)
     assert len(fig.legends) == 1
 
@@ -127,7 +136,9 @@ def test_place_labels_separates_a_cluster():
     box = ax.get_window_extent(renderer)
     boxes = [_text_box(t, renderer) for t in labels]
     assert _boxes_disjoint(boxes)
-    assert all(box.x0 - 1 <= b.x0 and b.x1 <= box.x1 + 1 and box.y0 - 1 <= b.y0 and b.y1 <= box.y1 + 1 for b in boxes)
+    assert all(
+        box.x0 - 1 <= b.x0 and b.x1 <= box.x1 + 1 and box.y0 - 1 <= b.y0 and b.y1 <= box.y1 + 1 for b in boxes
+    )
 
 
 def _saved_rows() -> list[dict]:

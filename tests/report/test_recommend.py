@@ -11,8 +11,12 @@ from .fake_sweep import row, with_ci, write_sweep
 
 @pytest.fixture
 def rows(tmp_path):
-    return load_runs(write_sweep(tmp_path / "sweep", [row(cut, codec) for codec in ("fp16", "int8", "int4")
-                                                      for cut in (0, 5, 10, 20, 30)]))
+    return load_runs(
+        write_sweep(
+            tmp_path / "sweep",
+            [row(cut, codec) for codec in ("fp16", "int8", "int4") for cut in (0, 5, 10, 20, 30)],
+        )
+    )
 
 
 def test_recommend_under_constraints(rows):
@@ -39,9 +43,11 @@ def test_recommend_for_another_link(rows):
 
 
 def _close_call(ec_tpot: float = 0.2000) -> list[dict]:
-    """The new user's case: ec40 at +0.95 % (interval 0.35..1.55) is 0.3 ms/token faster than int8 at +0.08 %."""
-    return [with_ci(row(4, "ec40", delta_ppl_pct=0.95, tpot_s=ec_tpot), (0.35, 1.55)),
-            with_ci(row(4, "int8", delta_ppl_pct=0.08, tpot_s=0.2003), (-0.05, 0.2))]
+    """The new user's case: ec40 at +0.95 % (0.35..1.55) is 0.3 ms/token faster than int8 at +0.08 %."""
+    return [
+        with_ci(row(4, "ec40", delta_ppl_pct=0.95, tpot_s=ec_tpot), (0.35, 1.55)),
+        with_ci(row(4, "int8", delta_ppl_pct=0.08, tpot_s=0.2003), (-0.05, 0.2)),
+    ]
 
 
 def test_max_delta_ppl_applies_to_the_upper_bound():
@@ -64,7 +70,10 @@ def test_max_delta_ppl_without_intervals_says_it_used_the_point_estimate():
 def test_ties_within_noise_go_to_the_more_faithful_codec():
     rec = recommend(_close_call(), "latency")
     assert rec.best["codec"] == "int8" and rec.fastest["codec"] == "ec40"
-    assert "within the tie tolerance of 2 %" in rec.explanation and "8-bit over fewer than 8 bits" in rec.explanation
+    assert (
+        "within the tie tolerance of 2 %" in rec.explanation
+        and "8-bit over fewer than 8 bits" in rec.explanation
+    )
     assert recommend(_close_call(), "latency", tie_tolerance=0).best["codec"] == "ec40"
     # a real gain (10 %) is not a tie
     assert recommend(_close_call(ec_tpot=0.18), "latency").best["codec"] == "ec40"
@@ -77,8 +86,10 @@ def test_ties_within_noise_go_to_the_more_faithful_codec():
 
 
 def test_min_exact_match_applies_to_the_lower_bound():
-    rs = [with_ci(row(4, "ec40", exact_match_rate=0.95, tpot_s=0.1), (0.1, 0.5), exact=(0.85, 1.0)),
-          with_ci(row(4, "fp16", exact_match_rate=0.97, tpot_s=0.3), (-0.01, 0.01), exact=(0.93, 1.0))]
+    rs = [
+        with_ci(row(4, "ec40", exact_match_rate=0.95, tpot_s=0.1), (0.1, 0.5), exact=(0.85, 1.0)),
+        with_ci(row(4, "fp16", exact_match_rate=0.97, tpot_s=0.3), (-0.01, 0.01), exact=(0.93, 1.0)),
+    ]
     rec = recommend(rs, "latency", Constraints(min_exact_match=0.9))
     assert rec.best["codec"] == "fp16" and "exact match lower 95 % bound 0.85 < 0.9" in rec.explanation
     assert "lower end of the 95 % interval" in rec.explanation
@@ -99,18 +110,33 @@ def _attacked(tmp_path):
     rs = []
     for cut, wb, inv in ((0, 1.0, 0.92), (10, 1.0, 0.6), (20, 0.8, 0.3)):
         base = row(cut, "int8")
-        rs.append(dict(base, attack="whitebox", **{"privacy/whitebox/token_acc": wb,
-                                                   "privacy/whitebox/pii_recovery": 1.0,
-                                                   "privacy/whitebox/partial": False}))
-        rs.append(dict(base, attack="learned_inverter", **{"privacy/learned_inverter/token_acc": inv,
-                                                           "privacy/learned_inverter/pii_recovery": 0.33}))
+        rs.append(
+            dict(
+                base,
+                attack="whitebox",
+                **{
+                    "privacy/whitebox/token_acc": wb,
+                    "privacy/whitebox/pii_recovery": 1.0,
+                    "privacy/whitebox/partial": False,
+                },
+            )
+        )
+        rs.append(
+            dict(
+                base,
+                attack="learned_inverter",
+                **{"privacy/learned_inverter/token_acc": inv, "privacy/learned_inverter/pii_recovery": 0.33},
+            )
+        )
     return load_runs(write_sweep(tmp_path / "priv", rs))
 
 
 def test_leakage_is_the_strongest_attack(tmp_path):
     rows = _attacked(tmp_path)
     rec = recommend(rows, "latency")
-    assert rec.best["cut"] == 0 and rec.total == 3  # jobs that differ only in the attack are one configuration
+    assert (
+        rec.best["cut"] == 0 and rec.total == 3
+    )  # jobs that differ only in the attack are one configuration
     assert "Privacy (measured)" in rec.explanation and "whitebox, recovers 100.0 %" in rec.explanation
     assert "not measured" not in rec.explanation
     # --max-leakage applies to the strongest attack, not to the weaker one that sorts first
@@ -121,7 +147,9 @@ def test_leakage_is_the_strongest_attack(tmp_path):
     rec = recommend(rows, "latency", Constraints(max_leakage=0.7))
     assert rec.best is None
     # a named column instead
-    rec = recommend(rows, "latency", Constraints(max_leakage=0.7, leakage_metric="privacy/learned_inverter/token_acc"))
+    rec = recommend(
+        rows, "latency", Constraints(max_leakage=0.7, leakage_metric="privacy/learned_inverter/token_acc")
+    )
     assert rec.best["cut"] == 10
     with pytest.raises(ReportError, match="not one of"):
         recommend(rows, "latency", Constraints(max_leakage=0.5, leakage_metric="privacy/nope/token_acc"))

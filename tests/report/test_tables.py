@@ -19,8 +19,12 @@ def test_pareto_front():
 def _noisy_sweep() -> list[dict]:
     """The new user's sweep: a lossy 3-bit codec whose signed Δppl is noise around zero at some cuts."""
     rows = []
-    for cut, (d, lo, hi) in {3: (-0.86, -1.6, -0.1), 11: (-0.54, -1.3, 0.2), 19: (0.67, -0.1, 1.4),
-                             25: (2.1, 1.2, 3.0)}.items():
+    for cut, (d, lo, hi) in {
+        3: (-0.86, -1.6, -0.1),
+        11: (-0.54, -1.3, 0.2),
+        19: (0.67, -0.1, 1.4),
+        25: (2.1, 1.2, 3.0),
+    }.items():
         rows.append(with_ci(row(cut, "int3", delta_ppl_pct=d), (lo, hi)))
     for cut in (3, 11, 19, 25):
         rows.append(with_ci(row(cut, "fp16", delta_ppl_pct=0.001), (-0.002, 0.003 + cut / 10000)))
@@ -41,9 +45,10 @@ def test_frontier_is_not_decided_by_noise():
 
 
 def test_markdown_shows_intervals_and_the_bound():
-    rows = _noisy_sweep()[:1] + [row(0, "fp16")]
+    noisy = _noisy_sweep()
+    rows = [noisy[0], noisy[4], row(0, "fp16")]  # int3 cut 3, fp16 cut 3 (tiny interval), old-style fp16
     annotate(rows)
     table = markdown_table(rows)
-    assert "| Δppl % [95% CI] | |Δppl| ≤ % |" in table
+    assert "| Δppl % [95% CI] | abs Δppl ≤ % (95%) |" in table
     assert "-0.86 [-1.60, -0.10] | 1.60 |" in table
-    assert "+0.00 [no CI] | 0.00 (point) |" in table
+    assert "+0.00 [no CI] | 0.00 (point) |" in table and "+0.001 [-0.002, +0.0033]" in table
