@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_transport import PROMPTS  # noqa: E402
+from bench_transport import PROMPTS, encode_prompts  # noqa: E402
 
 
 def _spin(seconds: float) -> None:
@@ -52,18 +52,19 @@ GAPS = ("none", "sleep", "spin", "rehearse")
 
 
 @torch.no_grad()
-def run(stages, ids, tokens: int, gap: str, gaps_s: tuple[float, float], rehearsals=(None, None)):
-    from splitinfer.generation import ServerSession
-
+def run(halves, ids, tokens: int, gap: str, gaps_s: tuple[float, float], rehearsals=(None, None)):
+    """Decode `tokens` steps with the device half and the server half (`split_pair`) back to back, with
+    `gap` before each half; returns each half's per-step times."""
+    device, server = halves
     waits = {"none": (lambda s: None,) * 2, "sleep": (time.sleep,) * 2, "spin": (_spin,) * 2,
              "rehearse": tuple(_rehearse(r) if r else _spin for r in rehearsals)}[gap]
-    dev_cache, session = stages[0].new_cache(), ServerSession(stages[1:])
-    token = session.step(stages[0](ids, cache=dev_cache), 0)
+    dev_cache, session = device.new_cache(), server.session()
+    token = session.step(device.hidden(ids, dev_cache), 0)
     pos, dev, srv = ids.shape[1], [], []
     for _ in range(tokens - 1):
         waits[0](gaps_s[0])  # the device waits while the server computes
         t0 = time.perf_counter()
-        hidden = stages[0](torch.tensor([[token]]), cache=dev_cache)
+        hidden = device.hidden(torch.tensor([[token]]), dev_cache)
         dev.append(time.perf_counter() - t0)
         waits[1](gaps_s[1])  # the server waits while the device computes
         t0 = time.perf_counter()
@@ -87,12 +88,13 @@ def main() -> int:
         ap.error(f"--prompts {args.prompts}: choose 1..{len(PROMPTS)}")
     torch.set_num_threads(args.threads)
 
-    from splitinfer.models import load_model, split_model
+    from splitinfer.generation import split_pair
+    from splitinfer.models import load_model
 
     lm = load_model(args.model)
-    stages = split_model(lm, [args.cut])
-    prompts = [lm.encode_prompt(p) for p in PROMPTS[: args.prompts]]
-    dev, srv = run(stages, prompts[0], 16, "none", (0.0, 0.0))  # warm-up, and the default gaps
+    halves = split_pair(lm, [args.cut], codec="none")
+    prompts = encode_prompts(lm, args.prompts)
+    dev, srv = run(halves, prompts[0], 16, "none", (0.0, 0.0))  # warm-up, and the default gaps
     if args.gap_ms:
         try:
             gaps_s = tuple(float(g) / 1e3 for g in args.gap_ms.split(","))
@@ -111,7 +113,7 @@ def main() -> int:
     results = {g: ([], []) for g in GAPS}
     for ids in prompts:  # interleaved, so drift hits every mode alike
         for gap, (d, s) in results.items():
-            dd, ss = run(stages, ids, args.tokens, gap, gaps_s, rehearsals)
+            dd, ss = run(halves, ids, args.tokens, gap, gaps_s, rehearsals)
             d += dd
             s += ss
     med = statistics.median

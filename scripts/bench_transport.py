@@ -5,17 +5,17 @@
     python scripts/bench_transport.py --waits block,warm   # blocking waits and rehearsing busy polls only
 
 For every prompt it runs the unsplit model (transformers' own greedy `generate`), the split model in
-one process (no link: what the cut itself costs), and then the split model through `splitinfer
-serve`-style servers (subprocesses by default), once per codec and wait mode, and reports: prompts
+one process (an InProcessLink with raw frames, no network: what the cut itself costs), and then the
+split model through `splitinfer serve`-style servers (subprocesses by default), once per codec and wait mode, and reports: prompts
 with identical tokens, decode latency per token (median over all tokens, and the split/unsplit
 ratio, also as the median of per-prompt ratios, which drift on a shared machine cannot bias),
 prefill latency (and ratio), and bytes per token each way. Figures, not a test.
 
-Wait modes (each side alike): `block` sleeps in the kernel while the other side computes (the default
-of `splitinfer serve` and `generate`); `busy` spins (`--busy-poll-ms`, `--no-rehearse`), which keeps
-each side's core from idling; `warm` spins and rehearses the step path on a tiny shadow model
-(`splitinfer.transport.warm`); `early` sleeps and starts that rehearsing spin `--wake-early-ms` before
-the message is due (`--wake-early-ms`). A half that waited computes its next step slower (README,
+Wait modes (`WaitPolicy.mode`, each side alike): `block` sleeps in the kernel while the other side
+computes (the default of `splitinfer serve` and `generate`); `busy` spins (`--busy-poll-ms`,
+`--no-rehearse`), which keeps each side's core from idling; `warm` spins and rehearses the step path on
+a tiny shadow model (`splitinfer.transport.warm`); `early` sleeps and starts that rehearsing spin
+`--wake-early-ms` before the message is due. A half that waited computes its next step slower (README,
 Transport; `bench_idle_gap.py`), a cost of the machine rather than of the link, which rehearsal removes.
 `--idle-spinners` instead keeps every core busy with lowest-priority (SCHED_IDLE) spinner processes,
 which do no work for either side and yield at once: a diagnostic for that machine effect.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,57 +62,6 @@ PROMPTS = [
 ]
 
 
-class StepTimer:
-    """A transformers streamer that timestamps every new token (the first put is the prompt)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def put(self, value) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
-
-
-class MeteredLink:
-    """Records the bytes each step moved, so prefill and decode bytes can be told apart."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.steps: list[tuple[int, int]] = []
-        self.wall: list[float] = []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def step(self, hidden, start):
-        up, down = self.inner.bytes_up, self.inner.bytes_down
-        t0 = time.perf_counter()
-        tok = self.inner.step(hidden, start)
-        self.wall.append(time.perf_counter() - t0)
-        self.steps.append((self.inner.bytes_up - up, self.inner.bytes_down - down))
-        return tok
-
-    def reset(self) -> None:
-        self.steps, self.wall = [], []
-        self.inner.reset()
-
-
-@torch.no_grad()
-def unsplit(lm, ids, n):
-    eos = sorted(lm.eos_token_ids) or None
-    timer = StepTimer()
-    t0 = time.perf_counter()
-    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                            eos_token_id=eos, pad_token_id=eos[0] if eos else 0, streamer=timer)
-    tokens = out[0, ids.shape[1]:].tolist()
-    stamps = timer.times[1:]  # after the prompt: one per generated token
-    prefill = stamps[0] - t0
-    decode = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    return tokens, prefill, decode
-
-
 def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95 % interval of the median of `values` (per-prompt ratios), resampling prompts with replacement."""
     if len(values) < 2:
@@ -124,42 +72,38 @@ def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0) -> tuple[flo
     return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
 
 
-def matched_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+def encode_prompts(lm, n: int) -> list[torch.Tensor]:
+    """The first n prompts as token ids; a model without a tokenizer (tiny-llama, for a smoke run) gets
+    seeded random ids of similar lengths instead."""
+    if lm.tokenizer is not None:
+        return [lm.encode_prompt(p) for p in PROMPTS[:n]]
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(3, lm.vocab_size, (1, 8 + len(p) // 8), generator=g) for p in PROMPTS[:n]]
 
 
-# wait mode -> (busy_poll_ms, rehearse, wake_early_ms) on both sides
-WAITS = {"block": lambda a: (0.0, False, 0.0), "busy": lambda a: (a.busy_poll_ms, False, 0.0),
-         "warm": lambda a: (a.busy_poll_ms, True, 0.0), "early": lambda a: (a.busy_poll_ms, True, a.wake_early_ms)}
+def wait_policy(args, mode: str):
+    """The WaitPolicy of a wait mode, with this run's spin window and head start."""
+    from splitinfer.transport.wait import WaitPolicy
+
+    return WaitPolicy.mode(mode, busy_poll_ms=args.busy_poll_ms, wake_early_ms=args.wake_early_ms)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args, lm, wait: str):
+def start_server(args, lm, mode: str):
     """A server process (`python -m splitinfer.transport.server`) or an in-thread SplitServer."""
-    busy_poll_ms, rehearse, wake_early_ms = WAITS[wait](args)
+    from splitinfer.transport.reliability.harness import free_port
+
+    wait = wait_policy(args, mode)
     if args.server == "thread":
         from splitinfer.transport import SplitServer
 
-        srv = SplitServer(lm, [args.cut], port=0, busy_poll_ms=busy_poll_ms, rehearse=rehearse,
-                          wake_early_ms=wake_early_ms).start()
+        srv = SplitServer(lm, [args.cut], port=0, wait=wait).start()
         return srv.url, srv.stop
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     proc = subprocess.Popen([sys.executable, "-m", "splitinfer.transport.server", "--model", args.model,
-                             "--cut", str(args.cut), "--port", str(port), "--busy-poll-ms", str(busy_poll_ms),
-                             "--rehearse" if rehearse else "--no-rehearse", "--wake-early-ms", str(wake_early_ms),
+                             "--cut", str(args.cut), "--port", str(port), *wait.as_flags(),
                              *(["--threads", str(args.threads)] if args.threads else [])],
                             stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
@@ -184,24 +128,6 @@ def start_idle_spinners() -> list[subprocess.Popen]:
     code = ("import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\n"
             "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n")
     return [subprocess.Popen([sys.executable, "-c", code, str(c)]) for c in sorted(os.sched_getaffinity(0))]
-
-
-@torch.no_grad()
-def in_process(lm, stages, ids, n):
-    """The split with no link: device stage then server stages in this process (decode per token)."""
-    from splitinfer.generation import ServerSession
-
-    cache, session = stages[0].new_cache(), ServerSession(stages[1:])
-    eos = lm.eos_token_ids
-    token = session.step(stages[0](ids, cache=cache), 0)
-    tokens, decode, pos = [token], [], ids.shape[1]
-    while len(tokens) < n and token not in eos:
-        t0 = time.perf_counter()
-        token = session.step(stages[0](torch.tensor([[token]]), cache=cache), pos)
-        decode.append(time.perf_counter() - t0)
-        tokens.append(token)
-        pos += 1
-    return tokens, decode
 
 
 def main() -> int:
@@ -232,41 +158,46 @@ def main() -> int:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
-    from splitinfer.models import load_model, split_model
+    from splitinfer.generation import in_process_generator
+    from splitinfer.metrics.quality import first_mismatch
+    from splitinfer.models import load_model
+    from splitinfer.split import MeteredLink, timed_unsplit_generate
     from splitinfer.transport import RemoteLink, remote_generator
     from splitinfer.transport.payload import build_session_codec, default_codec
+    from splitinfer.transport.wait import WaitPolicy
 
     waits = [w for w in args.waits.split(",") if w]
-    if not waits or set(waits) - set(WAITS):
-        ap.error(f"--waits {args.waits!r}: choose from {', '.join(WAITS)} (comma list)")
+    if not waits or set(waits) - set(WaitPolicy.MODES):
+        ap.error(f"--waits {args.waits!r}: choose from {', '.join(WaitPolicy.MODES)} (comma list)")
     spinners = start_idle_spinners() if args.idle_spinners else []
     lm = load_model(args.model)
-    stages = split_model(lm, [args.cut])
+    inproc = in_process_generator(lm, [args.cut], codec="none")
     codecs = {}
     for name in args.codecs.split(","):
         codecs[name] = default_codec() if name == "default" else build_session_codec(name)
-    servers = {w: start_server(args, lm, w) for w in waits}
-    url = servers[waits[0]][0]
-    with RemoteLink(url, fingerprint=lm.fingerprint, cuts=[args.cut], hidden_size=lm.hidden_size) as probe:
-        probe.ping()
-        ping_ms = statistics.median(probe.ping() for _ in range(200)) * 1e3
-    gens = {}  # (codec name, wait mode) -> generator
-    for w in waits:
-        for name, codec in codecs.items():
-            busy_poll_ms, rehearse, wake_early_ms = WAITS[w](args)
-            gen = remote_generator(lm, [args.cut], servers[w][0], codec=codec, timeout_s=60,
-                                   busy_poll_ms=busy_poll_ms, rehearse=rehearse, wake_early_ms=wake_early_ms)
-            gen.link = MeteredLink(gen.link)
-            gens[name, w] = gen
-    prompts = [lm.encode_prompt(p) for p in PROMPTS[: args.prompts]]
-    rows = {k: {"same": 0, "dec": [], "pre": [], "up_pre": [], "up": [], "down": [], "ref_dec": [], "ref_pre": [],
-                "agree": [], "overhead": [], "cpu": [], "ref_cpu": [], "prompt_ratio": [], "err": None} for k in gens}
+    prompts = encode_prompts(lm, args.prompts)
+    servers, gens = {}, {}  # wait mode -> (url, stop); (codec name, wait mode) -> generator
+    rows = {(name, w): {"same": 0, "dec": [], "pre": [], "up_pre": [], "up": [], "down": [], "ref_dec": [],
+                        "ref_pre": [], "agree": [], "overhead": [], "cpu": [], "ref_cpu": [], "prompt_ratio": [],
+                        "err": None} for w in waits for name in codecs}
     inproc_dec, inproc_ratio, inproc_same = [], [], 0
     med = statistics.median
     try:
+        for w in waits:
+            servers[w] = start_server(args, lm, w)
+        with RemoteLink(servers[waits[0]][0], fingerprint=lm.fingerprint, cuts=[args.cut],
+                        hidden_size=lm.hidden_size) as probe:
+            probe.ping()
+            ping_ms = statistics.median(probe.ping() for _ in range(200)) * 1e3
+        for w in waits:
+            for name, codec in codecs.items():
+                gen = remote_generator(lm, [args.cut], servers[w][0], codec=codec, timeout_s=60,
+                                       wait=wait_policy(args, w))
+                gens[name, w] = gen
+                gen.link = MeteredLink(gen.link)
         # warm-up (first calls allocate and JIT-select kernels)
-        unsplit(lm, prompts[0], 4)
-        in_process(lm, stages, prompts[0], 4)
+        timed_unsplit_generate(lm, prompts[0], 4)
+        inproc.generate(prompts[0], 4)
         for key, gen in gens.items():
             try:
                 gen.generate(prompts[0], 4)
@@ -275,11 +206,12 @@ def main() -> int:
         t_start = time.perf_counter()
         for i, ids in enumerate(prompts):
             cpu0 = time.process_time()
-            ref, ref_pre, ref_dec = unsplit(lm, ids, args.tokens)
+            ref, ref_pre, ref_dec = timed_unsplit_generate(lm, ids, args.tokens)
             ref_cpu = (time.process_time() - cpu0) / len(ref)
-            toks, dec = in_process(lm, stages, ids, args.tokens)
+            res = inproc.generate(ids, args.tokens)
+            dec = res.decode_s
             inproc_dec += dec
-            inproc_same += toks == ref
+            inproc_same += res.token_ids == ref
             if dec and ref_dec:
                 inproc_ratio.append(med(dec) / med(ref_dec))
             for key, gen in gens.items():
@@ -297,19 +229,19 @@ def main() -> int:
                 r["cpu"].append(cpu / len(res.token_ids))
                 r["ref_cpu"].append(ref_cpu)
                 # transport overhead: time in link.step not spent computing on the server (all steps)
-                r["overhead"].append((sum(gen.link.wall) - server_s) / len(gen.link.wall))
+                r["overhead"].append((sum(gen.link.wall_s) - server_s) / len(gen.link.steps))
                 r["same"] += res.token_ids == ref
-                r["agree"].append(matched_prefix(res.token_ids, ref) / max(len(ref), 1))
+                r["agree"].append(first_mismatch(res.token_ids, ref) / max(len(ref), 1))
                 r["pre"].append(res.prefill_s)
                 r["dec"] += res.decode_s
                 r["ref_pre"].append(ref_pre)
                 r["ref_dec"] += ref_dec
                 if res.decode_s and ref_dec:
                     r["prompt_ratio"].append(med(res.decode_s) / med(ref_dec))
-                steps = gen.link.steps
-                r["up_pre"].append(steps[0][0])
-                r["up"] += [s[0] for s in steps[1:]]
-                r["down"] += [s[1] for s in steps]
+                steps = gen.link.steps  # StepRecords: bytes each way, phase
+                r["up_pre"].append(sum(s.up_bytes for s in steps if s.phase == "prefill"))
+                r["up"] += [s.up_bytes for s in steps if s.phase == "decode"]
+                r["down"] += [s.down_bytes for s in steps]
             print(f"  prompt {i + 1}/{len(prompts)} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
     finally:
         for gen in gens.values():
@@ -322,7 +254,7 @@ def main() -> int:
     table = []
     ref_all = [d for r in rows.values() for d in r["ref_dec"]] or inproc_dec
     if inproc_dec:
-        table.append({"codec": "(in-process split, no link)", "wait": "-",
+        table.append({"codec": "(in-process split, no network)", "wait": "-",
                       "identical": f"{inproc_same}/{len(prompts)}",
                       "decode_ms_unsplit": round(med(ref_all) * 1e3, 2), "decode_ms_split": round(med(inproc_dec) * 1e3, 2),
                       "decode_ratio_median": round(med(inproc_dec) / med(ref_all), 3),

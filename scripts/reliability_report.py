@@ -3,8 +3,9 @@
     python scripts/reliability_report.py                                   # the sizes of tests/reliability
     python scripts/reliability_report.py --messages 50000 --clients 64 --csv results/reliability.csv
 
-Runs the same scenarios as `tests/reliability/` (loopback only, tiny-llama cut 2, every process it
-starts is killed on exit) and prints one table. Exit status 1 if any check failed.
+Runs the same scenarios as `tests/reliability/` (`splitinfer.transport.reliability`; loopback only,
+tiny-llama cut 2, every process it starts is killed on exit) and prints one table. Exit status 1 if any
+check failed.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the scenarios live with the tests: one implementation
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,10 +48,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     import torch
-    from reliability import scenarios as sc
-    from reliability.harness import Zygote
 
     from splitinfer.models import tiny_model
+    from splitinfer.transport.reliability import scenarios as sc
+    from splitinfer.transport.reliability.harness import Zygote
 
     torch.set_num_threads(1)  # on a small shared CPU one thread is several times faster
     lm = tiny_model("llama")

@@ -12,6 +12,7 @@ what the attacker sees), and the benchmarks. Bytes are counted once, by the link
 from splitinfer.split.device import DeviceHalf, install_defense
 from splitinfer.split.generator import GenerationResult, SplitGenerator, in_process_generator, split_pair
 from splitinfer.split.link import TOKEN_REPLY_BYTES, InProcessLink, Link, Traffic, phase_of
+from splitinfer.split.metered import MeteredLink, StepRecord, timed_unsplit_generate
 from splitinfer.split.server import SamplingConfig, ServerHalf, ServerSession, StepError, sample_token
 from splitinfer.split.simulated import SimulatedLink
 from splitinfer.split.wire import RawCodec, codec_spec, resolve_codec
@@ -22,12 +23,14 @@ __all__ = [
     "GenerationResult",
     "InProcessLink",
     "Link",
+    "MeteredLink",
     "RawCodec",
     "SamplingConfig",
     "ServerHalf",
     "ServerSession",
     "SimulatedLink",
     "SplitGenerator",
+    "StepRecord",
     "StepError",
     "Traffic",
     "codec_spec",
@@ -37,4 +40,5 @@ __all__ = [
     "resolve_codec",
     "sample_token",
     "split_pair",
+    "timed_unsplit_generate",
 ]

@@ -67,6 +67,12 @@ class WaitPolicy:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def as_flags(self) -> list[str]:
+        """The command-line flags that give this policy (`add_wait_arguments`' flags), e.g. to start
+        `python -m splitinfer.transport.server` with it."""
+        return ["--busy-poll-ms", repr(self.busy_poll_ms), "--rehearse" if self.rehearse else "--no-rehearse",
+                "--wake-early-ms", repr(self.wake_early_ms)]
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The setting names, as in conf/server/default.yaml and the keyword arguments."""

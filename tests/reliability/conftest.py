@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import Zygote
-from .scenarios import SERVER_ARGS
+from splitinfer.transport.reliability.harness import Zygote
+from splitinfer.transport.reliability.scenarios import SERVER_ARGS
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .scenarios import run_abuse
+from splitinfer.transport.reliability.scenarios import run_abuse
 
 pytestmark = pytest.mark.reliability
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .scenarios import run_client_killed, run_kill_restart
+from splitinfer.transport.reliability.scenarios import run_client_killed, run_kill_restart
 
 pytestmark = pytest.mark.reliability
 

@@ -10,8 +10,7 @@ import pytest
 
 from splitinfer.transport import SplitServer
 from splitinfer.transport import protocol as p
-
-from .harness import Dealer
+from splitinfer.transport.reliability.harness import Dealer
 
 pytestmark = pytest.mark.reliability
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from splitinfer.generation import unsplit_generate
+from splitinfer.split import MeteredLink
 from splitinfer.transport import SplitServer, TransportTimeout, remote_generator
 from splitinfer.transport.sessions import SessionLimits
 
@@ -22,25 +23,9 @@ IDS = torch.tensor([[5, 17, 33, 2 + 40, 91, 7]])
 N = 16
 
 
-class HookedLink:
-    """Runs `hook(step_index)` after each step of the inner link (to break things mid-generation)."""
-
-    def __init__(self, inner, hook):
-        self.inner, self.hook, self.n = inner, hook, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def step(self, enc, start):
-        tok = self.inner.step(enc, start)
-        self.n += 1
-        self.hook(self.n)
-        return tok
-
-
 def generate_with_hook(lm, url, hook, **kw):
     gen = remote_generator(lm, [2], url, codec="none", **kw)
-    gen.link = HookedLink(gen.link, hook)
+    gen.link = MeteredLink(gen.link, on_step=lambda r: hook(r.index + 1))  # hook(steps done) after each step
     try:
         return gen.generate(IDS, N, stop_at_eos=False), gen.link.inner
     finally:

@@ -73,6 +73,8 @@ def test_flags_round_trip_and_the_no_rehearse_switch():
     assert WaitPolicy.from_args(ns) == WaitPolicy(10.0, False, 0.0)
     with pytest.raises(ConfigError, match="wake_early_ms"):
         WaitPolicy.from_args(parser.parse_args(["--wake-early-ms", "-2"]))
+    for w in (WaitPolicy(), WaitPolicy(0.25, False, 1e-3), WaitPolicy.mode("early")):
+        assert WaitPolicy.from_args(parser.parse_args(w.as_flags())) == w
 
 
 def test_resolve_accepts_a_policy_a_mapping_a_mode_or_nothing():

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import zmq
 
+import splitinfer
 from splitinfer.transport import protocol as p
 
-ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(splitinfer.__file__).resolve().parents[1]  # the folder holding `splitinfer`
 HOST = "127.0.0.1"  # loopback only, always
 MODEL = "tiny-llama"
 CUT = 2
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -63,9 +65,10 @@ class Zygote:
     """A parent process that forks server processes on demand (see `_ZYGOTE`). Close it to kill all."""
 
     def __init__(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        path = os.pathsep.join(d for d in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if d)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=path)
         self.proc = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         self.lines: list[str] = []  # everything the zygote and its children printed
         self._cond = threading.Condition()
         self.children: list[ForkedServer] = []

@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
 from splitinfer.transport import protocol as p
-
-from .harness import Dealer
+from splitinfer.transport.reliability.harness import Dealer
 
 REPLY_TIMEOUT_MS = 10_000  # generous: a busy shared CPU can stall the server process for seconds
 BATCH = 10  # plans per hypothesis example: per-example overhead dominates, so draw them in tens

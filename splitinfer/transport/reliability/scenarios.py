@@ -14,6 +14,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import zmq
@@ -22,10 +23,19 @@ from splitinfer.generation import SamplingConfig, in_process_generator
 from splitinfer.transport import SplitServer, TransportError, remote_generator
 from splitinfer.transport import protocol as p
 from splitinfer.transport.client import load_client_curve_keys
+from splitinfer.transport.reliability.harness import (
+    CUT,
+    HOST,
+    Dealer,
+    ForkedServer,
+    TcpRelay,
+    Zygote,
+    percentile,
+)
 from splitinfer.transport.sessions import SessionLimits
 
-from .harness import CUT, HOST, Dealer, ForkedServer, TcpRelay, Zygote, percentile
-from .hostile import HostileDriver, HostileResult
+if TYPE_CHECKING:
+    from splitinfer.transport.reliability.hostile import HostileResult
 
 SERVER_ARGS = ("--max-message-bytes", "65536", "--max-tokens", "512")  # small caps: oversize is cheap to send
 MAX_MESSAGE_BYTES = 65536
@@ -53,6 +63,8 @@ def reference_tokens(lm, i: int, new_tokens: int) -> list[int]:
 def run_hostile(lm, server: ForkedServer, n_messages: int, seed: int | None = None,
                 time_limit_s: float = 600.0) -> tuple[HostileResult, bool, bool]:
     """(tally, victim session still consistent, a good generation afterwards equals its reference)."""
+    from splitinfer.transport.reliability.hostile import HostileDriver  # needs hypothesis
+
     driver = HostileDriver(server.url, lm.fingerprint, [CUT], lm.hidden_size, MAX_MESSAGE_BYTES,
                            rss_of=server.rss, is_alive=server.alive)
     try:
@@ -76,6 +88,7 @@ def run_hostile_authenticated(lm, key_dir: str | Path, n_messages: int = 1000,
     """The same hostile plans from an allowed CurveZMQ client (the session-owner checks run on every
     message). Returns (tally, sessions consistent, server alive, `forbidden` replies)."""
     from splitinfer.transport.keys import make_key_folder
+    from splitinfer.transport.reliability.hostile import HostileDriver  # needs hypothesis
     from splitinfer.transport.server import CurveConfig
 
     keys = make_key_folder(Path(key_dir) / "keys", ("client",))
