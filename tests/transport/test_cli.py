@@ -89,3 +89,70 @@ def test_serve_and_generate_commands_on_the_real_model(real_model):
         serve.terminate()
         serve.wait(20)
     assert serve.returncode == 0
+
+
+def test_serve_needs_its_config_file(tmp_path):
+    """No silent fallback to built-in defaults: a missing server config is a clear error."""
+    from splitinfer.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match=r"default\.yaml does not exist"):
+        compose_config(str(tmp_path), "default", [])
+    (tmp_path / "edge.yaml").write_text((CONF_DIR / "default.yaml").read_text())
+    with pytest.raises(NotFoundError, match="configs there: edge"):
+        compose_config(str(tmp_path), "default", ["port=1"])
+    assert compose_config(str(tmp_path), "edge", ["port=6002"]).port == 6002
+
+
+@pytest.mark.parametrize("argv", [["--port", "99999"], ["--port", "-1"], ["--port", "http"]])
+def test_serve_refuses_a_port_flag_outside_0_65535(argv, capsys):
+    from splitinfer.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--model", "tiny-llama", *argv])
+    assert e.value.code == 2
+    assert "0..65535 (0 = any free port)" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_serve_refuses_a_bad_port_or_cut_from_the_config_before_loading(tmp_path, capsys):
+    from splitinfer.cli import main
+
+    model = tmp_path / "weightless"  # a config.json and no weights: loading would fail, peeking does not
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 4}')
+    assert main(["serve", "--model", str(model), "port=70000"]) == 2
+    assert "port 70000 is out of range" in capsys.readouterr().err
+    assert main(["serve", "--model", str(model), "--port", "0", "--cut", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "cut 9 is out of range; this model has 4 layers" in err and err.count("\n") == 1
+
+
+def test_no_import_cycle_in_transport():
+    """Imports inside splitinfer.transport (function-level ones too) form no cycle; serve_cmd -> server only."""
+    import ast
+    from pathlib import Path
+
+    import splitinfer.transport as transport
+
+    root = Path(transport.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).with_suffix("")
+        name = ".".join(["splitinfer.transport", *[p for p in rel.parts if p != "__init__"]])
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                deps |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[name] = {d for d in deps if d.startswith("splitinfer.transport.")}
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for d in graph[start]:
+            if d == goal or (d not in seen and (seen.add(d) or reaches(d, goal, seen))):
+                return True
+        return False
+
+    assert "splitinfer.transport.server" in graph["splitinfer.transport.serve_cmd"]
+    cycles = [m for m in graph if reaches(m, m, set())]
+    assert not cycles, f"import cycles through {cycles}"
