@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from splitinfer.data import Corpus, CorpusSpec
+from splitinfer.errors import ConfigError
 from splitinfer.metrics.bandwidth import bandwidth_metrics
 from splitinfer.metrics.compute import LayerProfile, memory_metrics, profile_layers
 from splitinfer.metrics.latency import DeviceProfile, LinkProfile, estimate_latency
@@ -78,7 +79,7 @@ def check_cut(cut: Any, num_layers: int) -> int:
     try:
         return validate_cuts([cut], num_layers)[0]
     except ValueError as e:
-        raise ValueError(f"split.cut={cut!r}: {e}") from None
+        raise ConfigError(f"split.cut={cut!r}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,7 +390,7 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
         defense = instantiate(cfg.defense) if choices["defense"] != "none" and _enabled(cfg.get("defense")) else None
         lm = model_spec.load(reuse=reuse)
         if not lm.is_causal_lm:
-            raise ValueError(f"model {lm.name!r} is an encoder ({lm.family}); sweeps need a causal LM")
+            raise ConfigError(f"model {lm.name!r} is an encoder ({lm.family}); sweeps need a causal LM")
         corpus = get_corpus(lm, corpus_spec, reuse)
         ref = get_reference(lm, corpus, reuse, disk=bool(cfg.get("disk_cache", False)))
         profile = (get_profile(lm, opts.prompt_tokens, opts.context_tokens, opts.profile_repeats, reuse)
@@ -407,7 +408,7 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
                             "latency_prompt_tokens": opts.prompt_tokens})
             metrics.update(estimate_latency(metrics, link, device, opts.prompt_tokens, opts.server_speedup))
         if choices["attack"] != "none" and _enabled(cfg.get("attack")):
-            metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, corpus))
+            metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, out_dir=out))
         metrics["job_wall_s"] = time.perf_counter() - t_start
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str, allow_nan=True) + "\n")
         logger.log_dict(metrics)
@@ -416,23 +417,14 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
     return metrics
 
 
-def evaluate_attack(cfg, lm, cut: int, codec, defense, corpus: Corpus) -> dict[str, Any]:
-    """Privacy seam: hand the attack config to `splitinfer.privacy.evaluate_privacy` and return its
-    flat leakage metrics. Only called when `attack` is not `none`."""
+def evaluate_attack(cfg, lm, cut: int, codec, defense, out_dir: Path | None = None) -> dict[str, Any]:
+    """Run the configured attack on this job's split (`splitinfer.privacy.evaluate_privacy`: the payload it
+    attacks is the split path's `DeviceHalf.observe`) and return its flat leakage metrics. Partial
+    results are written to `out_dir` as each victim finishes."""
     from hydra.utils import instantiate
 
-    try:
-        from splitinfer.privacy import evaluate_privacy
-    except ImportError as e:
-        raise ValueError(f"attack={cfg.attack.get('name')!r} needs splitinfer.privacy.evaluate_privacy, which "
-                         f"this checkout does not have ({e}); use attack=none") from None
-    import inspect
+    from splitinfer.privacy import evaluate_privacy
 
-    attack = instantiate(cfg.attack)
-    offered = {"lm": lm, "cut": cut, "codec": codec, "defense": defense, "attack": attack, "corpus": corpus,
-               "texts": corpus.windows, "seed": int(cfg.get("seed", 0))}
-    params = inspect.signature(evaluate_privacy).parameters
-    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    result = evaluate_privacy(**{k: v for k, v in offered.items() if takes_all or k in params})
+    result = evaluate_privacy(lm, cut, attack=instantiate(cfg.attack), defense=defense, codec=codec,
+                              seed=int(cfg.get("seed", 0)), out_dir=out_dir)
     return {k if k.startswith("privacy") else f"privacy/{k}": v for k, v in dict(result).items()}
-
