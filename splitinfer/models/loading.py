@@ -203,7 +203,7 @@ def _read_config(path: Path):
 
     try:
         return AutoConfig.from_pretrained(path)
-    except (ValueError, KeyError) as e:  # a model_type this transformers does not know
+    except (ValueError, KeyError):  # a model_type this transformers does not know
         import transformers
 
         try:
@@ -255,6 +255,7 @@ def gguf_sha256(gguf: Path, *, compute: bool = True) -> str | None:
     if not compute:
         return None
     digest = _file_sha256(gguf)
+    index = {k: v for k, v in index.items() if os.path.exists(k)}  # forget files that are gone
     index[key] = {**stamp, "sha256": digest}
     try:  # best effort: a read-only cache only costs a rehash next time
         index_path.parent.mkdir(parents=True, exist_ok=True)
@@ -318,7 +319,13 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.warning("converted %s: %.0f MB in %s (shared by every copy of this file)", gguf.name, _dir_mb(target), target)
+    _report_conversion(gguf, target)
+
+
+def _report_conversion(gguf: Path, target: Path) -> None:
+    """Say where a new conversion went and how big it is (it is the one disk cost of a GGUF model)."""
+    log.warning("converted %s once: %.0f MB in %s (shared by every copy of this file)", gguf.name,
+                _dir_mb(target), target)
 
 
 def _load_gguf(gguf: Path, dtype: torch.dtype, use_cache: bool):

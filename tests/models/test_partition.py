@@ -7,9 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splitinfer.generation import in_process_generator, unsplit_generate
 from splitinfer.errors import ConfigError
-from splitinfer.models import TINY_FAMILIES, adapters, load_model, run_chain, split_model, tiny_model, validate_cuts
+from splitinfer.generation import in_process_generator, unsplit_generate
+from splitinfer.models import (
+    TINY_FAMILIES,
+    adapters,
+    load_model,
+    run_chain,
+    split_model,
+    tiny_model,
+    validate_cuts,
+)
 
 DECODERS = [f for f in TINY_FAMILIES if f != "bert"]
 WINDOWED = [f for f in DECODERS if any(adapters.layer_windows(tiny_model(f).config))]
