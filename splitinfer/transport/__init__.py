@@ -6,8 +6,9 @@
 
 Modules: `protocol` (envelope, validation, error codes), `payload` (codecs on the wire), `sessions`
 (limits, eviction), `server` (SplitServer, `python -m splitinfer.transport.server`), `client`
-(RemoteLink, remote_generator), `simulated` (SimulatedLink), `keys` (CurveZMQ key folders), `warm`
-(rehearsal of a waiting side's step path).
+(RemoteLink, remote_generator), `simulated` (SimulatedLink), `keys` (CurveZMQ key folders), `wait`
+(WaitPolicy: how a side waits), `warm` (rehearsal of a waiting side's step path), `reliability` (the
+hostile-input, fault, load and auth harness behind tests/reliability and scripts/reliability_report.py).
 
 Protocol, version 1
 -------------------
@@ -59,11 +60,13 @@ allowed folder connect, and a session only answers the client key that opened it
 
 Waiting for the other side
 --------------------------
-Each side waits while the other computes (protocol.Waiter). By default it sleeps in poll. With
+Each side waits while the other computes, as its `WaitPolicy` says (`wait=` on SplitServer, RemoteLink
+and remote_generator; protocol.Waiter carries it out). By default it sleeps in poll. With
 `busy_poll_ms` it spins instead and, unless `rehearse=False`, rehearses its own step path on a tiny
 random shadow of its stages between polls (`warm`), so the next real step starts warm; with
 `wake_early_ms` as well it sleeps and starts that spin only so long before the message is due (the
-median of its last 16 waits). `scripts/bench_transport.py` compares the modes (README, Transport).
+median of its last 16 waits). `WaitPolicy.mode("block" | "busy" | "warm" | "early")` names the four
+that `scripts/bench_transport.py` compares (README, Transport).
 
 Command line
 ------------
@@ -98,6 +101,7 @@ _EXPORTS = {
     "TransportTimeout": "splitinfer.transport.client",
     "remote_generator": "splitinfer.transport.client",
     "SimulatedLink": "splitinfer.split.simulated",
+    "WaitPolicy": "splitinfer.transport.wait",
     "RawCodec": "splitinfer.transport.payload",
     "PROTOCOL_VERSION": "splitinfer.transport.protocol",
     "ProtocolError": "splitinfer.transport.protocol",

@@ -330,10 +330,9 @@ def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
     change. CURVE keys come from `curve_keys=DIR` or the SPLITINFER_CURVE_KEYS environment variable (a
     `splitinfer keygen` folder). `wait` (a `WaitPolicy`, its settings as a dict, or a mode name) says
     how the link waits for each reply; when it spins and rehearses, the device's step path is rehearsed
-    on a tiny shadow model meanwhile (`splitinfer.transport.warm`). The old separate keywords
-    (busy_poll_ms=, rehearse=, wake_early_ms=) are still taken, deprecated, by `WaitPolicy.resolve`.
+    on a tiny shadow model meanwhile (`splitinfer.transport.warm`).
     """
-    wait = WaitPolicy.resolve(wait, link_kwargs)
+    wait = WaitPolicy.resolve(wait)
     cuts = validate_cuts(cuts, lm.num_layers)
     if "curve" not in link_kwargs and "curve_keys" not in link_kwargs and os.environ.get(CURVE_KEYS_ENV):
         link_kwargs["curve_keys"] = os.environ[CURVE_KEYS_ENV]

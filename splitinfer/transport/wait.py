@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import warnings
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -106,18 +105,9 @@ class WaitPolicy:
         return modes[name]()
 
     @classmethod
-    def resolve(cls, wait: WaitPolicy | Mapping | str | None = None,
-                legacy: MutableMapping[str, Any] | None = None) -> WaitPolicy:
+    def resolve(cls, wait: WaitPolicy | Mapping | str | None = None) -> WaitPolicy:
         """The one place a `wait=` argument becomes a WaitPolicy: a WaitPolicy, a mapping of settings, a
-        mode name, or None (the default: sleep). `legacy` is a caller's **kwargs: the old separate
-        keywords (busy_poll_ms=, rehearse=, wake_early_ms=) are taken out of it and used instead."""
-        old = {k: legacy.pop(k) for k in cls.names() if legacy is not None and k in legacy}
-        if old:
-            if wait is not None:
-                raise ConfigError(f"give the wait settings once: wait={wait!r} or {sorted(old)}, not both")
-            warnings.warn(f"{', '.join(f'{k}=' for k in sorted(old))} are deprecated: pass wait=WaitPolicy(...)",
-                          DeprecationWarning, stacklevel=3)
-            return cls(**old)
+        mode name, or None (the default: sleep)."""
         if wait is None:
             return cls()
         if isinstance(wait, cls):

@@ -1,11 +1,10 @@
-"""WaitPolicy: one validated setting for how a side waits, read from configs, flags, modes and the old
-separate keywords, and taken by SplitServer, RemoteLink and remote_generator."""
+"""WaitPolicy: one validated setting for how a side waits, read from configs, flags and mode names,
+and taken by SplitServer, RemoteLink, remote_generator and protocol.Waiter."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import warnings
 
 import pytest
 import torch
@@ -89,18 +88,6 @@ def test_resolve_accepts_a_policy_a_mapping_a_mode_or_nothing():
         WaitPolicy.resolve(9.0)
 
 
-def test_resolve_maps_the_old_keywords_once_and_refuses_both_forms():
-    kwargs = {"busy_poll_ms": 20.0, "rehearse": False, "timeout_s": 5}
-    with pytest.warns(DeprecationWarning, match="wait=WaitPolicy"):
-        assert WaitPolicy.resolve(None, kwargs) == WaitPolicy(20.0, False, 0.0)
-    assert kwargs == {"timeout_s": 5}  # taken out: what is left goes on to RemoteLink
-    with pytest.raises(ConfigError, match="not both"):
-        WaitPolicy.resolve(WaitPolicy(), {"wake_early_ms": 1.0})
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert WaitPolicy.resolve(None, {"timeout_s": 5}) == WaitPolicy()  # nothing old: no warning
-
-
 def test_server_and_link_take_the_policy_and_refuse_bad_settings(tiny_lm):
     srv = SplitServer(tiny_lm, [2], wait=WaitPolicy(busy_poll_ms=5, rehearse=False, wake_early_ms=2))
     assert (srv.rehearse, srv.busy_poll_s, srv._waiter.wake_early_s) == (False, 0.005, 0.002)
@@ -114,17 +101,15 @@ def test_server_and_link_take_the_policy_and_refuse_bad_settings(tiny_lm):
             RemoteLink("tcp://127.0.0.1:1", fingerprint="x", cuts=[2], hidden_size=8, wait=bad)
 
 
-def test_remote_generator_still_takes_the_old_keywords(make_server, tiny_lm):
-    """`splitinfer generate` passes busy_poll_ms=/rehearse=/wake_early_ms= today; they become one policy."""
-    srv = make_server(tiny_lm, [2])
-    with pytest.warns(DeprecationWarning):
-        gen = remote_generator(tiny_lm, [2], srv.url, codec="none", busy_poll_ms=30.0, rehearse=False,
-                               wake_early_ms=1.0)
+def test_remote_generator_takes_the_policy_and_the_server_reports_its_own(make_server, tiny_lm):
+    srv = make_server(tiny_lm, [2], wait=WaitPolicy(busy_poll_ms=30.0, rehearse=False))
+    gen = remote_generator(tiny_lm, [2], srv.url, codec="none", wait={"busy_poll_ms": 30.0, "rehearse": False,
+                                                                      "wake_early_ms": 1.0})
     try:
         assert gen.link.wait == WaitPolicy(30.0, False, 1.0) and gen.link.rehearsal is None
         assert len(gen.generate(torch.tensor([[1, 5, 9]]), 3, stop_at_eos=False).token_ids) == 3
-        assert gen.link.info()["wait"] == WaitPolicy().as_dict()  # the server reports its own policy
+        assert gen.link.info()["wait"] == {"busy_poll_ms": 30.0, "rehearse": False, "wake_early_ms": 0.0}
     finally:
         gen.link.close()
-    with pytest.raises(ConfigError, match="not both"):
-        remote_generator(tiny_lm, [2], srv.url, wait="warm", busy_poll_ms=5.0)
+    with pytest.raises(TypeError):  # the old separate keywords are gone: one wait= for all three
+        remote_generator(tiny_lm, [2], srv.url, busy_poll_ms=5.0)
