@@ -146,9 +146,9 @@ LIST_COMMAND = 'python -c "from splitinfer.codecs import available_codecs; print
 
 def _unknown_codec_message(name: str) -> str:
     """One short line: the nearest names, the naming grammar, and where the full list is."""
-    import difflib
+    from splitinfer.registry import closest
 
-    near = difflib.get_close_matches(name, available_codecs(), n=3, cutoff=0.6)
+    near = closest(name, available_codecs())
     hint = f" Did you mean {', '.join(near)}?" if near else ""
     return (f"unknown codec {name!r}.{hint} Names: {NAME_GRAMMAR} (not every combination exists; "
             f"all {len(available_codecs())}: {LIST_COMMAND}), or a dict {{'name': <preset>, **params}} for a "

@@ -19,6 +19,9 @@ from collections.abc import Callable
 
 import torch
 
+from splitinfer.errors import ConfigError
+from splitinfer.registry import Registry
+
 
 class Defense:
     """Base class: a seeded, device-side perturbation of hidden states or embeddings."""
@@ -76,7 +79,7 @@ class GaussianNoise(Defense):
 
     def __init__(self, sigma: float = 0.1, seed: int = 0) -> None:
         if not (isinstance(sigma, int | float) and not isinstance(sigma, bool) and sigma >= 0 and math.isfinite(sigma)):
-            raise ValueError(f"sigma={sigma!r}: must be a finite number >= 0 (noise std relative to token RMS)")
+            raise ConfigError(f"sigma={sigma!r}: must be a finite number >= 0 (noise std relative to token RMS)")
         self.sigma = float(sigma)
         super().__init__(seed)
 
@@ -108,7 +111,7 @@ class DChiPrivacy(Defense):
 
     def __init__(self, eta: float = 500.0, seed: int = 0) -> None:
         if not (isinstance(eta, int | float) and not isinstance(eta, bool) and eta > 0):
-            raise ValueError(f"eta={eta!r}: must be a number > 0 (privacy parameter; smaller = more noise)")
+            raise ConfigError(f"eta={eta!r}: must be a number > 0 (privacy parameter; smaller = more noise)")
         self.eta = float(eta)
         super().__init__(seed)
 
@@ -132,11 +135,13 @@ class DChiPrivacy(Defense):
         return {**super().describe(), "eta": self.eta}
 
 
-DEFENSES: dict[str, type[Defense]] = {"none": NoDefense, "gaussian": GaussianNoise, "dchi": DChiPrivacy}
+DEFENSES: Registry[type[Defense]] = Registry(
+    "defense", {"none": NoDefense, "gaussian": GaussianNoise, "dchi": DChiPrivacy},
+    example="defense=gaussian defense.sigma=0.1")
 
 
 def available_defenses() -> list[str]:
-    return sorted(DEFENSES)
+    return DEFENSES.names()
 
 
 def build_defense(spec: str | dict | Defense | None = None, *, name: str | None = None, **params) -> Defense:
@@ -152,10 +157,7 @@ def build_defense(spec: str | dict | Defense | None = None, *, name: str | None 
     spec = spec if spec is not None else name
     if spec is None:
         return NoDefense()
-    if not isinstance(spec, str) or spec not in DEFENSES:
-        raise ValueError(f"unknown defense {spec!r}; choose one of {available_defenses()} "
-                         "(e.g. defense=gaussian defense.sigma=0.1)")
-    return DEFENSES[spec](**params)
+    return DEFENSES.get(spec)(**params)
 
 
 def attach_defense(dev, defense: Defense | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -169,7 +171,7 @@ def attach_defense(dev, defense: Defense | None) -> Callable[[torch.Tensor], tor
         return lambda h: h
     if defense.acts_on == "embedding":
         if not getattr(dev, "is_first", False):
-            raise ValueError(f"defense {defense.name!r} acts on embeddings and needs the first (device) stage")
+            raise ConfigError(f"defense {defense.name!r} acts on embeddings and needs the first (device) stage")
         dev.embedding_hook = defense.as_hook()
         return lambda h: h
     dev.embedding_hook = None
