@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import zmq
 
+from splitinfer.errors import ConfigError, NotFoundError
 from splitinfer.generation import SamplingConfig, ServerSession, sample_token
 from splitinfer.models import LoadedModel, split_model, validate_cuts
 from splitinfer.transport import payload as pl
@@ -62,11 +63,11 @@ class CurveConfig:
 
         for path in (self.server_secret_file, self.allowed_clients_dir):
             if not Path(path).exists():
-                raise FileNotFoundError(f"CURVE key path {path} does not exist; create keys with "
+                raise NotFoundError(f"CURVE key path {path} does not exist; create keys with "
                                         "`splitinfer keygen --dir DIR` and pass --keys DIR")
         public, secret = zmq.auth.load_certificate(self.server_secret_file)
         if not secret:
-            raise ValueError(f"{self.server_secret_file} holds no secret key; pass the .key_secret file")
+            raise ConfigError(f"{self.server_secret_file} holds no secret key; pass the .key_secret file")
         return public, secret
 
 
@@ -122,7 +123,7 @@ class SplitServer:
                  curve: CurveConfig | None = None, poll_ms: int = 100,
                  wait: WaitPolicy | dict | str | None = None) -> None:
         if not lm.is_causal_lm:
-            raise ValueError(f"model {lm.name!r} is an encoder ({lm.family}); the split server serves causal LMs")
+            raise ConfigError(f"model {lm.name!r} is an encoder ({lm.family}); the split server serves causal LMs")
         self.lm = lm
         self.cuts = validate_cuts(cuts, lm.num_layers)
         self.stages = split_model(lm, self.cuts)[1:]
@@ -518,14 +519,14 @@ class ServerConfig:
             try:
                 return [int(c) for c in self.cut.split(",")]
             except ValueError:
-                raise ValueError(f"cut {self.cut!r} is not an int or a comma-separated list of ints") from None
+                raise ConfigError(f"cut {self.cut!r} is not an int or a comma-separated list of ints") from None
         return [int(c) for c in self.cut] if isinstance(self.cut, list | tuple) else [int(self.cut)]
 
     def curve_config(self) -> CurveConfig | None:
         """Resolve curve=auto|on|off; warn when a non-loopback bind goes unencrypted."""
         mode = str(self.curve).lower()
         if mode not in ("auto", "on", "off", "true", "false"):
-            raise ValueError(f"curve={self.curve!r}: choose auto, on or off")
+            raise ConfigError(f"curve={self.curve!r}: choose auto, on or off")
         loopback = is_loopback(self.host)
         on = mode in ("on", "true") or (mode == "auto" and not loopback)
         if not on:
@@ -535,7 +536,7 @@ class ServerConfig:
                             self.host)
             return None
         if not self.keys:
-            raise ValueError(f"CurveZMQ is on (curve={self.curve}, host {self.host}) but no key folder was given; "
+            raise ConfigError(f"CurveZMQ is on (curve={self.curve}, host {self.host}) but no key folder was given; "
                              "run `splitinfer keygen --dir keys` and pass --keys keys "
                              "(or --curve off to serve unencrypted, which is only safe on loopback)")
         keys = Path(self.keys)
@@ -574,7 +575,7 @@ def run_server(cfg: ServerConfig) -> int:
     try:
         server.start()
     except zmq.ZMQError as e:
-        raise ValueError(f"cannot bind {server.url}: {e}; is another server running there? "
+        raise ConfigError(f"cannot bind {server.url}: {e}; is another server running there? "
                          "Pick another --port (0 = any free port)") from None
     print(f"splitinfer serve: {server.lm.name} (fingerprint {server.lm.fingerprint}) cut {server.cuts} on "
           f"{server.url}, curve {'on' if server.curve else 'off'}, ready in {time.perf_counter() - t0:.1f} s",

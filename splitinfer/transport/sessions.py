@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from splitinfer.errors import ConfigError
 from splitinfer.generation import ServerSession
 from splitinfer.transport.protocol import (
     FORBIDDEN,
@@ -38,9 +39,9 @@ class SessionLimits:
         for name in ("max_sessions", "max_tokens_per_session", "max_step_tokens", "max_kv_bytes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r}: must be an int >= 1")
+                raise ConfigError(f"{name}={v!r}: must be an int >= 1")
         if not isinstance(self.idle_timeout_s, int | float) or not self.idle_timeout_s > 0:
-            raise ValueError(f"idle_timeout_s={self.idle_timeout_s!r}: must be a number > 0 (seconds)")
+            raise ConfigError(f"idle_timeout_s={self.idle_timeout_s!r}: must be a number > 0 (seconds)")
 
 
 @dataclass
