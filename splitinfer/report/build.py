@@ -3,14 +3,12 @@ and PNG plots; `log_report` sends them to W&B."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitinfer.report.measures import (
     LEAK,
-    PRIVACY_NOT_MEASURED,
     QUALITY_BOUND_TEXT,
     ci_note,
     configurations,
@@ -24,7 +22,6 @@ from splitinfer.report.tables import latency_pivot, mark_pareto, markdown_table,
 # Files a report writes besides report.csv/report.md; a re-run removes them first, so no stale plot survives.
 GENERATED = ("metrics_vs_cut.png", "tradeoff_pareto.png", "latency_by_link.png", "latency_by_link.md")
 GENERATED_GLOBS = ("latency_by_link_*.png",)
-MANIFEST = ".report_files.json"
 FRONTIER_COLUMNS = (
     "cut",
     "codec",
@@ -62,36 +59,36 @@ def _series(rows: Sequence[dict], key: str) -> dict[str, list[dict]]:
 
 
 def remove_previous_outputs(out: Path) -> list[Path]:
-    """Delete the plots and side tables an earlier report wrote into `out` (known names and the manifest)."""
-    gone = []
-    names = set(GENERATED)
-    manifest = out / MANIFEST
-    if manifest.is_file():
-        try:
-            names |= {str(n) for n in json.loads(manifest.read_text()) if "/" not in str(n)}
-        except (json.JSONDecodeError, TypeError):
-            pass
-    paths = [out / n for n in names] + [p for g in GENERATED_GLOBS for p in out.glob(g)]
-    for p in paths:
-        if p.is_file():
-            p.unlink()
-            gone.append(p)
+    """Delete the plots and side tables an earlier report wrote into `out` (GENERATED names and
+    GENERATED_GLOBS only: other files there are left alone)."""
+    paths = [out / n for n in GENERATED] + [p for g in GENERATED_GLOBS for p in out.glob(g)]
+    gone = [p for p in paths if p.is_file()]
+    for p in gone:
+        p.unlink()
     return gone
 
 
 def _recommendations(rows: list[dict]) -> str:
-    """The unconstrained recommendation per link (latency when timed, else bytes), as Markdown."""
-    parts = []
+    """The unconstrained recommendation per link (latency when timed, else bytes), as Markdown; lines every
+    link shares (the privacy note) are written once, after the per-link lists."""
+    parts: list[tuple[str, list[str]]] = []
     for link, rs in _series(rows, "link").items():
         objective = "latency" if any(num(r.get("tpot_s")) is not None for r in rs) else "bytes"
         head = f"**{link}**, objective: {OBJECTIVES[objective][1]}, no constraints"
         try:
-            rec = recommend(rs, objective)
-            body = "\n".join(f"- {line}" for line in rec.explanation.splitlines())
+            lines = recommend(rs, objective).explanation.splitlines()
         except ReportError as e:
-            body = f"- no recommendation: {e}"
-        parts.append(f"{head}\n\n{body}")
-    return "\n\n".join(parts)
+            lines = [f"no recommendation: {e}"]
+        parts.append((head, lines))
+    shared = set.intersection(*(set(lines) for _, lines in parts)) if len(parts) > 1 else set()
+    out = [
+        f"{head}\n\n" + "\n".join(f"- {line}" for line in lines if line not in shared)
+        for head, lines in parts
+    ]
+    if shared:
+        first = parts[0][1]
+        out.append("**Every link**\n\n" + "\n".join(f"- {line}" for line in first if line in shared))
+    return "\n\n".join(out)
 
 
 def _markdown(
@@ -126,7 +123,8 @@ def _markdown(
             "leakage is the strongest attack run on each configuration (highest share of "
             'prompt tokens recovered), column "tokens recovered %".'
             if attacked
-            else PRIVACY_NOT_MEASURED
+            else "not measured (no attack ran), so this report says nothing about how much of the prompt the "
+            "server can rebuild; a split alone does not protect it (see the recommendation)."
         ),
         "",
     ]
@@ -175,7 +173,8 @@ def build_report(
             plot_metrics_vs_cut(
                 rows if len(groups) == 1 else next(iter(groups.values())),
                 out / "metrics_vs_cut.png",
-                f"{title}: metrics against the cut",
+                f"{title}: metrics against the cut"
+                + (f" (latency on {next(iter(groups))})" if len(groups) > 1 else ""),
             ),
             plot_tradeoff(rows, out / "tradeoff_pareto.png"),
         )
@@ -202,10 +201,6 @@ def build_report(
     md_path.write_text(
         _markdown(title, sweep_dir, rows, recommendation, frontier, plots, table), encoding="utf-8"
     )
-    written = [p.name for p in plots] + (
-        ["latency_by_link.md"] if (out / "latency_by_link.md").exists() else []
-    )
-    (out / MANIFEST).write_text(json.dumps(written) + "\n", encoding="utf-8")
     return Report(rows, out, csv_path, md_path, table, plots, recommendation, frontier)
 
 

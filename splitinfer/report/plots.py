@@ -233,6 +233,8 @@ def draw_metrics_vs_cut(rows: Sequence[dict], title: str = ""):
         if key == "delta_ppl_pct":
             ax.axhline(0, color="0.5", lw=0.8)
         set_scale(ax, shown)
+        if key in (LEAK, LEAK_PII):  # a share of the prompt: the full 0-100 % scale, not a zoom on 95-100
+            ax.set_ylim(-3, 103)
         ax.set_xlabel(CUT_LABEL)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -284,25 +286,36 @@ def place_labels(
     colours: Sequence[str],
     avoid: Sequence[tuple[float, float]] = (),
     fontsize: float = 7.5,
+    lines: Sequence[Sequence[tuple[float, float]]] = (),
 ) -> list:
-    """Annotate `points` with `texts` so labels do not overlap each other or the markers in `avoid` and stay
-    inside the axes: each label takes the first of 32 offsets around its point (4 radii x 8 directions)
-    that is clear, else the least-overlapping one, with a leader line when it sits away from the point.
-    Call after the figure's layout is final (positions are in pixels)."""
+    """Annotate `points` with `texts` so labels do not overlap each other, the markers in `avoid` or the
+    polylines in `lines`, and stay inside the axes: each label takes the first of 32 offsets around its point
+    (4 radii x 8 directions) that is clear, else the least-overlapping one, with a leader line when it sits
+    away from the point. Call after the figure's layout is final (positions are in pixels)."""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     box = ax.get_window_extent(renderer)
     px_per_pt = fig.dpi / 72.0
     marker_r = 5.5 * px_per_pt  # the frontier ring (s=95) has a radius of ~5 pt
-    obstacles = (
-        [
-            (x - marker_r, y - marker_r, x + marker_r, y + marker_r)
-            for x, y in ax.transData.transform(list(avoid) or list(points))
-        ]
-        if (avoid or points)
-        else []
+    centres = (
+        [tuple(p) for p in ax.transData.transform(list(avoid) or list(points))] if (avoid or points) else []
     )
+    obstacles = [(x - marker_r, y - marker_r, x + marker_r, y + marker_r) for x, y in centres]
+    step = 2.0 * px_per_pt  # lines: small boxes every 2 pt along each segment
+    for line in lines:
+        pix = ax.transData.transform(list(line)) if len(line) > 1 else []
+        for (x0, y0), (x1, y1) in zip(pix[:-1], pix[1:], strict=False):
+            n = max(1, int(math.hypot(x1 - x0, y1 - y0) // step))
+            obstacles += [
+                (
+                    x0 + (x1 - x0) * k / n - step,
+                    y0 + (y1 - y0) * k / n - step,
+                    x0 + (x1 - x0) * k / n + step,
+                    y0 + (y1 - y0) * k / n + step,
+                )
+                for k in range(n + 1)
+            ]
     placed: list[tuple[float, float, float, float]] = []
     out = []
 
@@ -359,6 +372,8 @@ def place_labels(
             arrowprops=arrow,
             ha="left" if dx > 0 else "right" if dx < 0 else "center",
             va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+            bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.75},
+            zorder=5,
         )
         t.set_in_layout(False)
         placed.append(cand)
@@ -472,14 +487,30 @@ def draw_tradeoff(rows: Sequence[dict]):
             for r in usable
             if num(r.get(yk)) is not None
         ]
+        # configurations drawn on the same spot (one codec, equal bytes and bound) share one label
+        spots: dict[tuple, list[dict]] = {}
+        for r in fr:
+            spot = (r["up_bytes_per_token_decode"], r[yk] * factor, series_label(r, with_defense))
+            spots.setdefault(spot, []).append(r)
         place_labels(
             ax,
-            [(r["up_bytes_per_token_decode"], r[yk] * factor) for r in fr],
-            [f"cut {r.get('cut')}" for r in fr],
-            [styles[series_label(r, with_defense)][0] for r in fr],
+            [(x, y) for x, y, _ in spots],
+            [cut_label([r.get("cut") for r in rs]) for rs in spots.values()],
+            [styles[name][0] for _, _, name in spots],
             avoid=others,
+            lines=[] if leak else [[(r["up_bytes_per_token_decode"], r[yk] * factor) for r in fr]],
         )
     return fig
+
+
+def cut_label(cuts: Sequence) -> str:
+    """`cut 4`, `cuts 4, 8, 15`, or `11 cuts, 0-30` for many configurations on one spot."""
+    cuts = sorted(cuts, key=lambda c: (not isinstance(c, int), c if isinstance(c, int) else 0))
+    if len(cuts) == 1:
+        return f"cut {cuts[0]}"
+    if len(cuts) <= 3:
+        return "cuts " + ", ".join(str(c) for c in cuts)
+    return f"{len(cuts)} cuts, {cuts[0]}-{cuts[-1]}"
 
 
 def draw_latency_by_link(rows: Sequence[dict], title: str = ""):

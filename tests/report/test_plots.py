@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import re
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,7 @@ from matplotlib.text import Text  # noqa: E402
 
 from splitinfer.report import annotate, mark_pareto  # noqa: E402
 from splitinfer.report.plots import (  # noqa: E402
+    cut_label,
     draw_latency_by_link,
     draw_metrics_vs_cut,
     draw_tradeoff,
@@ -113,8 +115,9 @@ def test_tradeoff_labels_only_the_frontier_inside_the_axes():
     fig = draw_tradeoff(rows)
     ax = fig.axes[0]
     assert ax.get_ylabel().startswith("|Δppl| upper 95 % bound (%)") and ax.get_xlabel().endswith("(B)")
-    labels = [t for t in ax.texts if t.get_text().startswith("cut ")]
-    assert sorted(t.get_text() for t in labels) == sorted(f"cut {r['cut']}" for r in front)
+    labels = [t for t in ax.texts if t.get_text().startswith("cut")]
+    labelled = sorted(int(c) for t in labels for c in re.findall(r"\d+", t.get_text()))
+    assert labelled == sorted(r["cut"] for r in front)  # every frontier configuration, nothing else
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     box = ax.get_window_extent(renderer)
@@ -124,6 +127,17 @@ def test_tradeoff_labels_only_the_frontier_inside_the_axes():
     )
     assert _boxes_disjoint(boxes)
     assert len(fig.legends) == 1
+
+
+def test_configurations_on_one_spot_share_a_label():
+    rows = [row(cut, codec) for codec in ("fp16", "int8") for cut in range(0, 31, 3)]  # fp16: all on one spot
+    annotate(rows)
+    front = mark_pareto(rows)
+    assert len([r for r in front if r["codec"] == "fp16"]) == 11
+    fig = draw_tradeoff(rows)
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["11 cuts, 0-30", "cut 0"]
+    assert cut_label([8, 4]) == "cuts 4, 8"
 
 
 def test_place_labels_separates_a_cluster():
