@@ -40,8 +40,8 @@ PRIVACY_NOT_MEASURED = (
     "Privacy was not measured: no attack ran in this sweep, so nothing here says how much of the prompt "
     "the server can rebuild from the payload. A split alone is not a privacy measure: in this project's "
     f"experiment ({PRIVACY_EXPERIMENT}) white-box inversion recovers 100 % of the prompt's tokens and PII at "
-    "every cut tested (0-29), and still >= 91 % of the tokens with Gaussian noise of 0.3 x RMS. Sweep with "
-    "attack=whitebox to measure it for your configuration."
+    "every cut tested (0, 1, 4, 8, 15, 22, 29), and still >= 91 % of the tokens with Gaussian noise of "
+    "0.3 x RMS. Sweep with attack=whitebox to measure it for your configuration."
 )
 
 # Leakage metrics of splitinfer.privacy (`privacy/<attack>/<metric>`, `privacy/dcor`), most telling first;
