@@ -320,7 +320,8 @@ def _task(cfg: DictConfig) -> float | None:
         _user_error_exit(e)
         raise  # unreachable: _user_error_exit raises SystemExit
     if hc.mode != RunMode.MULTIRUN:
-        print(summarize(metrics, out_dir), flush=True)
+        shown = Path(os.path.relpath(out_dir)) if out_dir.resolve().is_relative_to(Path.cwd().resolve()) else out_dir
+        print(summarize(metrics, shown), flush=True)
     # Returned for Hydra sweepers that optimise a value (e.g. Optuna): the per-token latency.
     value = metrics.get("tpot_s")
     return float(value) if isinstance(value, int | float) else None

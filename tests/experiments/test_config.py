@@ -90,8 +90,76 @@ def test_unknown_option_lists_choices():
 
 def test_unknown_option_on_the_command_line(tmp_path):
     r = run_cli(["model=gpt5"], tmp_path, timeout=60)
-    assert r.returncode != 0
-    assert "smollm2_135m" in r.stderr and "tiny_llama" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "smollm2_135m" in r.stderr and "tiny_llama" in r.stderr and "Traceback" not in r.stderr
+
+
+def _defaults_groups() -> list[str]:
+    import yaml
+
+    entries = yaml.safe_load((CONF / "config.yaml").read_text())["defaults"]
+    return [next(iter(e)) for e in entries if isinstance(e, dict)]
+
+
+def test_every_group_is_required():
+    """No `optional` group: a typo in one must not silently drop it (codec=int9 used to send raw fp32)."""
+    groups = _defaults_groups()
+    assert {"codec", "defense", "attack"} <= set(groups)
+    assert not [g for g in groups if g.startswith("optional")], groups
+
+
+@pytest.mark.parametrize("group", [g for g in _defaults_groups() if g != "experiment"] + ["experiment",
+                                                                                          "hydra/launcher"])
+def test_unknown_option_of_each_group_is_one_clear_line(group):
+    """The group, the bad value, the closest option and every option; single values and sweep lists."""
+    from splitinfer.errors import ConfigError
+    from splitinfer.run import check_command_line
+
+    choices = _options(group) if group != "hydra/launcher" else ["basic", "joblib", "slurm", "submitit_local"]
+    good = choices[-1]
+    bad = good + "x"
+    for argv in ([f"{group}={bad}"], ["-m", f"{group}={good},{bad}"], ["-m", f"{group}=choice({good},{bad})"]):
+        with pytest.raises(ConfigError) as e:
+            check_command_line(argv)
+        msg = str(e.value)
+        assert "\n" not in msg
+        assert msg.startswith(f"{group}={bad}: no such option in config group '{group}'")
+        assert f"Did you mean {group}={good}?" in msg
+        assert all(c in msg for c in choices)
+    check_command_line([f"{group}={good}"])  # an existing option passes
+    check_command_line(["-m", f"{group}={','.join(choices[:2])}"])
+
+
+def test_a_required_group_cannot_be_null():
+    from splitinfer.errors import ConfigError
+    from splitinfer.run import check_command_line
+
+    with pytest.raises(ConfigError, match=r"codec=null: the config group 'codec' needs an option.*fp32"):
+        check_command_line(["codec=null"])
+    check_command_line(["experiment=null", "split.cut=3", "hydra.run.dir=x"])  # not a group / nullable
+
+
+def test_unknown_option_in_a_sweep_fails_before_any_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", *TINY, "split.cut=1,2", "codec=int8,int9", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "codec=int9: no such option in config group 'codec'. Did you mean codec=int8?" in r.stderr
+    assert not sweep.exists()
+    # An experiment's sweeper params are checked too (in the sweep process, before it launches a job).
+    r = run_cli(["-m", "experiment=smoke", 'hydra.sweeper.params.codec="fp16,int9"', f"hydra.sweep.dir={sweep}"],
+                tmp_path, timeout=60)
+    assert r.returncode == 2 and "codec=int9: no such option" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not sweep.exists()
+
+
+def test_splitinfer_sweep_refuses_unknown_options(tmp_path, capsys):
+    from splitinfer.cli import main
+
+    for argv in (["--experiment", "smok"], ["--launcher", "jobib"], ["codec=fp16,int9"]):
+        assert main(["sweep", "--out", str(tmp_path / "sw"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("splitinfer sweep: error: ") and err.count("\n") == 1 and "Did you mean" in err
+    assert not (tmp_path / "sw").exists()
 
 
 def test_invalid_cut_refused_before_the_model_loads(tmp_path):
@@ -105,6 +173,7 @@ def test_invalid_cut_refused_before_the_model_loads(tmp_path):
     r = run_cli([*TINY, "split.cut=-1"], tmp_path, timeout=60)
     assert r.returncode == 2 and "split.cut=-1" in r.stderr and "0..4" in r.stderr
     assert "Traceback" not in r.stderr
+    assert not (tmp_path / "outputs").exists(), "a refused job must not leave an empty folder behind"
 
 
 def test_empty_corpus_is_a_clear_error(tmp_path):

@@ -93,6 +93,42 @@ def test_wandb_offline_run_files(tmp_path):
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb")), "the offline run must hold its data file for `wandb sync`"
     assert (out / "metrics.json").exists() and (out / "metrics.jsonl").exists()
+    # A single job says what it found, and where.
+    assert "cut 2 | codec int8 | defense none" in r.stdout and "B/token prefill" in r.stdout
+    assert "output       job\n" in r.stdout  # relative to the working folder
+
+
+def test_summary_lines():
+    from splitinfer.run import summarize
+
+    m = {"cut": 4, "codec": "ec40", "defense": "gaussian", "attack": "whitebox",
+         "up_bytes_per_token_prefill": 1234.4, "up_bytes_per_token_decode": 98.0,
+         "delta_ppl_pct": 0.8123, "delta_ppl_pct_ci_low": 0.2, "delta_ppl_pct_ci_high": 1.4,
+         "kl_mean": 0.0123, "top1_agreement": 0.975, "exact_match_rate": 0.5, "ttft_s": 0.25, "tpot_s": 0.05,
+         "link": "wifi", "device": "phone", "privacy/whitebox/token_acc": 0.125}
+    text = summarize(m, "outputs/x")
+    for part in ("cut 4 | codec ec40 | defense gaussian | attack whitebox", "1,234 B/token prefill",
+                 "98 B/token decode", "+0.812 % (95% CI +0.200 .. +1.400)", "KL 0.0123 nats", "top-1 97.5 %",
+                 "exact match 50.0 %", "TTFT 250.0 ms", "TPOT 50.0 ms (link wifi, device phone)",
+                 "whitebox/token_acc 0.125", "output       outputs/x"):
+        assert part in text, part
+    short = summarize({"cut": 1, "codec": "fp32", "delta_ppl_pct": 0.0})
+    assert "CI" not in short and "latency" not in short and "privacy" not in short and "output" not in short
+
+
+def test_remove_if_empty(tmp_path, monkeypatch):
+    from splitinfer.run import remove_if_empty
+
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "outputs" / "name" / "time"
+    (job / ".hydra").mkdir(parents=True)
+    (job / "run.log").write_text("")
+    kept = tmp_path / "outputs" / "other"
+    (kept / ".hydra").mkdir(parents=True)
+    (kept / "metrics.jsonl").write_text("{}\n")
+    assert not remove_if_empty(kept, "run") and kept.exists()  # the job wrote something: it stays
+    assert remove_if_empty(job, "run")
+    assert not (tmp_path / "outputs" / "name").exists() and (tmp_path / "outputs").exists()
 
 
 def test_defenses_on_the_data_path():
