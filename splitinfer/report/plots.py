@@ -113,14 +113,12 @@ FLAT_SPREAD = 0.02
 
 
 def _linear(ax, vals: Sequence[float], axis: str) -> None:
-    """Plain tick labels (no "+5.81e2" offset); values that vary by less than FLAT_SPREAD of their size
-    (bytes that differ by a header byte) get an axis of ±5 % around them, so they read as flat, not as noise
-    blown up to the full height."""
-    from matplotlib.ticker import ScalarFormatter
+    """Tick labels by `tick_label` (no "+5.81e2" offset, no "1e-7" corner factor); values that vary by less
+    than FLAT_SPREAD of their size (bytes that differ by a header byte) get an axis of ±5 % around them, so
+    they read as flat, not as noise blown up to the full height."""
+    from matplotlib.ticker import FuncFormatter
 
-    fmt = ScalarFormatter(useOffset=False)
-    fmt.set_scientific(False)
-    (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(fmt)
+    (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(FuncFormatter(lambda v, _: tick_label(v)))
     if not vals:
         return
     lo, hi = min(vals), max(vals)
@@ -133,9 +131,11 @@ _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 def tick_label(v: float) -> str:
-    """Plain numbers between 0.001 and 100000 (0.02, 1, 500); powers of ten outside (10⁻⁵, 2×10⁻⁷)."""
-    if v == 0 or 1e-3 <= abs(v) < 1e5:
-        return f"{v:g}"
+    """Plain numbers between 0.0001 and 100000 (0.0005, 1, 500); powers of ten outside (10⁻⁵, 2×10⁻⁷)."""
+    if abs(v) < 1e-300:
+        return "0"
+    if 1e-4 <= abs(v) < 1e5:
+        return f"{v:.6g}"
     exp = math.floor(math.log10(abs(v)))
     mant = v / 10**exp
     power = "10" + str(exp).translate(_SUPERSCRIPT)
@@ -205,11 +205,16 @@ def draw_metrics_vs_cut(rows: Sequence[dict], title: str = ""):
         same = _same_for_all(groups, key)
         if same:
             xs = sorted(same)
-            ax.plot(xs, [same[x] * factor for x in xs], color="0.25", marker=".", lw=1.2)
-            ax.text(
-                0.03, 0.95, "same for every codec", transform=ax.transAxes, fontsize=8, va="top", color="0.25"
-            )
-            shown += [same[x] * factor for x in xs]
+            ax.plot(xs, [same[x][0] * factor for x in xs], color="0.25", marker=".", lw=1.2)
+            ax.set_title("same for every codec", fontsize=8, loc="left", color="0.25")
+            shown += [same[x][0] * factor for x in xs]
+            banded = [x for x in xs if same[x][1] is not None]
+            if banded:
+                any_band = True
+                lo = [same[x][1][0] * factor for x in banded]
+                hi = [same[x][1][1] * factor for x in banded]
+                ax.fill_between(banded, lo, hi, color="0.25", alpha=0.15, lw=0)
+                shown += lo + hi
         for name, rs in ({} if same else groups).items():
             colour, marker = styles[name]
             pts = [(r["cut"], num(r.get(key)), ci(r, key)) for r in rs if num(r.get(key)) is not None]
@@ -244,19 +249,34 @@ def draw_metrics_vs_cut(rows: Sequence[dict], title: str = ""):
     return _finish(fig, handles, labels, title or "metrics against the cut, per codec")
 
 
-def _same_for_all(groups: dict[str, list[dict]], key: str) -> dict[int, float] | None:
-    """{cut: value} when every series (codec) has the same values of `key` at the same cuts, else None."""
+def _same_for_all(
+    groups: dict[str, list[dict]], key: str
+) -> dict[int, tuple[float, tuple[float, float] | None]] | None:
+    """{cut: (value, interval)} when every series (codec) has the same values and intervals of `key` at
+    the same cuts (memory, TTFT of identical stages), else None."""
     if len(groups) < 2:
         return None
     series = [
-        {r["cut"]: num(r.get(key)) for r in rs if num(r.get(key)) is not None} for rs in groups.values()
+        {r["cut"]: (num(r.get(key)), ci(r, key)) for r in rs if num(r.get(key)) is not None}
+        for rs in groups.values()
     ]
     first = series[0]
     if not first or any(set(s) != set(first) for s in series):
         return None
-    if all(math.isclose(s[c], first[c], rel_tol=1e-9, abs_tol=1e-15) for s in series for c in first):
-        return first
-    return None
+
+    def close(a: float, b: float) -> bool:
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+
+    for s in series:
+        for c, (v, interval) in first.items():
+            v2, interval2 = s[c]
+            if not close(v, v2) or (interval is None) != (interval2 is None):
+                return None
+            if interval is not None and not (
+                close(interval[0], interval2[0]) and close(interval[1], interval2[1])
+            ):
+                return None
+    return first
 
 
 def _legend_entries(

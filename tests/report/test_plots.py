@@ -83,7 +83,15 @@ def test_flat_values_read_flat():
     ax.plot([0, 1, 2], [674.6, 674.87, 674.7])
     set_scale(ax, [674.6, 674.87, 674.7])
     lo, hi = ax.get_ylim()
-    assert hi - lo > 50 and ax.yaxis.get_major_formatter().get_useOffset() is False
+    fig.canvas.draw()
+    assert hi - lo > 50 and not ax.yaxis.get_offset_text().get_text()
+    assert all("e" not in t.get_text() for t in ax.get_yticklabels())
+    fig, ax = plt.subplots()  # tiny linear values: "4×10⁻⁷", not "0.0000004" or a "1e-7" corner factor
+    ax.plot([0, 1], [1e-7, 6e-7])
+    set_scale(ax, [1e-7, 6e-7])
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert "4×10⁻⁷" in labels and not ax.yaxis.get_offset_text().get_text()
 
 
 def test_metrics_vs_cut_layout():
