@@ -14,13 +14,12 @@ params) is refused with one line before any job runs, exit status 2.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import logging
 import math
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from omegaconf import DictConfig
 
 from splitinfer.cli import is_user_error
 from splitinfer.errors import ConfigError, NotFoundError, UserError
+from splitinfer.registry import closest
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +77,10 @@ CONFIG_PATH = config_path()
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def closest(value: str, choices: Iterable[str]) -> str | None:
-    """The choice nearest to `value` (difflib), or None when there are no choices."""
-    choices = list(choices)
-    if not choices:
-        return None
-    return (difflib.get_close_matches(value, choices, n=1, cutoff=0.0) or [None])[0]
-
-
 def unknown_option_message(group: str, value: str, choices: list[str]) -> str:
     """One line: the group, the bad value, the nearest option, every option."""
-    best = closest(value, choices)
-    hint = f" Did you mean {group}={best}?" if best else ""
+    near = closest(value, choices, n=1)  # difflib, the same hint as every other "unknown name" error
+    hint = f" Did you mean {group}={near[0]}?" if near else ""
     return f"{group}={value}: no such option in config group '{group}'.{hint} Choices: {', '.join(choices)}"
 
 
