@@ -1,10 +1,12 @@
 """Privacy benchmark on the real model: leakage against the cut per attack, and the privacy-utility
 frontier over defense strength. Writes CSV (one row per job, appended as each job ends, so an
-interrupted run keeps what it measured), a PNG per plot and the experiment README's table.
+interrupted run keeps what it measured), a PNG per plot and a README with the table.
 
-    python scripts/bench_privacy.py                                   # the full run (see README)
-    python scripts/bench_privacy.py --cuts 1,15 --attacks whitebox    # a quick subset
-    python scripts/bench_privacy.py --plot-only                       # redraw from the CSV
+    python scripts/bench_privacy.py                  # quick: cuts 1 and 8, ~1.5 min -> outputs/privacy_bench/
+    python scripts/bench_privacy.py --full --tag X   # the experiment's set-up -> experiments/privacy_leakage_vs_cut/
+    python scripts/bench_privacy.py --plot-only --full   # redraw the experiment from its CSVs
+
+Utility cost is `delta_ppl_pct`: Δperplexity in percent of the clean perplexity (the sweeps' unit).
 """
 
 from __future__ import annotations
@@ -17,24 +19,40 @@ import sys
 import time
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "experiments" / "privacy_leakage_vs_cut"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "experiments" / "privacy_leakage_vs_cut"
+QUICK_OUT = ROOT / "outputs" / "privacy_bench"
 COLUMNS = ["part", "cut", "attack", "defense", "strength", "codec", "token_acc", "content_token_acc",
-           "exact_match", "rouge_l", "pii_recovery", "dcor", "delta_ppl", "top1_agreement", "prepare_s",
+           "exact_match", "rouge_l", "pii_recovery", "dcor", "delta_ppl_pct", "top1_agreement", "prepare_s",
            "invert_s", "invert_s_per_token", "prepare_cpu_s", "invert_cpu_s", "tokens", "victims_done", "verified_frac",
            "candidates_per_token", "train_steps", "train_tokens", "partial", "metrics_json"]
 
 
+# Defaults of the two set-ups; any flag given on the command line wins. `quick` finishes in about
+# 1.5 min on the 2-core machine (2 victims x 32 tokens; whitebox, nearest_embedding and logit_lens at
+# cuts 1 and 8; at most 45 s per job); `full` is what experiments/privacy_leakage_vs_cut/ ran (hours).
+PRESETS = {
+    "quick": {"cuts": "1,8", "attacks": "nearest_embedding,logit_lens,whitebox", "max_tokens": 32,
+              "parts": "cut", "inverter_budget": 15.0, "job_budget": 45.0, "out": QUICK_OUT},
+    "full": {"cuts": "0,1,4,8,15,22,29", "attacks": "nearest_embedding,logit_lens,learned_inverter,whitebox",
+             "max_tokens": 48, "parts": "t32,cut,defense,codec", "inverter_budget": 40.0, "job_budget": 900.0,
+             "out": OUT},
+}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cuts", default="0,1,4,8,15,22,29", help="cuts for leakage vs depth")
-    p.add_argument("--attacks", default="nearest_embedding,logit_lens,learned_inverter,whitebox")
+    p.add_argument("--full", action="store_true",
+                   help="the experiment's set-up and folder (hours); default: a quick run into outputs/privacy_bench/")
+    p.add_argument("--cuts", default=None, help="cuts for leakage vs depth (quick: 1,8; full: 0,1,4,8,15,22,29)")
+    p.add_argument("--attacks", default=None, help="quick: nearest_embedding,logit_lens,whitebox; full: + learned_inverter")
     p.add_argument("--victims", type=int, default=2, help="private prompts (alternating en_US / ja_JP)")
-    p.add_argument("--max-tokens", type=int, default=48, help="truncate each prompt to this many tokens")
+    p.add_argument("--max-tokens", type=int, default=None, help="truncate each prompt to this many tokens (32; full 48)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template (adds ~20 tokens)")
     p.add_argument("--t32-cut", type=int, default=15, help="cut of the timed 32-token whitebox job; -1 skips")
-    p.add_argument("--parts", default="t32,cut,defense,codec", help="which parts to run")
+    p.add_argument("--parts", default=None, help="which parts to run (quick: cut; full: t32,cut,defense,codec)")
     p.add_argument("--tag", default="", help="CSV name suffix, so parallel runs write separate files")
-    p.add_argument("--inverter-budget", type=float, default=40.0, help="learned inverter CPU seconds per cut")
+    p.add_argument("--inverter-budget", type=float, default=None, help="learned inverter seconds per cut (15; full 40)")
     p.add_argument("--inverter-arch", default="gru")
     p.add_argument("--inverter-steps", type=int, default=None, help="optimizer steps (the budget still caps)")
     p.add_argument("--defense-cut", type=int, default=8, help="cut for the privacy-utility frontier")
@@ -43,13 +61,19 @@ def parse_args(argv=None):
     p.add_argument("--codecs", default="", help="codecs measured as defenses at --defense-cut, e.g. int8,int4_b32")
     p.add_argument("--whitebox-max-candidates", type=int, default=512,
                    help="per-position candidate limit for whitebox under a defense (noisy payload)")
-    p.add_argument("--job-budget", type=float, default=900.0, help="time budget per job (s); partial rows marked")
+    p.add_argument("--job-budget", type=float, default=None,
+                   help="time budget per job (s; 45, full 900); partial rows marked")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--out", type=Path, default=None, help="output folder (quick: outputs/privacy_bench; full: "
+                   "experiments/privacy_leakage_vs_cut)")
     p.add_argument("--append", action="store_true", help="append to the CSV instead of starting it anew")
     p.add_argument("--plot-only", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for key, value in PRESETS["full" if args.full else "quick"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def attack_spec(name: str, args, noisy: bool) -> dict:
@@ -69,7 +93,8 @@ def row_from(part, cut, attack, defense, strength, codec, m, victims) -> dict:
         "token_acc": m.get(f"{p}/token_acc"), "content_token_acc": m.get(f"{p}/content_token_acc"),
         "exact_match": m.get(f"{p}/exact_match"), "rouge_l": m.get(f"{p}/rouge_l"),
         "pii_recovery": m.get(f"{p}/pii_recovery"), "dcor": m.get("privacy/dcor"),
-        "delta_ppl": m.get("privacy/utility/delta_ppl"), "top1_agreement": m.get("privacy/utility/top1_agreement"),
+        "delta_ppl_pct": m.get("privacy/utility/delta_ppl_pct"),
+        "top1_agreement": m.get("privacy/utility/top1_agreement"),
         "prepare_s": m.get(f"{p}/prepare_s"), "invert_s": m.get(f"{p}/invert_s"),
         "invert_s_per_token": m.get(f"{p}/invert_s_per_token"), "tokens": tokens,
         "prepare_cpu_s": m.get(f"{p}/prepare_cpu_s"), "invert_cpu_s": m.get(f"{p}/invert_cpu_s"),
@@ -86,6 +111,7 @@ def run(args) -> None:
     from splitinfer.privacy import evaluate_privacy, victim_set
 
     torch.set_num_threads(args.threads)
+    t_run = time.perf_counter()
     lm = load_model()
     victims = victim_set(lm, args.victims, seed=args.seed, chat=args.chat, max_tokens=args.max_tokens)
     parts = set(args.parts.split(","))
@@ -114,7 +140,8 @@ def run(args) -> None:
             f.flush()
             print(f"{part:8s} cut={cut:2d} {attack:18s} {defense}:{strength} codec={codec or 'fp32'} "
                   f"acc={row['token_acc']:.3f} pii={row['pii_recovery']:.2f} rougeL={row['rouge_l']:.3f} "
-                  f"dcor={row['dcor']:.3f} partial={row['partial']} ({time.perf_counter() - t:.0f} s)", flush=True)
+                  f"dcor={row['dcor']:.3f} partial={row['partial']} ({time.perf_counter() - t:.0f} s, "
+                  f"{time.perf_counter() - t_run:.0f} s in all)", flush=True)
 
         attacks = [a for a in args.attacks.split(",") if a]
         if "t32" in parts and args.t32_cut >= 0 and "whitebox" in attacks:
@@ -143,22 +170,49 @@ def _num(x):
         return None
 
 
-def plot_and_table(out: Path) -> None:
+# Which run's row a job's table entry comes from: a later run here replaces an earlier one for the same
+# (part, cut, attack, defense, strength, codec); runs not listed come after these, by name.
+RUN_ORDER = ("baselines", "defenses", "whitebox", "whitebox_v2", "inverter")
+
+
+def delta_ppl_pct(row: dict) -> float | None:
+    """Δperplexity in percent of the clean perplexity: the row's own column, or, for rows saved before the
+    unit was fixed (absolute `delta_ppl` points), from the `ppl` and `ppl_clean` stored in its metrics_json."""
+    if _num(row.get("delta_ppl_pct")) is not None:
+        return _num(row["delta_ppl_pct"])
+    try:
+        m = json.loads(row.get("metrics_json") or "{}")
+    except json.JSONDecodeError:
+        return None
+    ppl, clean = _num(m.get("privacy/utility/ppl")), _num(m.get("privacy/utility/ppl_clean"))
+    return 100.0 * (ppl / clean - 1.0) if ppl is not None and clean else None
+
+
+def load_rows(out: Path) -> list[dict]:
+    """The latest row per job over every privacy*.csv in `out`, in table order."""
+    rank = {name: i for i, name in enumerate(RUN_ORDER)}
+    paths = sorted(out.glob("privacy*.csv"),
+                   key=lambda q: (rank.get(q.stem.removeprefix("privacy_"), len(rank)), q.name))
+    latest = {}
+    for path in paths:
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                r["run"] = path.stem.removeprefix("privacy_")
+                r["delta_ppl_pct"] = delta_ppl_pct(r)
+                latest[(r["part"], r["cut"], r["attack"], r["defense"], r["strength"], r["codec"])] = r
+    rows = list(latest.values())
+    order = {"t32": 0, "cut": 1, "defense": 2, "codec": 3}
+    rows.sort(key=lambda r: (order.get(r["part"], 9), int(r["cut"]), r["defense"], _num(r["strength"]) or 0,
+                             r["codec"], r["attack"]))
+    return rows
+
+
+def plot(out: Path, rows: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # Files in the order they were written; a later row for the same job replaces an earlier one.
-    latest = {}
-    for path in sorted(out.glob("privacy*.csv"), key=lambda q: q.stat().st_mtime):
-        for r in csv.DictReader(open(path)):
-            r["run"] = path.stem.removeprefix("privacy_")
-            latest[(r["part"], r["cut"], r["attack"], r["defense"], r["strength"], r["codec"])] = r
-    rows = list(latest.values())
-    order = {"t32": 0, "cut": 1, "defense": 2, "codec": 3}
-    rows.sort(key=lambda r: (order.get(r["part"], 9), int(r["cut"]), r["defense"], _num(r["strength"]) or 0,
-                             r["codec"], r["attack"]))
     cut_rows = [r for r in rows if r["part"] == "cut"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for attack in sorted({r["attack"] for r in cut_rows}):
@@ -198,26 +252,91 @@ def plot_and_table(out: Path) -> None:
         fig.savefig(out / "privacy_utility_frontier.png", dpi=120)
         plt.close(fig)
 
-    def fmt(x, pct=True, nd=1):
-        v = _num(x)
-        if v is None:
-            return "–"
-        return f"{100 * v:.{nd}f}" if pct else f"{v:.{nd}f}"
 
+def _fmt(x, pct=True, nd=1, sign=False):
+    v = _num(x)
+    if v is None:
+        return "–"
+    v = 100 * v if pct else v
+    return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
+
+
+def table_text(rows: list[dict]) -> str:
     lines = ["| part | cut | attack | defense | codec | token acc % | user-text acc % | exact % | ROUGE-L % | "
-             "PII % | dCor | Δppl | top-1 agree % | prepare s | invert s/token | invert CPU s | tokens | partial | run |",
+             "PII % | dCor | Δppl % | top-1 agree % | prepare s | invert s/token | invert CPU s | tokens | partial "
+             "| run |",
              "|" + "---|" * 19]
     for r in rows:
         d = "none" if r["defense"] == "none" else f"{r['defense']} {r['strength']}"
-        lines.append(f"| {r['part']} | {r['cut']} | {r['attack']} | {d} | {r['codec']} | {fmt(r['token_acc'])} | "
-                     f"{fmt(r['content_token_acc'])} | {fmt(r['exact_match'], nd=0)} | {fmt(r['rouge_l'])} | "
-                     f"{fmt(r['pii_recovery'])} | {fmt(r['dcor'], False, 3)} | {fmt(r['delta_ppl'], False, 2)} | "
-                     f"{fmt(r['top1_agreement'])} | {fmt(r['prepare_s'], False)} | "
-                     f"{fmt(r['invert_s_per_token'], False, 2)} | {fmt(r.get('invert_cpu_s'), False)} | {r['tokens']} | "
-                     f"{r['partial']} | {r['run']} |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    write_readme(out, rows, "\n".join(lines))
+        lines.append(f"| {r['part']} | {r['cut']} | {r['attack']} | {d} | {r['codec']} | {_fmt(r['token_acc'])} | "
+                     f"{_fmt(r['content_token_acc'])} | {_fmt(r['exact_match'], nd=0)} | {_fmt(r['rouge_l'])} | "
+                     f"{_fmt(r['pii_recovery'])} | {_fmt(r['dcor'], False, 3)} | "
+                     f"{_fmt(r['delta_ppl_pct'], False, 2, sign=True)} | "
+                     f"{_fmt(r['top1_agreement'])} | {_fmt(r['prepare_s'], False)} | "
+                     f"{_fmt(r['invert_s_per_token'], False, 2)} | {_fmt(r.get('invert_cpu_s'), False)} | "
+                     f"{r['tokens']} | {r['partial']} | {r['run']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pii_kinds(rows: list[dict]) -> list[str]:
+    kinds = set()
+    for r in rows:
+        m = json.loads(r.get("metrics_json") or "{}")
+        kinds |= {k.rsplit("/", 1)[1] for k in m if f"/{r['attack']}/pii_recovery/" in k}
+    return sorted(kinds)
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """The README's findings, every figure read from `rows`."""
+    lines = []
+    wb = sorted((r for r in rows if r["attack"] == "whitebox" and r["part"] == "cut"), key=lambda r: int(r["cut"]))
+    noisy = [r for r in rows if r["attack"] == "whitebox" and r["part"] in ("defense", "codec")]
+    if wb:
+        accs = [_num(r["token_acc"]) for r in wb]
+        piis = [_num(r["pii_recovery"]) for r in wb]
+        cuts = ", ".join(r["cut"] for r in wb)
+        if all(a == 1.0 for a in accs) and all(p == 1.0 for p in piis):
+            head = (f"**Splitting alone does not keep the prompt private.** Without a defense the white-box "
+                    f"attacker recovered 100 % of the tokens and 100 % of the PII items at every cut tested "
+                    f"({cuts})")
+        else:
+            head = ("White-box inversion, no defense: tokens " + ", ".join(
+                f"cut {r['cut']}: {_fmt(r['token_acc'])} %" for r in wb) + "; PII " + ", ".join(
+                f"cut {r['cut']}: {_fmt(r['pii_recovery'])} %" for r in wb))
+        if noisy:
+            low = min(noisy, key=lambda r: _num(r["token_acc"]) or 0)
+            costly = max(noisy, key=lambda r: _num(r["delta_ppl_pct"]) or 0)
+            head += (f"; under every tested defense and codec at cut {low['cut']} it still recovered at least "
+                     f"{_fmt(low['token_acc'])} % of the tokens and {_fmt(min(_num(r['pii_recovery']) for r in noisy))} "
+                     f"% of the PII items, while the strongest setting cost "
+                     f"{_fmt(costly['delta_ppl_pct'], False, 0, sign=True)} % perplexity")
+        lines.append("- " + head + ".")
+    for r in noisy:
+        what = f"{r['defense']} {r['strength']}" if r["part"] == "defense" else f"codec {r['codec']}"
+        lines.append(f"  - {what} at cut {r['cut']} (Δppl {_fmt(r['delta_ppl_pct'], False, 1, sign=True)} %, "
+                     f"top-1 agreement {_fmt(r['top1_agreement'])} %): white-box {_fmt(r['token_acc'])} % of tokens, "
+                     f"{_fmt(r['pii_recovery'])} % of PII.")
+    for r in rows:
+        if r["part"] == "t32":
+            lines.append(f"- 32-token prompts at cut {r['cut']}: {_fmt(r['token_acc'])} % of tokens, "
+                         f"{_num(r['invert_s']) / 2:.0f} s wall per prompt ({(_num(r.get('invert_cpu_s')) or 0) / 2:.0f} "
+                         f"CPU s), plus {_num(r['prepare_s']):.0f} s one-off probe fit per cut.")
+    li = sorted((int(r["cut"]), _num(r["token_acc"])) for r in rows if r["attack"] == "learned_inverter"
+                and r["part"] == "cut")
+    if li:
+        lines.append("- Learned inverter (1-layer bi-GRU, width 256; see the `train_steps` / `train_tokens` CSV "
+                     "columns): " + ", ".join(f"cut {c}: {100 * a:.1f} %" for c, a in li if a is not None) + ".")
+    base = [r for r in rows if r["part"] == "cut" and r["attack"] in ("nearest_embedding", "logit_lens")
+            and int(r["cut"]) > 0 and _num(r["token_acc"]) is not None]
+    if base:
+        top = max(base, key=lambda r: _num(r["token_acc"]))
+        lines.append(f"- Nearest-embedding and logit-lens baselines past cut 0: at most {_fmt(top['token_acc'])} % "
+                     f"of tokens ({top['attack']}, cut {top['cut']}).")
+    kinds = _pii_kinds(wb)
+    if kinds:
+        lines.append(f"- PII % counts the items inside the truncated prompts: {', '.join(kinds)} "
+                     "(the later items lie past the first tokens).")
+    return lines
 
 
 README = """# Privacy: leakage against cut depth (SmolLM2-135M-Instruct)
@@ -238,19 +357,20 @@ requests on other templates and seeds. Details: `splitinfer/privacy/README.md`.
 
 ## Command
 
-    python scripts/bench_privacy.py --attacks whitebox --parts t32,cut --tag whitebox --job-budget 1200
-    python scripts/bench_privacy.py --attacks nearest_embedding,logit_lens,learned_inverter --parts cut \\
+    python scripts/bench_privacy.py --full --attacks whitebox --parts t32,cut --tag whitebox --job-budget 1200
+    python scripts/bench_privacy.py --full --attacks nearest_embedding,logit_lens,learned_inverter --parts cut \\
         --inverter-budget 30 --tag baselines
-    python scripts/bench_privacy.py --attacks nearest_embedding,logit_lens,learned_inverter,whitebox \\
+    python scripts/bench_privacy.py --full --attacks nearest_embedding,logit_lens,learned_inverter,whitebox \\
         --parts defense,codec --codecs int8,int4_b32 --whitebox-max-candidates 256 --inverter-budget 30 \\
         --tag defenses
-    python scripts/bench_privacy.py --attacks learned_inverter --parts cut,defense --inverter-steps 40 \\
+    python scripts/bench_privacy.py --full --attacks learned_inverter --parts cut,defense --inverter-steps 40 \\
         --inverter-budget 100 --tag inverter     # replaces the 30-s inverter rows: fixed step count
-    python scripts/bench_privacy.py --plot-only      # merge the CSVs, redraw, rewrite this README
+    python scripts/bench_privacy.py --full --plot-only   # merge the CSVs, redraw, rewrite this README
 
-(three processes in parallel, torch single-threaded each, on a 2-core machine shared with other jobs:
-load average 4-10 during the run, so wall-clock seconds are 2-4x what an idle core needs; the
-`invert CPU s` column is the process CPU time.)
+(`--full` selects this folder and the settings these runs used; without it the script makes a quick
+run into `outputs/privacy_bench/`. Three processes in parallel, torch single-threaded each, on a 2-core
+machine shared with other jobs: load average 4-10 during the run, so wall-clock seconds are 2-4x what
+an idle core needs; the `invert CPU s` column is the process CPU time.)
 
 Victims: 2 prompts (1 en_US, 1 ja_JP), no chat template, first 48 tokens each (96 tokens in all;
 the `t32` row: the same prompts cut to 32 tokens). Token accuracy excludes special tokens. PII % is
@@ -265,31 +385,43 @@ the share of private items present in the (truncated) prompt that appear whole i
 ![privacy-utility frontier](privacy_utility_frontier.png)
 
 {table}
-
 Columns: `prepare s` = attack set-up (probe fit / inverter data collection + training), `invert s/token`
 = wall seconds per recovered token, `dCor` = distance correlation of input embeddings and payload,
-`Δppl` / `top-1 agree` = utility cost of defense + codec on the same prompts.
+`Δppl %` = perplexity with the defense + codec over the clean perplexity, minus 1, in percent, and
+`top-1 agree` = agreement of the next-token argmax with the clean model, both on the victims' own text.
+The runs saved Δppl in absolute perplexity points (`delta_ppl`); the CSVs were converted to
+`delta_ppl_pct` from each row's own `ppl` and `ppl_clean` (kept in `metrics_json`), nothing re-measured.
 """
 
 
-def write_readme(out: Path, rows: list[dict], table: str) -> None:
-    wb = [r for r in rows if r["attack"] == "whitebox" and r["part"] == "cut"]
-    lines = []
-    if wb:
-        accs = [(int(r["cut"]), _num(r["token_acc"])) for r in wb]
-        lines.append("- White-box inversion, no defense: token accuracy "
-                     + ", ".join(f"cut {c}: {100 * a:.1f} %" for c, a in sorted(accs) if a is not None) + ".")
-    for r in rows:
-        if r["part"] == "t32":
-            lines.append(f"- 32-token prompts at cut {r['cut']}: {100 * (_num(r['token_acc']) or 0):.1f} % of tokens, "
-                         f"{_num(r['invert_s']) / 2:.0f} s wall per prompt ({(_num(r.get('invert_cpu_s')) or 0) / 2:.0f} "
-                         f"CPU s), plus {_num(r['prepare_s']):.0f} s one-off probe fit per cut.")
-    li = sorted((int(r["cut"]), _num(r["token_acc"])) for r in rows if r["attack"] == "learned_inverter"
-                and r["part"] == "cut")
-    if li:
-        lines.append("- Learned inverter (1-layer bi-GRU, width 256; see the `train_steps` / `train_tokens` CSV columns): "
-                     + ", ".join(f"cut {c}: {100 * a:.1f} %" for c, a in li if a is not None) + ".")
-    (out / "README.md").write_text(README.format(summary="\n".join(lines) or "(no rows yet)", table=table))
+QUICK_README = """# Privacy benchmark: a quick run
+
+Written by `python scripts/bench_privacy.py` (a quick set-up: see `PRESETS` in the script, or the
+command line it was given). The experiment with the full set-up is `experiments/privacy_leakage_vs_cut/`
+(`--full`). Victims per job: {tokens} tokens in all; `Δppl %` is the defense + codec's perplexity cost
+in percent of the clean perplexity.
+
+{summary}
+
+{table}"""
+
+
+def readme_text(rows: list[dict], experiment: bool = True) -> str:
+    """The experiment's README (`experiment=True`) or a short one for any other output folder."""
+    summary = "\n".join(summary_lines(rows)) or "(no rows yet)"
+    if not experiment:
+        tokens = sorted({r["tokens"] for r in rows}) or ["?"]
+        return QUICK_README.format(summary=summary, table=table_text(rows), tokens=" / ".join(map(str, tokens)))
+    return README.format(summary=summary, table=table_text(rows))
+
+
+def plot_and_table(out: Path) -> None:
+    rows = load_rows(out)
+    plot(out, rows)
+    table = table_text(rows)
+    (out / "table.md").write_text(table)
+    print(table)
+    (out / "README.md").write_text(readme_text(rows, experiment=out.resolve() == OUT.resolve()))
 
 
 def main(argv=None) -> int:

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from splitinfer.errors import ConfigError
 from splitinfer.models import LoadedModel, split_model
 from splitinfer.privacy.attacks import Attack, AttackContext, NoAttack, build_attack, check_cut
 from splitinfer.privacy.defenses import Defense, NoDefense, build_defense
 from splitinfer.privacy.metrics import distance_correlation, pii_recovered, rouge_l, token_accuracy
-from splitinfer.privacy.victims import PII_KINDS, Victim, aux_corpus, victim_set
+from splitinfer.privacy.progress import bar, eta, say
+from splitinfer.privacy.results import RunFiles, VictimResult, aggregate, fingerprint, victim_key
+from splitinfer.privacy.victims import Victim, aux_corpus, victim_set
 
+log = logging.getLogger(__name__)
 ATTACKER_SEED_OFFSET = 10_007  # the attacker's own noise draws never equal the victim's
+DEFAULT_VICTIMS = 4  # when neither the call nor the attack's config says how many
 
 
 def resolve_codec(codec):
@@ -34,27 +42,35 @@ def payload_fn(dev, defense: Defense, codec) -> Callable[[torch.Tensor], torch.T
     return DeviceHalf(dev, codec=codec, defense=defense).observe
 
 
-def _as_victims(lm: LoadedModel, victims, seed: int) -> list[Victim]:
+def _as_victims(lm: LoadedModel, victims, seed: int, max_tokens: int | None = None,
+                chat: bool = True) -> list[Victim]:
     if victims is None:
-        return victim_set(lm, 4, seed=seed)
+        victims = DEFAULT_VICTIMS
     if isinstance(victims, int) and not isinstance(victims, bool):
-        return victim_set(lm, victims, seed=seed)
+        if victims < 1:
+            raise ConfigError(f"victims={victims!r}: give at least 1 (a count, texts, token ids or Victims)")
+        return victim_set(lm, victims, seed=seed, chat=chat, max_tokens=max_tokens)
     out = []
     for v in victims:
         if isinstance(v, Victim):
             out.append(v)
         elif isinstance(v, str):
-            ids = lm.encode_prompt(v)
+            ids = lm.encode_prompt(v, chat=chat)
             from splitinfer.privacy.victims import _masks
 
-            scored, content = _masks(lm, v, ids, True)
+            scored, content = _masks(lm, v, ids, chat)
             out.append(Victim(text=v, ids=ids, scored=scored, content=content))
         elif isinstance(v, torch.Tensor):
             ids = v.reshape(1, -1).long()
             ones = torch.ones(ids.shape[1], dtype=torch.bool)
             out.append(Victim(text="", ids=ids, scored=ones, content=ones))
         else:
-            raise ValueError(f"victim {v!r}: give texts, token-id tensors or Victim objects")
+            raise ConfigError(f"victim {v!r}: give texts, token-id tensors or Victim objects")
+    if max_tokens is not None:
+        out = [v if v.num_tokens <= max_tokens else Victim(
+            text=v.text, ids=v.ids[:, :max_tokens], pii=v.pii, locale=v.locale,
+            scored=None if v.scored is None else v.scored[:max_tokens],
+            content=None if v.content is None else v.content[:max_tokens]) for v in out]
     return out
 
 
@@ -75,7 +91,8 @@ def _aux_ids(lm: LoadedModel, aux_texts: Sequence[str] | None, seed: int, seq_le
 
 @torch.no_grad()
 def utility_cost(lm: LoadedModel, cut: int, observe, victims: list[Victim]) -> dict[str, float]:
-    """What the defense + codec cost the model: Δperplexity and top-1 agreement with the clean model."""
+    """What the defense + codec cost the model on the victims' own text: perplexity with and without
+    them, Δperplexity in percent of the clean perplexity (the unit the sweeps use) and top-1 agreement."""
     dev, srv = split_model(lm, [cut])
     nll_clean = nll_def = agree = n = 0.0
     for v in victims:
@@ -93,7 +110,45 @@ def utility_cost(lm: LoadedModel, cut: int, observe, victims: list[Victim]) -> d
         return {}
     ppl_clean, ppl_def = math.exp(nll_clean / n), math.exp(nll_def / n)
     return {"privacy/utility/ppl_clean": ppl_clean, "privacy/utility/ppl": ppl_def,
-            "privacy/utility/delta_ppl": ppl_def - ppl_clean, "privacy/utility/top1_agreement": agree / n}
+            "privacy/utility/delta_ppl_pct": 100.0 * (ppl_def / ppl_clean - 1.0),
+            "privacy/utility/top1_agreement": agree / n}
+
+
+def _hydra_output_dir() -> Path | None:
+    """The running Hydra job's output folder, when there is one (the job's partial results go there)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        folder = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - no Hydra, or a composed config without a run: nothing to write to
+        return None
+    return Path(folder) if folder else None
+
+
+def _describe_codec(codec) -> str | None:
+    if codec is None:
+        return None
+    return str(getattr(codec, "name", None) or getattr(codec, "spec", None) or type(codec).__name__)
+
+
+def _attack_victim(lm: LoadedModel, attack: Attack, index: int, v: Victim, y: torch.Tensor,
+                   deadline: float | None) -> VictimResult | None:
+    """Invert one payload and score it; None when the time budget ran out before it was done."""
+    c0 = time.process_time()
+    inv = attack.invert(y, deadline=deadline)
+    cpu = time.process_time() - c0
+    if not inv.complete:
+        return None
+    true = v.ids[0]
+    acc = token_accuracy(inv.ids, true, v.scored)
+    pred_text, true_text = lm.decode(inv.ids.clamp_min(0).tolist()), lm.decode(true.tolist())
+    # Items cut off by a truncated prompt are not in the payload: they are not counted.
+    present = [item for item, there in zip(v.pii, pii_recovered(true_text, v.pii), strict=True) if there]
+    pii = [(kind, hit) for (kind, _), hit in zip(present, pii_recovered(pred_text, present), strict=True)]
+    return VictimResult(index=index, key=victim_key(v.ids), locale=v.locale, tokens=v.num_tokens, token_acc=acc,
+                        content_token_acc=token_accuracy(inv.ids, true, v.content), exact=float(acc == 1.0),
+                        rouge_l=rouge_l(pred_text, true_text), pii=pii, invert_s=inv.seconds, invert_cpu_s=cpu,
+                        verified=inv.verified, candidates=inv.candidates, recovered=pred_text)
 
 
 def evaluate_privacy(
@@ -108,24 +163,38 @@ def evaluate_privacy(
     time_budget_s: float | None = None,
     seed: int = 0,
     utility: bool = True,
+    max_tokens: int | None = None,
+    chat: bool | None = None,
+    out_dir: Path | str | None = None,
 ) -> dict[str, float | bool]:
     """Attack the payload of `lm` cut at `cut` and return flat metrics keyed `privacy/<attack>/...`.
 
-    Names are checked and the cut validated before any work. With `time_budget_s` the attack stops
-    when the budget runs out: its figures then cover only the victims it finished and
-    `privacy/<attack>/partial` is True (never a silently lower number).
+    Names are checked and the cut validated before any work. `victims`, `max_tokens`, `chat` and
+    `time_budget_s` default to the attack's config (`victims`, `victim_tokens`, `victim_chat`,
+    `time_budget_s`), then to 4 whole prompts in the chat template with no time limit. With a time budget
+    the attack stops when it runs out: its figures then cover only the victims it finished and
+    `privacy/<attack>/partial` is True (never a silently lower number). Progress: a bar per victim and
+    per token or training step on a terminal, one line per finished victim always. With `out_dir` (under
+    Hydra: the job's folder when not given) each finished victim is written at once and a later run in
+    the same folder resumes (see `splitinfer.privacy.results`).
     """
     t0 = time.perf_counter()
     attack = build_attack(attack)
     defense = build_defense(defense)
     cut = check_cut(lm, cut)
     if time_budget_s is None:
-        time_budget_s = getattr(attack, "time_budget_s", None)
-    if time_budget_s is not None and not time_budget_s > 0:
-        raise ValueError(f"time_budget_s={time_budget_s!r}: must be > 0 seconds or None (no limit)")
+        time_budget_s = attack.time_budget_s
+    if time_budget_s is not None and (isinstance(time_budget_s, bool) or not time_budget_s > 0):
+        raise ConfigError(f"time_budget_s={time_budget_s!r}: must be > 0 seconds or None (no limit)")
+    if max_tokens is None:
+        max_tokens = attack.victim_tokens
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2):
+        raise ConfigError(f"max_tokens={max_tokens!r}: must be an integer >= 2 or None (whole prompts)")
+    chat = attack.victim_chat if chat is None else chat
+    chat = True if chat is None else bool(chat)
     codec = resolve_codec(codec)
     deadline = None if time_budget_s is None else t0 + float(time_budget_s)
-    victims = _as_victims(lm, victims, seed)
+    victims = _as_victims(lm, attack.victims if victims is None else victims, seed, max_tokens, chat)
 
     # The victim's device: its own stage and noise seeded by `seed`. The attacker: the same public
     # weights, defense kind and codec, but its own noise draws.
@@ -142,75 +211,65 @@ def evaluate_privacy(
     if utility and lm.is_causal_lm:
         observe_utility = payload_fn(split_model(lm, [cut])[0], defense.with_seed(seed + 1), codec)
         out.update(utility_cost(lm, cut, observe_utility, victims))
+
+    header = {"attack": attack.describe(), "defense": defense.describe(), "codec": _describe_codec(codec),
+              "cut": cut, "seed": seed, "model": getattr(lm, "fingerprint", None) or lm.name,
+              "victim_keys": [victim_key(v.ids) for v in victims]}
+    files = RunFiles(out_dir if out_dir is not None else _hydra_output_dir(), fingerprint(header), header)
     if isinstance(attack, NoAttack):
         out[f"{p}/partial"] = False
+        files.finish(out, partial=False)
         return out
 
-    ctx = AttackContext(lm=lm, cut=cut, observe=observe_attacker, aux_ids=_aux_ids(lm, aux_texts, seed),
-                        seed=seed, deadline=deadline, noiseless=isinstance(defense, NoDefense) and codec is None)
+    done = {i: r for i, r in files.earlier().items() if i < len(victims) and r.key == header["victim_keys"][i]}
+    if done:
+        say(log, "%s cut %d: resuming, %d of %d victims already done in %s", attack.name, cut, len(done),
+            len(victims), files.dir)
     t_prep, c_prep = time.perf_counter(), time.process_time()
-    attack.prepare(ctx)
+    if len(done) < len(victims):
+        ctx = AttackContext(lm=lm, cut=cut, observe=observe_attacker, aux_ids=_aux_ids(lm, aux_texts, seed),
+                            seed=seed, deadline=deadline,
+                            noiseless=isinstance(defense, NoDefense) and codec is None)
+        attack.prepare(ctx)
     prepare_s, prepare_cpu_s = time.perf_counter() - t_prep, time.process_time() - c_prep
-    c_inv = time.process_time()
     partial = deadline is not None and time.perf_counter() > deadline
 
-    accs, content_accs, exact, rouges, invert_s, tokens = [], [], [], [], 0.0, 0
-    pii_hits: dict[str, list[bool]] = {k: [] for k in PII_KINDS}
-    verified = candidates = 0
-    for v, y in zip(victims, payloads, strict=True):
-        if partial:
-            break
-        inv = attack.invert(y, deadline=deadline)
-        if not inv.complete:
-            partial = True
-            break
-        invert_s += inv.seconds
-        tokens += v.num_tokens
-        verified += inv.verified
-        candidates += inv.candidates
-        true = v.ids[0]
-        accs.append(token_accuracy(inv.ids, true, v.scored))
-        content_accs.append(token_accuracy(inv.ids, true, v.content))
-        exact.append(float(accs[-1] == 1.0))
-        pred_text, true_text = lm.decode(inv.ids.clamp_min(0).tolist()), lm.decode(true.tolist())
-        rouges.append(rouge_l(pred_text, true_text))
-        # Items cut off by a truncated prompt are not in the payload: they are not counted.
-        present = [item for item, there in zip(v.pii, pii_recovered(true_text, v.pii), strict=True) if there]
-        for (kind, _), hit in zip(present, pii_recovered(pred_text, present), strict=True):
-            pii_hits[kind].append(hit)
+    def metrics(results: list[VictimResult], partial: bool) -> dict[str, float | bool]:
+        m = {**out, **aggregate(results, attack.name, len(victims)), f"{p}/prepare_s": prepare_s,
+             f"{p}/prepare_cpu_s": prepare_cpu_s, f"{p}/partial": bool(partial),
+             f"{p}/victims_resumed": float(len(done))}
+        m[f"{p}/time_s"] = prepare_s + m[f"{p}/invert_s"]
+        for key in ("train_tokens", "train_steps", "collect_seconds"):
+            if hasattr(attack, key):
+                m[f"{p}/{key}"] = float(getattr(attack, key))
+        return m
 
-    invert_cpu_s = time.process_time() - c_inv
-
-    def mean(xs):
-        xs = [x for x in xs if not math.isnan(x)]
-        return float(sum(xs) / len(xs)) if xs else float("nan")
-
-    all_pii = [h for hs in pii_hits.values() for h in hs]
-    out.update({
-        f"{p}/token_acc": mean(accs),
-        f"{p}/content_token_acc": mean(content_accs),
-        f"{p}/exact_match": mean(exact),
-        f"{p}/rouge_l": mean(rouges),
-        f"{p}/pii_recovery": mean([float(h) for h in all_pii]),
-        f"{p}/victims_done": float(len(accs)),
-        f"{p}/victims": float(len(victims)),
-        f"{p}/prepare_s": prepare_s,
-        f"{p}/invert_s": invert_s,
-        f"{p}/time_s": prepare_s + invert_s,
-        f"{p}/invert_s_per_token": invert_s / tokens if tokens else float("nan"),
-        # CPU seconds of this process: on a shared machine, what the attack costs on an idle core
-        # (single-threaded torch) rather than how long it waited for one.
-        f"{p}/prepare_cpu_s": prepare_cpu_s,
-        f"{p}/invert_cpu_s": invert_cpu_s,
-        f"{p}/partial": bool(partial),
-    })
-    for kind, hits in pii_hits.items():
-        if hits:
-            out[f"{p}/pii_recovery/{kind}"] = mean([float(h) for h in hits])
-    if attack.name == "whitebox" and tokens:
-        out[f"{p}/verified_frac"] = verified / tokens
-        out[f"{p}/candidates_per_token"] = candidates / tokens
-    for key in ("train_tokens", "train_steps", "collect_seconds"):
-        if hasattr(attack, key):
-            out[f"{p}/{key}"] = float(getattr(attack, key))
-    return out
+    results: list[VictimResult] = []
+    t_loop = time.perf_counter()
+    label = f"{attack.name} cut {cut}"
+    with logging_redirect_tqdm(), bar(total=len(victims), desc=label, unit="victim") as progress:
+        for i, (v, y) in enumerate(zip(victims, payloads, strict=True)):
+            if i in done:
+                results.append(done[i])
+                progress.update(1)
+                continue
+            if partial:
+                break
+            r = _attack_victim(lm, attack, i, v, y, deadline)
+            if r is None:
+                partial = True
+                say(log, "%s: time budget of %.0f s ran out during victim %d/%d; figures cover the %d done "
+                    "(partial)", label, time_budget_s, i + 1, len(victims), len(results))
+                break
+            results.append(r)
+            files.add(r, metrics(results, partial=True))
+            progress.update(1)
+            new = len(results) - len(done)
+            left = sum(1 for j in range(i + 1, len(victims)) if j not in done)
+            say(log, "%s: victim %d/%d (%s, %d tokens) in %.1f s: tokens %.1f %%, PII %d/%d%s", label, i + 1,
+                len(victims), v.locale, v.num_tokens, r.invert_s, 100 * r.token_acc, sum(h for _, h in r.pii),
+                len(r.pii), "; " + eta(new, new + left, time.perf_counter() - t_loop) if left else "")
+    partial = partial or len(results) < len(victims)
+    final = metrics(results, partial)
+    files.finish(final, partial=partial)
+    return final

@@ -73,7 +73,7 @@ def test_evaluate_privacy_flat_metrics(tiny_llama):
     assert m["privacy/whitebox/exact_match"] == 1.0
     assert m["privacy/whitebox/partial"] is False
     assert 0.0 < m["privacy/dcor"] <= 1.0
-    assert m["privacy/utility/delta_ppl"] == pytest.approx(0.0, abs=1e-3)
+    assert m["privacy/utility/delta_ppl_pct"] == pytest.approx(0.0, abs=1e-3)
     assert m["privacy/utility/top1_agreement"] == 1.0
     for key, value in m.items():
         assert key.startswith("privacy/") and isinstance(value, float | bool), key

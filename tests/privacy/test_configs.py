@@ -25,3 +25,17 @@ def test_defense_configs_instantiate(name):
     assert "python -m splitinfer.run" in path.read_text()
     obj = instantiate(OmegaConf.load(path))
     assert isinstance(obj, Defense) and obj.name == name
+
+
+@pytest.mark.parametrize("name", sorted(set(ATTACKS) - {"none"}))
+def test_attack_config_defaults_are_bounded(name):
+    """A plain `attack=<name>` job is a quick run: a few short victims under a time budget of at most
+    2 min; the config's comment says how to run the full version."""
+    text = (CONF / "attack" / f"{name}.yaml").read_text()
+    cfg = OmegaConf.load(CONF / "attack" / f"{name}.yaml")
+    assert 0 < cfg.time_budget_s <= 120
+    assert cfg.victims <= 4 and cfg.victim_tokens <= 64
+    assert "attack.victims=4 attack.victim_tokens=null" in text or "attack.train_budget_s=" in text
+    obj = instantiate(cfg)
+    assert (obj.time_budget_s, obj.victims, obj.victim_tokens) == (cfg.time_budget_s, cfg.victims,
+                                                                   cfg.victim_tokens)

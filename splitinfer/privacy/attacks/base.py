@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from splitinfer.errors import ConfigError
 from splitinfer.models import LoadedModel
 
 
@@ -46,10 +47,18 @@ class Inversion:
 
 
 class Attack:
-    """An honest-but-curious server's attack: `prepare` once per (model, cut, defense), then `invert`."""
+    """An honest-but-curious server's attack: `prepare` once per (model, cut, defense), then `invert`.
+
+    The run-size attributes are set by `build_attack` from the config (`conf/attack/*.yaml`), so one
+    config says how big a default run is; `evaluate_privacy`'s own arguments take precedence.
+    """
 
     name = "attack"
     needs_training = False
+    time_budget_s: float | None = None  # whole attack (set-up + inversion); None = no limit
+    victims: int | None = None  # how many Faker victims; None = evaluate_privacy's default (4)
+    victim_tokens: int | None = None  # each victim's prompt cut to this many tokens; None = whole prompt
+    victim_chat: bool | None = None  # wrap victims in the chat template; None = yes
 
     def prepare(self, ctx: AttackContext) -> None:
         self.ctx = ctx
@@ -71,6 +80,6 @@ def check_cut(lm: LoadedModel, cut: int) -> int:
     from splitinfer.models import validate_cuts
 
     if isinstance(cut, bool) or not isinstance(cut, int):
-        raise ValueError(f"cut {cut!r} is not an int; this model has {lm.num_layers} layers, so cut must be in "
+        raise ConfigError(f"cut {cut!r} is not an int; this model has {lm.num_layers} layers, so cut must be in "
                          f"0..{lm.num_layers}")
     return validate_cuts([cut], lm.num_layers)[0]

@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from splitinfer.errors import ConfigError
 from splitinfer.privacy.attacks.base import Attack, AttackContext, Inversion, embedding_matrix
 
 
@@ -55,7 +56,7 @@ class LogitLens(Attack):
 
     def __init__(self, shift: int = 0) -> None:
         if shift not in (0, 1):
-            raise ValueError(f"shift={shift!r}: must be 0 (current token) or 1 (next token)")
+            raise ConfigError(f"shift={shift!r}: must be 0 (current token) or 1 (next token)")
         self.shift = shift
 
     def prepare(self, ctx: AttackContext) -> None:

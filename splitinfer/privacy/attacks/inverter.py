@@ -11,12 +11,17 @@ cheap. Collection and training stop at `train_budget_s` (and `max_train_tokens`)
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
 from torch import nn
 
+from splitinfer.errors import ConfigError
 from splitinfer.privacy.attacks.base import Attack, AttackContext, Inversion, embedding_matrix
+from splitinfer.privacy.progress import bar, say
+
+log = logging.getLogger(__name__)
 
 ARCHS = ("linear", "gru", "transformer")
 
@@ -58,17 +63,17 @@ class LearnedInverter(Attack):
                  max_train_tokens: int = 16384, seq_len: int = 64, lr: float = 3e-3, batch_seqs: int = 16,
                  negatives: int = 4096, max_steps: int | None = None) -> None:
         if arch not in ARCHS:
-            raise ValueError(f"arch={arch!r}: choose one of {ARCHS}")
+            raise ConfigError(f"arch={arch!r}: choose one of {ARCHS}")
         if layers not in (1, 2):
-            raise ValueError(f"layers={layers!r}: the inverter is one or two layers deep")
+            raise ConfigError(f"layers={layers!r}: the inverter is one or two layers deep")
         if not train_budget_s > 0:
-            raise ValueError(f"train_budget_s={train_budget_s!r}: must be > 0 seconds")
+            raise ConfigError(f"train_budget_s={train_budget_s!r}: must be > 0 seconds")
         self.arch, self.width, self.layers = arch, int(width), int(layers)
         self.train_budget_s = float(train_budget_s)
         self.max_train_tokens = int(max_train_tokens)
         self.seq_len, self.lr, self.batch_seqs, self.negatives = int(seq_len), float(lr), int(batch_seqs), int(negatives)
         if max_steps is not None and max_steps < 1:
-            raise ValueError(f"max_steps={max_steps!r}: must be >= 1 or None (train until the time budget)")
+            raise ConfigError(f"max_steps={max_steps!r}: must be >= 1 or None (train until the time budget)")
         # A step count makes runs comparable across machines and loads; the time budget still caps it.
         self.max_steps = max_steps
 
@@ -89,8 +94,11 @@ class LearnedInverter(Attack):
         self.emb = emb
         # 1. collect (payload, ids) pairs: at most 40 % of the budget, the rest trains.
         collect_stop = t0 + 0.4 * (stop - t0)
+        say(log, "learned_inverter cut %d: collecting activations, then training a %s inverter (budget %.0f s%s)",
+            ctx.cut, self.arch, stop - t0, f", at most {self.max_steps} steps" if self.max_steps else "")
         xs, ys, n = [], [], 0
-        with torch.no_grad():
+        with torch.no_grad(), bar(total=self.max_train_tokens, desc="inverter: collect", unit="tok",
+                                  leave=False) as progress:
             for ids in ctx.aux_ids:
                 if n >= self.max_train_tokens or time.perf_counter() > collect_stop:
                     break
@@ -100,6 +108,7 @@ class LearnedInverter(Attack):
                 xs.append(ctx.observe(ids)[0].float())
                 ys.append(ids[0])
                 n += ids.shape[1]
+                progress.update(ids.shape[1])
         self.train_tokens = n
         self.collect_seconds = time.perf_counter() - t0
         self.net = InverterNet(ctx.lm.hidden_size, emb.shape[1], self.arch, self.width, self.layers)
@@ -116,6 +125,9 @@ class LearnedInverter(Attack):
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=0.01)
         steps = 0
         self.net.train()
+        t_train = time.perf_counter()
+        # Without a step count the bar's total is re-estimated from the time left, so its ETA is the budget's.
+        progress = bar(total=self.max_steps, desc="inverter: train", unit="step", leave=False)
         while time.perf_counter() < stop and (self.max_steps is None or steps < self.max_steps):
             pick = torch.randint(0, len(xs), (min(self.batch_seqs, len(xs)),), generator=gen)
             xb, yb = x[pick], y[pick]
@@ -130,10 +142,18 @@ class LearnedInverter(Attack):
             loss.backward()
             opt.step()
             steps += 1
+            now = time.perf_counter()
+            if self.max_steps is None:
+                progress.total = steps + int(max(0.0, stop - now) / ((now - t_train) / steps))
+            progress.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+            progress.update(1)
+        progress.close()
         self.net.eval()
         self.train_steps = steps
-        self.final_loss = float(loss.detach())
+        self.final_loss = float(loss.detach()) if steps else float("nan")
         self.prepare_seconds = time.perf_counter() - t0
+        say(log, "learned_inverter cut %d: %d steps on %d tokens in %.1f s (loss %.3f)", ctx.cut, steps, n,
+            self.prepare_seconds, self.final_loss)
 
     @torch.no_grad()
     def invert(self, payload, deadline=None):

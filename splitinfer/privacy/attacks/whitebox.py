@@ -23,7 +23,9 @@ the union of the next few candidates of four rankings, all O(V*H) to compute:
 The rankings together cover the whole vocabulary, so with no candidate limit the search is exhaustive
 and the result exact; a candidate limit (`max_candidates`) and a time budget bound the cost, and what
 was not verified is reported. With a noisy payload (a defense, a lossy codec) the right token is no
-longer at distance 0; a ratio test accepts the best candidate when it is clearly closer than the next.
+longer at distance 0; a ratio test accepts the best candidate when it is clearly closer than the next,
+and when none passes the search stops at `noisy_max_candidates` (an exhaustive search would verify
+nothing more, at ~50x the cost) and keeps the closest.
 Without noise only exact matches are accepted: row 0 is an attention sink whose output barely depends
 on the token (relative distances ~4e-3 between different first tokens), which a ratio test would
 mistake for a match.
@@ -36,10 +38,13 @@ import time
 
 import torch
 
+from splitinfer.errors import ConfigError
 from splitinfer.models import KVCache, split_model
 from splitinfer.privacy.attacks.base import Attack, AttackContext, Inversion, embedding_matrix
+from splitinfer.privacy.progress import bar, say
 
 log = logging.getLogger(__name__)
+HEARTBEAT_S = 30.0  # a progress line at least this often during one long inversion (no terminal needed)
 
 
 def _expanded(cache: KVCache, batch: int) -> KVCache:
@@ -74,12 +79,17 @@ class WhiteBoxInversion(Attack):
                  match_tol: float = 1e-4, accept_ratio: float = 0.25, probe_tokens: int = 2048,
                  probe_ridge: float = 2e-3, use_lm_prior: bool = True, use_gradient: bool = True,
                  first_round: int = 8, online_probe: bool = False, probe_refit_every: int = 1,
-                 first_probe_tokens: int = 512, use_unigram: bool = True) -> None:
+                 first_probe_tokens: int = 512, use_unigram: bool = True,
+                 noisy_max_candidates: int | None = 512) -> None:
         if batch_size < 3 or max_batch_size < batch_size:
-            raise ValueError(f"batch_size={batch_size}, max_batch_size={max_batch_size}: need 3 <= batch_size "
+            raise ConfigError(f"batch_size={batch_size}, max_batch_size={max_batch_size}: need 3 <= batch_size "
                              "<= max_batch_size")
         if max_candidates is not None and max_candidates < 1:
-            raise ValueError(f"max_candidates={max_candidates!r}: must be >= 1 or None (whole vocabulary)")
+            raise ConfigError(f"max_candidates={max_candidates!r}: must be >= 1 or None (whole vocabulary)")
+        if noisy_max_candidates is not None and noisy_max_candidates < 1:
+            raise ConfigError(f"noisy_max_candidates={noisy_max_candidates!r}: must be >= 1 or None (whole "
+                              "vocabulary)")
+        self.noisy_max_candidates = noisy_max_candidates
         self.batch_size = int(batch_size)
         self.max_batch_size = int(max_batch_size)
         self.max_candidates = max_candidates
@@ -97,14 +107,14 @@ class WhiteBoxInversion(Attack):
 
     def describe(self):
         return {"name": self.name, "batch_size": self.batch_size, "max_candidates": self.max_candidates,
-                "match_tol": self.match_tol, "accept_ratio": self.accept_ratio, "probe_tokens": self.probe_tokens}
+                "noisy_max_candidates": self.noisy_max_candidates, "match_tol": self.match_tol, "accept_ratio": self.accept_ratio, "probe_tokens": self.probe_tokens}
 
     # -- preparation --------------------------------------------------------------------------
     def prepare(self, ctx: AttackContext) -> None:
         super().prepare(ctx)
         lm = ctx.lm
         if not lm.is_causal_lm:
-            raise ValueError(f"white-box inversion needs a causal LM (left-to-right); {lm.name!r} is a "
+            raise ConfigError(f"white-box inversion needs a causal LM (left-to-right); {lm.name!r} is a "
                              f"{lm.family} encoder")
         # The attacker's own copy of the stages: its hooks never touch the victim's device stage.
         self.dev, self.srv = split_model(lm, [ctx.cut])
@@ -113,6 +123,8 @@ class WhiteBoxInversion(Attack):
         tok = lm.tokenizer
         self.specials = sorted(set(tok.all_special_ids)) if tok is not None else []
         t0 = time.perf_counter()
+        say(log, "whitebox cut %d: fitting the ranking probe on %d of the attacker's own tokens", ctx.cut,
+            self.probe_tokens)
         self._fit_probe(ctx)
         self._fit_first_position(ctx)
         self.start_prior = self._start_prior(lm)
@@ -123,6 +135,7 @@ class WhiteBoxInversion(Attack):
             counts += torch.bincount(ids.reshape(-1).clamp(0, self.emb.shape[0] - 1), minlength=self.emb.shape[0])
         self.unigram_order = torch.argsort(counts, descending=True, stable=True)[: int((counts > 0).sum())]
         self.prepare_seconds = time.perf_counter() - t0
+        say(log, "whitebox cut %d: probe ready in %.1f s", ctx.cut, self.prepare_seconds)
 
     @torch.no_grad()
     def _fit_first_position(self, ctx: AttackContext) -> None:
@@ -183,7 +196,7 @@ class WhiteBoxInversion(Attack):
         self._gram = torch.zeros(h1, h1, dtype=torch.float64)
         self._cross = torch.zeros(h1, h, dtype=torch.float64)
         self._count = 0
-        for ids in seqs:
+        for ids in bar(seqs, desc="whitebox probe", unit="seq", leave=False):
             if ctx.out_of_time():
                 break
             y = ctx.observe(ids)[0, 1:]  # row 0 is an attention sink with huge norm: left out
@@ -243,7 +256,11 @@ class WhiteBoxInversion(Attack):
 
     # -- inversion ----------------------------------------------------------------------------
     def invert(self, payload: torch.Tensor, deadline: float | None = None) -> Inversion:
-        t_start = time.perf_counter()
+        with bar(total=payload.shape[1], desc="whitebox tokens", unit="tok", leave=False) as progress:
+            return self._invert(payload, deadline, progress)
+
+    def _invert(self, payload: torch.Tensor, deadline: float | None, progress) -> Inversion:
+        t_start = heartbeat = time.perf_counter()
         payload = payload.float()
         steps = payload.shape[1]
         v = self.emb.shape[0]
@@ -252,7 +269,10 @@ class WhiteBoxInversion(Attack):
         srv_cache = self.srv.new_cache()
         prior = self.start_prior
         verified_positions = candidates = 0
-        limit = v if self.max_candidates is None else min(v, self.max_candidates)
+        limit = self.max_candidates
+        if limit is None and not self.ctx.noiseless:
+            limit = self.noisy_max_candidates
+        limit = v if limit is None else min(v, limit)
         specials = torch.tensor(self.specials, dtype=torch.long)
         for i in range(steps):
             if deadline is not None and time.perf_counter() > deadline:
@@ -314,6 +334,12 @@ class WhiteBoxInversion(Attack):
             log.debug("position %d: token %d after %d candidates in %d rounds (best %.2e of |y|, accepted=%s)",
                       i, token, int(tried.sum()), rnd, float(dist[token] / scale), accepted)
             verified_positions += int(accepted)
+            progress.update(1)
+            if time.perf_counter() - heartbeat > HEARTBEAT_S and progress.disable:
+                heartbeat = time.perf_counter()
+                done, spent = i + 1, heartbeat - t_start
+                say(log, "whitebox: %d/%d tokens of this prompt in %.0f s (about %.0f s left)", done, steps, spent,
+                    spent / done * (steps - done))
             with torch.no_grad():
                 h = self.dev(torch.tensor([[token]]), cache=cache)
                 if self.use_lm_prior and i + 1 < steps:
