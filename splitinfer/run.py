@@ -156,6 +156,9 @@ def check_command_line(argv: list[str], primary: str | None = None) -> None:
                                                                   list(args.overrides))
     except (HydraException, OmegaConfBaseException):
         return  # a malformed override or a missing config dir: Hydra's own message says which
+    except AttributeError:  # a Hydra without this (private) helper: Hydra's own checks still apply
+        log.debug("Hydra %s: no config-group pre-check", hydra.__version__)
+        return
     check_group_overrides(list(args.overrides), repo)
 
 
