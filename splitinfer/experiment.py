@@ -381,13 +381,14 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
     group = cfg.get("group") or (f"{cfg.name}-{sweep_id}" if sweep_id else None)
     run_name = f"cut{cut}-{choices['codec']}" + (f"-{choices['defense']}" if choices["defense"] != "none" else "")
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    # Built before the logger: a bad codec or defense leaves no half-written job folder behind.
+    codec = instantiate(cfg.codec) if cfg.get("codec") is not None else None
+    defense = instantiate(cfg.defense) if choices["defense"] != "none" and _enabled(cfg.get("defense")) else None
     # Built in two steps: the resolved config must reach the logger as plain data, not be instantiated.
     make_logger = instantiate(cfg.logger, _partial_=True, _convert_="all")
     logger = make_logger(out_dir=str(out), group=group, job_type=str(cfg.get("job_type", "sweep")),
                          name=run_name, run_config=resolved)
     try:
-        codec = instantiate(cfg.codec) if cfg.get("codec") is not None else None
-        defense = instantiate(cfg.defense) if choices["defense"] != "none" and _enabled(cfg.get("defense")) else None
         lm = model_spec.load(reuse=reuse)
         if not lm.is_causal_lm:
             raise ConfigError(f"model {lm.name!r} is an encoder ({lm.family}); sweeps need a causal LM")
