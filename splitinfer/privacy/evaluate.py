@@ -125,6 +125,18 @@ def _hydra_output_dir() -> Path | None:
     return Path(folder) if folder else None
 
 
+@torch.no_grad()
+def exact_payload(lm: LoadedModel, cut: int, defense: Defense, codec, observe, seed: int = 0) -> bool:
+    """Whether the payload is the device stage's output bit for bit (no defense, a lossless codec such as
+    fp32). The attacker can check this itself (it knows the set-up); it then accepts only exact matches."""
+    if not isinstance(defense, NoDefense):
+        return False
+    if codec is None:
+        return True
+    ids = torch.randint(0, lm.vocab_size, (1, 16), generator=torch.Generator().manual_seed(seed + 3))
+    return torch.equal(observe(ids).float(), split_model(lm, [cut])[0](ids).float())
+
+
 def _describe_codec(codec) -> str | None:
     if codec is None:
         return None
@@ -229,7 +241,7 @@ def evaluate_privacy(
     if len(done) < len(victims):
         ctx = AttackContext(lm=lm, cut=cut, observe=observe_attacker, aux_ids=_aux_ids(lm, aux_texts, seed),
                             seed=seed, deadline=deadline,
-                            noiseless=isinstance(defense, NoDefense) and codec is None)
+                            noiseless=exact_payload(lm, cut, defense, codec, observe_attacker, seed))
         attack.prepare(ctx)
     prepare_s, prepare_cpu_s = time.perf_counter() - t_prep, time.process_time() - c_prep
     partial = deadline is not None and time.perf_counter() > deadline

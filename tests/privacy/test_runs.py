@@ -80,12 +80,13 @@ def test_interrupted_run_keeps_finished_victims_and_resumes(tiny_llama, tmp_path
 
 
 def test_time_budget_leaves_a_readable_partial_result(tiny_llama, tmp_path):
-    attack = WhiteBoxInversion(batch_size=3, max_batch_size=3, probe_tokens=64)
-    m = evaluate_privacy(tiny_llama, 4, attack=attack, victims=3, time_budget_s=0.3, utility=False,
+    # 8 victims x 64 tokens, 3 candidates a round, no LM prior: seconds of work, far more than the budget.
+    attack = WhiteBoxInversion(batch_size=3, max_batch_size=3, probe_tokens=64, use_gradient=False, use_lm_prior=False)
+    m = evaluate_privacy(tiny_llama, 4, attack=attack, victims=8, max_tokens=64, time_budget_s=0.3, utility=False,
                          out_dir=tmp_path)
     saved = json.loads((tmp_path / FINAL_NAME).read_text())
     assert m["privacy/whitebox/partial"] is True and saved["partial"] is True
-    assert saved["victims_done"] == int(m["privacy/whitebox/victims_done"]) < 3
+    assert saved["victims_done"] == int(m["privacy/whitebox/victims_done"]) < 8 and saved["victims"] == 8
     lines = (tmp_path / RECORDS_NAME).read_text().splitlines() if saved["victims_done"] else []
     assert len(lines) == saved["victims_done"]
 
@@ -171,3 +172,21 @@ def test_hydra_job_writes_partial_files_and_logs_victims(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["privacy/whitebox/token_acc"] == saved["metrics"]["privacy/whitebox/token_acc"] == 1.0
     assert not math.isnan(metrics["privacy/dcor"])
+
+
+class SeesContext(WhiteBoxInversion):
+    def prepare(self, ctx):
+        self.noiseless = ctx.noiseless
+        super().prepare(ctx)
+
+
+@pytest.mark.parametrize("codec,defense,exact", [(None, None, True), ("fp32", None, True), ("int8", None, False),
+                                                 (None, {"name": "gaussian", "sigma": 0.01}, False)])
+def test_attacker_accepts_only_exact_matches_on_an_exact_payload(tiny_llama, codec, defense, exact):
+    """A lossless codec (fp32) leaves the payload exact: the ratio test (which misreads the attention-sink
+    row) must stay off, as without a codec."""
+    attack = SeesContext(**SMALL)
+    m = evaluate_privacy(tiny_llama, 2, attack=attack, codec=codec, defense=defense, victims=2, utility=False)
+    assert attack.noiseless is exact
+    if exact:
+        assert m["privacy/whitebox/verified_frac"] == 1.0 and m["privacy/whitebox/token_acc"] == 1.0
