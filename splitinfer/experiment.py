@@ -283,10 +283,10 @@ def evaluate_split(lm, cut: int, codec, defense, corpus: Corpus, ref: Reference,
                     matched.append(first_mismatch(pred, ref.gen_tokens[p]))
         else:
             gen = SplitGenerator(lm, device, link)
-            traffic = link.traffic
+            traffic = link.traffic  # a generation resets its link: keep what every message moved
             for p in range(corpus.prompts.shape[0]):
                 res = gen.generate(corpus.prompts[p:p + 1], g, stop_at_eos=False)
-                traffic = _merge_traffic(traffic, link.traffic)
+                traffic.merge(link.traffic)
                 matched.append(first_mismatch(res.token_ids, ref.gen_tokens[p]))
             link.traffic = traffic
         if opts.generation:
@@ -299,17 +299,6 @@ def evaluate_split(lm, cut: int, codec, defense, corpus: Corpus, ref: Reference,
                               ("whole", profile.whole())):
             out.update({f"{side}_{k}": v for k, v in figures.items()})
     return out
-
-
-def _merge_traffic(total, new):
-    """A generation resets its link; keep what earlier generations of the same job moved."""
-    if total is new:
-        return total
-    from dataclasses import fields
-
-    for f in fields(total):
-        setattr(total, f.name, getattr(total, f.name) + getattr(new, f.name))
-    return total
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,8 +10,22 @@ what the attacker sees), and the benchmarks. Bytes are counted once, by the link
 """
 
 from splitinfer.split.device import DeviceHalf, install_defense
-from splitinfer.split.generator import GenerationResult, SplitGenerator, in_process_generator, split_pair
-from splitinfer.split.link import TOKEN_REPLY_BYTES, InProcessLink, Link, Traffic, phase_of
+from splitinfer.split.generator import (
+    GenerationResult,
+    SplitGenerator,
+    in_process_generator,
+    split_pair,
+    unsplit_generate,
+)
+from splitinfer.split.link import (
+    TOKEN_REPLY_BYTES,
+    InProcessLink,
+    Link,
+    LinkWrapper,
+    Traffic,
+    phase_of,
+    tokens_of,
+)
 from splitinfer.split.metered import MeteredLink, StepRecord, timed_unsplit_generate
 from splitinfer.split.server import SamplingConfig, ServerHalf, ServerSession, StepError, sample_token
 from splitinfer.split.simulated import SimulatedLink
@@ -23,6 +37,7 @@ __all__ = [
     "GenerationResult",
     "InProcessLink",
     "Link",
+    "LinkWrapper",
     "MeteredLink",
     "RawCodec",
     "SamplingConfig",
@@ -39,6 +54,8 @@ __all__ = [
     "phase_of",
     "resolve_codec",
     "sample_token",
+    "tokens_of",
     "split_pair",
+    "unsplit_generate",
     "timed_unsplit_generate",
 ]

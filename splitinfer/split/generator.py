@@ -111,3 +111,12 @@ def in_process_generator(lm: LoadedModel, cuts, codec=None, sampling: SamplingCo
     """Cut `lm` and wire the halves together in this process (the quickest way to try a split)."""
     device, server = split_pair(lm, cuts, codec, defense, sampling)
     return SplitGenerator(lm, device, InProcessLink(server))
+
+
+@torch.no_grad()
+def unsplit_generate(lm: LoadedModel, ids: torch.Tensor, max_new_tokens: int, *, streamer=None) -> list[int]:
+    """Greedy tokens from the unsplit model via transformers' own `generate` (the reference)."""
+    eos = sorted(lm.eos_token_ids) or None
+    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                            do_sample=False, eos_token_id=eos, pad_token_id=eos[0] if eos else 0, streamer=streamer)
+    return out[0, ids.shape[1]:].tolist()

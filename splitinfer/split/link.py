@@ -7,7 +7,7 @@ links reply with the token id alone (`TOKEN_REPLY_BYTES`); the ZeroMQ link count
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import torch
@@ -47,6 +47,12 @@ class Traffic:
         else:
             raise ValueError(f"phase={phase!r} is not 'prefill' or 'decode'")
 
+    def merge(self, other: Traffic) -> Traffic:
+        """Add what `other` counted to this one (e.g. several generations through one link)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
     @property
     def bytes_up(self) -> int:
         return self.up_prefill_bytes + self.up_decode_bytes
@@ -70,7 +76,8 @@ class Link(Protocol):
     def close(self) -> None: ...
 
 
-def _tokens_of(enc: EncodedTensor) -> int:
+def tokens_of(enc: EncodedTensor) -> int:
+    """Positions a step's message carries: T of its (1, T, H) shape."""
     shape = enc.header.get("shape") or [1, 1, 1]
     return int(shape[1]) if len(shape) == 3 else 1
 
@@ -102,11 +109,11 @@ class InProcessLink:
     def carry(self, enc: EncodedTensor, phase: str = "prefill") -> torch.Tensor:
         """Move one message to the server and decode it there; returns the server's hidden state."""
         frames = enc.to_frames()
-        self.traffic.add_up(sum(memoryview(f).nbytes for f in frames), _tokens_of(enc), phase)
+        self.traffic.add_up(sum(memoryview(f).nbytes for f in frames), tokens_of(enc), phase)
         return self.server.decode(EncodedTensor.from_frames(frames))
 
     def step(self, enc: EncodedTensor, start: int) -> int:
-        hidden = self.carry(enc, phase_of(start, _tokens_of(enc)))
+        hidden = self.carry(enc, phase_of(start, tokens_of(enc)))
         token = self.session.step(hidden, start)
         self.traffic.down_bytes += TOKEN_REPLY_BYTES
         return token
@@ -117,3 +124,34 @@ class InProcessLink:
 
     def close(self) -> None:
         pass
+
+
+class LinkWrapper:
+    """Base of links that wrap another link (simulated network, metering): counts, reset, close and every
+    other attribute (codec, session, info(), max_chunk_tokens, ...) are the inner link's."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    @property
+    def traffic(self) -> Traffic:
+        return self.inner.traffic
+
+    @property
+    def bytes_up(self) -> int:
+        return self.inner.bytes_up
+
+    @property
+    def bytes_down(self) -> int:
+        return self.inner.bytes_down
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str):
+        if name == "inner":  # not set yet (copy/unpickle): don't recurse
+            raise AttributeError(name)
+        return getattr(self.inner, name)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from splitinfer.codecs.encoded import EncodedTensor
-from splitinfer.split.link import Traffic, phase_of
+from splitinfer.split.generator import unsplit_generate
+from splitinfer.split.link import LinkWrapper, phase_of, tokens_of
 
 
 @dataclass(frozen=True)
@@ -38,31 +39,14 @@ class StepRecord:
         return phase_of(self.start, self.tokens)
 
 
-def _tokens_of(enc: EncodedTensor) -> int:
-    shape = enc.header.get("shape") or [1, 1, 1]
-    return int(shape[1]) if len(shape) == 3 else 1
-
-
-class MeteredLink:
+class MeteredLink(LinkWrapper):
     """Wraps a Link and records every step (`steps`, a list of StepRecord); `on_step(record)`, if given,
     runs after each step (a test can break things mid-generation there)."""
 
     def __init__(self, inner, on_step: Callable[[StepRecord], None] | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.on_step = on_step
         self.steps: list[StepRecord] = []
-
-    @property
-    def traffic(self) -> Traffic:
-        return self.inner.traffic
-
-    @property
-    def bytes_up(self) -> int:
-        return self.inner.bytes_up
-
-    @property
-    def bytes_down(self) -> int:
-        return self.inner.bytes_down
 
     @property
     def wall_s(self) -> list[float]:
@@ -74,7 +58,7 @@ class MeteredLink:
         t0 = time.perf_counter()
         token = self.inner.step(enc, start)
         wall = time.perf_counter() - t0
-        record = StepRecord(len(self.steps), start, _tokens_of(enc), self.inner.bytes_up - up,
+        record = StepRecord(len(self.steps), start, tokens_of(enc), self.inner.bytes_up - up,
                             self.inner.bytes_down - down, wall)
         self.steps.append(record)
         if self.on_step is not None:
@@ -83,15 +67,7 @@ class MeteredLink:
 
     def reset(self) -> None:
         self.steps = []
-        self.inner.reset()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, name: str):  # codec, info(), max_chunk_tokens, replays, ... of the inner link
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+        super().reset()
 
 
 class _TokenTimes:
@@ -111,12 +87,9 @@ class _TokenTimes:
 def timed_unsplit_generate(lm, ids: torch.Tensor, max_new_tokens: int) -> tuple[list[int], float, list[float]]:
     """Greedy tokens of the unsplit model (transformers' own `generate`, the reference), with the
     prefill time (call to first token) and each later token's decode time, in seconds."""
-    eos = sorted(lm.eos_token_ids) or None
     timer = _TokenTimes()
     t0 = time.perf_counter()
-    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                            do_sample=False, eos_token_id=eos, pad_token_id=eos[0] if eos else 0, streamer=timer)
-    tokens = out[0, ids.shape[1]:].tolist()
+    tokens = unsplit_generate(lm, ids, max_new_tokens, streamer=timer)
     stamps = timer.times[1:]  # after the prompt: one per generated token
     prefill = stamps[0] - t0
     decode = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]

@@ -14,9 +14,10 @@ import random
 import time
 
 from splitinfer.errors import ConfigError
+from splitinfer.split.link import LinkWrapper
 
 
-class SimulatedLink:
+class SimulatedLink(LinkWrapper):
     """Wraps a Link and delays each step as a network of the given bandwidth and round trip would."""
 
     def __init__(self, inner, *, bandwidth_bps: float, rtt_s: float = 0.0, jitter_s: float = 0.0,
@@ -27,7 +28,7 @@ class SimulatedLink:
         for name, v in (("rtt_s", rtt_s), ("jitter_s", jitter_s)):
             if not isinstance(v, int | float) or v < 0:
                 raise ConfigError(f"{name}={v!r}: must be a number of seconds >= 0")
-        self.inner = inner
+        super().__init__(inner)
         self.uplink_bps = float(bandwidth_bps)
         self.downlink_bps = float(downlink_bps or bandwidth_bps)
         self.rtt_s = float(rtt_s)
@@ -44,14 +45,6 @@ class SimulatedLink:
         return cls(inner, bandwidth_bps=float(profile.uplink_mbps) * 1e6,
                    downlink_bps=float(profile.downlink_mbps) * 1e6, rtt_s=float(profile.rtt_ms) / 1e3,
                    jitter_s=jitter_s, seed=seed, sleep=sleep)
-
-    @property
-    def bytes_up(self) -> int:
-        return self.inner.bytes_up
-
-    @property
-    def bytes_down(self) -> int:
-        return self.inner.bytes_down
 
     @property
     def simulated_s(self) -> float:
@@ -72,14 +65,6 @@ class SimulatedLink:
         return token
 
     def reset(self) -> None:
-        self.inner.reset()
+        super().reset()
         self.delays = []
         self._rng = random.Random(self._seed)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, name: str):  # codec, session, replays, ... of the inner link
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)

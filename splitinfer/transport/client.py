@@ -24,7 +24,7 @@ import zmq
 
 from splitinfer.errors import ConfigError, NotFoundError, UserError
 from splitinfer.models import LoadedModel, split_model, validate_cuts
-from splitinfer.split import DeviceHalf, SamplingConfig, SplitGenerator, Traffic, phase_of
+from splitinfer.split import DeviceHalf, SamplingConfig, SplitGenerator, Traffic, phase_of, tokens_of
 from splitinfer.transport import protocol as p
 from splitinfer.transport.payload import build_session_codec, codec_spec, default_codec
 from splitinfer.transport.wait import WaitPolicy
@@ -112,7 +112,7 @@ class RemoteLink:
         """Send one step's codec message (positions start..start+T-1); returns the server's next token."""
         if self.sid is None:
             self._open_and_replay_until_open()
-        return self._step_one(enc.to_frames(), start)
+        return self._step_one(enc.to_frames(), start, tokens_of(enc))
 
     def max_chunk_tokens(self, hidden: torch.Tensor) -> int:
         """How many positions one message may carry: the server's max_step_tokens, and its message cap
@@ -134,7 +134,7 @@ class RemoteLink:
         raise TransportError(f"the server at {self.url} lost the session {self.max_replays + 1} times while it "
                              "was being replayed; giving up")
 
-    def _step_one(self, frames: list, start: int) -> int:
+    def _step_one(self, frames: list, start: int, tokens: int) -> int:
         for attempt in itertools.count():
             if self.sid is None:
                 self._open_and_replay()
@@ -151,7 +151,6 @@ class RemoteLink:
             self.sid = None  # the server lost it: open a new session and replay (loop)
         token = self._token(rep)
         self.history.append((start, frames, token))
-        tokens = _frame_tokens(frames)
         self.traffic.add_up(sum(memoryview(f).nbytes for f in frames), tokens, phase_of(start, tokens))
         return token
 
@@ -311,13 +310,6 @@ def _send_frames(sock: zmq.Socket, frames: list) -> None:
     last = len(frames) - 1
     for i, f in enumerate(frames):
         sock.send(f, zmq.SNDMORE if i < last else 0, copy=memoryview(f).nbytes < COPY_BELOW)
-
-
-def _frame_tokens(frames: list) -> int:
-    from splitinfer.codecs.encoded import header_from_bytes
-
-    shape = header_from_bytes(frames[0]).get("shape") or [1, 1, 1]
-    return int(shape[1]) if len(shape) == 3 else 1
 
 
 def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
