@@ -6,7 +6,17 @@ Start it in-thread (tests, notebooks) or as a process:
     python -m splitinfer.transport.server --model tiny-llama --cut 2 --port 5555
 
 The thread receives requests, validates every field (see `splitinfer.transport` for the protocol),
-runs steps one after another and replies; a bad message gets an error reply and nothing else changes.
+runs steps and replies; a bad message gets an error reply and nothing else changes.
+
+Continuous batching (on by default; `batching=False` / `--no-batching` runs steps one after another):
+the decode steps (one token) of different sessions that are queued when the model thread is free run
+as one forward through the server stages (`splitinfer.split.batch.forward_batch`), with no wait for a
+batch to fill unless `batch_wait_ms` asks for one and at most `max_batch` sessions per forward. A
+prefill (a step of many tokens) runs in chunks: each scheduler turn processes the queued decode steps
+and then prefill chunks up to `step_token_budget` tokens (at least a quarter of it), so a long prompt
+does not stall the other sessions' decode steps. A step is checked alone before it joins a batch
+(sequence number, position, limits), and if a batched forward fails, its steps are rerun one by one,
+so one bad session fails alone.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +39,7 @@ import zmq
 from splitinfer.errors import ConfigError, NotFoundError
 from splitinfer.generation import SamplingConfig, ServerSession, sample_token
 from splitinfer.models import LoadedModel, split_model, validate_cuts
+from splitinfer.split.batch import forward_batch
 from splitinfer.transport import payload as pl
 from splitinfer.transport import protocol as p
 from splitinfer.transport.protocol import ProtocolError
@@ -39,7 +50,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 5555
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20  # 2048 fp32 tokens of a 2048-wide model; SmolLM2 prefill is far less
-MAX_BATCH = 64  # messages taken off the socket per loop turn (the seam for batching decode steps)
+MAX_BATCH = 64  # messages taken off the socket per loop turn (at least max_batch)
+DEFAULT_STEP_TOKEN_BUDGET = 256  # tokens one scheduler turn computes: decode steps first, then prefill chunks
 
 
 def is_loopback(host: str) -> bool:
@@ -102,6 +114,11 @@ class StepJob:
     start: int
     hidden: torch.Tensor
     want_logprob: bool
+    done: int = 0  # positions already computed (a chunked prefill in progress)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.hidden.shape[1])
 
 
 @dataclass
@@ -112,6 +129,10 @@ class ServerStats:
     bytes_in: int = 0
     bytes_out: int = 0
     compute_s: float = 0.0  # time spent in the model (forward + sampling), for overhead accounting
+    forwards: int = 0  # forwards through the stages (a batch of decode steps counts once)
+    batched_steps: int = 0  # steps that ran in a batch of two or more
+    max_batch_seen: int = 0
+    prefill_chunks: int = 0
     errors: Counter = field(default_factory=Counter)
 
 
@@ -121,7 +142,8 @@ class SplitServer:
     def __init__(self, lm: LoadedModel, cuts, *, host: str = "127.0.0.1", port: int = 0,
                  limits: SessionLimits | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  curve: CurveConfig | None = None, poll_ms: int = 100,
-                 wait: WaitPolicy | dict | str | None = None) -> None:
+                 wait: WaitPolicy | dict | str | None = None, batching: bool = True, max_batch: int = 64,
+                 batch_wait_ms: float = 0.0, step_token_budget: int = DEFAULT_STEP_TOKEN_BUDGET) -> None:
         if not lm.is_causal_lm:
             raise ConfigError(f"model {lm.name!r} is an encoder ({lm.family}); the split server serves causal LMs")
         self.lm = lm
@@ -135,6 +157,18 @@ class SplitServer:
         self.curve = curve
         self._curve_keys = curve.load() if curve else None
         self.poll_ms = poll_ms
+        self.batching = bool(batching)
+        for name, v in (("max_batch", max_batch), ("step_token_budget", step_token_budget)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name}={v!r}: must be an int >= 1")
+        if not isinstance(batch_wait_ms, int | float) or not 0 <= batch_wait_ms <= 1000:
+            raise ConfigError(f"batch_wait_ms={batch_wait_ms!r}: must be a number of milliseconds in [0, 1000] "
+                              "(0 = batch what is queued, never wait)")
+        self.max_batch = int(max_batch)
+        self.batch_wait_ms = float(batch_wait_ms)
+        self.step_token_budget = int(step_token_budget)
+        self._prefills: deque[StepJob] = deque()  # chunked prefills in progress (batching only)
+        self._decoded = 0  # decode tokens computed this scheduler turn (they come out of the budget)
         self.wait = WaitPolicy.resolve(wait)  # how to wait for the next request (sleep, spin, rehearse)
         self._rehearsal = None  # built in the serving thread when the policy rehearses (warm.py)
         self._waiter = p.Waiter(self.wait)
@@ -262,21 +296,38 @@ class SplitServer:
             # Busy polling (WaitPolicy.busy_poll_ms): the next step of a session usually follows within a
             # device-compute time, and a core that never idles answers it without the wake-up (and, on
             # a VM, the slower first milliseconds of a vCPU coming back from halt); see protocol.Waiter.
-            if self._waiter.wait(sock, self.poll_ms / 1e3, self._stop):
-                batch = []
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(sock.recv_multipart(zmq.NOBLOCK, copy=False))
-                    except zmq.Again:
-                        break
+            self._decoded = 0
+            if self._prefills:  # a prefill is in progress: take what is queued, do not wait
+                ready = bool(sock.poll(0, zmq.POLLIN))
+            else:
+                ready = self._waiter.wait(sock, self.poll_ms / 1e3, self._stop)
+            if ready:
+                batch = self._receive(sock)
                 self._handle_batch(sock, batch)
                 self._waiter.begin()
+            if self._prefills:
+                self._advance_prefills(sock)
             if time.monotonic() >= next_evict:
                 with self._lock:
                     n = self.sessions.evict_idle()
                 if n:
                     log.info("evicted %d idle session(s)", n)
                 next_evict = time.monotonic() + 1.0
+
+    def _receive(self, sock: zmq.Socket) -> list:
+        """The messages queued now (at most max(MAX_BATCH, max_batch)); with batch_wait_ms, wait that
+        long for more after the first."""
+        cap = max(MAX_BATCH, self.max_batch)
+        batch = []
+        deadline = time.monotonic() + self.batch_wait_ms / 1e3 if self.batching and self.batch_wait_ms else None
+        while len(batch) < cap:
+            try:
+                batch.append(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                left = deadline - time.monotonic() if deadline is not None else 0
+                if left <= 0 or not sock.poll(max(1, int(left * 1e3)), zmq.POLLIN):
+                    break
+        return batch
 
     # -- request handling ----------------------------------------------------------------------
     def _handle_batch(self, sock: zmq.Socket, batch: list[list[zmq.Frame]]) -> None:
@@ -291,12 +342,12 @@ class SplitServer:
             if pending:  # keep order: a close after a step of the same session must see the step
                 self._run_steps(sock, pending)
                 pending = []
-            if reply_to is not None:
+            if reply_to is not None and reply is not None:  # None: a retry of a step still in progress
                 self._send(sock, reply_to, reply)
         if pending:
             self._run_steps(sock, pending)
 
-    def _prepare(self, frames: list[zmq.Frame]) -> tuple[list | None, dict | StepJob]:
+    def _prepare(self, frames: list[zmq.Frame]) -> tuple[list | None, dict | StepJob | None]:
         """Validate one message. Returns (routing prefix, reply dict or StepJob); never raises."""
         self.stats.requests += 1
         if len(frames) < 2:
@@ -331,7 +382,7 @@ class SplitServer:
             self.stats.errors[p.INTERNAL] += 1
             return reply_to, p.error_reply(rid, p.INTERNAL, f"{type(e).__name__}: {e}")
 
-    def _dispatch(self, env: dict, payload: list, owner: str | None, reply_to: list) -> dict | StepJob:
+    def _dispatch(self, env: dict, payload: list, owner: str | None, reply_to: list) -> dict | StepJob | None:
         v = env.get("v")
         if v != p.PROTOCOL_VERSION:
             raise ProtocolError(p.BAD_VERSION, f"protocol version {v!r} is not supported; this server speaks "
@@ -363,6 +414,11 @@ class SplitServer:
                 "kv_bytes": self.sessions.kv_bytes(), "curve": self.curve is not None,
                 "max_message_bytes": self.max_message_bytes, "limits": asdict(self.limits),
                 "steps": self.stats.steps, "compute_s": self.stats.compute_s, "cpu_s": time.process_time(),
+                "batching": {"on": self.batching, "max_batch": self.max_batch,
+                             "batch_wait_ms": self.batch_wait_ms, "step_token_budget": self.step_token_budget,
+                             "forwards": self.stats.forwards, "batched_steps": self.stats.batched_steps,
+                             "max_batch_seen": self.stats.max_batch_seen,
+                             "prefill_chunks": self.stats.prefill_chunks},
                 "wait": self.wait.as_dict(),
                 "rehearsal": None if self._rehearsal is None else {
                     "runs": self._rehearsal.runs, "interrupted": self._rehearsal.interrupted,
@@ -406,13 +462,17 @@ class SplitServer:
         return p.ok_reply(rid, sid=s.sid, max_tokens=self.limits.max_tokens_per_session,
                           max_step_tokens=self.limits.max_step_tokens, max_message_bytes=self.max_message_bytes)
 
-    def _prepare_step(self, env: dict, payload: list, owner: str | None, reply_to: list) -> dict | StepJob:
+    def _prepare_step(self, env: dict, payload: list, owner: str | None, reply_to: list) -> dict | StepJob | None:
         p.check_keys(env, p.STEP_KEYS, "step")
         sid = p.get_str(env, "sid", max_len=64)
         seq = p.get_int(env, "seq", 1)
         start = p.get_int(env, "start", 0, 2**31)
         want_lp = p.get_bool(env, "logprob")
         s = self.sessions.get(sid, owner)
+        job = s.inflight
+        if job is not None and seq == job.seq and start == job.start:  # a retry of a prefill in progress:
+            job.reply_to, job.rid = reply_to, env["rid"]  # its reply goes to the latest request
+            return None
         if seq == s.last_seq and s.last_reply is not None:  # a retry of the step we already applied
             if start != s.last_start:
                 raise ProtocolError(p.BAD_SEQ, f"seq {seq} was applied at start {s.last_start}, not {start}")
@@ -425,27 +485,155 @@ class SplitServer:
         return StepJob(reply_to, env["rid"], s, seq, start, hidden, want_lp)
 
     def _run_steps(self, sock: zmq.Socket, jobs: list[StepJob]) -> None:
-        """Run queued steps. Today one after another; decode steps (T=1) of different sessions could be
-        stacked into one batch here once the stages take a batched KV cache."""
+        """Run queued steps: with batching, the decode steps (T=1) of distinct sessions as batches of at
+        most max_batch and prefills as chunks (`_advance_prefills`); without, one after another. A
+        session's later steps in `jobs` (retries, hostile repeats) run after its first, one by one."""
+        if not self.batching:
+            for job in jobs:
+                self._run_one(sock, job)
+            return
+        batch, rest, seen = [], [], set()
         for job in jobs:
-            with self._lock:
-                try:
-                    reply = self._run_step(job)
-                except ProtocolError as e:
-                    self.stats.errors[e.code] += 1
-                    reply = p.error_reply(job.rid, e.code, e.message)
-                except Exception as e:
-                    log.exception("internal error in a step")
-                    self.stats.errors[p.INTERNAL] += 1
-                    reply = p.error_reply(job.rid, p.INTERNAL, f"{type(e).__name__}: {e}")
-            self._send(sock, job.reply_to, reply)
-            if self._rehearsal is not None:  # after the reply: rehearse this session's codec from now on
-                self._rehearsal.use_codec(job.session.codec)
+            sid = job.session.sid
+            if sid not in seen and job.tokens == 1:
+                batch.append(job)
+            else:
+                rest.append(job)
+            seen.add(sid)
+        for i in range(0, len(batch), self.max_batch):
+            self._run_batch(sock, batch[i:i + self.max_batch])
+        for job in rest:
+            if job.tokens == 1:
+                self._run_one(sock, job)
+            else:
+                self._queue_prefill(sock, job)
 
-    def _run_step(self, job: StepJob) -> dict:
+    def _error_reply(self, job: StepJob, e: Exception) -> dict:
+        if isinstance(e, ProtocolError):
+            self.stats.errors[e.code] += 1
+            return p.error_reply(job.rid, e.code, e.message)
+        log.error("internal error in a step", exc_info=e)
+        self.stats.errors[p.INTERNAL] += 1
+        return p.error_reply(job.rid, p.INTERNAL, f"{type(e).__name__}: {e}")
+
+    def _reply(self, sock: zmq.Socket, job: StepJob, reply: dict) -> None:
+        self._send(sock, job.reply_to, reply)
+        if self._rehearsal is not None:  # after the reply: rehearse this session's codec from now on
+            self._rehearsal.use_codec(job.session.codec)
+
+    def _run_one(self, sock: zmq.Socket, job: StepJob) -> None:
+        """One step on its own (today's path; steps that cannot join a batch go through it)."""
+        with self._lock:
+            try:
+                reply = self._run_step(job)
+            except Exception as e:
+                reply = self._error_reply(job, e)
+        self._reply(sock, job, reply)
+
+    def _run_batch(self, sock: zmq.Socket, jobs: list[StepJob]) -> None:
+        """Decode steps of distinct sessions as one forward; each is checked alone first, and if the
+        batched forward fails they are rerun one by one, so a bad session fails alone."""
+        replies: dict[int, dict] = {}
+        with self._lock:
+            admitted, pending = [], 0
+            for job in jobs:
+                try:
+                    cached = self._admit(job, pending)
+                except Exception as e:
+                    replies[id(job)] = self._error_reply(job, e)
+                    continue
+                if cached is not None:
+                    replies[id(job)] = cached
+                else:
+                    admitted.append(job)
+                    pending += job.tokens
+            if len(admitted) == 1:
+                try:
+                    replies[id(admitted[0])] = self._run_step(admitted[0])
+                except Exception as e:
+                    replies[id(admitted[0])] = self._error_reply(admitted[0], e)
+            elif admitted:
+                t0 = time.perf_counter()
+                try:
+                    logits = forward_batch([j.session.state for j in admitted],
+                                           torch.cat([j.hidden for j in admitted]))
+                except Exception:  # rolled back: find the bad one by running each alone
+                    log.warning("a batched step of %d sessions failed; running them one by one", len(admitted),
+                                exc_info=True)
+                    logits = None
+                finally:
+                    self.stats.compute_s += time.perf_counter() - t0
+                if logits is not None:
+                    self.stats.forwards += 1
+                    self.stats.batched_steps += len(admitted)
+                    self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(admitted))
+                for i, job in enumerate(admitted):
+                    try:
+                        replies[id(job)] = (self._finish(job, logits[i]) if logits is not None
+                                            else self._run_step(job))
+                    except Exception as e:
+                        replies[id(job)] = self._error_reply(job, e)
+            self._decoded += sum(j.tokens for j in admitted)
+        for job in jobs:
+            self._reply(sock, job, replies[id(job)])
+
+    def _queue_prefill(self, sock: zmq.Socket, job: StepJob) -> None:
+        """Check a prefill and queue it for chunks (`_advance_prefills`), or answer it now."""
+        with self._lock:
+            try:
+                reply = self._admit(job)
+            except Exception as e:
+                reply = self._error_reply(job, e)
+            if reply is None:
+                job.session.inflight = job
+                self._prefills.append(job)
+                return
+        self._reply(sock, job, reply)
+
+    def _advance_prefills(self, sock: zmq.Socket) -> None:
+        """Compute queued prefills, oldest first, for this turn's token budget: what the decode steps
+        left of step_token_budget, and at least a quarter of it."""
+        budget = max(self.step_token_budget - self._decoded, self.step_token_budget // 4, 1)
+        while self._prefills and budget > 0:
+            job = self._prefills[0]
+            s = job.session
+            n = min(budget, job.tokens - job.done)
+            reply = None
+            with self._lock:
+                t0 = time.perf_counter()
+                try:
+                    if s.closed:
+                        raise ProtocolError(p.UNKNOWN_SESSION, f"session {s.sid!r} was closed before its "
+                                                               "prefill finished")
+                    logits = s.state.forward(job.hidden[:, job.done:job.done + n], job.start + job.done)[0, -1]
+                    self.stats.forwards += 1
+                    self.stats.prefill_chunks += 1
+                    job.done += n
+                    if job.done == job.tokens:
+                        reply = self._finish(job, logits)
+                except Exception as e:
+                    if not s.closed:
+                        s.state.rollback(job.start)
+                    job.done = job.tokens
+                    reply = self._error_reply(job, e)
+                finally:
+                    self.stats.compute_s += time.perf_counter() - t0
+                if job.done == job.tokens:
+                    self._prefills.popleft()
+                    s.inflight = None
+            budget -= n
+            if reply is not None:
+                self._reply(sock, job, reply)
+
+    def _admit(self, job: StepJob, pending_tokens: int = 0) -> dict | None:
+        """Check a step before computing it: the cached reply for a retry, None to run it, or a
+        ProtocolError. `pending_tokens`: tokens of steps admitted to the same batch (memory limit)."""
         s = job.session
         if s.closed:
             raise ProtocolError(p.UNKNOWN_SESSION, f"session {s.sid!r} was closed before its step ran")
+        if s.inflight is not None:
+            raise ProtocolError(p.BAD_SEQ, f"seq {job.seq}: session {s.sid!r} is still computing step "
+                                           f"{s.inflight.seq}; wait for its reply")
         if job.seq != s.last_seq + 1:  # an earlier message in this batch moved the session on
             if job.seq == s.last_seq and s.last_reply is not None and job.start == s.last_start:
                 return dict(s.last_reply, rid=job.rid)
@@ -453,17 +641,37 @@ class SplitServer:
         if job.start != s.position:
             raise ProtocolError(p.BAD_POSITION, f"step starts at position {job.start} but session {s.sid!r} is "
                                                 f"at {s.position}; resend from {s.position} or replay")
-        n = job.hidden.shape[1]
-        self.sessions.reserve(s, job.start, n)
+        self.sessions.reserve(s, job.start, job.tokens, pending_tokens)
+        return None
+
+    def _run_step(self, job: StepJob) -> dict:
+        cached = self._admit(job)
+        if cached is not None:
+            return cached
+        s = job.session
         t0 = time.perf_counter()
         try:
             logits = s.state.forward(job.hidden, job.start)[0, -1]
+        except Exception:
+            s.state.rollback(job.start)
+            raise
+        finally:
+            self.stats.compute_s += time.perf_counter() - t0
+        self.stats.forwards += 1
+        return self._finish(job, logits)
+
+    def _finish(self, job: StepJob, logits: torch.Tensor) -> dict:
+        """Sample the step's token from its last position's logits and remember the reply (retries)."""
+        s = job.session
+        t0 = time.perf_counter()
+        try:
             token = sample_token(logits, s.state.sampling, s.state.position)
         except Exception:
             s.state.rollback(job.start)
             raise
         finally:
             self.stats.compute_s += time.perf_counter() - t0
+        n = job.tokens
         reply = p.ok_reply(job.rid, tok=token, pos=s.state.position, seq=job.seq)
         if job.want_logprob:
             reply["lp"] = float(torch.log_softmax(logits.float(), -1)[token])
@@ -506,6 +714,11 @@ class ServerConfig:
     busy_poll_ms: float = WaitPolicy.busy_poll_ms
     rehearse: bool = WaitPolicy.rehearse
     wake_early_ms: float = WaitPolicy.wake_early_ms
+    # continuous batching of decode steps across sessions, and chunked prefill (see the module docstring)
+    batching: bool = True
+    max_batch: int = 64
+    batch_wait_ms: float = 0.0
+    step_token_budget: int = DEFAULT_STEP_TOKEN_BUDGET
 
     def wait(self) -> WaitPolicy:
         return WaitPolicy.from_config(self)
@@ -548,7 +761,9 @@ class ServerConfig:
         curve = self.curve_config()
         lm = lm or load_model(self.model)
         return SplitServer(lm, self.cuts(), host=self.host, port=int(self.port), limits=self.limits(),
-                           max_message_bytes=int(self.max_message_bytes), curve=curve, wait=self.wait())
+                           max_message_bytes=int(self.max_message_bytes), curve=curve, wait=self.wait(),
+                           batching=bool(self.batching), max_batch=int(self.max_batch),
+                           batch_wait_ms=float(self.batch_wait_ms), step_token_budget=int(self.step_token_budget))
 
 
 def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None) -> ServerConfig:
@@ -556,7 +771,8 @@ def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None)
     mapping = {"model": "model", "cut": "cut", "host": "host", "port": "port", "curve": "curve", "keys": "keys",
                "max_sessions": "max_sessions", "max_tokens": "max_tokens_per_session",
                "idle_timeout": "idle_timeout_s", "max_kv_bytes": "max_kv_bytes",
-               "max_message_bytes": "max_message_bytes", "threads": "threads",
+               "max_message_bytes": "max_message_bytes", "threads": "threads", "batching": "batching",
+               "max_batch": "max_batch", "batch_wait_ms": "batch_wait_ms", "step_token_budget": "step_token_budget",
                **{name: name for name in WaitPolicy.names()}}
     for arg, key in mapping.items():
         v = getattr(args, arg, None)

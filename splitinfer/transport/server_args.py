@@ -67,3 +67,14 @@ def add_server_arguments(parser: argparse.ArgumentParser, defaults: dict | None 
                         help="with --busy-poll-ms: sleep between requests and start spinning this many ms "
                              "before the next one is due (the median of recent waits): most of busy "
                              "polling's latency at a fraction of its CPU (default 0: spin at once)")
+    parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=d.get("batching"),
+                        help="run the queued decode steps of different sessions as one forward (default on; "
+                             "--no-batching runs steps one after another)")
+    parser.add_argument("--max-batch", type=int, default=d.get("max_batch"),
+                        help="most sessions in one batched forward (default 64)")
+    parser.add_argument("--batch-wait-ms", type=float, default=d.get("batch_wait_ms"),
+                        help="after the first queued step, wait this long for more to batch (default 0: "
+                             "batch what is queued, never wait)")
+    parser.add_argument("--step-token-budget", type=int, default=d.get("step_token_budget"),
+                        help="tokens one scheduler turn computes: queued decode steps, then prefill chunks "
+                             "(default 256; a long prompt is computed in chunks between decode batches)")

@@ -56,6 +56,7 @@ class Session:
     last_start: int = -1
     last_reply: dict | None = None
     closed: bool = False
+    inflight: Any = None  # the server's StepJob of a chunked prefill in progress (a retry joins it)
     stats: dict = field(default_factory=lambda: {"steps": 0, "tokens": 0})
 
     @property
@@ -117,13 +118,14 @@ class SessionTable:
         s.last_used = self.clock()
         return s
 
-    def reserve(self, s: Session, start: int, n: int) -> None:
-        """Refuse a step that would break the token or memory limit (before computing anything)."""
+    def reserve(self, s: Session, start: int, n: int, pending_tokens: int = 0) -> None:
+        """Refuse a step that would break the token or memory limit (before computing anything);
+        `pending_tokens` are those of other steps already admitted to the same batch."""
         lim = self.limits
         if start + n > lim.max_tokens_per_session:
             raise ProtocolError(TOKEN_LIMIT, f"session would hold {start + n} tokens, over the server's limit of "
                                              f"{lim.max_tokens_per_session} per session; start a new generation")
-        need = self.kv_bytes() + n * self.kv_bytes_per_token
+        need = self.kv_bytes() + (n + pending_tokens) * self.kv_bytes_per_token
         if need > lim.max_kv_bytes:
             raise ProtocolError(MEMORY_LIMIT, f"KV caches of all {len(self)} sessions would take {need} bytes, over "
                                               f"the server's limit of {lim.max_kv_bytes}; retry later")

@@ -1,0 +1,118 @@
+"""One forward through the server stages for the steps of many `ServerSession`s at once.
+
+A decoder's decode step (one token) is bound by reading the weights: running B sessions' steps as one
+(B, 1, H) batch reads them once instead of B times. Each session keeps its own KV cache, position,
+sampling settings and random stream (`sample_token` is seeded by (seed, position), so what else is in
+the batch never changes a session's draw).
+
+Ragged lengths: padding + mask. For each stage a `BatchedKVCache` wraps the sessions' own `KVCache`s.
+When a layer hands it the batch's new keys/values, each row is appended to its session's cache (so the
+session's cache is exactly what an unbatched step leaves) and the layer gets a left-padded (B, heads,
+max_len + T, head_dim) copy plus a padding mask. Left padding keeps every row's query and its keys at
+the same relative distances as in the unbatched step, so causal masks and sliding windows stay right,
+and `LastPositionHead` (h[:, -1:]) reads each row's real last position.
+
+Why not a concatenated (paged) cache: the layers are the model family's own Hugging Face modules,
+which take one dense (B, heads, L, d) key tensor and an additive mask; a paged cache would need our
+own attention kernel per family. The padded copy costs one more pass over the sessions' KV bytes per
+step (`KVCache.update` already copies the cache once per step when it appends); with SmolLM2-135M at
+cut 15 that is ~23 KB per cached token (15 layers x 2 x 3 KV heads x 64 x 4 B), small next to the
+~330 MB of server weights a step reads while contexts stay at a few hundred tokens (measured in
+experiments/serving_throughput/).
+
+Rows of equal length get no mask at all, which is what the unbatched decode step does (SDPA without a
+mask), so a batch of sessions at the same position computes the same attention as B single steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from splitinfer.split.server import ServerSession, StepError
+
+
+class BatchedKVCache:
+    """The KV caches of one stage of B sessions, seen by that stage's layers as one batch cache."""
+
+    def __init__(self, caches: Sequence, lengths: Sequence[int]) -> None:
+        self.caches = list(caches)
+        self.lengths = [int(n) for n in lengths]
+        self.max_len = max(self.lengths)
+
+    @property
+    def seq_len(self) -> int:
+        """The padded past length every row sees (the longest session's)."""
+        return self.max_len
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        b, heads, t, d = key_states.shape
+        if b != len(self.caches):
+            raise StepError(f"batched cache of {len(self.caches)} sessions got keys for {b}")
+        if all(n == self.max_len for n in self.lengths):  # no padding: one cat of the per-row results
+            ks, vs = zip(*(c.update(key_states[i:i + 1], value_states[i:i + 1], layer_idx)
+                           for i, c in enumerate(self.caches)), strict=True)
+            return torch.cat(ks), torch.cat(vs)
+        out_k = key_states.new_zeros(b, heads, self.max_len + t, d)
+        out_v = value_states.new_zeros(b, value_states.shape[1], self.max_len + t, value_states.shape[-1])
+        for i, c in enumerate(self.caches):
+            k, v = c.update(key_states[i:i + 1], value_states[i:i + 1], layer_idx)
+            n = k.shape[-2]
+            out_k[i, :, -n:] = k[0]
+            out_v[i, :, -n:] = v[0]
+        return out_k, out_v
+
+
+def padding_mask(lengths: Sequence[int], q_len: int) -> torch.Tensor | None:
+    """(B, max_len + q_len) 1/0 mask of the left-padded batch; None when no row is padded."""
+    max_len = max(lengths)
+    if all(n == max_len for n in lengths):
+        return None
+    mask = torch.ones(len(lengths), max_len + q_len, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :max_len - n] = 0
+    return mask
+
+
+@torch.no_grad()
+def forward_batch(sessions: Sequence[ServerSession], hidden: torch.Tensor) -> torch.Tensor:
+    """Run the stages once for B sessions' steps of T positions each, every session from its own
+    position; returns the last position's logits, (B, V). Each session's caches and position advance
+    exactly as `session.forward(hidden[i:i+1], session.position)` would; on an error every session is
+    rolled back to where it was and the error raised (the caller reruns the steps one by one, so one
+    bad session fails alone)."""
+    sessions = list(sessions)
+    if not sessions:
+        raise StepError("forward_batch needs at least one session")
+    first = sessions[0]
+    if hidden.dim() != 3 or hidden.shape[0] != len(sessions) or hidden.shape[-1] != first.hidden_size:
+        raise StepError(f"hidden states must have shape ({len(sessions)}, T, {first.hidden_size}), "
+                        f"got {tuple(hidden.shape)}")
+    if len({id(s) for s in sessions}) != len(sessions):
+        raise StepError("a session appears twice in one batch; run its steps one after another")
+    stages = first.stages
+    for s in sessions:
+        if len(s.stages) != len(stages) or any(a is not b for a, b in zip(s.stages, stages, strict=True)):
+            raise StepError("sessions in one batch must run the same stage objects")
+    t = hidden.shape[1]
+    if t == 0:
+        raise StepError("a step must carry at least one position")
+    starts = [s.position for s in sessions]
+    for s, start in zip(sessions, starts, strict=True):
+        if s.max_tokens is not None and start + t > s.max_tokens:
+            raise StepError(f"session would hold {start + t} tokens, over its limit of {s.max_tokens}")
+    pos = torch.tensor(starts)[:, None] + torch.arange(t)[None]
+    mask = padding_mask(starts, t)
+    h = hidden.to(torch.float32)
+    try:
+        for j, stage in enumerate(stages):
+            cache = BatchedKVCache([s.caches[j] for s in sessions], starts)
+            h = stage(h, position_ids=pos, attention_mask=mask, cache=cache)
+    except BaseException:
+        for s, start in zip(sessions, starts, strict=True):
+            s.rollback(start)
+        raise
+    for s in sessions:
+        s.position += t
+    return h[:, -1]
