@@ -6,8 +6,10 @@ metrics and the synthetic victims live in their own modules (see README "Privacy
 
 from splitinfer.privacy.attacks import (
     ATTACKS,
+    AdaptiveWhiteBox,
     Attack,
     AttackContext,
+    HybridInversion,
     Inversion,
     LearnedInverter,
     LogitLens,
@@ -28,16 +30,23 @@ from splitinfer.privacy.defenses import (
     build_defense,
 )
 from splitinfer.privacy.evaluate import evaluate_privacy, payload_fn
+from splitinfer.privacy.trained import FisherNoise, NoPeek, SecretAdapter, server_fisher  # registers them
 from splitinfer.privacy.victims import Victim, aux_corpus, private_prompts, victim_set
 
 __all__ = [
     "ATTACKS",
     "DEFENSES",
+    "AdaptiveWhiteBox",
     "Attack",
     "AttackContext",
     "DChiPrivacy",
     "Defense",
+    "FisherNoise",
+    "NoPeek",
+    "SecretAdapter",
+    "server_fisher",
     "GaussianNoise",
+    "HybridInversion",
     "Inversion",
     "LearnedInverter",
     "LogitLens",

@@ -1,6 +1,8 @@
 """Device-side defenses, applied before the codec, seeded.
 
-A defense is a callable `defense(hidden, generator=None) -> hidden` with an attribute `acts_on`:
+A defense is a callable `defense(hidden, generator=None) -> hidden` with an attribute `acts_on`
+(Fisher-shaped noise and the trained adapters, `splitinfer.privacy.trained`, also need
+`defense.bind(lm, cut)` before they run):
 
 - `"payload"`: apply it to the device stage's output, before `codec.encode` (Gaussian noise);
 - `"embedding"`: attach it as the device stage's `embedding_hook` (dχ-privacy), i.e.
@@ -48,6 +50,23 @@ class Defense:
         other.seed = int(seed)
         other.reset()
         return other
+
+    def with_noise_seed(self, seed: int) -> Defense:
+        """A copy with fresh noise draws but the same secrets (for trained defenses: the same adapter)."""
+        return self.with_seed(seed)
+
+    def bind(self, lm, cut: int) -> Defense:
+        """The defense ready for `lm` cut at `cut` (Fisher-shaped noise and trained adapters need them;
+        see `splitinfer.privacy.trained`); the others return themselves."""
+        return self
+
+    @property
+    def bound(self) -> bool:
+        return True
+
+    def deterministic(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The part of the payload map an attacker can reproduce with its own copy (noise is not)."""
+        return hidden
 
     def as_hook(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda h: self(h)
@@ -166,6 +185,9 @@ def attach_defense(dev, defense: Defense | None) -> Callable[[torch.Tensor], tor
     The experiment calls this once per job on the device stage, then sends
     `codec.encode(post(dev(ids)))` where `post` is the returned function (identity for dχ).
     """
+    if defense is not None and not defense.bound:
+        raise ConfigError(f"defense {defense.name!r} depends on the model and the cut: bind it first "
+                          "(defense = defense.bind(lm, cut)); evaluate_privacy and the Hydra job do")
     if defense is None or isinstance(defense, NoDefense):
         dev.embedding_hook = None
         return lambda h: h

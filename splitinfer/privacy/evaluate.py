@@ -114,6 +114,50 @@ def utility_cost(lm: LoadedModel, cut: int, observe, victims: list[Victim]) -> d
             "privacy/utility/top1_agreement": agree / n}
 
 
+_UTILITY_REF: dict = {}
+
+
+@torch.no_grad()
+def defense_utility(lm: LoadedModel, cut: int, defense=None, codec=None, *, windows: int = 16, seq_len: int = 64,
+                    prompts: int = 8, prompt_tokens: int = 24, gen_tokens: int = 16, seed: int = 0) -> dict:
+    """Utility of a defense (+ codec) on held-out public text, through the split path (`DeviceHalf`):
+    Δperplexity % vs the unsplit model, KL(unsplit ‖ defended) per token and top-1 agreement, each with
+    its paired-bootstrap 95 % interval (`splitinfer.metrics.quality`), and greedy exact match of
+    `gen_tokens`-token continuations (teacher-forced replay, Wilson interval). Held-out text: the fifth of
+    the auxiliary corpus the trained defenses never see (`trained.public_sequences(split="heldout")`).
+    Keys: `utility/<metric>`."""
+    from splitinfer.metrics.quality import QualityAccumulator, first_mismatch, generation_metrics
+    from splitinfer.privacy.trained import public_sequences
+    from splitinfer.split import DeviceHalf
+    from splitinfer.split.generator import unsplit_generate
+
+    defense = build_defense(defense).with_seed(seed).bind(lm, cut)
+    codec = resolve_codec(codec)
+    dev, srv = split_model(lm, [cut])
+    half = DeviceHalf(dev, codec=codec, defense=defense.with_noise_seed(seed + 1))
+    seqs = public_sequences(lm, windows + prompts, seq_len, split="heldout", seed=seed)
+    memo = (lm.fingerprint, windows, prompts, seq_len, prompt_tokens, gen_tokens, seed)
+    if memo not in _UTILITY_REF:  # the unsplit model's greedy continuations, once per model and set-up
+        _UTILITY_REF[memo] = [unsplit_generate(lm, ids[:, :prompt_tokens], gen_tokens) for ids in seqs[windows:]]
+    wants = _UTILITY_REF[memo]
+    acc = QualityAccumulator(seed=seed)
+    for ids in seqs[:windows]:
+        ref = torch.log_softmax(lm.model(ids).logits.float()[0, :-1], -1)
+        acc.add(ref, srv(half.observe(ids)).float()[0, :-1], ids[0, 1:])
+    out = {f"utility/{k}": v for k, v in acc.result().items()}
+    matched = []
+    for ids, want in zip(seqs[windows:], wants, strict=True):
+        prompt = ids[:, :prompt_tokens]
+        want = torch.tensor(want[:gen_tokens], dtype=torch.long)
+        if len(want) < gen_tokens:  # stopped at an end-of-sequence token: not comparable
+            continue
+        seq = torch.cat([prompt, want[None, :-1]], 1)
+        pred = srv(half.observe(seq))[0, prompt_tokens - 1:].argmax(-1)
+        matched.append(first_mismatch(pred, want))
+    out.update({f"utility/{k}": v for k, v in generation_metrics(matched, gen_tokens).items()})
+    return out
+
+
 def _hydra_output_dir() -> Path | None:
     """The running Hydra job's output folder, when there is one (the job's partial results go there)."""
     try:
@@ -160,7 +204,8 @@ def _attack_victim(lm: LoadedModel, attack: Attack, index: int, v: Victim, y: to
     return VictimResult(index=index, key=victim_key(v.ids), locale=v.locale, tokens=v.num_tokens, token_acc=acc,
                         content_token_acc=token_accuracy(inv.ids, true, v.content), exact=float(acc == 1.0),
                         rouge_l=rouge_l(pred_text, true_text), pii=pii, invert_s=inv.seconds, invert_cpu_s=cpu,
-                        verified=inv.verified, candidates=inv.candidates, recovered=pred_text)
+                        verified=inv.verified, candidates=inv.candidates, recovered=pred_text,
+                        match_dist=inv.match_dist)
 
 
 def evaluate_privacy(
@@ -210,18 +255,24 @@ def evaluate_privacy(
 
     # The victim's device: its own stage and noise seeded by `seed`. The attacker: the same public
     # weights, defense kind and codec, but its own noise draws.
-    observe_victim = payload_fn(split_model(lm, [cut])[0], defense.with_seed(seed), codec)
-    observe_attacker = payload_fn(split_model(lm, [cut])[0], defense.with_seed(seed + ATTACKER_SEED_OFFSET), codec)
+    # Defenses that depend on the model (Fisher-shaped noise, trained adapters) are bound here: a trained
+    # adapter's seed is its secret, so the attacker's copy is trained with its own secret.
+    victim_defense = defense.with_seed(seed).bind(lm, cut)
+    attacker_defense = defense.with_seed(seed + ATTACKER_SEED_OFFSET).bind(lm, cut)
+    observe_victim = payload_fn(split_model(lm, [cut])[0], victim_defense, codec)
+    observe_attacker = payload_fn(split_model(lm, [cut])[0], attacker_defense, codec)
 
     p = f"privacy/{attack.name}"
     out: dict[str, float | bool] = {}
+    for key, value in getattr(victim_defense, "train_info", {}).items():
+        out[f"privacy/defense/{key}"] = value
     payloads = [observe_victim(v.ids) for v in victims]
     embeds = [lm.model.get_input_embeddings()(v.ids)[0] for v in victims]
     with torch.no_grad():
         dcor = [distance_correlation(e, y[0]) for e, y in zip(embeds, payloads, strict=True) if e.shape[0] > 2]
     out["privacy/dcor"] = float(sum(dcor) / len(dcor)) if dcor else float("nan")
     if utility and lm.is_causal_lm:
-        observe_utility = payload_fn(split_model(lm, [cut])[0], defense.with_seed(seed + 1), codec)
+        observe_utility = payload_fn(split_model(lm, [cut])[0], victim_defense.with_noise_seed(seed + 1), codec)
         out.update(utility_cost(lm, cut, observe_utility, victims))
 
     header = {"attack": attack.describe(), "defense": defense.describe(), "codec": _describe_codec(codec),
@@ -240,7 +291,10 @@ def evaluate_privacy(
     t_prep, c_prep = time.perf_counter(), time.process_time()
     if len(done) < len(victims):
         ctx = AttackContext(lm=lm, cut=cut, observe=observe_attacker, aux_ids=_aux_ids(lm, aux_texts, seed),
-                            seed=seed, deadline=deadline,
+                            seed=seed, deadline=deadline, defense=attacker_defense,
+                            setup_key=fingerprint({**{k: v for k, v in header.items() if k != "attack"},
+                                                   "attacker_defense": attacker_defense.describe(),
+                                                   "attacker_seed": seed + ATTACKER_SEED_OFFSET}),
                             noiseless=exact_payload(lm, cut, defense, codec, observe_attacker, seed))
         attack.prepare(ctx)
     prepare_s, prepare_cpu_s = time.perf_counter() - t_prep, time.process_time() - c_prep

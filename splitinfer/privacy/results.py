@@ -46,6 +46,7 @@ class VictimResult:
     verified: int = 0
     candidates: int = 0
     recovered: str = ""  # the recovered text (synthetic Faker data), for reading what leaked
+    match_dist: float = float("nan")  # white-box: median relative distance of the chosen candidates
 
 
 def victim_key(ids: torch.Tensor) -> str:
@@ -86,9 +87,10 @@ def aggregate(results: list[VictimResult], attack: str, victims: int) -> dict[st
         kind_hits = [h for r in results for k, h in r.pii if k == kind]
         if kind_hits:
             out[f"{p}/pii_recovery/{kind}"] = _mean(float(h) for h in kind_hits)
-    if attack == "whitebox" and tokens:
+    if any(r.candidates for r in results) and tokens:  # the white-box family (whitebox, adaptive, hybrid)
         out[f"{p}/verified_frac"] = sum(r.verified for r in results) / tokens
         out[f"{p}/candidates_per_token"] = sum(r.candidates for r in results) / tokens
+        out[f"{p}/match_dist"] = _mean(r.match_dist for r in results)
     return out
 
 

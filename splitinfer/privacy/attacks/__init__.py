@@ -3,6 +3,7 @@
 from splitinfer.errors import ConfigError
 from splitinfer.privacy.attacks.base import Attack, AttackContext, Inversion, check_cut
 from splitinfer.privacy.attacks.baselines import LogitLens, NearestEmbedding, NoAttack
+from splitinfer.privacy.attacks.hybrid import AdaptiveWhiteBox, HybridInversion
 from splitinfer.privacy.attacks.inverter import LearnedInverter
 from splitinfer.privacy.attacks.whitebox import WhiteBoxInversion
 from splitinfer.registry import Registry
@@ -13,6 +14,8 @@ ATTACKS: Registry[type[Attack]] = Registry("attack", {
     "logit_lens": LogitLens,
     "learned_inverter": LearnedInverter,
     "whitebox": WhiteBoxInversion,
+    "adaptive_whitebox": AdaptiveWhiteBox,
+    "hybrid": HybridInversion,
 }, example="attack=whitebox")
 
 
@@ -64,6 +67,8 @@ def build_attack(spec: str | dict | Attack | None = None, *, name: str | None = 
 
 __all__ = [
     "ATTACKS",
+    "AdaptiveWhiteBox",
+    "HybridInversion",
     "Attack",
     "AttackContext",
     "Inversion",

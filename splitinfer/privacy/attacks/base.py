@@ -30,6 +30,13 @@ class AttackContext:
     # True when the payload is the device output itself (no defense, no codec): the attacker then
     # accepts only exact matches (it knows the set-up; Kerckhoffs).
     noiseless: bool = False
+    # The attacker's own instance of the defense (same kind and parameters, its own seed/secret), bound to
+    # the model and cut; None without a defense. White-box attacks with `surrogate` run candidates through
+    # its deterministic part.
+    defense: object = None
+    # A hash of the set-up the attacker's own payloads come from (model, cut, defense and its attacker
+    # seed, codec, seed): attacks that train on them may reuse what they trained for the same key.
+    setup_key: str | None = None
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.perf_counter() > self.deadline
@@ -44,6 +51,9 @@ class Inversion:
     seconds: float = 0.0
     verified: int = 0  # positions confirmed by an exact match / ratio test (white-box only)
     candidates: int = 0  # candidate tokens run through the device stage (white-box only)
+    # median over positions of the chosen candidate's distance to the payload row, relative to the row's
+    # norm (white-box only): ~1e-7 for an exact match; how far the nearest match got under a defense
+    match_dist: float = float("nan")
 
 
 class Attack:

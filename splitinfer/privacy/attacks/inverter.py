@@ -24,6 +24,7 @@ from splitinfer.privacy.progress import bar, say
 log = logging.getLogger(__name__)
 
 ARCHS = ("linear", "gru", "transformer")
+_TRAINED: dict = {}  # the last trained inverter, by set-up (see AttackContext.setup_key)
 
 
 class InverterNet(nn.Module):
@@ -84,6 +85,21 @@ class LearnedInverter(Attack):
 
     def prepare(self, ctx: AttackContext) -> None:
         super().prepare(ctx)
+        key = None if ctx.setup_key is None else (ctx.setup_key, repr(self.describe()), self.seq_len, self.lr,
+                                                 self.batch_seqs, self.negatives)
+        if key is not None and key in _TRAINED:  # the same inverter on the same payloads (e.g. hybrid after
+            self.net, self.emb, info = _TRAINED[key]  # learned_inverter in one experiment): reuse it
+            for name, value in info.items():
+                setattr(self, name, value)
+            self.prepare_seconds = 0.0
+            return
+        self._train(ctx)
+        if key is not None:
+            _TRAINED.clear()  # one at a time: the latest set-up
+            _TRAINED[key] = (self.net, self.emb, {n: getattr(self, n) for n in
+                                                  ("train_tokens", "train_steps", "collect_seconds")})
+
+    def _train(self, ctx: AttackContext) -> None:
         t0 = time.perf_counter()
         stop = t0 + self.train_budget_s
         if ctx.deadline is not None:

@@ -44,6 +44,10 @@ from splitinfer.privacy.attacks.base import Attack, AttackContext, Inversion, em
 from splitinfer.privacy.progress import bar, say
 
 log = logging.getLogger(__name__)
+METRICS = ("l2", "fisher", "auto")
+# metric=auto: Fisher-weighted distances against the defenses that put their perturbation where the
+# server half is insensitive, L2 (the maximum-likelihood distance for isotropic noise) otherwise.
+FISHER_DEFENSES = ("fisher_noise", "secret_adapter", "nopeek")
 HEARTBEAT_S = 30.0  # a progress line at least this often during one long inversion (no terminal needed)
 
 
@@ -80,7 +84,7 @@ class WhiteBoxInversion(Attack):
                  probe_ridge: float = 2e-3, use_lm_prior: bool = True, use_gradient: bool = True,
                  first_round: int = 8, online_probe: bool = False, probe_refit_every: int = 1,
                  first_probe_tokens: int = 512, use_unigram: bool = True,
-                 noisy_max_candidates: int | None = 512) -> None:
+                 noisy_max_candidates: int | None = 512, surrogate: bool = False, metric: str = "l2") -> None:
         if batch_size < 3 or max_batch_size < batch_size:
             raise ConfigError(f"batch_size={batch_size}, max_batch_size={max_batch_size}: need 3 <= batch_size "
                              "<= max_batch_size")
@@ -90,6 +94,12 @@ class WhiteBoxInversion(Attack):
             raise ConfigError(f"noisy_max_candidates={noisy_max_candidates!r}: must be >= 1 or None (whole "
                               "vocabulary)")
         self.noisy_max_candidates = noisy_max_candidates
+        if metric not in METRICS:
+            raise ConfigError(f"metric={metric!r}: choose one of {METRICS} (fisher: distances weighted by the "
+                              "square root of the server half's diagonal Fisher information)")
+        if not isinstance(surrogate, bool):
+            raise ConfigError(f"surrogate={surrogate!r}: must be true or false")
+        self.surrogate, self.metric = surrogate, metric
         self.batch_size = int(batch_size)
         self.max_batch_size = int(max_batch_size)
         self.max_candidates = max_candidates
@@ -107,7 +117,8 @@ class WhiteBoxInversion(Attack):
 
     def describe(self):
         return {"name": self.name, "batch_size": self.batch_size, "max_candidates": self.max_candidates,
-                "noisy_max_candidates": self.noisy_max_candidates, "match_tol": self.match_tol, "accept_ratio": self.accept_ratio, "probe_tokens": self.probe_tokens}
+                "noisy_max_candidates": self.noisy_max_candidates, "match_tol": self.match_tol, "accept_ratio": self.accept_ratio, "probe_tokens": self.probe_tokens,
+                "surrogate": self.surrogate, "metric": self.metric}
 
     # -- preparation --------------------------------------------------------------------------
     def prepare(self, ctx: AttackContext) -> None:
@@ -118,6 +129,20 @@ class WhiteBoxInversion(Attack):
                              f"{lm.family} encoder")
         # The attacker's own copy of the stages: its hooks never touch the victim's device stage.
         self.dev, self.srv = split_model(lm, [ctx.cut])
+        # Kerckhoffs: with `surrogate` the candidates go through the attacker's own copy of the defense's
+        # deterministic part (a trained adapter with its own secret; identity for noise); with
+        # metric=fisher distances weigh each dimension by how much the server half's output depends on it.
+        self._post = ctx.defense.deterministic if self.surrogate and ctx.defense is not None else None
+        self._weights = None
+        metric = self.metric
+        if metric == "auto":
+            metric = "fisher" if getattr(ctx.defense, "name", None) in FISHER_DEFENSES else "l2"
+        self.metric_used = metric
+        if metric == "fisher":
+            from splitinfer.privacy.trained import server_fisher
+
+            w = server_fisher(lm, ctx.cut).sqrt()
+            self._weights = w / w.pow(2).mean().sqrt().clamp_min(1e-20)
         self.emb = embedding_matrix(lm)
         self.emb_sq = self.emb.pow(2).sum(-1)
         tok = lm.tokenizer
@@ -240,8 +265,8 @@ class WhiteBoxInversion(Attack):
         self.dev.embedding_hook = lambda _: e
         try:
             with torch.enable_grad():
-                out = self.dev(torch.zeros(1, 1, dtype=torch.long), cache=_expanded(cache, 1))
-                loss = (out[0, 0] - y).pow(2).sum()
+                out = self._through(self.dev(torch.zeros(1, 1, dtype=torch.long), cache=_expanded(cache, 1)))
+                loss = self._distance(out[0, 0], y).pow(2).sum()
                 (grad,) = torch.autograd.grad(loss, e)
         finally:
             self.dev.embedding_hook = None
@@ -249,10 +274,24 @@ class WhiteBoxInversion(Attack):
 
     @torch.no_grad()
     def _verify(self, cache: KVCache, cand: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = self.dev(cand[:, None], cache=_expanded(cache, len(cand)))[:, 0]
+        out = self.dev(cand[:, None], cache=_expanded(cache, len(cand)))
         if self.online_probe:
-            self._accumulate(out, self.emb[cand])
-        return (out - y).norm(dim=-1)
+            self._accumulate(out[:, 0], self.emb[cand])
+        return self._distance(self._through(out)[:, 0], y)
+
+    def _through(self, out: torch.Tensor) -> torch.Tensor:
+        """The attacker's own copy of the defense's deterministic part (surrogate), else the identity."""
+        return out if self._post is None else self._post(out)
+
+    def _distance(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        d = out - y
+        if self._weights is not None:
+            d = d * self._weights
+        return d.norm(dim=-1)
+
+    def _extra_orders(self, i: int) -> list[torch.Tensor]:
+        """More candidate rankings for position i (the hybrid attack adds its inverter's)."""
+        return []
 
     # -- inversion ----------------------------------------------------------------------------
     def invert(self, payload: torch.Tensor, deadline: float | None = None) -> Inversion:
@@ -269,6 +308,7 @@ class WhiteBoxInversion(Attack):
         srv_cache = self.srv.new_cache()
         prior = self.start_prior
         verified_positions = candidates = 0
+        match_dists: list[float] = []
         limit = self.max_candidates
         if limit is None and not self.ctx.noiseless:
             limit = self.noisy_max_candidates
@@ -281,11 +321,11 @@ class WhiteBoxInversion(Attack):
             y = payload[0, i]
             if self.online_probe and i % self.probe_refit_every == 0:
                 self._solve()
-            scale = y.norm().clamp_min(1e-12)
+            scale = self._distance(y, torch.zeros_like(y)).clamp_min(1e-12)
             tried = torch.zeros(v, dtype=torch.bool)
             dist = torch.full((v,), float("inf"))
             self._probe_pred = None
-            orders = [o for o in (self._probe_order(y, first=i == 0), prior) if o is not None]
+            orders = self._extra_orders(i) + [o for o in (self._probe_order(y, first=i == 0), prior) if o is not None]
             if self.use_unigram and (i > 0 or len(self.unigram_order)):
                 orders.append(_first_occurrences(torch.cat([rec[:i].flip(0), self.unigram_order])))
             cursors = [0] * len(orders)
@@ -334,6 +374,7 @@ class WhiteBoxInversion(Attack):
             log.debug("position %d: token %d after %d candidates in %d rounds (best %.2e of |y|, accepted=%s)",
                       i, token, int(tried.sum()), rnd, float(dist[token] / scale), accepted)
             verified_positions += int(accepted)
+            match_dists.append(float(dist[token] / scale))
             progress.update(1)
             if time.perf_counter() - heartbeat > HEARTBEAT_S and progress.disable:
                 heartbeat = time.perf_counter()
@@ -346,4 +387,5 @@ class WhiteBoxInversion(Attack):
                     logits = self.srv(h, cache=srv_cache)[0, -1]
                     prior = torch.argsort(logits, descending=True)
         return Inversion(rec, complete=True, seconds=time.perf_counter() - t_start,
-                         verified=verified_positions, candidates=candidates)
+                         verified=verified_positions, candidates=candidates,
+                         match_dist=float(torch.tensor(match_dists).median()) if match_dists else float("nan"))

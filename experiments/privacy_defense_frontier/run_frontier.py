@@ -1,0 +1,260 @@
+"""Privacy-utility frontier of the defenses against attackers that know them (issue 16).
+
+For each cut, each defense at a few strengths: utility on held-out public text (Δppl % with its 95 %
+interval, KL, top-1 agreement, greedy exact match; `splitinfer.privacy.evaluate.defense_utility`) and,
+for each attack, leakage on Faker victims (English and Japanese; `evaluate_privacy`), plus costs. Every
+job goes through the split path (`DeviceHalf.observe`). Rows are appended to `rows.jsonl` as they finish
+(a killed run keeps them; a rerun skips finished rows and each attack resumes its victims), then
+`--plot-only` writes `frontier.csv`, `table.md` and one figure per cut.
+
+    nice -n 5 python experiments/privacy_defense_frontier/run_frontier.py --cuts 8      # one cut
+    python experiments/privacy_defense_frontier/run_frontier.py --plot-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# (defense name, parameter, strengths); the trained ones use the recipe in TRAIN.
+GRID = {
+    "none": (None, [None]),
+    "gaussian": ("sigma", [0.05, 0.2, 0.5]),
+    "dchi": ("eta", [2000.0, 500.0, 200.0]),
+    "fisher_noise": ("sigma", [0.05, 0.2, 0.5]),
+    "nopeek": ("lam", [0.3, 1.0, 3.0]),
+    "secret_adapter": ("gamma", [0.1, 0.3, 1.0]),
+}
+TRAIN = {"rank": 32, "steps": 30, "train_budget_s": 90.0, "train_seqs": 24, "seq_len": 32, "batch_seqs": 1,
+         "lr": 0.02}
+INVERTER = {"arch": "gru", "width": 256, "layers": 1, "train_budget_s": 45.0, "max_steps": 40,
+            "max_train_tokens": 6144}
+WHITEBOX = {"noisy_max_candidates": 48, "probe_tokens": 1024}
+# Which attacks run against which defense. Against noise defenses the hybrid is the white-box search
+# (L2, the maximum-likelihood distance for isotropic noise; Fisher-weighted for fisher_noise) plus the
+# inverter's candidates, so plain `whitebox` runs only as the control (no defense) and against the
+# secret-weight defenses (grey-box: the public device weights).
+ATTACKS = {"none": ["whitebox", "learned_inverter", "hybrid"],
+           "nopeek": ["whitebox", "learned_inverter", "hybrid"],
+           "secret_adapter": ["whitebox", "learned_inverter", "hybrid"]}
+DEFAULT_ATTACKS = ["learned_inverter", "hybrid"]
+
+
+def attack_spec(name: str) -> dict:
+    if name == "learned_inverter":
+        return {"name": name, **INVERTER}
+    if name == "hybrid":
+        return {"name": name, **WHITEBOX, "inverter": INVERTER, "top_k": 32}
+    return {"name": name, **WHITEBOX}
+
+
+def defense_spec(name: str, strength) -> dict | None:
+    if name == "none":
+        return None
+    key, _ = GRID[name]
+    spec = {"name": name, key: strength}
+    if name in ("nopeek", "secret_adapter"):
+        spec.update(TRAIN)
+    return spec
+
+
+def run(args) -> None:
+    import torch
+
+    from splitinfer.models import load_model
+    from splitinfer.privacy import evaluate_privacy
+    from splitinfer.privacy.evaluate import defense_utility
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_path = out / "rows.jsonl"
+    done = set()
+    if rows_path.exists():
+        for line in rows_path.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["cut"], r["defense"], str(r["strength"]), r["attack"]))
+    lm = load_model(args.model)
+    defenses = args.defenses.split(",") if args.defenses else list(GRID)
+    for cut in [int(c) for c in args.cuts.split(",")]:
+        for name in defenses:
+            _, strengths = GRID[name]
+            for strength in strengths:
+                spec = defense_spec(name, strength)
+                attacks = ATTACKS.get(name, DEFAULT_ATTACKS)
+                if args.attacks:
+                    attacks = [a for a in attacks if a in args.attacks.split(",")]
+                todo = [a for a in attacks if (cut, name, str(strength), a) not in done]
+                if not todo:
+                    continue
+                t0 = time.perf_counter()
+                util = defense_utility(lm, cut, spec, windows=args.util_windows, prompts=args.util_prompts)
+                util["utility/seconds"] = time.perf_counter() - t0
+                for attack in todo:
+                    folder = out / "runs" / f"cut{cut}-{name}-{strength}-{attack}"
+                    t1 = time.perf_counter()
+                    m = evaluate_privacy(lm, cut, attack=attack_spec(attack), defense=spec, victims=args.victims,
+                                         max_tokens=args.victim_tokens, chat=False, utility=False, out_dir=folder,
+                                         time_budget_s=args.attack_budget)
+                    row = {"cut": cut, "defense": name, "strength": strength, "attack": attack,
+                           "job_s": time.perf_counter() - t1, **util, **m}
+                    with open(rows_path, "a") as f:
+                        f.write(json.dumps(row, default=float) + "\n")
+                    logging.info("row cut %d %s %s %s: tokens %.1f %%, PII %.1f %%, dppl %+.1f %%", cut, name,
+                                 strength, attack, 100 * m.get(f"privacy/{attack}/token_acc", float("nan")),
+                                 100 * m.get(f"privacy/{attack}/pii_recovery", float("nan")),
+                                 util.get("utility/delta_ppl_pct", float("nan")))
+
+
+COLUMNS = [
+    ("cut", "cut", "{}"), ("defense", "defense", "{}"), ("strength", "strength", "{}"), ("attack", "attack", "{}"),
+    ("token_acc", "tokens %", "pct"), ("exact_match", "exact %", "pct"), ("rouge_l", "ROUGE-L %", "pct"),
+    ("pii_recovery", "PII %", "pct"), ("match_dist", "match dist", "{:.3f}"),
+    ("utility/delta_ppl_pct", "Δppl %", "dppl"), ("utility/kl_mean", "KL", "{:.4f}"),
+    ("utility/top1_agreement", "top-1 %", "pct"), ("utility/exact_match_rate", "greedy EM %", "pct"),
+    ("privacy/dcor", "dCor", "{:.3f}"), ("privacy/defense/train_s", "defense train s", "{:.0f}"),
+    ("prepare_s", "attack prep s", "{:.0f}"), ("invert_s_per_token", "invert s/tok", "{:.3f}"),
+    ("victims_done", "victims", "{:.0f}"), ("partial", "partial", "{}"),
+]
+
+
+def _get(row: dict, key: str):
+    if key in row:
+        return row[key]
+    return row.get(f"privacy/{row['attack']}/{key}")
+
+
+def _fmt(row: dict, key: str, how: str) -> str:
+    v = _get(row, key)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if how == "pct":
+        return f"{100 * v:.1f}"
+    if how == "dppl":
+        lo, hi = row.get("utility/delta_ppl_pct_ci_low"), row.get("utility/delta_ppl_pct_ci_high")
+        return f"{v:+.1f} [{lo:+.1f}, {hi:+.1f}]" if lo is not None else f"{v:+.1f}"
+    return how.format(v)
+
+
+def load_rows(out: Path) -> list[dict]:
+    path = out / "rows.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    latest = {}
+    for r in rows:  # a rerun of the same row replaces the earlier one
+        latest[(r["cut"], r["defense"], str(r["strength"]), r["attack"])] = r
+    order = {name: i for i, name in enumerate(GRID)}
+    return sorted(latest.values(), key=lambda r: (r["cut"], order.get(r["defense"], 99), float(r["strength"] or 0),
+                                                   r["attack"]))
+
+
+def strongest(rows: list[dict]) -> dict:
+    """(cut, defense, strength) -> the attack with the highest token recovery (ties: PII)."""
+    best = {}
+    for r in rows:
+        key = (r["cut"], r["defense"], str(r["strength"]))
+        cand = (_get(r, "token_acc") or 0.0, _get(r, "pii_recovery") or 0.0)
+        if key not in best or cand > best[key][0]:
+            best[key] = (cand, r)
+    return {k: v[1] for k, v in best.items()}
+
+
+def plot(rows: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    best = strongest(rows)
+    for cut in sorted({r["cut"] for r in rows}):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for name in GRID:
+            pts = sorted(((r["utility/delta_ppl_pct"], r) for (c, d, _), r in best.items() if c == cut and d == name),
+                         key=lambda p: p[0])
+            if not pts:
+                continue
+            x = [max(p[0], 0.01) for p in pts]
+            for ax, key in zip(axes, ("token_acc", "pii_recovery"), strict=True):
+                y = [100 * (_get(p[1], key) or 0.0) for p in pts]
+                style = {"marker": "*", "markersize": 14, "linestyle": "none"} if name == "none" else {"marker": "o"}
+                ax.plot(x, y, label=name, **style)
+                for xi, yi, p in zip(x, y, pts, strict=True):
+                    if name != "none":
+                        ax.annotate(f"{p[1]['strength']:g}\n{p[1]['attack'][:6]}", (xi, yi), fontsize=6,
+                                    textcoords="offset points", xytext=(3, 3))
+        for ax, what in zip(axes, ("token recovery %", "PII recovery %"), strict=True):
+            ax.set_xscale("log")
+            ax.set_xlabel("Δppl % on held-out text (log; none plotted at 0.01)")
+            ax.set_ylabel(f"strongest attack's {what}")
+            ax.set_ylim(-3, 103)
+            ax.axvline(5, color="grey", lw=0.8, ls="--")
+            ax.axhline(10 if "token" in what else 5, color="grey", lw=0.8, ls=":")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"SmolLM2-135M cut {cut}: strongest adaptive attack vs utility loss (target: lower left of "
+                     "the dashed/dotted lines)", fontsize=9)
+        fig.tight_layout()
+        path = out / f"frontier_cut{cut}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_tables(rows: list[dict], out: Path) -> None:
+    with open(out / "frontier.csv", "w", newline="") as f:
+        keys = sorted({k for r in rows for k in r if not isinstance(r[k], dict | list)})
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in keys})
+    lines = ["| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r, k, h) for k, _, h in COLUMNS) + " |" for r in rows]
+    best = strongest(rows)
+    lines += ["", "Strongest attack per setting:", "",
+              "| cut | defense | strength | strongest attack | tokens % | PII % | Δppl % [95 % CI] | top-1 % |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        key = (r["cut"], r["defense"], str(r["strength"]))
+        if best.get(key) is r:
+            lines.append(f"| {r['cut']} | {r['defense']} | {r['strength']} | {r['attack']} | "
+                         f"{_fmt(r, 'token_acc', 'pct')} | {_fmt(r, 'pii_recovery', 'pct')} | "
+                         f"{_fmt(r, 'utility/delta_ppl_pct', 'dppl')} | {_fmt(r, 'utility/top1_agreement', 'pct')} |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(HERE))
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--cuts", default="4,8,15")
+    p.add_argument("--defenses", default=None, help=f"comma list of {list(GRID)} (default: all)")
+    p.add_argument("--attacks", default=None, help="only these attacks")
+    p.add_argument("--victims", type=int, default=20)
+    p.add_argument("--victim-tokens", type=int, default=24)
+    p.add_argument("--attack-budget", type=float, default=None, help="seconds per attack job (default: none)")
+    p.add_argument("--util-windows", type=int, default=16)
+    p.add_argument("--util-prompts", type=int, default=8)
+    p.add_argument("--plot-only", action="store_true")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.plot_only:
+        run(args)
+    rows = load_rows(Path(args.out))
+    if rows:
+        write_tables(rows, Path(args.out))
+        plot(rows, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
