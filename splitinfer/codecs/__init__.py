@@ -16,7 +16,9 @@ Header: {"codec": preset name, "v": 1, "params": {params that differ from the pr
 One module per idea: encoded (EncodedTensor, frames), base (Codec, header checks, checksum), params
 (every knob, validated), pipeline (the composable codec), tokens / centering / outliers / rotation /
 sparsify (stages before quantization), quantize (fixed-rate bits), stepquant (entropy-coded steps),
-bitpack, lossless (lz4, zstd), petals (the bitsandbytes peer), registry (names, build_codec).
+bitpack, lossless (lz4, zstd), petals (the bitsandbytes peer), registry (names, build_codec),
+framing + session (`<preset>_s`: the session wire format, a few bytes of binary framing per step, and
+for ecNNg_s context-adaptive coding across a session's steps; see session.py).
 """
 
 from splitinfer.codecs.base import Codec
@@ -31,7 +33,9 @@ from splitinfer.codecs.registry import (
     build_codec,
     codec_from_header,
     decode_any,
+    session_codecs,
 )
+from splitinfer.codecs.session import AdaptiveStepCodec, SessionCodec
 
 __all__ = [
     "DEFAULT_CODEC",
@@ -45,4 +49,7 @@ __all__ = [
     "build_codec",
     "codec_from_header",
     "decode_any",
+    "session_codecs",
+    "AdaptiveStepCodec",
+    "SessionCodec",
 ]

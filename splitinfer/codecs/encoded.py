@@ -73,9 +73,19 @@ class EncodedTensor:
     @classmethod
     def from_frames(cls, frames: Sequence[Buffer]) -> EncodedTensor:
         """Inverse of `to_frames`; accepts bytes, memoryviews or anything exposing the buffer protocol
-        (e.g. zmq.Frame). Buffers are kept as zero-copy memoryviews; the codec validates them."""
+        (e.g. zmq.Frame). Buffers are kept as zero-copy memoryviews; the codec validates them.
+        A session message (binary head, see framing.py) comes back as a `framing.StepMessage`."""
         if len(frames) == 0:
             raise CodecError("no frames: expected a JSON header frame followed by buffer frames")
+        if cls is EncodedTensor:
+            from splitinfer.codecs import framing
+
+            try:
+                session = framing.is_session_head(frames[0])
+            except TypeError as e:
+                raise CodecError(f"every frame must be bytes-like: {e}") from e
+            if session:
+                return framing.StepMessage.from_frames(frames)
         try:
             buffers: list[Buffer] = [memoryview(f).cast("B") for f in frames[1:]]
         except TypeError as e:

@@ -138,7 +138,6 @@ def encode(q: np.ndarray, n_groups: int) -> tuple[bytes, bytes, bytes, list[int]
     Each code is first predicted from the previous token's code in its channel (weight k/4, k per
     channel; hidden states drift slowly in most channels), and the residual is what gets coded."""
     rows, cols = q.shape
-    n = rows * cols
     q = q.astype(np.int64)
     ks = predict_weights(q)
     prev = np.vstack([np.zeros((1, cols), np.int64), q[:-1]])
@@ -154,24 +153,9 @@ def encode(q: np.ndarray, n_groups: int) -> tuple[bytes, bytes, bytes, list[int]
     tables = quantize_counts(counts)
     tables[counts.sum(axis=1) == 0, 0] = 1  # an empty group still needs a valid (unused) table
     freq = frequencies(tables)
-    cum = np.concatenate([np.zeros((k, 1), np.int64), np.cumsum(freq, axis=1)[:, :-1]], axis=1)
-    f_all, c_all = freq[gi, sym], cum[gi, sym]
-    lanes = lanes_for(n)
-    x = np.full(lanes, _L, dtype=np.int64)
-    chunks = []
-    for t in range((n + lanes - 1) // lanes - 1, -1, -1):
-        s0 = t * lanes
-        f, c = f_all[s0: s0 + lanes], c_all[s0: s0 + lanes]
-        m = f.size
-        xs = x[:m]
-        emit = xs >= (f << (32 - SCALE_BITS))
-        if emit.any():
-            chunks.append((xs[emit] & 0xFFFF)[::-1])
-            xs = np.where(emit, xs >> 16, xs)
-        x[:m] = ((xs // f) << SCALE_BITS) + xs % f + c
-    words = np.concatenate(chunks)[::-1].astype(np.uint16) if chunks else np.zeros(0, np.uint16)
-    stream = x.astype(np.uint32).tobytes() + words.tobytes()
-    return (groups * 5 + ks).astype(np.uint8).tobytes(), tables.tobytes(), stream, [lo, hi, int(words.size)]
+    cum = cumulative(freq)
+    stream, n_words = encode_symbols(sym, gi, freq, cum)
+    return (groups * 5 + ks).astype(np.uint8).tobytes(), tables.tobytes(), stream, [lo, hi, n_words]
 
 
 def decode(groups_buf, tables_buf, stream_buf, rows: int, cols: int, n_groups: int, lo: int, hi: int,
@@ -187,17 +171,77 @@ def decode(groups_buf, tables_buf, stream_buf, rows: int, cols: int, n_groups: i
                          "corrupted data")
     tables = np.frombuffer(tables_buf, dtype=np.uint8).reshape(k, a)
     freq = frequencies(tables)
-    cum = np.concatenate([np.zeros((k, 1), np.int64), np.cumsum(freq, axis=1)[:, :-1]], axis=1)
-    slot_sym = np.stack([np.repeat(np.arange(a, dtype=np.int64), freq[g]) for g in range(k)])
+    cum = cumulative(freq)
+    out = decode_symbols(stream_buf, n_words, n, np.tile(groups, rows), freq, cum, slot_table(freq))
+    res = (out + lo).reshape(rows, cols)
+    q = np.empty_like(res)
+    prev = np.zeros(cols, dtype=np.int64)
+    for t in range(rows):
+        prev = q[t] = res[t] + _predict(prev, ks)
+    if q.size and (int(q.min()) < -128 or int(q.max()) > 127):
+        raise CodecError("rANS codes decode outside int8: corrupted data")
+    return q.astype(np.int8)
+
+
+# -- the coder itself, for any model (static tables above, session-adaptive counts in adaptive.py) ---------
+def cumulative(freq: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.zeros((freq.shape[0], 1), np.int64), np.cumsum(freq, axis=1)[:, :-1]], axis=1)
+
+
+def slot_table(freq: np.ndarray) -> np.ndarray:
+    """(K, 2**SCALE_BITS) slot -> symbol lookup of each group's table (decoder side)."""
+    a = freq.shape[1]
+    dtype = np.int16 if a < 2**15 else np.int32
+    return np.stack([np.repeat(np.arange(a, dtype=dtype), freq[g]) for g in range(freq.shape[0])])
+
+
+def freqs_from_counts(counts: np.ndarray) -> np.ndarray:
+    """(K, A) symbol counts (int64 >= 0) -> frequencies summing to 2**SCALE_BITS per group, every symbol
+    >= 1 (nothing is ever impossible). Integer arithmetic only: both halves of a session derive the same
+    tables from the same counts."""
+    k, a = counts.shape
+    if a >= _M:
+        raise CodecError(f"rANS alphabet of {a} symbols does not fit {_M} slots")
+    total = np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    f = 1 + (counts * (_M - a)) // total
+    f[np.arange(k), counts.argmax(axis=1)] += _M - f.sum(axis=1)
+    return f
+
+
+def encode_symbols(sym: np.ndarray, gi: np.ndarray, freq: np.ndarray, cum: np.ndarray) -> tuple[bytes, int]:
+    """Symbols `sym` (each coded with its group `gi`'s table) -> (stream bytes, number of 16-bit words)."""
+    n = sym.size
+    f_all, c_all = freq[gi, sym], cum[gi, sym]
     lanes = lanes_for(n)
-    raw = memoryview(stream_buf)
+    x = np.full(lanes, _L, dtype=np.int64)
+    chunks = []
+    for t in range((n + lanes - 1) // lanes - 1, -1, -1):
+        s0 = t * lanes
+        f, c = f_all[s0: s0 + lanes], c_all[s0: s0 + lanes]
+        m = f.size
+        xs = x[:m]
+        emit = xs >= (f << (32 - SCALE_BITS))
+        if emit.any():
+            chunks.append((xs[emit] & 0xFFFF)[::-1])
+            xs = np.where(emit, xs >> 16, xs)
+        x[:m] = ((xs // f) << SCALE_BITS) + xs % f + c
+    words = np.concatenate(chunks)[::-1].astype(np.uint16) if chunks else np.zeros(0, np.uint16)
+    return x.astype(np.uint32).tobytes() + words.tobytes(), int(words.size)
+
+
+def decode_symbols(stream_buf, n_words: int, n: int, gi: np.ndarray, freq: np.ndarray, cum: np.ndarray,
+                   slot_sym: np.ndarray) -> np.ndarray:
+    """Inverse of encode_symbols -> n symbols (int64); CodecError on a stream that does not decode."""
+    lanes = lanes_for(n)
+    raw = memoryview(stream_buf).cast("B")
+    if raw.nbytes != stream_nbytes(n, n_words):
+        raise CodecError(f"rANS stream has {raw.nbytes} bytes, expected {stream_nbytes(n, n_words)}")
     x = np.frombuffer(raw[: 4 * lanes], dtype=np.uint32).astype(np.int64)
     words = np.frombuffer(raw[4 * lanes:], dtype=np.uint16).astype(np.int64)
     if words.size != n_words:
         raise CodecError(f"rANS stream holds {words.size} words, header announces {n_words}")
     if bool((x < _L).any()):
         raise CodecError("rANS final states are out of range: corrupted data")
-    gi = np.tile(groups, rows)
     out = np.empty(n, dtype=np.int64)
     ptr = 0
     for t in range((n + lanes - 1) // lanes):
@@ -219,11 +263,49 @@ def decode(groups_buf, tables_buf, stream_buf, rows: int, cols: int, n_groups: i
         x[:m] = xs
     if ptr != words.size or bool((x != _L).any()):
         raise CodecError("rANS stream does not decode to its initial state: corrupted data")
-    res = (out + lo).reshape(rows, cols)
-    q = np.empty_like(res)
-    prev = np.zeros(cols, dtype=np.int64)
-    for t in range(rows):
-        prev = q[t] = res[t] + _predict(prev, ks)
-    if q.size and (int(q.min()) < -128 or int(q.max()) > 127):
-        raise CodecError("rANS codes decode outside int8: corrupted data")
-    return q.astype(np.int8)
+    return out
+
+
+# -- one rANS state, plain Python: for one-token steps, where 64 lanes' final states (256 bytes) would
+# cost more than the values themselves and numpy's per-call overhead more than the arithmetic ----------
+def encode_scalar(f_list: list[int], c_list: list[int]) -> bytes:
+    """Symbols given as their (frequency, cumulative) pairs -> final state (4 bytes) + 16-bit words."""
+    x = _L
+    out = []
+    bound = 32 - SCALE_BITS
+    for i in range(len(f_list) - 1, -1, -1):
+        f = f_list[i]
+        if x >= (f << bound):
+            out.append(x & 0xFFFF)
+            x >>= 16
+        x = ((x // f) << SCALE_BITS) + (x % f) + c_list[i]
+    out.reverse()
+    return int(x).to_bytes(4, "little") + np.array(out, dtype=np.uint16).tobytes()
+
+
+def decode_scalar(stream_buf, n: int, groups: list[int], freq: list[list[int]], cum: list[list[int]],
+                  slots: list) -> list[int]:
+    """Inverse of encode_scalar for n symbols, symbol i coded with table groups[i]."""
+    raw = memoryview(stream_buf).cast("B")
+    if raw.nbytes < 4 or raw.nbytes % 2:
+        raise CodecError(f"rANS stream of {raw.nbytes} bytes is not a 4-byte state plus 16-bit words")
+    x = int.from_bytes(raw[:4], "little")
+    words = np.frombuffer(raw[4:], dtype=np.uint16).tolist()
+    if x < _L:
+        raise CodecError("rANS final state is out of range: corrupted data")
+    out = [0] * n
+    ptr, n_words, mask = 0, len(words), _M - 1
+    for i in range(n):
+        g = groups[i]
+        slot = x & mask
+        s = slots[g][slot]
+        x = freq[g][s] * (x >> SCALE_BITS) + slot - cum[g][s]
+        if x < _L:
+            if ptr >= n_words:
+                raise CodecError("rANS stream ends early: truncated or corrupted data")
+            x = (x << 16) | words[ptr]
+            ptr += 1
+        out[i] = s
+    if ptr != n_words or x != _L:
+        raise CodecError("rANS stream does not decode to its initial state: corrupted data")
+    return out

@@ -95,6 +95,15 @@ _PRESETS["int8"] = dict(_PRESETS["int8_b64_tc"])  # the project default, see DEF
 DEFAULT_CODEC = "int8"
 
 
+SESSION_SUFFIX = "_s"  # "<preset>_s": the session wire format (session.py); adaptive coding for ecNNg_s
+SESSION_CODECS = ("fp16_s", "int8_s", "ec34g_s", "ec37g_s", "ec38g_s", "ec40g_s")
+
+
+def session_codecs() -> list[str]:
+    """The session presets the benchmark and docs use (any preset name + "_s" builds one)."""
+    return list(SESSION_CODECS)
+
+
 def available_codecs() -> list[str]:
     """Every name build_codec accepts (petals_blockwise8 needs the optional bitsandbytes)."""
     return sorted([*_PRESETS, *_PEERS])
@@ -120,7 +129,13 @@ def build_codec(spec: str | Mapping[str, Any] | Codec = DEFAULT_CODEC, **overrid
     params.update(overrides)
     if not isinstance(name, str):
         raise CodecError(f"codec name must be a string, got {name!r}")
-    return _build(name, json.dumps(params, sort_keys=True, allow_nan=False, default=_no_json))
+    params_json = json.dumps(params, sort_keys=True, allow_nan=False, default=_no_json)
+    base = name[: -len(SESSION_SUFFIX)]
+    if name.endswith(SESSION_SUFFIX) and (base in _PRESETS or base in _PEERS):
+        from splitinfer.codecs.session import build_session
+
+        return build_session(_build(base, params_json), name)  # a fresh instance: it may hold session state
+    return _build(name, params_json)
 
 
 def _no_json(value: Any) -> Any:
@@ -140,7 +155,8 @@ def _build(name: str, params_json: str) -> Codec:
 
 
 NAME_GRAMMAR = ("int{2..8}_{tensor|token|b32|b64}[_outlier][_rot][_log8][_tc][_lz4|_zstd], fp32, fp16, bf16, "
-                "top10_fp16, ec15..ec60, ec34g/ec37g/ec38g/ec40g, petals_blockwise8")
+                "top10_fp16, ec15..ec60, ec34g/ec37g/ec38g/ec40g, petals_blockwise8; any of them + _s for the session "
+                "wire format (e.g. ec37g_s)")
 LIST_COMMAND = 'python -c "from splitinfer.codecs import available_codecs; print(available_codecs())"'
 
 

@@ -2,7 +2,10 @@
 
 A session names its codec at open as a spec (`{"name": ..., **params}`, what `Codec.spec()` gives);
 `splitinfer.split.wire` builds it (`"none"` = raw tensor bytes). Here every payload is validated
-before use: header, codec, shape, finiteness.
+before use: header, codec, shape, finiteness. Session codecs (`<preset>_s`, codecs/session.py) send a
+binary head instead of a JSON header; the shape in it is checked the same way before decoding, and an
+adaptive codec's instance (one per session, built at open) keeps the session's state: steps must be
+decoded once each, in order (a replay into a new session rebuilds the state from the same frames).
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from splitinfer.codecs.session import AdaptiveStepCodec, SessionCodec
 from splitinfer.split.wire import _NP_DTYPES, NONE, RawCodec, codec_spec, default_codec, resolve_codec
 from splitinfer.transport.protocol import BAD_CODEC, BAD_TENSOR, ProtocolError
+
+SESSION_TYPES = (SessionCodec, AdaptiveStepCodec)
 
 __all__ = ["NONE", "RawCodec", "build_session_codec", "codec_spec", "decode_hidden", "default_codec"]
 
@@ -41,7 +47,14 @@ def decode_hidden(codec, frames, hidden_size: int, max_tokens: int) -> torch.Ten
     except (ValueError, RecursionError) as e:  # RecursionError: JSON nested ~1000 deep
         raise ProtocolError(BAD_TENSOR, f"payload is not a codec message: {e}") from None
     h = enc.header
-    if h.get("codec") != codec.name or h.get("params", {}) != dict(getattr(codec, "overrides", {}) or {}):
+    if h.get("session") or isinstance(codec, SESSION_TYPES):
+        # session format (codecs/framing.py): codec and params were agreed at open, the head has no names
+        if not (h.get("session") and isinstance(codec, SESSION_TYPES)):
+            raise ProtocolError(BAD_CODEC, f"payload is in the {'session' if h.get('session') else 'self-describing'} "
+                                           f"format but this session's codec {codec_spec(codec)} expects the "
+                                           f"{'session' if isinstance(codec, SESSION_TYPES) else 'self-describing'} "
+                                           "one; encode with the codec named at open")
+    elif h.get("codec") != codec.name or h.get("params", {}) != dict(getattr(codec, "overrides", {}) or {}):
         raise ProtocolError(BAD_CODEC, f"payload is encoded with codec {str(h.get('codec'))[:60]!r} params "
                                        f"{str(h.get('params'))[:80]} but this session uses {codec_spec(codec)}; "
                                        "encode with the codec named at open, or open a new session")

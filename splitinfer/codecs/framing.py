@@ -1,0 +1,185 @@
+"""The session wire format: a few bytes of binary framing per step instead of a self-describing header.
+
+When a session opens, both halves agree on the codec and its params (the spec sent at open), so a step
+need not repeat them. A session message is one binary head frame followed by the codec's buffers:
+
+    magic 0xB5 | bits: format (3) has_meta has_code key dtype (2) | seq varint | ndim u8 | dims varints |
+    crc u32 | code u8 (if has_code) | meta: compact JSON of the rarer data-dependent choices (if has_meta)
+
+12 bytes for a one-token (1, 1, 576) step with no meta (1.0 % of its fp16 payload, against ~96 bytes of
+JSON header), 13 with the code byte a session codec uses for its common per-step choices. `crc` is the
+CRC-32 of the full header the receiver rebuilds from the agreed spec plus this frame (codec, params,
+dtype, shape, seq, flags, code, meta) and of every buffer, so a flipped bit anywhere, or a message
+decoded with the wrong spec, fails the check. The first byte (0xB5) can never start a JSON header, so
+`EncodedTensor.from_frames` tells the two formats apart.
+
+flags bit 0 = key: the message decodes on its own and leaves the session's adaptive state untouched
+(what `codec.encode(x)` gives); without it the message is step `seq` of the session and is decoded
+against the state both halves built from steps 0..seq-1 (`codec.encode_step(x)`).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from splitinfer.codecs.base import DTYPES, MAX_NDIM, read_shape
+from splitinfer.codecs.encoded import MAX_HEADER_BYTES, Buffer, EncodedTensor
+from splitinfer.codecs.errors import CodecError
+
+MAGIC = 0xB5
+FORMAT = 1
+FLAG_KEY = 1
+_DTYPE_CODES = tuple(DTYPES)  # "float32", "float16", "bfloat16" -> 0, 1, 2
+_MAX_SEQ = 2**32 - 1
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    for i in range(pos, min(pos + 5, len(buf))):
+        b = buf[i]
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, i + 1
+        shift += 7
+    raise CodecError("session head: a shape dimension is truncated or longer than 5 bytes")
+
+
+def pack_head(flags: int, dtype: str, seq: int, shape: Sequence[int], crc: int, meta: dict[str, Any],
+              code: int | None = None) -> bytes:
+    if not 0 <= seq <= _MAX_SEQ:
+        raise CodecError(f"session step number {seq} does not fit 32 bits; open a new session")
+    bits = _DTYPE_CODES.index(dtype) | (flags & FLAG_KEY) << 2 | (code is not None) << 3 | bool(meta) << 4
+    head = bytearray((MAGIC, bits | FORMAT << 5))
+    head += _varint(seq)
+    head.append(len(shape))
+    for d in shape:
+        head += _varint(int(d))
+    head += struct.pack("<I", crc)
+    if code is not None:
+        head.append(code)
+    if meta:
+        head += json.dumps(meta, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return bytes(head)
+
+
+def unpack_head(frame: Buffer) -> dict[str, Any]:
+    """Parse and validate a head frame -> {"flags", "dtype", "seq", "shape", "crc", "code", "meta"}."""
+    raw = memoryview(frame).cast("B")
+    if len(raw) > MAX_HEADER_BYTES:
+        raise CodecError(f"session head is {len(raw)} bytes, over the {MAX_HEADER_BYTES}-byte limit")
+    if len(raw) < 8 or raw[0] != MAGIC:
+        raise CodecError(f"not a session message head ({len(raw)} bytes, first byte "
+                         f"{raw[0] if len(raw) else None!r}, expected {MAGIC} and >= 8 bytes)")
+    bits = raw[1]
+    if bits >> 5 != FORMAT:
+        raise CodecError(f"session head format {bits >> 5} is not supported (expected {FORMAT})")
+    dcode, flags, has_code, has_meta = bits & 3, (bits >> 2) & 1, (bits >> 3) & 1, (bits >> 4) & 1
+    if dcode >= len(_DTYPE_CODES):
+        raise CodecError(f"session head dtype code {dcode} is not one of 0..{len(_DTYPE_CODES) - 1}")
+    seq, pos = _read_varint(raw, 2)
+    if seq > _MAX_SEQ:
+        raise CodecError(f"session head step number {seq} is over 32 bits")
+    if pos >= len(raw):
+        raise CodecError("session head is truncated before its shape")
+    ndim, pos = raw[pos], pos + 1
+    if ndim > MAX_NDIM:
+        raise CodecError(f"session head announces {ndim} dims, over {MAX_NDIM}")
+    shape = []
+    for _ in range(ndim):
+        d, pos = _read_varint(raw, pos)
+        shape.append(d)
+    if pos + 4 + has_code > len(raw):
+        raise CodecError("session head is truncated before its checksum")
+    crc = struct.unpack_from("<I", raw, pos)[0]
+    pos += 4
+    code = None
+    if has_code:
+        code, pos = raw[pos], pos + 1
+    meta: Any = {}
+    if has_meta:
+        try:
+            meta = json.loads(bytes(raw[pos:]).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise CodecError(f"session head meta is not UTF-8 JSON: {e}") from e
+        if not isinstance(meta, dict) or not meta:
+            raise CodecError(f"session head meta must be a non-empty JSON object, got {str(meta)[:60]}")
+    elif pos != len(raw):
+        raise CodecError(f"session head has {len(raw) - pos} stray bytes after its checksum")
+    read_shape({"shape": shape})  # the element-count limit
+    return {"flags": flags, "dtype": _DTYPE_CODES[dcode], "seq": seq, "shape": shape, "crc": crc, "code": code,
+            "meta": meta, "session": True}
+
+
+@dataclass
+class StepMessage(EncodedTensor):
+    """A session message: `head` (the binary frame above) + buffers. `header` is the parsed head, a
+    dict with "shape" and "dtype" like a codec header (so links count tokens the same way); "session"
+    is True."""
+
+    head: bytes = b""
+
+    def header_bytes(self) -> bytes:
+        return self.head
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.head) + sum(memoryview(b).nbytes for b in self.buffers)
+
+    def to_frames(self) -> list[Buffer]:
+        return [self.head, *self.buffers]
+
+    @classmethod
+    def build(cls, flags: int, dtype: str, seq: int, shape: Sequence[int], crc: int, meta: dict[str, Any],
+              buffers: list[Buffer], code: int | None = None) -> StepMessage:
+        head = pack_head(flags, dtype, seq, shape, crc, meta, code)
+        header = {"flags": flags, "dtype": dtype, "seq": seq, "shape": list(shape), "crc": crc, "code": code,
+                  "meta": meta, "session": True}
+        return cls(header, list(buffers), head)
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[Buffer]) -> StepMessage:
+        if len(frames) == 0:
+            raise CodecError("no frames: expected a session head frame followed by buffer frames")
+        try:
+            buffers: list[Buffer] = [memoryview(f).cast("B") for f in frames[1:]]
+            head = bytes(memoryview(frames[0]).cast("B"))
+        except TypeError as e:
+            raise CodecError(f"every frame must be bytes-like: {e}") from e
+        return cls(unpack_head(head), buffers, head)
+
+
+def is_session_head(frame: Buffer) -> bool:
+    raw = memoryview(frame).cast("B")
+    return len(raw) > 0 and raw[0] == MAGIC
+
+
+def as_message(enc: Any) -> StepMessage:
+    if isinstance(enc, StepMessage):
+        return enc
+    if isinstance(enc, EncodedTensor):
+        raise CodecError(f"a session codec decodes session messages (binary head), got a self-describing header "
+                         f"for codec {str(enc.header.get('codec'))[:40]!r}; decode it with decode_any(enc)")
+    raise CodecError(f"decode expects a session message, got {type(enc).__name__}")
+
+
+def full_header(name: str, overrides: dict[str, Any], head: dict[str, Any], version: int) -> dict[str, Any]:
+    """The header the CRC covers: the agreed codec and params plus everything in the head."""
+    return {"codec": name, "v": version, "params": dict(overrides), "dtype": head["dtype"],
+            "shape": list(head["shape"]), "meta": head["meta"], "seq": head["seq"], "flags": head["flags"],
+            "code": head.get("code")}
