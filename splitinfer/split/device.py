@@ -62,9 +62,12 @@ class DeviceHalf:
         return self.stage.new_cache()
 
     def reset(self) -> None:
-        """Rewind the defense's noise stream (a new generation draws the same noise as the last one)."""
+        """Rewind the defense's noise stream (a new generation draws the same noise as the last one) and
+        start the codec's session state afresh (a new generation opens a new server session)."""
         if hasattr(self.defense, "reset"):
             self.defense.reset()
+        if hasattr(self.codec, "reset"):
+            self.codec.reset()
 
     @torch.no_grad()
     def hidden(self, ids: torch.Tensor, cache: KVCache | None = None, *, position_ids=None,
@@ -77,7 +80,8 @@ class DeviceHalf:
         """Defense, then codec: the message that goes on the wire (an EncodedTensor)."""
         h = self._protect(hidden)
         t0 = time.perf_counter()
-        enc = self.codec.encode(h)
+        # a session codec (codecs/session.py) codes each step against the state of the earlier ones
+        enc = self.codec.encode_step(h) if hasattr(self.codec, "encode_step") else self.codec.encode(h)
         self.encode_s += time.perf_counter() - t0
         return enc
 
