@@ -23,12 +23,19 @@ from splitinfer.split.link import (
     Link,
     LinkWrapper,
     Traffic,
+    VerifyRequest,
     phase_of,
     tokens_of,
 )
 from splitinfer.split.metered import MeteredLink, StepRecord, timed_unsplit_generate
 from splitinfer.split.server import SamplingConfig, ServerHalf, ServerSession, StepError, sample_token
 from splitinfer.split.simulated import SimulatedLink
+from splitinfer.split.speculative import (
+    GammaController,
+    SpeculativeGenerator,
+    SpeculativeResult,
+    parse_speculate,
+)
 from splitinfer.split.wire import RawCodec, codec_spec, resolve_codec
 
 __all__ = [
@@ -57,5 +64,10 @@ __all__ = [
     "tokens_of",
     "split_pair",
     "unsplit_generate",
+    "GammaController",
+    "SpeculativeGenerator",
+    "SpeculativeResult",
+    "VerifyRequest",
+    "parse_speculate",
     "timed_unsplit_generate",
 ]

@@ -75,6 +75,12 @@ class DeviceHalf:
         """The device stage's output for `ids` (embedding defenses included)."""
         return self.stage(ids, position_ids=position_ids, attention_mask=attention_mask, cache=cache)
 
+    @staticmethod
+    def rollback(cache: KVCache | None, position: int) -> None:
+        """Forget the device cache's positions from `position` on (drafts the server rejected)."""
+        if cache is not None:
+            cache.crop(position)
+
     @torch.no_grad()
     def encode(self, hidden: torch.Tensor):
         """Defense, then codec: the message that goes on the wire (an EncodedTensor)."""

@@ -82,6 +82,25 @@ def tokens_of(enc: EncodedTensor) -> int:
     return int(shape[1]) if len(shape) == 3 else 1
 
 
+@dataclass(frozen=True)
+class VerifyRequest:
+    """A speculative step's message: the codec message for [x, d1..dγ] plus the drafted ids (and their
+    drafter probabilities). Passed through `step` by link wrappers, so each counts and delays it as it does
+    any step (SimulatedLink, MeteredLink); the innermost link runs `verify` and returns k+1 token ids."""
+
+    enc: EncodedTensor
+    draft: tuple[int, ...]
+    draft_p: tuple[float, ...] | None = None
+
+    @property
+    def header(self) -> dict:
+        return self.enc.header
+
+    def extra_bytes(self) -> int:
+        """Bytes the draft adds to the message: an int32 id (and a float32 probability) per drafted token."""
+        return 4 * len(self.draft) * (1 if self.draft_p is None else 2)
+
+
 class InProcessLink:
     """A link with no network: the frames cross as the wire would carry them (header re-parsed), counted.
 
@@ -113,10 +132,21 @@ class InProcessLink:
         return self.server.decode(EncodedTensor.from_frames(frames))
 
     def step(self, enc: EncodedTensor, start: int) -> int:
+        if isinstance(enc, VerifyRequest):
+            return self.verify(enc.enc, start, enc.draft, enc.draft_p)
         hidden = self.carry(enc, phase_of(start, tokens_of(enc)))
         token = self.session.step(hidden, start)
         self.traffic.down_bytes += TOKEN_REPLY_BYTES
         return token
+
+    def verify(self, enc: EncodedTensor, start: int, draft, draft_p=None) -> list[int]:
+        """A speculative step (`ServerSession.verify`): one message up (hidden states of [x, d1..dγ] and
+        the drafted ids), the accepted drafts plus the server's next token back; counted as decode."""
+        hidden = self.carry(enc, "decode")
+        self.traffic.up_decode_bytes += 4 * len(draft) * (1 if draft_p is None else 2)
+        tokens = self.session.verify(hidden, start, list(draft), draft_p)
+        self.traffic.down_bytes += TOKEN_REPLY_BYTES * len(tokens)
+        return tokens
 
     def reset(self) -> None:
         self.session = self.server.session()
@@ -150,6 +180,10 @@ class LinkWrapper:
 
     def close(self) -> None:
         self.inner.close()
+
+    def verify(self, enc: EncodedTensor, start: int, draft, draft_p=None) -> list[int]:
+        """A speculative step, through this wrapper's `step` (so it is counted and delayed like any step)."""
+        return self.step(VerifyRequest(enc, tuple(draft), None if draft_p is None else tuple(draft_p)), start)
 
     def __getattr__(self, name: str):
         if name == "inner":  # not set yet (copy/unpickle): don't recurse

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,80 @@ def sample_token(logits: torch.Tensor, cfg: SamplingConfig, position: int) -> in
     return int(torch.multinomial(torch.softmax(scores, -1), 1, generator=gen))
 
 
+MAX_DRAFT = 16  # drafted tokens one verify step may carry (the protocol's limit too)
+
+
+def sampling_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """The distribution `sample_token` draws from (temperature, top-k, top-p applied), float32 (V,)."""
+    scores = logits.float() / cfg.temperature
+    if cfg.top_k:
+        kth = torch.topk(scores, min(cfg.top_k, scores.numel())).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        cum = torch.softmax(sorted_scores, -1).cumsum(-1)
+        drop = cum - torch.softmax(sorted_scores, -1) >= cfg.top_p
+        scores = scores.scatter(0, order[drop], float("-inf"))
+    return torch.softmax(scores, -1)
+
+
+def accept_draft(logits: torch.Tensor, start: int, draft: Sequence[int], cfg: SamplingConfig,
+                 draft_p: Sequence[float] | None = None) -> list[int]:
+    """The tokens a verify step emits: the accepted prefix of `draft` plus one token of the server's own.
+
+    `logits` (γ+1, V) are the server's for positions start..start+γ (the last accepted token, then the
+    drafts); the token they pick sits at position start+i+1. Greedy: a draft is accepted while it is the
+    argmax, so the output is exactly what per-token decoding gives. Sampling: the standard speculative
+    sampling rule (Leviathan et al. 2023, Chen et al. 2023): accept d with probability min(1, p(d)/q(d)),
+    on rejection draw from norm(max(0, p - q)); the output distribution is p's. `draft_p[i]` = q(d_i)
+    for a drafter whose proposal puts that mass on d_i and the rest nowhere the rule needs: it is exact
+    for deterministic drafters (q a point mass, draft_p 1, the default), which every drafter here is.
+    Random draws are seeded by (seed, position), so a replayed step emits exactly the same tokens.
+    """
+    out: list[int] = []
+    for i, d in enumerate(draft):
+        pos = start + i + 1
+        if cfg.greedy:
+            t = sample_token(logits[i], cfg, pos)
+            out.append(t)
+            if t != d:
+                return out
+            continue
+        p = sampling_probs(logits[i], cfg)
+        q = 1.0 if draft_p is None else float(draft_p[i])
+        gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + pos) % 2**63 ^ 0x5BEC)
+        u = float(torch.rand((), generator=gen))
+        pd = float(p[d])
+        if u < min(1.0, pd / q):
+            out.append(int(d))
+            continue
+        residual = p.clone()
+        residual[d] = max(0.0, pd - q)
+        if float(residual.sum()) <= 0.0:  # p is a point mass on d: rejection has probability 0
+            out.append(int(d))
+            continue
+        out.append(int(torch.multinomial(residual / residual.sum(), 1, generator=gen)))
+        return out
+    out.append(sample_token(logits[len(draft)], cfg, start + len(draft) + 1))
+    return out
+
+
+@contextmanager
+def _all_position_logits(stage):
+    """Let the last stage return logits for every position while a verify step runs (a server may wrap
+    its head to compute the last position only; such a wrapper keeps the real head as `.head`)."""
+    head = getattr(stage, "lm_head", None)
+    inner = getattr(head, "head", None)
+    if not isinstance(inner, torch.nn.Module):
+        yield
+        return
+    stage.lm_head = inner
+    try:
+        yield
+    finally:
+        stage.lm_head = head
+
+
 class ServerSession:
     """The server side of one generation: the remaining stages, their KV caches and the sampler."""
 
@@ -110,6 +185,35 @@ class ServerSession:
         """Run one step and return the sampled next token id."""
         logits = self.forward(hidden, start)
         return sample_token(logits[0, -1], self.sampling, self.position)
+
+    def verify(self, hidden: torch.Tensor, start: int, draft: Sequence[int],
+               draft_p: Sequence[float] | None = None) -> list[int]:
+        """A speculative step: `hidden` covers positions start..start+γ ([last token x, d1..dγ] after the
+        device stage); returns the k accepted drafts plus the server's next token (k+1 ids, see
+        `accept_draft`). Afterwards the KV caches hold positions up to start+k (`position` == start+k+1):
+        everything past the first rejected draft is rolled back. A bad step changes nothing."""
+        draft = list(draft)
+        if not 0 < len(draft) <= MAX_DRAFT:
+            raise StepError(f"a verify step carries 1..{MAX_DRAFT} drafted tokens, got {len(draft)}")
+        vocab = self.stages[-1].vocab_size
+        if any(type(d) is not int or not 0 <= d < vocab for d in draft):
+            raise StepError(f"drafted tokens must be ids in [0, {vocab}), got {draft[:MAX_DRAFT]}")
+        if draft_p is not None:
+            draft_p = [float(q) for q in draft_p]
+            if len(draft_p) != len(draft) or not all(0.0 < q <= 1.0 for q in draft_p):
+                raise StepError(f"draft_p must give one probability in (0, 1] per drafted token, got {draft_p}")
+        if hidden.dim() == 3 and hidden.shape[1] != len(draft) + 1:
+            raise StepError(f"a verify step with {len(draft)} drafted tokens carries {len(draft) + 1} positions "
+                            f"(the last accepted token, then the drafts), got {hidden.shape[1]}")
+        with _all_position_logits(self.stages[-1]):
+            logits = self.forward(hidden, start)
+        try:
+            tokens = accept_draft(logits[0], start, draft, self.sampling, draft_p)
+        except Exception:
+            self.rollback(start)
+            raise
+        self.rollback(start + len(tokens))
+        return tokens
 
     def rollback(self, position: int) -> None:
         """Forget everything from `position` on (for a step that must be redone)."""

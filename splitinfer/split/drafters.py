@@ -1,0 +1,215 @@
+"""Drafters for speculative split decoding: cheap guesses of the next tokens, made on the device.
+
+    drafter = build_drafter("ngram")                      # prompt lookup over the prompt and the text so far
+    drafter = build_drafter("early_exit", lm=lm, cut=15)  # final norm + LM head + a fitted adapter at the cut
+
+A drafter is deterministic (it proposes tokens, not a distribution), so the server's speculative sampling
+rule is exact with draft_p = 1 (see `splitinfer.split.server.accept_draft`). Two kinds:
+- context drafters (`uses_hidden = False`) propose from token ids alone: `propose(context, gamma)`;
+- hidden drafters (`uses_hidden = True`) read the device stage's output at the cut: `from_hidden(h)`,
+  so drafting γ tokens runs the device stage γ times (the hidden states are the ones sent for verifying).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from splitinfer.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DRAFTERS = ("ngram", "early_exit")
+
+
+class NGramDrafter:
+    """Prompt lookup (Saxena 2023; transformers' `prompt_lookup_num_tokens`): find the latest earlier
+    occurrence of the last n tokens (n = max_ngram .. min_ngram) in the prompt and the text so far and
+    propose what followed it. Free to run, strong when the answer copies its input (summarise, rewrite,
+    fix this code); proposes nothing when there is no match (the step is then a plain split step)."""
+
+    name = "ngram"
+    uses_hidden = False
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        if not (isinstance(min_ngram, int) and isinstance(max_ngram, int) and 1 <= min_ngram <= max_ngram <= 16):
+            raise ConfigError(f"ngram sizes min={min_ngram!r}, max={max_ngram!r}: need 1 <= min <= max <= 16")
+        self.max_ngram = max_ngram
+        self.min_ngram = min_ngram
+
+    def start(self, prompt_ids: list[int]) -> None:
+        pass
+
+    def propose(self, context: list[int], gamma: int) -> list[int]:
+        """Up to `gamma` tokens that followed the latest earlier match of the context's last n-gram."""
+        if gamma < 1:
+            return []
+        n_ctx = len(context)
+        for n in range(min(self.max_ngram, n_ctx - 1), self.min_ngram - 1, -1):
+            tail = context[n_ctx - n:]
+            for s in range(n_ctx - n - 1, -1, -1):  # latest match first, never the tail itself
+                if context[s:s + n] == tail:
+                    follow = context[s + n:s + n + gamma]
+                    if follow:
+                        return list(follow)
+        return []
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """How an early-exit adapter is fitted (part of its cache key)."""
+
+    source: str = "pydoc"
+    tokens: int = 16384
+    window: int = 128
+    ridge: float = 1e-2
+    seed: int = 0
+    version: int = 1
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class EarlyExitDrafter:
+    """The model's own final norm and LM head on the device stage's output at the cut, through a linear
+    adapter fitted by least squares (ridge) to map norm(h_cut) to the model's final normed hidden state on
+    public text (LayerSkip/Medusa-style early exit). `adapter=None` is the bare logit lens."""
+
+    name = "early_exit"
+    uses_hidden = True
+
+    def __init__(self, lm, cut: int, adapter: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        from splitinfer.models import adapters
+
+        parts = adapters.decoder_parts(lm.model)
+        self.norm, self.head, self.config = parts.norm, parts.head, lm.config
+        self.cut = cut
+        self.weight, self.bias = adapter if adapter is not None else (None, None)
+        if adapter is None:
+            self.name = "logit_lens"
+
+    def start(self, prompt_ids: list[int]) -> None:
+        pass
+
+    @torch.no_grad()
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Draft logits for hidden states (..., H) at the cut."""
+        from splitinfer.models import adapters
+
+        z = self.norm(h.to(torch.float32))
+        if self.weight is not None:
+            z = z @ self.weight + self.bias
+        return adapters.finish_logits(self.config, self.head(z))
+
+    def from_hidden(self, h: torch.Tensor) -> int:
+        """The drafted next token after the position whose cut hidden state is `h` (1, H) or (H,)."""
+        return int(self.logits(h.reshape(-1)).argmax())
+
+
+def _training_ids(lm, spec: AdapterSpec) -> torch.Tensor:
+    from splitinfer.data import load_texts, tokenize
+
+    if spec.source != "pydoc":
+        raise ConfigError(f"adapter source {spec.source!r}: only 'pydoc' (public text shipped with Python)")
+    texts = load_texts("pydoc")
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(spec.seed)).tolist()
+    stream: list[int] = []
+    for i in order:
+        stream.extend(tokenize(lm, texts[i]))
+        if len(stream) >= spec.tokens:
+            break
+    n = len(stream) // spec.window
+    if n == 0:
+        raise ConfigError(f"pydoc gave {len(stream)} tokens, fewer than one window of {spec.window}")
+    return torch.tensor(stream[: n * spec.window]).reshape(n, spec.window)
+
+
+@torch.no_grad()
+def cut_and_final_hidden(lm, cut: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(h_cut), final normed hidden) for token windows `ids` (N, T), both (N*T, H), via the split path's
+    own stages (the device stage's output is exactly what a drafter on the device sees)."""
+    from splitinfer.models import adapters, split_model
+
+    stages = split_model(lm, [cut])
+    norm = adapters.decoder_parts(lm.model).norm
+    captured: list[torch.Tensor] = []
+    hook = norm.register_forward_hook(lambda mod, inp, out: captured.append(out.detach()))
+    xs, ys = [], []
+    try:
+        for row in ids:
+            h = stages[0](row[None])
+            captured.clear()
+            stages[1](h)
+            xs.append(norm(h)[0])
+            ys.append(captured[-1][0])
+    finally:
+        hook.remove()
+    return torch.cat(xs).float(), torch.cat(ys).float()
+
+
+def fit_adapter(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge least squares y ≈ x @ W + b (float64 normal equations); returns float32 (W, b)."""
+    xd, yd = x.double(), y.double()
+    mx, my = xd.mean(0), yd.mean(0)
+    xc, yc = xd - mx, yd - my
+    gram = xc.T @ xc
+    gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+    w = torch.linalg.solve(gram, xc.T @ yc)
+    b = my - mx @ w
+    return w.float(), b.float()
+
+
+def adapter_path(lm, cut: int, spec: AdapterSpec) -> Path:
+    from splitinfer.models import cache_root
+
+    return cache_root() / "drafters" / f"{lm.fingerprint}-cut{cut}-early_exit-{spec.digest()}.safetensors"
+
+
+def load_or_fit_adapter(lm, cut: int, spec: AdapterSpec | None = None, *,
+                        ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The early-exit adapter for (model, cut), fitted once on public text and cached under
+    cache_root()/drafters keyed by the model's fingerprint, the cut and the fitting spec."""
+    from safetensors.torch import load_file, save_file
+
+    spec = spec or AdapterSpec()
+    if not 1 <= cut <= lm.num_layers:
+        raise ConfigError(f"early-exit drafter at cut={cut}: needs 1 <= cut <= {lm.num_layers}")
+    path = adapter_path(lm, cut, spec)
+    if ids is None and path.is_file():
+        t = load_file(str(path))
+        return t["weight"], t["bias"]
+    t0 = time.perf_counter()
+    train = ids if ids is not None else _training_ids(lm, spec)
+    x, y = cut_and_final_hidden(lm, cut, train)
+    w, b = fit_adapter(x, y, spec.ridge)
+    if ids is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"weight": w.contiguous(), "bias": b.contiguous()}, str(tmp))
+        tmp.replace(path)
+        log.info("fitted the early-exit adapter for cut %d on %d tokens in %.1f s -> %s", cut, x.shape[0],
+                 time.perf_counter() - t0, path)
+    return w, b
+
+
+def build_drafter(name: str, *, lm=None, cut: int | None = None, **kwargs):
+    """A drafter by name: 'ngram' (prompt lookup), 'early_exit' (fitted adapter), 'logit_lens' (no adapter)."""
+    if name == "ngram":
+        return NGramDrafter(**kwargs)
+    if name in ("early_exit", "logit_lens"):
+        if lm is None or cut is None:
+            raise ConfigError(f"drafter {name!r} needs the model and the cut (lm=..., cut=...)")
+        adapter = load_or_fit_adapter(lm, cut, **kwargs) if name == "early_exit" else None
+        return EarlyExitDrafter(lm, cut, adapter)
+    from splitinfer.registry import closest
+
+    names = [*DRAFTERS, "logit_lens"]
+    near = closest(name, names)
+    raise ConfigError(f"drafter {name!r} is not one of {', '.join(names)}"
+                      f"{f' (did you mean {near[0]!r}?)' if near else ''}")
