@@ -381,6 +381,8 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
         lm = model_spec.load(reuse=reuse)
         if not lm.is_causal_lm:
             raise ConfigError(f"model {lm.name!r} is an encoder ({lm.family}); sweeps need a causal LM")
+        if hasattr(defense, "bind"):  # Fisher-shaped noise, trained adapters: need the model and the cut
+            defense = defense.bind(lm, cut)
         corpus = get_corpus(lm, corpus_spec, reuse)
         ref = get_reference(lm, corpus, reuse, disk=bool(cfg.get("disk_cache", False)))
         profile = (get_profile(lm, opts.prompt_tokens, opts.context_tokens, opts.profile_repeats, reuse)
@@ -399,6 +401,10 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
             metrics.update(estimate_latency(metrics, link, device, opts.prompt_tokens, opts.server_speedup))
         if choices["attack"] != "none" and _enabled(cfg.get("attack")):
             metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, out_dir=out))
+        if cfg.get("search") is not None:  # a trial of a search (+hparams_search=...): objectives, constraints
+            from splitinfer.search import trial_metrics
+
+            metrics.update(trial_metrics(cfg.search, metrics))
         metrics["job_wall_s"] = time.perf_counter() - t_start
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str, allow_nan=True) + "\n")
         logger.log_dict(metrics)

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from splitinfer.cli import is_user_error
 from splitinfer.errors import ConfigError, NotFoundError, UserError
 from splitinfer.registry import closest
+from splitinfer.search import SearchCallback  # noqa: F401 - registers ${splitinfer_add:} (search job folders)
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,9 @@ class SweepProgress(Callback):
         from tqdm.auto import tqdm
 
         params = dict(config.hydra.sweeper.get("params") or {})
-        total = count_jobs(list(config.hydra.overrides.task), {k: str(v) for k, v in params.items()})
+        n_trials = config.hydra.sweeper.get("n_trials")  # a search (Optuna sweeper): its trial budget
+        total = (int(n_trials) if n_trials
+                 else count_jobs(list(config.hydra.overrides.task), {k: str(v) for k, v in params.items()}))
         self.bar = tqdm(total=total, desc=f"sweep {config.get('name', '')}", unit="job", disable=None)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -297,7 +300,7 @@ def remove_if_empty(out_dir: Path, log_name: str | None = None) -> bool:
     return True
 
 
-def _task(cfg: DictConfig) -> float | None:
+def _task(cfg: DictConfig) -> float | list[float] | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -317,6 +320,10 @@ def _task(cfg: DictConfig) -> float | None:
     if hc.mode != RunMode.MULTIRUN:
         shown = Path(os.path.relpath(out_dir)) if out_dir.resolve().is_relative_to(Path.cwd().resolve()) else out_dir
         print(summarize(metrics, shown), flush=True)
+    if cfg.get("search") is not None:  # a search trial (+hparams_search=...): its objectives, to the sweeper
+        from splitinfer.search import objective_values
+
+        return objective_values(cfg.search, metrics)
     # Returned for Hydra sweepers that optimise a value (e.g. Optuna): the per-token latency.
     value = metrics.get("tpot_s")
     return float(value) if isinstance(value, int | float) else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from splitinfer.report.measures import (
     LEAK,
@@ -17,10 +18,12 @@ from splitinfer.report.measures import (
 from splitinfer.report.plots import plot_latency_by_link, plot_metrics_vs_cut, plot_tradeoff
 from splitinfer.report.recommend import OBJECTIVES, TIE_RULE, TIE_TOLERANCE, recommend
 from splitinfer.report.runs import ReportError, load_link, load_runs, num, with_latency
+from splitinfer.report.search import search_report
 from splitinfer.report.tables import latency_pivot, mark_pareto, markdown_table, write_csv
 
 # Files a report writes besides report.csv/report.md; a re-run removes them first, so no stale plot survives.
-GENERATED = ("metrics_vs_cut.png", "tradeoff_pareto.png", "latency_by_link.png", "latency_by_link.md")
+GENERATED = ("metrics_vs_cut.png", "tradeoff_pareto.png", "latency_by_link.png", "latency_by_link.md",
+             "search_front.png", "search_trials.csv")
 GENERATED_GLOBS = ("latency_by_link_*.png",)
 FRONTIER_COLUMNS = (
     "cut",
@@ -49,6 +52,7 @@ class Report:
     plots: list[Path] = field(default_factory=list)
     recommendation: str = ""
     frontier: list[dict] = field(default_factory=list)
+    search: Any = None  # splitinfer.report.search.Search for a search folder (conf/hparams_search), else None
 
 
 def _series(rows: Sequence[dict], key: str) -> dict[str, list[dict]]:
@@ -198,10 +202,14 @@ def build_report(
             if p:
                 plots.append(p)
     recommendation = _recommendations(rows)
-    md_path.write_text(
-        _markdown(title, sweep_dir, rows, recommendation, frontier, plots, table), encoding="utf-8"
-    )
-    return Report(rows, out, csv_path, md_path, table, plots, recommendation, frontier)
+    search = search_report(sweep_dir, rows, out)  # a search folder: Pareto set, trials in order, front plot
+    if search is not None and search.plot is not None:
+        plots.append(search.plot)
+    text = _markdown(title, sweep_dir, rows, recommendation, frontier, plots, table)
+    if search is not None:
+        text = text.replace("## Pareto frontier", search.markdown + "\n## Pareto frontier", 1)
+    md_path.write_text(text, encoding="utf-8")
+    return Report(rows, out, csv_path, md_path, table, plots, recommendation, frontier, search)
 
 
 def log_report(report: Report, group: str | None = None, mode: str = "offline") -> None:
