@@ -34,11 +34,13 @@ GRID = {
     "nopeek": ("lam", [0.3, 1.0, 3.0]),
     "secret_adapter": ("gamma", [0.1, 0.3, 1.0]),
 }
-TRAIN = {"rank": 32, "steps": 30, "train_budget_s": 90.0, "train_seqs": 24, "seq_len": 32, "batch_seqs": 1,
+# The new defenses first: a run stopped early still has them.
+RUN_ORDER = ["none", "secret_adapter", "nopeek", "fisher_noise", "gaussian", "dchi"]
+TRAIN = {"rank": 32, "steps": 20, "train_budget_s": 60.0, "train_seqs": 24, "seq_len": 32, "batch_seqs": 1,
          "lr": 0.02}
-INVERTER = {"arch": "gru", "width": 256, "layers": 1, "train_budget_s": 45.0, "max_steps": 40,
-            "max_train_tokens": 6144}
-WHITEBOX = {"noisy_max_candidates": 48, "probe_tokens": 1024}
+INVERTER = {"arch": "gru", "width": 256, "layers": 1, "train_budget_s": 30.0, "max_steps": 30,
+            "max_train_tokens": 4096}
+WHITEBOX = {"noisy_max_candidates": 24, "probe_tokens": 1024}
 # Which attacks run against which defense. Against noise defenses the hybrid is the white-box search
 # (L2, the maximum-likelihood distance for isotropic noise; Fisher-weighted for fisher_noise) plus the
 # inverter's candidates, so plain `whitebox` runs only as the control (no defense) and against the
@@ -53,7 +55,7 @@ def attack_spec(name: str) -> dict:
     if name == "learned_inverter":
         return {"name": name, **INVERTER}
     if name == "hybrid":
-        return {"name": name, **WHITEBOX, "inverter": INVERTER, "top_k": 32}
+        return {"name": name, **WHITEBOX, "inverter": INVERTER, "top_k": 16}
     return {"name": name, **WHITEBOX}
 
 
@@ -85,7 +87,7 @@ def run(args) -> None:
             r = json.loads(line)
             done.add((r["cut"], r["defense"], str(r["strength"]), r["attack"]))
     lm = load_model(args.model)
-    defenses = args.defenses.split(",") if args.defenses else list(GRID)
+    defenses = args.defenses.split(",") if args.defenses else RUN_ORDER
     for cut in [int(c) for c in args.cuts.split(",")]:
         for name in defenses:
             _, strengths = GRID[name]
@@ -101,7 +103,7 @@ def run(args) -> None:
                 util = defense_utility(lm, cut, spec, windows=args.util_windows, prompts=args.util_prompts)
                 util["utility/seconds"] = time.perf_counter() - t0
                 for attack in todo:
-                    folder = out / "runs" / f"cut{cut}-{name}-{strength}-{attack}"
+                    folder = Path(args.runs) / f"cut{cut}-{name}-{strength}-{attack}"
                     t1 = time.perf_counter()
                     m = evaluate_privacy(lm, cut, attack=attack_spec(attack), defense=spec, victims=args.victims,
                                          max_tokens=args.victim_tokens, chat=False, utility=False, out_dir=folder,
@@ -237,13 +239,15 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(HERE))
     p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--runs", default="outputs/privacy_defense_frontier/runs",
+                   help="per-attack folders (per-victim results; a rerun resumes from them)")
     p.add_argument("--cuts", default="4,8,15")
     p.add_argument("--defenses", default=None, help=f"comma list of {list(GRID)} (default: all)")
     p.add_argument("--attacks", default=None, help="only these attacks")
     p.add_argument("--victims", type=int, default=20)
     p.add_argument("--victim-tokens", type=int, default=24)
     p.add_argument("--attack-budget", type=float, default=None, help="seconds per attack job (default: none)")
-    p.add_argument("--util-windows", type=int, default=16)
+    p.add_argument("--util-windows", type=int, default=12)
     p.add_argument("--util-prompts", type=int, default=8)
     p.add_argument("--plot-only", action="store_true")
     args = p.parse_args(argv)

@@ -149,3 +149,29 @@ def test_defense_utility_has_intervals(tiny_llama):
                             prompt_tokens=8, gen_tokens=4)
     assert noisy["utility/kl_mean"] > 0
     assert noisy["utility/delta_ppl_pct_ci_low"] <= noisy["utility/delta_ppl_pct"] <= noisy["utility/delta_ppl_pct_ci_high"]
+
+
+def test_hydra_job_with_a_trained_defense_and_the_hybrid_reaches_the_report(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from splitinfer.report.measures import LEAK, LEAK_ATTACK, annotate
+
+    root = Path(__file__).resolve().parents[2]
+    run_dir = tmp_path / "job"
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "SPLITINFER_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "splitinfer.run", "model=tiny_llama", "split.cut=2", "data=smoke",
+                           "logger=jsonl", "metrics=latency_only", "defense=secret_adapter", "defense.steps=5",
+                           "defense.seq_len=16", "defense.train_seqs=8", "attack=hybrid", "attack.victims=2",
+                           "attack.victim_tokens=8", "attack.inverter.max_steps=5", f"hydra.run.dir={run_dir}"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["defense_ran"] == "secret_adapter" and metrics["privacy/defense/steps_done"] == 5
+    assert 0.0 <= metrics["privacy/hybrid/token_acc"] <= 1.0 and "privacy/hybrid/match_dist" in metrics
+    annotate([metrics])
+    assert metrics[LEAK_ATTACK] == "hybrid" and metrics[LEAK] == metrics["privacy/hybrid/token_acc"]
