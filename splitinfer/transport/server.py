@@ -580,6 +580,10 @@ class SplitServer:
     def _queue_prefill(self, sock: zmq.Socket, job: StepJob) -> None:
         """Check a prefill and queue it for chunks (`_advance_prefills`), or answer it now."""
         with self._lock:
+            inflight = job.session.inflight
+            if inflight is not None and (inflight.seq, inflight.start) == (job.seq, job.start):
+                inflight.reply_to, inflight.rid = job.reply_to, job.rid  # a resend that came in the same turn
+                return
             try:
                 reply = self._admit(job)
             except Exception as e:
