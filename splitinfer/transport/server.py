@@ -83,6 +83,14 @@ class CurveConfig:
         return public, secret
 
 
+def _peer_address(frame: zmq.Frame) -> str | None:
+    """The sender's IP address (ZeroMQ message metadata), the client key for quotas when curve is off."""
+    try:
+        return frame.get("Peer-Address")
+    except (zmq.ZMQError, KeyError, UnicodeDecodeError):
+        return None
+
+
 class LastPositionHead(torch.nn.Module):
     """The LM head applied to the last position only: a step samples from that one, and a prefill of T
     tokens would otherwise pay T x vocab x hidden for logits nobody reads (transformers' `generate`
@@ -169,6 +177,7 @@ class SplitServer:
         self.step_token_budget = int(step_token_budget)
         self._prefills: deque[StepJob] = deque()  # chunked prefills in progress (batching only)
         self._decoded = 0  # decode tokens computed this scheduler turn (they come out of the budget)
+        self._client: str | None = None  # who sent the message being handled (quotas)
         self.wait = WaitPolicy.resolve(wait)  # how to wait for the next request (sleep, spin, rehearse)
         self._rehearsal = None  # built in the serving thread when the policy rehearses (warm.py)
         self._waiter = p.Waiter(self.wait)
@@ -372,6 +381,7 @@ class SplitServer:
                 raise ProtocolError(p.TOO_LARGE, f"message is {size} bytes, over the server's limit of "
                                                  f"{self.max_message_bytes}; send the prefill in smaller chunks")
             owner = frames[1].get("User-Id") if self.curve else None
+            self._client = owner if self.curve else _peer_address(frames[1])
             result = self._dispatch(env, body[1:], owner, reply_to)
             return reply_to, result
         except ProtocolError as e:
@@ -455,7 +465,7 @@ class SplitServer:
         if existing is not None and existing.owner == owner:  # a retried open: same session again
             return self._open_reply(env["rid"], existing)
         codec = pl.build_session_codec(spec)
-        s = self.sessions.open(lambda: ServerSession(self.stages, sampling), codec, nonce, owner)
+        s = self.sessions.open(lambda: ServerSession(self.stages, sampling), codec, nonce, owner, self._client)
         return self._open_reply(env["rid"], s)
 
     def _open_reply(self, rid: int, s: Session) -> dict:
@@ -712,6 +722,8 @@ class ServerConfig:
     max_step_tokens: int = SessionLimits.max_step_tokens
     idle_timeout_s: float = SessionLimits.idle_timeout_s
     max_kv_bytes: int = SessionLimits.max_kv_bytes
+    max_sessions_per_client: int = SessionLimits.max_sessions_per_client
+    client_tokens_per_s: float = SessionLimits.client_tokens_per_s
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     threads: int | None = None  # torch intra-op threads; None = torch's default (all cores)
     # the wait settings, flat as in the YAML and on the command line; `wait()` makes the WaitPolicy
@@ -729,7 +741,9 @@ class ServerConfig:
 
     def limits(self) -> SessionLimits:
         return SessionLimits(int(self.max_sessions), int(self.max_tokens_per_session), int(self.max_step_tokens),
-                             float(self.idle_timeout_s), int(self.max_kv_bytes))
+                             float(self.idle_timeout_s), int(self.max_kv_bytes),
+                             max_sessions_per_client=int(self.max_sessions_per_client),
+                             client_tokens_per_s=float(self.client_tokens_per_s))
 
     def cuts(self) -> list[int]:
         if isinstance(self.cut, str):
@@ -777,6 +791,7 @@ def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None)
                "idle_timeout": "idle_timeout_s", "max_kv_bytes": "max_kv_bytes",
                "max_message_bytes": "max_message_bytes", "threads": "threads", "batching": "batching",
                "max_batch": "max_batch", "batch_wait_ms": "batch_wait_ms", "step_token_budget": "step_token_budget",
+               "max_sessions_per_client": "max_sessions_per_client", "client_tokens_per_s": "client_tokens_per_s",
                **{name: name for name in WaitPolicy.names()}}
     for arg, key in mapping.items():
         v = getattr(args, arg, None)

@@ -78,3 +78,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, defaults: dict | None 
     parser.add_argument("--step-token-budget", type=int, default=d.get("step_token_budget"),
                         help="tokens one scheduler turn computes: queued decode steps, then prefill chunks "
                              "(default 256; a long prompt is computed in chunks between decode batches)")
+    parser.add_argument("--max-sessions-per-client", type=int, default=d.get("max_sessions_per_client"),
+                        help="sessions one client (its CURVE key; its IP address with curve off) may hold; "
+                             "0 = no quota (default)")
+    parser.add_argument("--client-tokens-per-s", type=float, default=d.get("client_tokens_per_s"),
+                        help="tokens per second one client may have computed (a token bucket of "
+                             "max(max step tokens, 2 s) tokens); 0 = no quota (default)")

@@ -573,3 +573,73 @@ def run_abuse(lm, server: ForkedServer, flood: int = 20_000, churn: int = 300) -
     res.server_alive = server.alive() and _server_steps(server.url) >= 0
     res.rss_after = server.rss()
     return res
+
+
+# -- fair sharing --------------------------------------------------------------------------------------
+
+@dataclass
+class FairShareResult:
+    hog_sessions: int = 0  # sessions the greedy client got before its quota refused it
+    hog_refusal: str | None = None  # the error code of that refusal
+    hog_step_codes: dict = field(default_factory=dict)  # replies to its burst of prefills, by outcome
+    other_sessions: int = 0  # sessions another client still got meanwhile
+    other_identical: bool = False  # that client's generation equals its single-client reference
+    server_alive: bool = False
+
+
+def run_fair_share(lm, key_dir: str | Path, per_client: int = 4, tokens_per_s: float = 200.0,
+                   burst: int = 64) -> FairShareResult:
+    """Two authenticated clients on a curve server with per-client quotas (batching on): one tries to
+    hold every session and to push prefills faster than its token rate; the other must still get its
+    sessions and exactly its reference text."""
+    from splitinfer.transport.keys import make_key_folder
+    from splitinfer.transport.server import CurveConfig
+
+    d = Path(key_dir)
+    make_key_folder(d / "keys", ("client", "other"))
+    hog_keys = load_client_curve_keys(d / "keys")
+    import zmq.auth
+
+    o_pub, o_sec = zmq.auth.load_certificate(str(d / "keys" / "other.key_secret"))
+    other_keys = (o_pub, o_sec, hog_keys[2])
+    limits = SessionLimits(max_sessions=4 * per_client, max_sessions_per_client=per_client,
+                           client_tokens_per_s=tokens_per_s, client_burst_tokens=burst)
+    srv = SplitServer(lm, [CUT], port=0, poll_ms=20, limits=limits,
+                      curve=CurveConfig(str(d / "keys" / "server.key_secret"),
+                                        str(d / "keys" / "allowed_clients"))).start()
+    res = FairShareResult()
+    fields = {"fingerprint": lm.fingerprint, "cuts": [CUT], "hidden": lm.hidden_size, "codec": {"name": "none"}}
+    try:
+        with Dealer(srv.url, curve=hog_keys) as hog:
+            sids = []
+            for _ in range(4 * per_client):  # tries to take every session on the server
+                rep = hog.call("open", **fields)
+                if not rep["ok"]:
+                    res.hog_refusal = rep["code"]
+                    break
+                sids.append(rep["sid"])
+            res.hog_sessions = len(sids)
+            from splitinfer.transport.payload import RawCodec
+
+            frames = RawCodec().encode(torch.randn(1, burst // 2, lm.hidden_size)).to_frames()
+            for i, sid in enumerate(sids):  # a burst of prefills: burst // 2 tokens each, all at once
+                hog.send([p.pack(p.request("step", 1000 + i, sid=sid, seq=1, start=0)), *frames])
+            codes: dict = {}
+            for _ in sids:
+                rep = hog.recv()
+                key = "ok" if rep and rep["ok"] else (rep or {}).get("code", "no reply")
+                codes[key] = codes.get(key, 0) + 1
+            res.hog_step_codes = codes
+            gens = [remote_generator(lm, [CUT], srv.url, codec="none", sampling=sampling(6), curve=other_keys,
+                                     timeout_s=15, retries=0) for _ in range(2)]
+            try:
+                outs = [g.generate(prompt(6, lm.vocab_size), 8, stop_at_eos=False).token_ids for g in gens]
+                res.other_sessions = len(gens)
+                res.other_identical = all(o == reference_tokens(lm, 6, 8) for o in outs)
+            finally:
+                for g in gens:
+                    g.link.close()
+        res.server_alive = srv._thread is not None and srv._thread.is_alive() and _ping(srv.url, hog_keys)
+    finally:
+        srv.stop()
+    return res
