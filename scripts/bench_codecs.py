@@ -10,7 +10,12 @@ data.window_tokens=T data.seed=S` scores, so the figures here and a sweep's agre
 95 % interval, KL(ref || codec) of the next-token distribution, top-1 agreement. The encode+decode
 throughput (MB/s of fp32 input, one core) is this script's own timing.
 
-    python scripts/bench_codecs.py                       # full run (~10 min on 2 cores)
+Every codec runs on two corpora: `pydoc` (the default, what the presets were tuned on) and `licenses`
+(the installed packages' LICENSE texts, held out). `step_us` is the median encode+decode time of a
+one-token step on one core (for session codecs `<preset>_s`: a step of a live session, after a
+32-token prompt, coded with the session's adaptive state).
+
+    python scripts/bench_codecs.py                       # full run (~20 min on 2 shared cores)
     python scripts/bench_codecs.py --quick               # smoke run (~1 min)
     python scripts/bench_codecs.py --cuts 15 --codecs int8_token,petals_blockwise8 --n-windows 2
 
@@ -39,27 +44,26 @@ from splitinfer.codecs import DEFAULT_CODEC, build_codec  # noqa: E402
 
 log = logging.getLogger("bench_codecs")
 
-DEFAULT_CUTS = (1, 4, 8, 15, 22, 29)
+DEFAULT_CUTS = (1, 8, 15, 22, 29)
 DEFAULT_CODECS = (
-    "fp16", "petals_blockwise8", "int8_token", "int8", "int6_b64_tc", "int4_b32_outlier_lz4",
-    "int4_b64_outlier_rot_log8_tc", "int3_b64_outlier_rot_log8_tc", "ec25", "ec34", "ec37", "ec40", "ec45",
-    "ec37g", "ec38g", "ec40g",
-    "top10_fp16",
+    "fp16", "fp16_s", "petals_blockwise8", "int8", "int8_s", "int4_b64_outlier_rot_log8_tc", "ec37g", "ec40g",
+    "ec45", "ec25g_s", "ec30g_s", "ec34g_s", "ec37g_s", "ec40g_s",
 )
+DEFAULT_CORPORA = ("pydoc", "licenses")
 QUICK_CODECS = ("fp16", "petals_blockwise8", "int8", "int4_b64_outlier_rot_log8_tc", "ec40")
-COLUMNS = ("cut", "codec", "bits_per_value", "bits_per_value_1tok", "ratio_vs_fp32", "ratio_vs_fp16", "delta_ppl_pct", "delta_ppl_ci_lo",
-           "delta_ppl_ci_hi", "kl_nats",
-           "top1_agree", "rel_l2_err", "encdec_MBps", "encdec_MBps_median", "enc_MBps", "dec_MBps", "ppl_ref", "ppl", "wire_bytes",
-           "values", "tokens")
+COLUMNS = ("corpus", "cut", "codec", "bits_per_value", "bits_per_value_1tok", "ratio_vs_fp32", "ratio_vs_fp16",
+           "delta_ppl_pct", "delta_ppl_ci_lo", "delta_ppl_ci_hi", "kl_nats",
+           "top1_agree", "rel_l2_err", "step_us", "encdec_MBps", "encdec_MBps_median", "enc_MBps", "dec_MBps", "ppl_ref",
+           "ppl", "wire_bytes", "values", "tokens")
 
 
 # ----------------------------------------------------------------------------- the library's evaluation
-def corpus_spec(args: argparse.Namespace):
-    """The windows a sweep job with `data=pydoc data.num_windows=N data.window_tokens=T data.seed=S` scores,
-    plus 2 prompts whose generated tokens go as one-token (decode) messages."""
+def corpus_spec(args: argparse.Namespace, source: str = "pydoc"):
+    """The windows a sweep job with `data=<source> data.num_windows=N data.window_tokens=T data.seed=S`
+    scores, plus 2 prompts whose generated tokens go as one-token (decode) messages."""
     from splitinfer.data import CorpusSpec
 
-    return CorpusSpec(source="pydoc", num_windows=args.n_windows, window_tokens=args.seq_len, num_prompts=2,
+    return CorpusSpec(source=source, num_windows=args.n_windows, window_tokens=args.seq_len, num_prompts=2,
                       prompt_tokens=32, gen_tokens=17, seed=args.seed)
 
 
@@ -100,6 +104,28 @@ def throughput(codec, h: torch.Tensor, repeats: int) -> dict[str, float]:
             "encdec_MBps_median": mb / statistics.median(both_t)}
 
 
+def step_time(codec, prompt: torch.Tensor, steps: torch.Tensor) -> float:
+    """Median seconds of encode + decode of one one-token step on this thread. A session codec runs a
+    real session (a fresh encoder and decoder instance, the prompt first), so the step pays for its
+    adaptive state as in a generation; other codecs code each token on its own."""
+    session = hasattr(codec, "encode_step")
+    enc, dec = (build_codec(codec.spec()), build_codec(codec.spec())) if session else (codec, codec)
+    times = []
+    for rnd in range(2):  # round 0 warms up
+        if session:
+            enc.reset()
+            dec.reset()
+            dec.decode(enc.encode_step(prompt))
+        for i in range(steps.shape[1]):
+            x = steps[:, i:i + 1]
+            t0 = time.perf_counter()
+            m = enc.encode_step(x) if session else enc.encode(x)
+            dec.decode(m)
+            if rnd:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 # ----------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> list[dict]:
     from splitinfer.experiment import compute_reference
@@ -112,34 +138,39 @@ def run(args: argparse.Namespace) -> list[dict]:
     bad = [k for k in args.cuts if not 1 <= k < lm.num_layers]
     if bad:
         raise SystemExit(f"--cuts {bad} out of range: cuts must be in 1..{lm.num_layers - 1}")
-    corpus = corpus_spec(args).build(lm)
-    log.info("%d windows x %d tokens, cuts %s, %d codecs (model ready in %.0f s)",
-             *corpus.windows.shape, args.cuts, len(args.codecs), time.perf_counter() - t_start)
-    ref = compute_reference(lm, corpus)
     codecs = {name: build_codec(name) for name in args.codecs}
-
-    k0 = args.cuts[0]  # the split path with no codec must reproduce the unsplit model
-    sanity = evaluate(lm, k0, None, corpus, ref, args.seed)
-    log.info("sanity: split at cut %d without codec vs unsplit: KL = %.2e", k0, sanity["kl_nats"])
-    if sanity["kl_nats"] > 1e-6:
-        raise SystemExit(f"split path does not reproduce the unsplit model (KL = {sanity['kl_nats']:.2e})")
-
     rows = []
-    for cut in args.cuts:
-        h = ref.window_hidden[cut]
-        for name, codec in codecs.items():
-            t0 = time.perf_counter()
-            row = {"cut": cut, "codec": name, **evaluate(lm, cut, codec, corpus, ref, args.seed)}
-            h2 = torch.cat([codec.decode(codec.encode(h[w:w + 1])).float() for w in range(h.shape[0])])
-            row["rel_l2_err"] = float((h2 - h).norm() / h.norm())
-            torch.set_num_threads(1)  # throughput is quoted for one core
-            row.update(throughput(codec, h[:1], args.repeats))
-            torch.set_num_threads(args.threads)
-            rows.append(row)
-            log.info("cut %2d %-30s %6.3f bits  Δppl %+8.3f%% [%+.3f, %+.3f]  KL %.5f  top1 %.4f  %6.0f MB/s  (%.1f s)",
-                     cut, name, row["bits_per_value"], row["delta_ppl_pct"], row["delta_ppl_ci_lo"],
-                     row["delta_ppl_ci_hi"], row["kl_nats"], row["top1_agree"], row["encdec_MBps"],
-                     time.perf_counter() - t0)
+    for source in args.corpora:
+        corpus = corpus_spec(args, source).build(lm)
+        log.info("%s: %d windows x %d tokens, cuts %s, %d codecs (%.0f s so far)", source,
+                 *corpus.windows.shape, args.cuts, len(args.codecs), time.perf_counter() - t_start)
+        ref = compute_reference(lm, corpus)
+
+        k0 = args.cuts[0]  # the split path with no codec must reproduce the unsplit model
+        sanity = evaluate(lm, k0, None, corpus, ref, args.seed)
+        log.info("sanity: split at cut %d without codec vs unsplit: KL = %.2e", k0, sanity["kl_nats"])
+        if sanity["kl_nats"] > 1e-6:
+            raise SystemExit(f"split path does not reproduce the unsplit model (KL = {sanity['kl_nats']:.2e})")
+
+        for cut in args.cuts:
+            h = ref.window_hidden[cut]
+            gen = ref.gen_hidden[cut][:1]  # prompt + generated tokens of prompt 0: the step timing
+            for name in codecs:
+                codec = build_codec(name)  # fresh: a session codec's state must not leak across runs
+                t0 = time.perf_counter()
+                row = {"corpus": source, "cut": cut, "codec": name,
+                       **evaluate(lm, cut, codec, corpus, ref, args.seed)}
+                h2 = torch.cat([codec.decode(codec.encode(h[w:w + 1])).float() for w in range(h.shape[0])])
+                row["rel_l2_err"] = float((h2 - h).norm() / h.norm())
+                torch.set_num_threads(1)  # throughput is quoted for one core
+                row.update(throughput(codec, h[:1], args.repeats))
+                row["step_us"] = 1e6 * step_time(codec, gen[:, :32], gen[:, 32:])
+                torch.set_num_threads(args.threads)
+                rows.append(row)
+                log.info("%s cut %2d %-16s %6.3f / %6.3f bits  Δppl %+7.3f%% [%+.3f, %+.3f]  KL %.5f  step %5.0f us "
+                         "(%.1f s)", source, cut, name, row["bits_per_value"], row["bits_per_value_1tok"],
+                         row["delta_ppl_pct"], row["delta_ppl_ci_lo"], row["delta_ppl_ci_hi"], row["kl_nats"],
+                         row["step_us"], time.perf_counter() - t0)
     log.info("done in %.0f s", time.perf_counter() - t_start)
     return rows
 
@@ -154,59 +185,80 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
+def _corpora(rows: list[dict]) -> list[str]:
+    return sorted({r.get("corpus", "pydoc") for r in rows}, key=lambda c: (c != "pydoc", c))
+
+
 def markdown_table(rows: list[dict]) -> str:
-    """One line per codec: bits per value, then Δppl % at every cut, then KL / top-1 / MB/s (mean over cuts)."""
-    cuts = sorted({r["cut"] for r in rows})
-    by = {(r["codec"], r["cut"]): r for r in rows}
-    names = sorted({r["codec"] for r in rows}, key=lambda n: -statistics.mean(
-        by[(n, c)]["bits_per_value"] for c in cuts if (n, c) in by))
-    head = ["codec", "bits/value", "bits/value 1-token msg", *[f"Δppl % cut {c}" for c in cuts], "max KL (nats)",
-            "min top-1", "enc+dec MB/s (1 core)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for n in names:
-        rs = [by[(n, c)] for c in cuts if (n, c) in by]
-        cells = [f"`{n}`", f"{statistics.mean(r['bits_per_value'] for r in rs):.3f}",
-                 f"{statistics.mean(r['bits_per_value_1tok'] for r in rs):.2f}"]
-        cells += [f"{by[(n, c)]['delta_ppl_pct']:+.3f}" if (n, c) in by else "" for c in cuts]
-        cells += [f"{max(r['kl_nats'] for r in rs):.5f}", f"{min(r['top1_agree'] for r in rs):.4f}",
-                  f"{statistics.median(r['encdec_MBps'] for r in rs):.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """Per corpus, one line per codec: prefill and decode bits per value (mean over cuts), Δppl % with its
+    95 % interval at every cut, worst KL and top-1, the one-token step time (median over cuts)."""
+    out = []
+    for corpus in _corpora(rows):
+        here = [r for r in rows if r.get("corpus", "pydoc") == corpus]
+        cuts = sorted({r["cut"] for r in here})
+        by = {(r["codec"], r["cut"]): r for r in here}
+        names = sorted({r["codec"] for r in here}, key=lambda n: -statistics.mean(
+            by[(n, c)]["bits_per_value"] for c in cuts if (n, c) in by))
+        head = ["codec", "bits/value prefill", "bits/value decode", *[f"Δppl % cut {c}" for c in cuts],
+                "max KL (nats)", "min top-1", "1-token step µs (1 core)"]
+        lines = [f"**{corpus}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for n in names:
+            rs = [by[(n, c)] for c in cuts if (n, c) in by]
+            cells = [f"`{n}`", f"{statistics.mean(r['bits_per_value'] for r in rs):.3f}",
+                     f"{statistics.mean(r['bits_per_value_1tok'] for r in rs):.3f}"]
+            cells += [(f"{by[(n, c)]['delta_ppl_pct']:+.2f} [{by[(n, c)]['delta_ppl_ci_lo']:+.2f}, "
+                       f"{by[(n, c)]['delta_ppl_ci_hi']:+.2f}]") if (n, c) in by else "" for c in cuts]
+            cells += [f"{max(r['kl_nats'] for r in rs):.5f}", f"{min(r['top1_agree'] for r in rs):.4f}",
+                      f"{statistics.median(r['step_us'] for r in rs):.0f}" if all("step_us" in r for r in rs) else ""]
+            lines.append("| " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def target_table(rows: list[dict], max_bits: float = 3.5, max_dppl: float = 1.0) -> str:
-    """Per cut: the smallest codec within the target, else the nearest misses, next to the Petals peer."""
-    lines = [f"| cut | smallest codec with ≤ {max_bits} bits/value and Δppl ≤ {max_dppl} % | "
-             "bits/value | Δppl % [95 % CI] | KL (nats) | petals_blockwise8 bits / Δppl % / KL |", "|---|---|---|---|---|---|"]
+    """Per corpus and cut: the smallest codec whose prefill AND decode bits are <= max_bits and whose Δppl
+    upper 95 % bound is <= max_dppl, else the nearest misses, next to the Petals peer."""
+    lines = [f"| corpus | cut | smallest codec: prefill and decode ≤ {max_bits} bits/value, Δppl upper 95 % bound "
+             f"≤ {max_dppl} % | bits/value prefill / decode | Δppl % [95 % CI] | KL (nats) | "
+             "petals_blockwise8 bits / Δppl % |", "|---|---|---|---|---|---|---|"]
 
     def fmt(r):
-        return (f"{r['bits_per_value']:.3f}", f"{r['delta_ppl_pct']:+.2f} [{r['delta_ppl_ci_lo']:+.2f}, "
-                f"{r['delta_ppl_ci_hi']:+.2f}]", f"{r['kl_nats']:.4f}")
+        return (f"{r['bits_per_value']:.3f} / {r['bits_per_value_1tok']:.3f}",
+                f"{r['delta_ppl_pct']:+.2f} [{r['delta_ppl_ci_lo']:+.2f}, {r['delta_ppl_ci_hi']:+.2f}]",
+                f"{r['kl_nats']:.4f}")
 
-    for cut in sorted({r["cut"] for r in rows}):
-        here = [r for r in rows if r["cut"] == cut]
-        peer = next((r for r in here if r["codec"] == "petals_blockwise8"), None)
-        peer_s = (f"{peer['bits_per_value']:.3f} / {peer['delta_ppl_pct']:+.2f} / {peer['kl_nats']:.4f}"
-                  if peer else "")
-        ok = sorted((r for r in here if r["bits_per_value"] <= max_bits and r["delta_ppl_pct"] <= max_dppl),
-                    key=lambda r: r["bits_per_value"])
-        if ok:
-            lines.append(f"| {cut} | `{ok[0]['codec']}` | " + " | ".join(fmt(ok[0])) + f" | {peer_s} |")
-            continue
-        small = min((r for r in here if r["bits_per_value"] <= max_bits), default=None,
-                    key=lambda r: r["delta_ppl_pct"])
-        good = min((r for r in here if r["delta_ppl_pct"] <= max_dppl), default=None,
-                   key=lambda r: r["bits_per_value"])
-        for label, r in (("none; best ≤ 3.5 bits", small), ("none; smallest ≤ 1 %", good)):
-            if r is not None:
-                lines.append(f"| {cut} | {label}: `{r['codec']}` | " + " | ".join(fmt(r)) + f" | {peer_s} |")
+    def small(r):
+        return max(r["bits_per_value"], r["bits_per_value_1tok"]) <= max_bits
+
+    for corpus in _corpora(rows):
+        for cut in sorted({r["cut"] for r in rows if r.get("corpus", "pydoc") == corpus}):
+            here = [r for r in rows if r["cut"] == cut and r.get("corpus", "pydoc") == corpus]
+            peer = next((r for r in here if r["codec"] == "petals_blockwise8"), None)
+            peer_s = f"{peer['bits_per_value']:.3f} / {peer['delta_ppl_pct']:+.2f}" if peer else ""
+            ok = sorted((r for r in here if small(r) and r["delta_ppl_ci_hi"] <= max_dppl),
+                        key=lambda r: max(r["bits_per_value"], r["bits_per_value_1tok"]))
+            if ok:
+                lines.append(f"| {corpus} | {cut} | `{ok[0]['codec']}` | " + " | ".join(fmt(ok[0])) + f" | {peer_s} |")
+                continue
+            best = min((r for r in here if small(r)), default=None, key=lambda r: r["delta_ppl_ci_hi"])
+            good = min((r for r in here if r["delta_ppl_ci_hi"] <= max_dppl), default=None,
+                       key=lambda r: max(r["bits_per_value"], r["bits_per_value_1tok"]))
+            for label, r in ((f"none; best ≤ {max_bits} bits", best), (f"none; smallest ≤ {max_dppl} %", good)):
+                if r is not None:
+                    lines.append(f"| {corpus} | {cut} | {label}: `{r['codec']}` | " + " | ".join(fmt(r))
+                                 + f" | {peer_s} |")
     return "\n".join(lines)
 
 
 def read_csv(path: Path) -> list[dict]:
     with path.open() as f:
-        return [{k: (v if k == "codec" else float(v) if "." in v or "e" in v else int(v)) for k, v in r.items()}
-                for r in csv.DictReader(f)]
+        return [{k: (v if k in ("codec", "corpus") else float(v) if "." in v or "e" in v or "n" in v else int(v))
+                 for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+def _xval(r: dict) -> float:
+    """The worse of the prefill and the decode figure: what a generation must budget for."""
+    return max(r["bits_per_value"], r.get("bits_per_value_1tok", 0))
 
 
 def plot(rows: list[dict], path: Path, metric: str = "delta_ppl_pct") -> None:
@@ -216,26 +268,31 @@ def plot(rows: list[dict], path: Path, metric: str = "delta_ppl_pct") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cuts = sorted({r["cut"] for r in rows})
+    panels = [(c, k) for c in _corpora(rows) for k in sorted({r["cut"] for r in rows
+                                                              if r.get("corpus", "pydoc") == c})]
+    cuts = panels
     names = sorted({r["codec"] for r in rows})
-    ncols = min(3, len(cuts))
-    nrows = math.ceil(len(cuts) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.4 * ncols, 4.3 * nrows), squeeze=False)
+    ncols = min(5, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4.0 * nrows), squeeze=False)
     cmap = plt.get_cmap("tab20")
     markers = "osD^v<>pP*hX"
-    for ax, cut in zip(axes.flat, cuts, strict=False):
-        here = {r["codec"]: r for r in rows if r["cut"] == cut}
-        for suffix, ls in (("", "-"), ("g", ":")):  # each entropy-coded family (ecNN, ecNNg) is one curve
+    for ax, (corpus, cut) in zip(axes.flat, panels, strict=False):
+        here = {r["codec"]: r for r in rows if r["cut"] == cut and r.get("corpus", "pydoc") == corpus}
+        for suffix, ls in (("", "-"), ("g", ":"), ("g_s", "--")):  # each ecNN family is one curve
             family = sorted((n for n in here if re.fullmatch(rf"ec\d+{suffix}", n)),
-                            key=lambda n: here[n]["bits_per_value"])
+                            key=lambda n: _xval(here[n]))
             if len(family) > 1:
-                ax.plot([here[n]["bits_per_value"] for n in family], [here[n][metric] for n in family],
+                ax.plot([_xval(here[n]) for n in family], [here[n][metric] for n in family],
                         color="grey", lw=0.8, ls=ls, zorder=1)
         for i, n in enumerate(names):
             if n not in here:
                 continue
             r = here[n]
-            ax.scatter(r["bits_per_value"], r[metric], color=cmap(i % 20), marker=markers[i % len(markers)], s=46,
+            x = _xval(r)
+            if metric == "delta_ppl_pct" and "delta_ppl_ci_hi" in r:  # the 95 % interval
+                ax.vlines(x, r["delta_ppl_ci_lo"], r["delta_ppl_ci_hi"], color=cmap(i % 20), lw=1.0, zorder=2)
+            ax.scatter(x, r[metric], color=cmap(i % 20), marker=markers[i % len(markers)], s=46,
                        label=n, edgecolors="black" if n in ("petals_blockwise8", DEFAULT_CODEC) else "none",
                        zorder=3)
         ax.set_xscale("log", base=2)
@@ -254,8 +311,8 @@ def plot(rows: list[dict], path: Path, metric: str = "delta_ppl_pct") -> None:
         else:
             ax.set_yscale("log")
             ax.set_ylabel("KL(unsplit ‖ split) of next token (nats)")
-        ax.set_title(f"cut {cut} (hidden state entering layer {cut})")
-        ax.set_xlabel("wire size (bits per value, header included)")
+        ax.set_title(f"{corpus}, cut {cut}", fontsize=9)
+        ax.set_xlabel("bits per value, max of prefill and decode")
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(cuts):]:
         ax.axis("off")
@@ -282,14 +339,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="corpus sampling seed (the sweep's data.seed)")
     p.add_argument("--model", default="smollm2-135m-instruct", help="model spec (default: the bundled SmolLM2)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the model (codec timing uses 1)")
-    p.add_argument("--repeats", type=int, default=20, help="timed encode+decode repeats per (cut, codec)")
+    p.add_argument("--repeats", type=int, default=5, help="timed encode+decode repeats per (cut, codec)")
     p.add_argument("--out-dir", type=Path, default=REPO / "experiments" / "codec_rate_distortion")
     p.add_argument("--csv", type=Path, default=None, help="CSV path (default OUT_DIR/results.csv)")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default OUT_DIR/rate_distortion.png)")
     p.add_argument("--from-csv", type=Path, default=None, help="skip the run: tables and plots from this CSV")
+    p.add_argument("--corpora", type=lambda s: s.split(","), default=None,
+                   help=f"comma-separated data sources (default {','.join(DEFAULT_CORPORA)}; --quick: pydoc)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 windows x 128 tokens, cuts 1,15,29, 5 codecs")
     a = p.parse_args(argv)
     a.cuts = a.cuts or ([1, 15, 29] if a.quick else list(DEFAULT_CUTS))
+    a.corpora = a.corpora or (["pydoc"] if a.quick else list(DEFAULT_CORPORA))
     a.codecs = a.codecs or list(QUICK_CODECS if a.quick else DEFAULT_CODECS)
     a.n_windows = a.n_windows or (2 if a.quick else 8)
     a.seq_len = a.seq_len or (128 if a.quick else 256)

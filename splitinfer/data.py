@@ -18,7 +18,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("pydoc", "text", "jsonl")
+SOURCES = ("pydoc", "text", "jsonl", "licenses")
 
 
 class EmptyCorpusError(ValueError):
@@ -26,11 +26,14 @@ class EmptyCorpusError(ValueError):
 
 
 def load_texts(source: str = "pydoc", path: str | None = None, jsonl_field: str = "text") -> list[str]:
-    """Documents of a corpus: `pydoc` (built in), `text` (a .txt file or a folder of them), `jsonl`."""
+    """Documents of a corpus: `pydoc` (built in), `text` (a .txt file or a folder of them), `jsonl`,
+    `licenses` (the installed packages' license files, a held-out corpus, see license_texts)."""
     if source == "pydoc":
         from pydoc_data.topics import topics
 
         texts = [topics[k] for k in sorted(topics)]
+    elif source == "licenses":
+        texts = license_texts()
     elif source in ("text", "jsonl"):
         if not path:
             raise ValueError(f"data.source={source!r} needs data.path=FILE (or a folder for text)")
@@ -60,6 +63,29 @@ def load_texts(source: str = "pydoc", path: str | None = None, jsonl_field: str 
         raise EmptyCorpusError(f"corpus {source!r}{f' at {path}' if path else ''} has no text; "
                                "give a file with at least a few hundred words")
     return texts
+
+
+def license_texts() -> list[str]:
+    """A held-out English corpus with nothing to download: the LICENSE / COPYING files of the installed
+    Python packages (legal prose, unlike pydoc's help texts; ~100 distinct texts in the project's venv).
+    Deduplicated and ordered by content hash, so the same installed set always gives the same corpus
+    whatever the install order; the corpus digest changes with the texts."""
+    import importlib.metadata as md
+    import re
+
+    found: dict[str, str] = {}
+    for dist in md.distributions():
+        for f in dist.files or []:
+            if not re.search(r"(^|/)(LICEN[CS]E|COPYING)[^/]*$", str(f), re.I):
+                continue
+            try:
+                text = f.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError, ValueError):
+                continue
+            text = re.sub(r"[ \t]+\n", "\n", (text or "").strip())
+            if len(text) >= 500:  # skip one-line pointers ("see LICENSE-APACHE")
+                found.setdefault(hashlib.sha256(text.encode()).hexdigest(), text)
+    return [found[k] for k in sorted(found)]
 
 
 def tokenize(lm, text: str) -> list[int]:

@@ -84,7 +84,7 @@ for _bits in (4, 3, 2):
 for _nn in (15, 20, 25, 30, 34, 37, 40, 45, 50, 60):
     _PRESETS[f"ec{_nn}"] = {"step": _nn / 100, **_TC, "lossless": "zstd"}
 RANS_GROUPS = 8  # "ec{NN}g": 8 frequency tables; 6-12 are within 0.005 bit of each other on SmolLM2
-for _nn in (34, 37, 38, 40):
+for _nn in (20, 25, 28, 30, 32, 34, 37, 38, 40):
     _PRESETS[f"ec{_nn}g"] = {"step": _nn / 100, **_TC, "lossless": "zstd", "rans_groups": RANS_GROUPS}
 _PRESETS["int8"] = dict(_PRESETS["int8_b64_tc"])  # the project default, see DEFAULT_CODEC
 
@@ -96,7 +96,7 @@ DEFAULT_CODEC = "int8"
 
 
 SESSION_SUFFIX = "_s"  # "<preset>_s": the session wire format (session.py); adaptive coding for ecNNg_s
-SESSION_CODECS = ("fp16_s", "int8_s", "ec34g_s", "ec37g_s", "ec38g_s", "ec40g_s")
+SESSION_CODECS = ("fp16_s", "int8_s", "ec25g_s", "ec30g_s", "ec34g_s", "ec37g_s", "ec40g_s")
 
 
 def session_codecs() -> list[str]:
@@ -155,8 +155,8 @@ def _build(name: str, params_json: str) -> Codec:
 
 
 NAME_GRAMMAR = ("int{2..8}_{tensor|token|b32|b64}[_outlier][_rot][_log8][_tc][_lz4|_zstd], fp32, fp16, bf16, "
-                "top10_fp16, ec15..ec60, ec34g/ec37g/ec38g/ec40g, petals_blockwise8; any of them + _s for the session "
-                "wire format (e.g. ec37g_s)")
+                "top10_fp16, ec15..ec60, ec20g/ec25g/ec28g/ec30g/ec32g/ec34g/ec37g/ec38g/ec40g, petals_blockwise8; "
+                "any of them + _s for the session wire format (e.g. ec37g_s)")
 LIST_COMMAND = 'python -c "from splitinfer.codecs import available_codecs; print(available_codecs())"'
 
 

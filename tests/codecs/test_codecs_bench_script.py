@@ -23,16 +23,18 @@ def bench():
 
 def _rows():
     rows = []
-    for cut in (1, 15):
-        for name, bits, dppl in (("fp16", 16.0, 0.0), ("petals_blockwise8", 8.07, 0.2), ("ec40", 3.4, 0.9),
-                                 ("int3_b64_outlier_rot_log8_tc", 3.5, 2.5)):
-            rows.append({"cut": cut, "codec": name, "bits_per_value": bits, "bits_per_value_1tok": bits + 1,
-                         "ratio_vs_fp32": 32 / bits,
-                         "ratio_vs_fp16": 16 / bits, "delta_ppl_pct": dppl, "delta_ppl_ci_lo": dppl - 0.3,
-                         "delta_ppl_ci_hi": dppl + 0.3, "kl_nats": dppl / 100 + 1e-7, "top1_agree": 0.95,
-                         "rel_l2_err": 0.01, "encdec_MBps": 500.0, "encdec_MBps_median": 400.0, "enc_MBps": 900.0,
-                         "dec_MBps": 1000.0, "ppl_ref": 10.0, "ppl": 10.1, "wire_bytes": 1000, "values": 2000,
-                         "tokens": 20})
+    for corpus in ("pydoc", "licenses"):
+        for cut in (1, 15):
+            for name, bits, dppl in (("fp16", 16.0, 0.0), ("petals_blockwise8", 8.07, 0.2), ("ec40", 3.4, 0.6),
+                                     ("ec37g_s", 3.2, 0.8), ("int3_b64_outlier_rot_log8_tc", 3.5, 2.5)):
+                rows.append({"corpus": corpus, "cut": cut, "codec": name, "bits_per_value": bits,
+                             "bits_per_value_1tok": bits + (0.05 if name.endswith("_s") else 1.6),
+                             "ratio_vs_fp32": 32 / bits,
+                             "ratio_vs_fp16": 16 / bits, "delta_ppl_pct": dppl, "delta_ppl_ci_lo": dppl - 0.3,
+                             "delta_ppl_ci_hi": dppl + 0.3, "kl_nats": dppl / 100 + 1e-7, "top1_agree": 0.95,
+                             "rel_l2_err": 0.01, "step_us": 300.0, "encdec_MBps": 500.0, "encdec_MBps_median": 400.0,
+                             "enc_MBps": 900.0, "dec_MBps": 1000.0, "ppl_ref": 10.0, "ppl": 10.1, "wire_bytes": 1000,
+                             "values": 2000, "tokens": 20})
     return rows
 
 
@@ -40,11 +42,13 @@ def test_tables_csv_and_figures(bench, tmp_path):
     rows = _rows()
     bench.write_csv(rows, tmp_path / "r.csv")
     back = bench.read_csv(tmp_path / "r.csv")
-    assert [(r["cut"], r["codec"]) for r in back] == [(r["cut"], r["codec"]) for r in rows]
+    assert [(r["corpus"], r["cut"], r["codec"]) for r in back] == [(r["corpus"], r["cut"], r["codec"]) for r in rows]
     table = bench.markdown_table(back)
-    assert "`ec40`" in table and "Δppl % cut 15" in table
+    assert "`ec40`" in table and "Δppl % cut 15" in table and "**licenses**" in table
     target = bench.target_table(back)
-    assert "| 1 | `ec40` | 3.400 |" in target
+    # ec40 is smaller in prefill but its decode steps are not: the session codec is the one within target
+    assert "| licenses | 1 | `ec37g_s` | 3.200 / 3.250 | +0.80 [+0.50, +1.10]" not in target
+    assert "| licenses | 15 | none; best ≤ 3.5 bits: `ec37g_s` | 3.200 / 3.250 | +0.80 [+0.50, +1.10]" in target
     bench.plot(back, tmp_path / "rd.png")
     bench.plot(back, tmp_path / "rd_kl.png", metric="kl_nats")
     assert (tmp_path / "rd.png").stat().st_size > 10_000 and (tmp_path / "rd_kl.png").stat().st_size > 10_000
@@ -53,6 +57,7 @@ def test_tables_csv_and_figures(bench, tmp_path):
 def test_flags(bench):
     a = bench.parse_args(["--quick"])
     assert a.cuts == [1, 15, 29] and a.n_windows == 2 and a.seq_len == 128 and "petals_blockwise8" in a.codecs
+    assert a.corpora == ["pydoc"] and bench.parse_args([]).corpora == ["pydoc", "licenses"]
     a = bench.parse_args(["--cuts", "4,8", "--codecs", "int8,fp16", "--n-windows", "3"])
     assert a.cuts == [4, 8] and a.codecs == ["int8", "fp16"] and a.n_windows == 3 and a.seq_len == 256
 
@@ -64,8 +69,8 @@ def test_bench_figures_equal_a_sweep_jobs_on_the_same_windows(bench, tmp_path):
 
     from splitinfer.experiment import run_job
 
-    args = bench.parse_args(["--model", "tiny-llama", "--cuts", "1,2", "--codecs", "int8", "--n-windows", "2",
-                             "--seq-len", "24", "--repeats", "1", "--threads", "1"])
+    args = bench.parse_args(["--model", "tiny-llama", "--cuts", "1,2", "--codecs", "int8,ec37g_s", "--n-windows",
+                             "2", "--seq-len", "24", "--repeats", "1", "--threads", "1", "--corpora", "pydoc"])
     rows = bench.run(args)
     conf = Path(__file__).resolve().parents[2] / "conf"
     spec = bench.corpus_spec(args)
