@@ -62,12 +62,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--slowdown", type=float, default=None, help="device slow-down factor against this machine"
     )
+    p.add_argument(
+        "--clients-per-server",
+        type=int,
+        default=None,
+        help="score per-token latency as one of this many clients of one server sees it, and say how "
+        "many phones per server the chosen cut takes (model: splitinfer.metrics.serving)",
+    )
+    p.add_argument(
+        "--batch-profile",
+        default=None,
+        help="CSV (batch,step_s) of the server's batched decode step, e.g. "
+        "experiments/serving_throughput/batch_profile.csv; 'none' = a server without batching "
+        "(default: that file if it exists, else none)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     from splitinfer.report import TIE_TOLERANCE, Constraints, load_runs, recommend
 
     rows = load_runs(args.sweep_dir)
+    load = server_load(getattr(args, "clients_per_server", None), getattr(args, "batch_profile", None))
     rec = recommend(
         rows,
         args.objective,
@@ -81,6 +96,24 @@ def main(args: argparse.Namespace) -> int:
         link=args.link,
         slowdown=args.slowdown,
         tie_tolerance=TIE_TOLERANCE if args.tie_tolerance is None else args.tie_tolerance,
+        server_load=load,
     )
     print(rec.explanation)
     return 0 if rec.best is not None else 1
+
+
+def server_load(clients: int | None, profile: str | None):
+    """The ServerLoad for --clients-per-server / --batch-profile (None without --clients-per-server)."""
+    from pathlib import Path
+
+    from splitinfer.errors import ConfigError
+    from splitinfer.metrics.serving import BatchProfile, ServerLoad
+
+    if clients is None:
+        if profile is not None:
+            raise ConfigError("--batch-profile needs --clients-per-server N (how many clients share a server)")
+        return None
+    default = Path(__file__).resolve().parents[2] / "experiments" / "serving_throughput" / "batch_profile.csv"
+    if profile is None:
+        profile = str(default) if default.is_file() else "none"
+    return ServerLoad(clients, None if profile.lower() == "none" else BatchProfile.from_csv(profile))

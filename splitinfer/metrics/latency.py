@@ -64,8 +64,13 @@ TOKEN_ID_BYTES = 4
 
 
 def estimate_latency(m: dict, link: LinkProfile, device: DeviceProfile, prompt_tokens: int,
-                     server_speedup: float = 1.0) -> dict[str, float]:
-    """Latency/energy of one job's cut under `link` and `device`, from its flat metrics `m`."""
+                     server_speedup: float = 1.0, server_load=None) -> dict[str, float]:
+    """Latency/energy of one job's cut under `link` and `device`, from its flat metrics `m`.
+
+    `server_load` (a `splitinfer.metrics.serving.ServerLoad`: clients per server and, for a batching
+    server, a measured batched-step profile) makes `tpot_s` the per-token latency of one of those
+    clients; the single-client value stays in `tpot_unloaded_s`, and `server_tokens_per_s` is what the
+    server gives all its clients together."""
     T = prompt_tokens
     rtt = link.rtt_ms / 1e3
     enc, dec = m.get("codec_encode_s_per_token", 0.0), m.get("codec_decode_s_per_token", 0.0)
@@ -86,6 +91,12 @@ def estimate_latency(m: dict, link: LinkProfile, device: DeviceProfile, prompt_t
         "energy_all_device_j_per_token": m["whole_flops_per_token"] * pj,
         "energy_all_server_j_per_token": link.radio_j(0, TOKEN_ID_BYTES),
     }
+    if server_load is not None:
+        server_s = (m["server_decode_s_per_token"] + dec) / server_speedup
+        out["tpot_unloaded_s"] = out["tpot_s"]
+        out["tpot_s"] = server_load.tpot(out["tpot_s"], server_s)
+        out["server_clients"] = server_load.clients
+        out["server_tokens_per_s"] = server_load.clients / out["tpot_s"]
     out["speedup_vs_device"] = out["tpot_all_device_s"] / out["tpot_s"]
     out["speedup_vs_server"] = out["tpot_all_server_s"] / out["tpot_s"]
     return out

@@ -194,8 +194,13 @@ def recommend(
     link: str | None = None,
     slowdown: float | None = None,
     tie_tolerance: float = TIE_TOLERANCE,
+    server_load=None,
 ) -> Recommendation:
-    """The (cut, codec) minimising `objective` under `constraints`, with the reasons (module docstring)."""
+    """The (cut, codec) minimising `objective` under `constraints`, with the reasons (module docstring).
+
+    `server_load` (`splitinfer.metrics.serving.ServerLoad`: clients per server, batching profile or
+    None) scores per-token latency as one of that many clients sees it, and says how many clients per
+    server the chosen cut takes (`serving_statement`)."""
     from splitinfer.report.measures import annotate
 
     if objective not in OBJECTIVES:
@@ -228,6 +233,8 @@ def recommend(
             "the sweep has several links; choose one with --link "
             f"({sorted({str(r.get('link')) for r in rows})})"
         )
+    if server_load is not None:
+        rows = [with_server_load(r, server_load) for r in rows]
     key, what, unit = OBJECTIVES[objective]
     configs = _merged_configs(rows)
     scored = [r for r in configs if num(r.get(key)) is not None]
@@ -313,6 +320,8 @@ def recommend(
                 else "the split beats both."
             )
         )
+    if server_load is not None:
+        lines.append(serving_statement(best, server_load))
     lines.append(privacy_statement(best, attacked_any, c))
     active = [
         n
@@ -343,6 +352,41 @@ def recommend(
     if rest:
         lines.append(f"Runner-up: {_describe(rest[0])} ({_value(rest[0][key], unit)}).")
     return Recommendation(best, "\n".join(lines), len(feasible), len(scored), lowest, notes)
+
+
+def _server_step_s(r: dict) -> float | None:
+    s = num(r.get("server_decode_s_per_token"))
+    return None if s is None else s + (num(r.get("codec_decode_s_per_token")) or 0.0)
+
+
+def with_server_load(r: dict, load) -> dict:
+    """A row whose `tpot_s` is one of `load.clients` clients' (the single-client value kept in
+    `tpot_unloaded_s`); rows without the server's step time are left as they are."""
+    tpot, server_s = num(r.get("tpot_s")), _server_step_s(r)
+    if tpot is None or server_s is None:
+        return r
+    loaded = load.tpot(tpot, server_s)
+    return {**r, "tpot_unloaded_s": tpot, "tpot_s": loaded, "server_clients": load.clients,
+            "server_tokens_per_s": load.clients / loaded}
+
+
+def serving_statement(best: dict, load, slack: float = 0.10) -> str:
+    """How the chosen cut fares with `load.clients` clients per server, and how many it takes."""
+    from splitinfer.metrics.serving import clients_per_server
+
+    alone, server_s = num(best.get("tpot_unloaded_s")), _server_step_s(best)
+    if alone is None or server_s is None:
+        return "Server load: these jobs have no server step time (metrics.timing off), so it was not modelled."
+    how = (f"a batching server (step profile: {load.profile.source or 'given'})" if load.profile is not None
+           else "a server running steps one after another")
+    budget = alone * (1 + slack)
+    many = clients_per_server(alone, server_s, budget, load.profile)
+    serial = clients_per_server(alone, server_s, budget, None)
+    return (f"Server load: with {load.clients} clients per server on {how}, each gets {best['tpot_s']:.3f} s per "
+            f"token (alone: {alone:.3f} s) and the server {best['server_tokens_per_s']:.0f} tokens/s in all. "
+            f"Phones per server at this cut within {100 * slack:g} % of a lone client's per-token latency: "
+            f"{many} with this server, {serial} without batching (the server's step is "
+            f"{1e3 * server_s:.1f} ms of the {1e3 * alone:.1f} ms per token; model: splitinfer.metrics.serving).")
 
 
 def _constraint_notes(c: Constraints, rows: list[dict]) -> list[str]:
