@@ -46,8 +46,7 @@ log = logging.getLogger("bench_codecs")
 
 DEFAULT_CUTS = (1, 8, 15, 22, 29)
 DEFAULT_CODECS = (
-    "fp16", "fp16_s", "petals_blockwise8", "int8", "int8_s", "int4_b64_outlier_rot_log8_tc", "ec37g", "ec40g",
-    "ec45", "ec25g_s", "ec30g_s", "ec34g_s", "ec37g_s", "ec40g_s",
+    "petals_blockwise8", "int8", "int8_s", "ec37g", "ec25g_s", "ec30g_s", "ec34g_s", "ec37g_s",
 )
 DEFAULT_CORPORA = ("pydoc", "licenses")
 QUICK_CODECS = ("fp16", "petals_blockwise8", "int8", "int4_b64_outlier_rot_log8_tc", "ec40")

@@ -26,6 +26,8 @@ so decoding never depends on the platform's floating point.
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 
 from splitinfer.codecs.errors import CodecError
@@ -195,16 +197,17 @@ def slot_table(freq: np.ndarray) -> np.ndarray:
     return np.stack([np.repeat(np.arange(a, dtype=dtype), freq[g]) for g in range(freq.shape[0])])
 
 
-def freqs_from_counts(counts: np.ndarray) -> np.ndarray:
-    """(K, A) symbol counts (int64 >= 0) -> frequencies summing to 2**SCALE_BITS per group, every symbol
+def freqs_from_counts(counts: np.ndarray, scale_bits: int = SCALE_BITS) -> np.ndarray:
+    """(K, A) symbol counts (int64 >= 0) -> frequencies summing to 2**scale_bits per group, every symbol
     >= 1 (nothing is ever impossible). Integer arithmetic only: both halves of a session derive the same
     tables from the same counts."""
     k, a = counts.shape
-    if a >= _M:
-        raise CodecError(f"rANS alphabet of {a} symbols does not fit {_M} slots")
+    m = 1 << scale_bits
+    if a >= m:
+        raise CodecError(f"rANS alphabet of {a} symbols does not fit {m} slots")
     total = np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    f = 1 + (counts * (_M - a)) // total
-    f[np.arange(k), counts.argmax(axis=1)] += _M - f.sum(axis=1)
+    f = 1 + (counts * (m - a)) // total
+    f[np.arange(k), counts.argmax(axis=1)] += m - f.sum(axis=1)
     return f
 
 
@@ -267,45 +270,66 @@ def decode_symbols(stream_buf, n_words: int, n: int, gi: np.ndarray, freq: np.nd
 
 
 # -- one rANS state, plain Python: for one-token steps, where 64 lanes' final states (256 bytes) would
-# cost more than the values themselves and numpy's per-call overhead more than the arithmetic ----------
-def encode_scalar(f_list: list[int], c_list: list[int]) -> bytes:
+# cost more than the values themselves and numpy's per-call overhead more than the arithmetic. A smaller
+# probability scale (SCALAR_BITS) keeps the decoder's slot tables small enough to rebuild often ---------
+SCALAR_BITS = 12
+
+
+def encode_scalar(f_list: list[int], c_list: list[int], scale_bits: int = SCALAR_BITS) -> bytes:
     """Symbols given as their (frequency, cumulative) pairs -> final state (4 bytes) + 16-bit words."""
     x = _L
     out = []
-    bound = 32 - SCALE_BITS
+    bound = 32 - scale_bits
     for i in range(len(f_list) - 1, -1, -1):
         f = f_list[i]
         if x >= (f << bound):
             out.append(x & 0xFFFF)
             x >>= 16
-        x = ((x // f) << SCALE_BITS) + (x % f) + c_list[i]
+        x = ((x // f) << scale_bits) + (x % f) + c_list[i]
     out.reverse()
     return int(x).to_bytes(4, "little") + np.array(out, dtype=np.uint16).tobytes()
 
 
-def decode_scalar(stream_buf, n: int, groups: list[int], freq: list[list[int]], cum: list[list[int]],
-                  slots: list) -> list[int]:
-    """Inverse of encode_scalar for n symbols, symbol i coded with table groups[i]."""
+def scalar_tables(freq: np.ndarray, scale_bits: int = SCALAR_BITS) -> list[tuple]:
+    """Per group, slot -> (symbol, frequency, slot - cumulative) as Python arrays: the scalar decoder's
+    whole per-symbol work is three lookups and one multiply-add."""
+    m = 1 << scale_bits
+    cum = cumulative(freq)
+    out = []
+    for g in range(freq.shape[0]):
+        sym = np.repeat(np.arange(freq.shape[1], dtype=np.int64), freq[g])
+        if sym.size != m:
+            raise CodecError(f"rANS frequencies of group {g} sum to {sym.size}, not {m}")
+        out.append((array("h", sym.astype(np.int16).tobytes()), array("q", freq[g][sym].tobytes()),
+                    array("q", (np.arange(m, dtype=np.int64) - cum[g][sym]).tobytes())))
+    return out
+
+
+def decode_scalar(stream_buf, n: int, tables: list[tuple], scale_bits: int = SCALAR_BITS) -> tuple[list[int], list[int]]:
+    """Inverse of encode_scalar for n symbols, symbol i decoded with tables[i] (scalar_tables of its
+    group) -> (symbols, the 16-bit words left after the stream: data the caller appended)."""
     raw = memoryview(stream_buf).cast("B")
     if raw.nbytes < 4 or raw.nbytes % 2:
         raise CodecError(f"rANS stream of {raw.nbytes} bytes is not a 4-byte state plus 16-bit words")
+    if len(tables) != n:
+        raise CodecError(f"{len(tables)} tables for {n} symbols")
     x = int.from_bytes(raw[:4], "little")
     words = np.frombuffer(raw[4:], dtype=np.uint16).tolist()
-    if x < _L:
+    if x < _L or x >= 1 << 32:
         raise CodecError("rANS final state is out of range: corrupted data")
     out = [0] * n
-    ptr, n_words, mask = 0, len(words), _M - 1
-    for i in range(n):
-        g = groups[i]
+    ptr, n_words, mask, low = 0, len(words), (1 << scale_bits) - 1, _L
+    i = 0
+    for syms, freqs, bias in tables:
         slot = x & mask
-        s = slots[g][slot]
-        x = freq[g][s] * (x >> SCALE_BITS) + slot - cum[g][s]
-        if x < _L:
+        x = freqs[slot] * (x >> scale_bits) + bias[slot]
+        out[i] = syms[slot]
+        i += 1
+        if x < low:
             if ptr >= n_words:
                 raise CodecError("rANS stream ends early: truncated or corrupted data")
             x = (x << 16) | words[ptr]
             ptr += 1
-        out[i] = s
-    if ptr != n_words or x != _L:
+    if x != _L:
         raise CodecError("rANS stream does not decode to its initial state: corrupted data")
-    return out
+    return out, words[ptr:]

@@ -34,7 +34,6 @@ spec (use it for anything that must not touch the session, e.g. a rehearsal).
 from __future__ import annotations
 
 import math
-from array import array
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -51,9 +50,11 @@ from splitinfer.codecs.params import PipelineParams
 
 SUFFIX = "_s"
 HISTORY = 8  # steps a decoder can re-decode or roll back
-_RES = 255  # residuals of int8 codes after prediction lie in -255..255
-ALPHABET = 2 * _RES + 1
-REFRESH = 4096  # values between two rebuilds of the adaptive tables (both halves, same schedule)
+_RES = 31  # the adaptive model codes residuals in -31..31 directly, others as ESC + an int16 after the stream
+ESC = 2 * _RES + 1
+ALPHABET = ESC + 1
+ADAPTIVE_MAX = 16384  # values: larger messages are coded with fresh tables (mode r), zstd or as bytes
+REFRESH = 8192  # values between two rebuilds of the adaptive tables (both halves, same schedule)
 COUNT_LIMIT = 1 << 22  # a group's counts are halved past this (recent statistics weigh more)
 
 
@@ -131,13 +132,12 @@ class _State:
     def copy(self) -> _State:
         return replace(self, counts=None if self.counts is None else self.counts.copy())
 
-    def lists(self) -> tuple:
-        """(freq rows, cum rows, slot->symbol arrays) as Python sequences for the scalar decoder; built on
+    def lists(self) -> list[tuple]:
+        """The scalar decoder's per-channel tables (rans.scalar_tables of each channel's group); built on
         the first decode after a refresh (the encoder never needs them)."""
         if self.cache is None:
-            freq, cum = self.model
-            slots = rans.slot_table(freq).astype(np.int16)
-            self.cache = (freq.tolist(), cum.tolist(), [array("h", row.tobytes()) for row in slots])
+            per_group = rans.scalar_tables(self.model[0], rans.SCALAR_BITS)
+            self.cache = [per_group[g] for g in self.groups.tolist()]
         return self.cache
 
 
@@ -181,7 +181,6 @@ def _t_from(buf, dtype: torch.dtype, n: int, what: str) -> torch.Tensor:
 
 _META_TYPES = {"nf": int, "or": int, "rd": str, "sd": str, "cd": str, "r": list}  # the JSON part of the head
 MODES = ("b", "z", "a", "r")  # codes as bytes, zstd, the session's adaptive model, fresh static rANS tables
-SCALAR_MAX = 4096  # adaptive messages up to this many values use one rANS state (4 bytes), larger ones 64
 
 
 def _split_meta(meta: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
@@ -362,7 +361,7 @@ class AdaptiveStepCodec(Codec):
                 best = ("z", [z], None)
         if not wide and n:
             size = sum(map(len, best[1]))
-            if st is not None and st.model is not None:
+            if st is not None and st.model is not None and n <= ADAPTIVE_MAX:
                 stream = _adaptive_encode(q, st)
                 if len(stream) < size:
                     best, size = ("a", [stream], None), len(stream)
@@ -503,7 +502,8 @@ class AdaptiveStepCodec(Codec):
             "sd": meta.get("sd") == "float32",
             "cd": meta.get("cd") == "int16" and meta.get("m") in ("b", "z"),
             "m": n > 0 and (meta.get("m") == "b" or (meta.get("m") == "z" and p.lossless is not None)
-                            or (meta.get("m") == "a" and st is not None and st.model is not None)
+                            or (meta.get("m") == "a" and st is not None and st.model is not None
+                                and n <= ADAPTIVE_MAX)
                             or (meta.get("m") == "r" and n >= rans.MIN_VALUES)),
             "r": meta.get("m") == "r" and rans.valid_info(meta.get("r"), n),
         }
@@ -533,16 +533,15 @@ class AdaptiveStepCodec(Codec):
         elif st.groups is None:
             st.groups, st.ks = np.zeros(cols, dtype=np.int64), np.zeros(cols, dtype=np.int64)
             st.counts = np.zeros((1, ALPHABET), dtype=np.int64)
-        res = q - _predict(_prev_rows(q, st.prev), st.ks)
+        sym = _symbols(q - _predict(_prev_rows(q, st.prev), st.ks)).reshape(-1)
         gi = np.broadcast_to(st.groups, q.shape).reshape(-1)
-        st.counts = st.counts + np.bincount(gi * ALPHABET + (res.reshape(-1) + _RES),
-                                            minlength=st.counts.size).reshape(st.counts.shape)
+        st.counts = st.counts + np.bincount(gi * ALPHABET + sym, minlength=st.counts.size).reshape(st.counts.shape)
         st.prev = q[-1].copy()
         st.pending += q.size
         if st.model is None or st.pending >= REFRESH:
             if int(st.counts.sum(axis=1).max()) > COUNT_LIMIT:
                 st.counts = (st.counts + 1) >> 1
-            freq = rans.freqs_from_counts(st.counts)
+            freq = rans.freqs_from_counts(st.counts, rans.SCALAR_BITS)
             st.model, st.cache = (freq, rans.cumulative(freq)), None
             st.pending = 0
 
@@ -578,29 +577,34 @@ def _prev_rows(q: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
     return np.concatenate([first, q[:-1]], axis=0)
 
 
+def _symbols(res: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(res) <= _RES, res + _RES, ESC)
+
+
 def _adaptive_encode(q: np.ndarray, st: _State) -> bytes:
-    res = q - _predict(_prev_rows(q, st.prev), st.ks)
-    sym = res.reshape(-1) + _RES
+    """The session model's scalar rANS stream, then the escaped residuals (int16) after it."""
+    res = (q - _predict(_prev_rows(q, st.prev), st.ks)).reshape(-1)
+    sym = _symbols(res)
     gi = np.broadcast_to(st.groups, q.shape).reshape(-1)
-    freq, cum = st.model[0], st.model[1]
-    if sym.size > SCALAR_MAX:
-        return rans.encode_symbols(sym, gi, freq, cum)[0]
-    return rans.encode_scalar(freq[gi, sym].tolist(), cum[gi, sym].tolist())
+    freq, cum = st.model
+    stream = rans.encode_scalar(freq[gi, sym].tolist(), cum[gi, sym].tolist(), rans.SCALAR_BITS)
+    return stream + res[sym == ESC].astype("<i2").tobytes()
 
 
 def _adaptive_decode(buf, n_rows: int, cols: int, st: _State) -> np.ndarray:
-    freq, cum = st.model
     n = n_rows * cols
-    nbytes = memoryview(buf).nbytes
-    if n > SCALAR_MAX:
-        n_words, odd = divmod(nbytes - 4 * rans.lanes_for(n), 2)
-        if n_words < 0 or odd:
-            raise CodecError(f"adaptive rANS stream of {nbytes} bytes cannot hold {n} values")
-        gi = np.broadcast_to(st.groups, (n_rows, cols)).reshape(-1)
-        sym = rans.decode_symbols(buf, n_words, n, gi, freq, cum, rans.slot_table(freq))
-    else:
-        sym = np.array(rans.decode_scalar(buf, n, st.groups.tolist() * n_rows, *st.lists()), dtype=np.int64)
-    res = (sym - _RES).reshape(n_rows, cols)
+    sym, rest = rans.decode_scalar(buf, n, st.lists() * n_rows, rans.SCALAR_BITS)
+    sym = np.array(sym, dtype=np.int64)
+    res = sym - _RES
+    esc = sym == ESC
+    if int(esc.sum()) != len(rest):
+        raise CodecError(f"adaptive rANS stream escapes {int(esc.sum())} values but carries {len(rest)}: corrupted")
+    if rest:
+        big = np.array(rest, dtype=np.uint16).view(np.int16).astype(np.int64)
+        if bool((np.abs(big) <= _RES).any()) or bool((np.abs(big) > 255).any()):
+            raise CodecError("adaptive rANS escaped residuals are out of range: corrupted data")
+        res[esc] = big
+    res = res.reshape(n_rows, cols)
     q = np.empty_like(res)
     prev = np.zeros(cols, np.int64) if st.prev is None else st.prev
     for t in range(n_rows):
