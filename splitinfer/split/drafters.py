@@ -66,11 +66,11 @@ class AdapterSpec:
     """How an early-exit adapter is fitted (part of its cache key)."""
 
     source: str = "pydoc"
-    tokens: int = 16384
+    tokens: int = 8192
     window: int = 128
     ridge: float = 1e-2
     seed: int = 0
-    version: int = 1
+    version: int = 2
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:12]
@@ -130,27 +130,44 @@ def _training_ids(lm, spec: AdapterSpec) -> torch.Tensor:
     return torch.tensor(stream[: n * spec.window]).reshape(n, spec.window)
 
 
+class _Stop(Exception):
+    pass
+
+
 @torch.no_grad()
-def cut_and_final_hidden(lm, cut: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(norm(h_cut), final normed hidden) for token windows `ids` (N, T), both (N*T, H), via the split path's
-    own stages (the device stage's output is exactly what a drafter on the device sees)."""
+def cuts_and_final_hidden(lm, cuts, ids: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """({cut: norm(h_cut)}, final normed hidden) for token windows `ids` (N, T), each (N*T, H), in one pass
+    through the split path's own stages (a device stage's output is exactly what its drafter sees). The LM
+    head is skipped (it is not needed and costs as much as several layers)."""
     from splitinfer.models import adapters, split_model
 
-    stages = split_model(lm, [cut])
+    cuts = sorted(set(int(c) for c in cuts))
+    stages = split_model(lm, [c for c in cuts if c < lm.num_layers])
     norm = adapters.decoder_parts(lm.model).norm
     captured: list[torch.Tensor] = []
-    hook = norm.register_forward_hook(lambda mod, inp, out: captured.append(out.detach()))
-    xs, ys = [], []
-    try:
-        for row in ids:
-            h = stages[0](row[None])
-            captured.clear()
-            stages[1](h)
-            xs.append(norm(h)[0])
-            ys.append(captured[-1][0])
-    finally:
-        hook.remove()
-    return torch.cat(xs).float(), torch.cat(ys).float()
+
+    def grab(mod, inp, out):
+        captured.append(out.detach())
+        raise _Stop
+
+    xs: dict[int, list[torch.Tensor]] = {c: [] for c in cuts}
+    ys = []
+    for row in ids:
+        h = row[None]
+        for stage in stages[:-1]:
+            h = stage(h)
+            xs[stage.end_layer].append(norm(h)[0].float())
+        hook = norm.register_forward_hook(grab)
+        try:
+            stages[-1](h)
+        except _Stop:
+            pass
+        finally:
+            hook.remove()
+        ys.append(captured.pop()[0].float())
+        if lm.num_layers in xs:
+            xs[lm.num_layers].append(ys[-1])
+    return {c: torch.cat(v) for c, v in xs.items()}, torch.cat(ys)
 
 
 def fit_adapter(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,28 +191,46 @@ def adapter_path(lm, cut: int, spec: AdapterSpec) -> Path:
 def load_or_fit_adapter(lm, cut: int, spec: AdapterSpec | None = None, *,
                         ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The early-exit adapter for (model, cut), fitted once on public text and cached under
-    cache_root()/drafters keyed by the model's fingerprint, the cut and the fitting spec."""
+    cache_root()/drafters keyed by the model's fingerprint, the cut and the fitting spec. `ids` fits on
+    the given token windows instead (not cached)."""
+    return fit_adapters(lm, [cut], spec, ids=ids)[cut]
+
+
+def fit_adapters(lm, cuts, spec: AdapterSpec | None = None, *,
+                 ids: torch.Tensor | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Early-exit adapters for several cuts: cached ones are loaded, the others fitted in one shared pass."""
     from safetensors.torch import load_file, save_file
 
     spec = spec or AdapterSpec()
-    if not 1 <= cut <= lm.num_layers:
-        raise ConfigError(f"early-exit drafter at cut={cut}: needs 1 <= cut <= {lm.num_layers}")
-    path = adapter_path(lm, cut, spec)
-    if ids is None and path.is_file():
-        t = load_file(str(path))
-        return t["weight"], t["bias"]
+    for cut in cuts:
+        if not isinstance(cut, int) or not 1 <= cut <= lm.num_layers:
+            raise ConfigError(f"early-exit drafter at cut={cut!r}: needs an int 1 <= cut <= {lm.num_layers}")
+    out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    if ids is None:
+        for cut in cuts:
+            path = adapter_path(lm, cut, spec)
+            if path.is_file():
+                t = load_file(str(path))
+                out[cut] = (t["weight"], t["bias"])
+    todo = [c for c in cuts if c not in out]
+    if not todo:
+        return out
     t0 = time.perf_counter()
     train = ids if ids is not None else _training_ids(lm, spec)
-    x, y = cut_and_final_hidden(lm, cut, train)
-    w, b = fit_adapter(x, y, spec.ridge)
+    xs, y = cuts_and_final_hidden(lm, todo, train)
+    for cut in todo:
+        w, b = fit_adapter(xs[cut], y, spec.ridge)
+        out[cut] = (w, b)
+        if ids is None:
+            path = adapter_path(lm, cut, spec)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({"weight": w.contiguous(), "bias": b.contiguous()}, str(tmp))
+            tmp.replace(path)
     if ids is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"weight": w.contiguous(), "bias": b.contiguous()}, str(tmp))
-        tmp.replace(path)
-        log.info("fitted the early-exit adapter for cut %d on %d tokens in %.1f s -> %s", cut, x.shape[0],
-                 time.perf_counter() - t0, path)
-    return w, b
+        log.info("fitted early-exit adapters for cuts %s on %d tokens in %.1f s (cached in %s)", todo,
+                 y.shape[0], time.perf_counter() - t0, adapter_path(lm, todo[0], spec).parent)
+    return out
 
 
 def build_drafter(name: str, *, lm=None, cut: int | None = None, **kwargs):
