@@ -11,7 +11,9 @@ processes replay them: each session sends its prefill, then, on every reply, the
 step, and checks the reply's token against the recorded one. All sessions of a run start together.
 
 Per (N, batching): aggregate tokens/s (generated tokens of all sessions / wall time from the first send
-to the last reply), decode-step latency p50/p99 (send -> reply), time to first token p50/p99 (prefill
+to the last reply; it includes every prefill), decode tokens/s (decode replies to steps sent after the
+last session got its first token, over the time from then to the last reply: all N sessions decoding,
+no prefill left), decode-step latency p50/p99 (send -> reply), time to first token p50/p99 (prefill
 send -> reply; all N prefills arrive at once), server CPU (process CPU seconds / wall) and RSS, and the
 number of replies that differ from the reference tokens. Server CPU milliseconds per generated token
 is the figure a shared machine cannot skew much (it counts the server's own CPU time, not the share
@@ -115,6 +117,7 @@ def load_generator(url: str, fields: dict, trajs: list[dict], session_ids: list[
         sessions.append({"i": i, "sid": rep["sid"], "traj": trajs[i % len(trajs)], "k": 0, "pos": 0})
     by_rid: dict[int, dict] = {}
     lat, ttft, mismatched, tokens = [], [], 0, 0
+    decode_sent_at = []  # (send time, reply time) of every decode step
 
     def send(s):
         nonlocal rid
@@ -141,6 +144,10 @@ def load_generator(url: str, fields: dict, trajs: list[dict], session_ids: list[
             raise RuntimeError(f"step failed: {rep}")
         t = s["traj"]
         (ttft if s["k"] == 0 else lat).append(now - s["sent"])
+        if s["k"]:
+            decode_sent_at.append((s["sent"], now))
+        else:
+            s["prefilled"] = now
         mismatched += rep["tok"] != t["tokens"][s["k"]]
         tokens += 1
         s["pos"] += t["prompt_tokens"] if s["k"] == 0 else 1
@@ -152,7 +159,8 @@ def load_generator(url: str, fields: dict, trajs: list[dict], session_ids: list[
         call("close", sid=s["sid"])
     sock.close(linger=0)
     ctx.term()
-    results.put({"lat": lat, "ttft": ttft, "mismatched": mismatched, "tokens": tokens, "first": first, "last": last})
+    results.put({"lat": lat, "ttft": ttft, "mismatched": mismatched, "tokens": tokens, "first": first, "last": last,
+                 "decode": decode_sent_at, "prefilled": max(s["prefilled"] for s in sessions)})
 
 
 # -- servers ---------------------------------------------------------------------------------------
@@ -209,8 +217,13 @@ def run_one(server: Server, fields: dict, trajs: list[dict], n: int, generators:
     lat = [x for o in outs for x in o["lat"]]
     ttft = [x for o in outs for x in o["ttft"]]
     wall = last - first
+    # decode throughput once every session has its first token (all N decoding, no prefill left)
+    t_pre = max(o["prefilled"] for o in outs)
+    after = [r for o in outs for (sent, r) in o["decode"] if sent >= t_pre]
+    decode_tps = len(after) / (max(after) - t_pre) if len(after) > 1 else float("nan")
     return {"clients": n, "tokens": sum(o["tokens"] for o in outs), "wall_s": wall,
             "tok_per_s": sum(o["tokens"] for o in outs) / wall,
+            "decode_tok_per_s": decode_tps,
             "step_p50_ms": _percentile(lat, 50) * 1e3, "step_p99_ms": _percentile(lat, 99) * 1e3,
             "ttft_p50_ms": _percentile(ttft, 50) * 1e3, "ttft_p99_ms": _percentile(ttft, 99) * 1e3,
             "server_cpu": (cpu1 - cpu0) / wall, "server_cpu_ms_per_tok": (cpu1 - cpu0) * 1e3 / sum(o["tokens"] for o in outs),
@@ -243,16 +256,29 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def write_profile(lm, cut: int, out: Path) -> None:
+    """The batched decode step's time per batch size, in this process (no sockets): batch_profile.csv,
+    the input of `splitinfer recommend --clients-per-server`."""
+    from splitinfer.metrics.serving import measure_batch_profile
+
+    prof = measure_batch_profile(lm, cut)
+    prof.write_csv(out / "batch_profile.csv")
+    print("batched decode step (forward_batch, context 64): " + ", ".join(
+        f"{b}: {1e3 * s:.1f} ms" for b, s in zip(prof.batch_sizes, prof.step_s, strict=True)), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--cut", type=int, default=15)
     ap.add_argument("--clients", default="1,2,4,8,16,32,64", help="comma list of concurrent sessions")
-    ap.add_argument("--tokens", type=int, default=16, help="tokens each session generates (1 prefill + decode)")
+    ap.add_argument("--tokens", type=int, default=32, help="tokens each session generates (1 prefill + decode)")
     ap.add_argument("--generators", type=int, default=2, help="load-generator processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     ap.add_argument("--server-args", default="", help="extra flags for the batching server, e.g. '--max-batch 32'")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "serving_throughput"))
+    ap.add_argument("--profile-only", action="store_true",
+                    help="only measure the batched-step profile (batch_profile.csv for recommend)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -265,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     torch.set_num_threads(args.threads)
     lm = load_model(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.profile_only:
+        write_profile(lm, args.cut, out)
+        return 0
     trajs = record_trajectories(lm, args.cut, args.tokens)
     fields = {"fingerprint": lm.fingerprint, "cuts": [args.cut], "hidden": lm.hidden_size,
               "codec": {"name": "none"}, "sampling": {"temperature": 0.0}}
@@ -276,22 +307,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for srv in servers.values():  # warm-up
             run_one(srv, fields, trajs, 2, 1)
-        hdr = (f"{'N':>3} {'batch':>5} {'tok/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'TTFT50':>7} {'TTFT99':>7} "
+        hdr = (f"{'N':>3} {'batch':>5} {'tok/s':>7} {'dec t/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'TTFT50':>7} {'TTFT99':>7} "
                f"{'cpu':>5} {'cpu ms/tok':>10} {'RSS MB':>7} {'mismatch':>8}")
         print(hdr, flush=True)
         for n in ns:
             for mode, srv in servers.items():
                 r = {"batching": mode, **run_one(srv, fields, trajs, n, args.generators)}
                 rows.append(r)
-                print(f"{n:>3} {mode:>5} {r['tok_per_s']:>7.1f} {r['step_p50_ms']:>7.1f} {r['step_p99_ms']:>7.1f} "
+                print(f"{n:>3} {mode:>5} {r['tok_per_s']:>7.1f} {r['decode_tok_per_s']:>7.1f} {r['step_p50_ms']:>7.1f} {r['step_p99_ms']:>7.1f} "
                       f"{r['ttft_p50_ms']:>7.0f} {r['ttft_p99_ms']:>7.0f} {r['server_cpu']:>5.2f} "
                       f"{r['server_cpu_ms_per_tok']:>10.1f} "
                       f"{r['server_rss_mb']:>7.0f} {r['mismatched']:>8}", flush=True)
     finally:
         for srv in servers.values():
             srv.close()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -302,10 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     for n in ns:
         off = next(r for r in rows if r["clients"] == n and r["batching"] == "off")
         on = next(r for r in rows if r["clients"] == n and r["batching"] == "on")
-        print(f"  N={n:>2}: tokens/s x{on['tok_per_s'] / off['tok_per_s']:.2f}, server CPU per token x"
+        print(f"  N={n:>2}: tokens/s x{on['tok_per_s'] / off['tok_per_s']:.2f}, decode tokens/s x"
+              f"{on['decode_tok_per_s'] / off['decode_tok_per_s']:.2f}, server CPU per token x"
               f"{on['server_cpu_ms_per_tok'] / off['server_cpu_ms_per_tok']:.2f}, step p50 x"
               f"{on['step_p50_ms'] / off['step_p50_ms']:.2f}, on p99 {on['step_p99_ms']:.1f} ms vs off p50 "
               f"{off['step_p50_ms']:.1f} ms")
+    write_profile(lm, args.cut, out)
     bad = sum(r["mismatched"] for r in rows)
     print(f"\n{bad} replies differ from the unbatched reference; wrote {out}/results.csv and "
           f"serving_throughput.png in {time.time() - t0:.0f} s")
