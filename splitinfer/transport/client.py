@@ -24,7 +24,15 @@ import zmq
 
 from splitinfer.errors import ConfigError, NotFoundError, UserError
 from splitinfer.models import LoadedModel, split_model, validate_cuts
-from splitinfer.split import DeviceHalf, SamplingConfig, SplitGenerator, Traffic, phase_of, tokens_of
+from splitinfer.split import (
+    DeviceHalf,
+    SamplingConfig,
+    SplitGenerator,
+    Traffic,
+    VerifyRequest,
+    phase_of,
+    tokens_of,
+)
 from splitinfer.transport import protocol as p
 from splitinfer.transport.payload import build_session_codec, codec_spec, default_codec
 from splitinfer.transport.wait import WaitPolicy
@@ -100,6 +108,7 @@ class RemoteLink:
         self.sid: str | None = None
         self.seq = 0
         self.history: list[tuple[int, list, int]] = []  # (start, encoded frames, token) of every step
+        self.drafts: dict[int, tuple] = {}  # history index -> (draft, draft_p, toks) of speculative steps
         self.last_logprob: float | None = None
         self.server_limits: dict = {}
         self.bytes_up = self.bytes_down = self.messages = 0
@@ -110,9 +119,27 @@ class RemoteLink:
     # -- the Link interface ----------------------------------------------------------------------
     def step(self, enc, start: int) -> int:
         """Send one step's codec message (positions start..start+T-1); returns the server's next token."""
+        if isinstance(enc, VerifyRequest):
+            return self.verify(enc.enc, start, enc.draft, enc.draft_p)
         if self.sid is None:
             self._open_and_replay_until_open()
         return self._step_one(enc.to_frames(), start, tokens_of(enc))
+
+    def verify(self, enc, start: int, draft, draft_p=None) -> list[int]:
+        """A speculative step: the hidden states of [x, d1..dγ] and the drafted ids go up in one message;
+        returns the accepted drafts plus the server's own next token (`ServerSession.verify`). Retried
+        and replayed exactly once like any step (the server's sampling is seeded by position)."""
+        draft = [int(t) for t in draft]
+        draft_p = None if draft_p is None else [float(q) for q in draft_p]
+        if not 0 < len(draft) <= p.MAX_DRAFT:
+            raise ConfigError(f"a verify step carries 1..{p.MAX_DRAFT} drafted tokens, got {len(draft)}")
+        if tokens_of(enc) != len(draft) + 1:
+            raise ConfigError(f"a verify step with {len(draft)} drafted tokens carries {len(draft) + 1} hidden "
+                              f"states, got {tokens_of(enc)}")
+        if self.sid is None:
+            self._open_and_replay_until_open()
+        toks = self._step_one(enc.to_frames(), start, tokens_of(enc), draft, draft_p)
+        return toks
 
     def max_chunk_tokens(self, hidden: torch.Tensor) -> int:
         """How many positions one message may carry: the server's max_step_tokens, and its message cap
@@ -134,7 +161,8 @@ class RemoteLink:
         raise TransportError(f"the server at {self.url} lost the session {self.max_replays + 1} times while it "
                              "was being replayed; giving up")
 
-    def _step_one(self, frames: list, start: int, tokens: int) -> int:
+    def _step_one(self, frames: list, start: int, tokens: int, draft: list[int] | None = None,
+                  draft_p: list[float] | None = None):
         for attempt in itertools.count():
             if self.sid is None:
                 self._open_and_replay()
@@ -143,16 +171,19 @@ class RemoteLink:
                         raise TransportError(f"the server at {self.url} lost the session {attempt + 1} times "
                                              "while it was being replayed; giving up")
                     continue
-            rep = self._step_request(frames, start)
+            rep = self._step_request(frames, start, draft, draft_p)
             if rep["ok"]:
                 break
             if rep["code"] != p.UNKNOWN_SESSION or attempt >= self.max_replays:
                 raise RemoteError(rep["code"], rep["msg"])
             self.sid = None  # the server lost it: open a new session and replay (loop)
-        token = self._token(rep)
-        self.history.append((start, frames, token))
-        self.traffic.add_up(sum(memoryview(f).nbytes for f in frames), tokens, phase_of(start, tokens))
-        return token
+        toks = self._tokens(rep, start, draft)
+        if draft is not None:
+            self.drafts[len(self.history)] = (draft, draft_p, toks)
+        self.history.append((start, frames, toks[-1]))
+        self.traffic.add_up(sum(memoryview(f).nbytes for f in frames), tokens,
+                            "decode" if draft is not None else phase_of(start, tokens))
+        return toks if draft is not None else toks[0]
 
     def reset(self) -> None:
         """Start a new generation: drop the current session (without waiting) and zero the counters."""
@@ -161,7 +192,7 @@ class RemoteLink:
                 self._sock.send(p.pack(p.request("close", next(self._rids), sid=self.sid)), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
-        self.sid, self.seq, self.history = None, 0, []
+        self.sid, self.seq, self.history, self.drafts = None, 0, [], {}
         self.bytes_up = self.bytes_down = self.messages = self.resends = self.replays = 0
         self.traffic = Traffic()
 
@@ -211,20 +242,26 @@ class RemoteLink:
             raise TransportError(f"server's open reply has no session id: {str(rep)[:200]}")
         self.sid, self.seq = rep["sid"], 0
         self.server_limits = {k: rep.get(k) for k in ("max_tokens", "max_step_tokens", "max_message_bytes")}
-        for start, frames, token in self.history:
-            rep = self._step_request(frames, start)
+        for i, (start, frames, token) in enumerate(self.history):
+            draft, draft_p, toks = self.drafts.get(i, (None, None, [token]))
+            rep = self._step_request(frames, start, draft, draft_p)
             if not rep["ok"]:
                 if rep["code"] == p.UNKNOWN_SESSION:
                     self.sid = None  # lost again mid-replay; the caller's loop opens once more
                     return
                 raise RemoteError(rep["code"], f"while replaying position {start}: {rep['msg']}")
-            if self._token(rep) != token:
+            if self._tokens(rep, start, draft) != toks:
                 raise TransportError(f"replayed step at position {start} gave token {rep['tok']}, not {token} as "
                                      "before; the server's model, codec or sampling is not what it was")
 
-    def _step_request(self, frames: list, start: int) -> dict:
+    def _step_request(self, frames: list, start: int, draft: list[int] | None = None,
+                      draft_p: list[float] | None = None) -> dict:
         seq = self.seq + 1
         env = p.request("step", next(self._rids), sid=self.sid, seq=seq, start=start)
+        if draft is not None:
+            env["draft"] = draft
+            if draft_p is not None:
+                env["draft_p"] = draft_p
         if self.want_logprob:
             env["logprob"] = True
         rep = self._request(env, frames)
@@ -233,11 +270,11 @@ class RemoteLink:
             self.last_logprob = rep.get("lp")
         return rep
 
-    def _token(self, rep: dict) -> int:
-        tok = rep.get("tok")
-        if type(tok) is not int or tok < 0 or (self.vocab_size is not None and tok >= self.vocab_size):
-            raise TransportError(f"server replied with token {tok!r}, not an id in [0, {self.vocab_size})")
-        return tok
+    def _tokens(self, rep: dict, start: int, draft: list[int] | None) -> list[int]:
+        try:
+            return p.reply_tokens(rep, start, draft, self.vocab_size)
+        except ValueError as e:
+            raise TransportError(f"malformed step reply from {self.url}: {e}") from None
 
     @property
     def rehearsal(self):

@@ -251,10 +251,66 @@ def _short(v: Any) -> str:
 
 COMMON_KEYS = ("v", "op", "rid")
 OPEN_KEYS = (*COMMON_KEYS, "fingerprint", "cuts", "codec", "sampling", "hidden", "nonce")
-STEP_KEYS = (*COMMON_KEYS, "sid", "seq", "start", "logprob")
+STEP_KEYS = (*COMMON_KEYS, "sid", "seq", "start", "logprob", "draft", "draft_p")
+MAX_DRAFT = 16  # drafted tokens one speculative step may carry (= splitinfer.split.server.MAX_DRAFT)
 CLOSE_KEYS = (*COMMON_KEYS, "sid")
 PLAIN_KEYS = COMMON_KEYS
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "seed")
+
+
+def get_draft(env: dict, vocab_size: int | None = None) -> tuple[list[int] | None, list[float] | None]:
+    """A step's optional speculative fields: `draft` (1..MAX_DRAFT token ids) and `draft_p` (one
+    probability in (0, 1] per drafted token; only with `draft`). (None, None) for a plain step.
+    A step with a draft carries len(draft)+1 hidden states: the last accepted token, then the drafts."""
+    if "draft" not in env:
+        if "draft_p" in env:
+            raise ProtocolError(BAD_FIELD, "field 'draft_p' needs 'draft' (the drafted token ids)")
+        return None, None
+    hi = MAX_INT if vocab_size is None else vocab_size - 1
+    draft = env["draft"]
+    if (not isinstance(draft, list) or not 0 < len(draft) <= MAX_DRAFT
+            or any(type(t) is not int or not 0 <= t <= hi for t in draft)):
+        raise ProtocolError(BAD_FIELD, f"field 'draft'={_short(draft)} must be a list of 1..{MAX_DRAFT} token ids "
+                                       f"in [0, {hi}]")
+    draft_p = env.get("draft_p")
+    if draft_p is not None:
+        if (not isinstance(draft_p, list) or len(draft_p) != len(draft)
+                or any(type(q) not in (int, float) or not math.isfinite(q) or not 0 < q <= 1 for q in draft_p)):
+            raise ProtocolError(BAD_FIELD, f"field 'draft_p'={_short(draft_p)} must be a list of {len(draft)} "
+                                           "probabilities in (0, 1], one per drafted token")
+        draft_p = [float(q) for q in draft_p]
+    return draft, draft_p
+
+
+def check_draft_positions(tokens: int, draft: list[int] | None) -> None:
+    """A speculative step's payload covers len(draft)+1 positions (BAD_TENSOR otherwise)."""
+    if draft is not None and tokens != len(draft) + 1:
+        raise ProtocolError(BAD_TENSOR, f"a step with {len(draft)} drafted tokens carries {len(draft) + 1} hidden "
+                                        f"states (the last accepted token, then the drafts), got {tokens}")
+
+
+def reply_tokens(rep: dict, start: int, draft: list[int] | None, vocab_size: int | None = None) -> list[int]:
+    """The tokens a step's reply carries: [tok] for a plain step; for a speculative one `toks` (the k
+    accepted drafts, which must equal draft[:k], then the server's own token; tok == toks[-1] and
+    pos == start + k + 1). Anything else is a malformed reply (ValueError)."""
+    hi = MAX_INT if vocab_size is None else vocab_size - 1
+
+    def is_id(t) -> bool:
+        return type(t) is int and 0 <= t <= hi
+
+    if draft is None:
+        tok = rep.get("tok")
+        if not is_id(tok):
+            raise ValueError(f"reply token {_short(tok)} is not an id in [0, {hi}]")
+        return [tok]
+    toks = rep.get("toks")
+    if not isinstance(toks, list) or not 0 < len(toks) <= len(draft) + 1 or not all(is_id(t) for t in toks):
+        raise ValueError(f"reply 'toks'={_short(toks)} must be 1..{len(draft) + 1} token ids in [0, {hi}]")
+    k = len(toks) - 1
+    if toks[:k] != draft[:k] or rep.get("tok") != toks[-1] or rep.get("pos") != start + k + 1:
+        raise ValueError(f"reply toks={_short(toks)}, tok={_short(rep.get('tok'))}, pos={_short(rep.get('pos'))} "
+                         f"do not continue draft {_short(draft)} from position {start}")
+    return toks
 
 
 def request(op: str, rid: int, **fields: Any) -> dict[str, Any]:
