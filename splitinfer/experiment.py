@@ -342,6 +342,18 @@ def _enabled(node) -> bool:
     return hasattr(node, "get") and "_target_" in node and node.get("name") != "none"
 
 
+def _speculation(split_cfg) -> tuple[Any, str]:
+    """split.speculate and split.drafter, checked before any model loads (issue 15)."""
+    from splitinfer.split.drafters import DRAFTERS
+    from splitinfer.split.speculative import parse_speculate
+
+    speculate = parse_speculate(split_cfg.get("speculate"))
+    drafter = str(split_cfg.get("drafter", "ngram"))
+    if drafter not in DRAFTERS:
+        raise ConfigError(f"split.drafter={drafter!r} is not one of {list(DRAFTERS)}")
+    return speculate, drafter
+
+
 def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one configured job; writes `metrics.json` in the job's folder and returns the metrics."""
     from hydra.utils import instantiate
@@ -357,6 +369,7 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
     model_spec: ModelSpec = instantiate(cfg.model)
     num_layers = model_spec.num_layers()
     cut = check_cut(cfg.split.cut, num_layers)
+    speculate, drafter = _speculation(cfg.split)
     corpus_spec: CorpusSpec = instantiate(cfg.data)
     corpus_spec.check()
     link: LinkProfile = instantiate(cfg.link)
@@ -399,6 +412,15 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
                             "link_rtt_ms": link.rtt_ms, "device_slowdown": device.slowdown,
                             "latency_prompt_tokens": opts.prompt_tokens})
             metrics.update(estimate_latency(metrics, link, device, opts.prompt_tokens, opts.server_speedup))
+        if speculate is not None and corpus.prompts.shape[0]:
+            from splitinfer.metrics.latency import estimate_modes
+            from splitinfer.split.speculative import evaluate_speculative
+
+            metrics.update(evaluate_speculative(lm, cut, corpus.prompts, corpus.gen_tokens, speculate=speculate,
+                                                drafter=drafter, codec=codec, link_profile=link,
+                                                reference=ref.gen_tokens))
+            if "latency_prompt_tokens" in metrics:
+                metrics.update(estimate_modes(metrics, link, device, opts.prompt_tokens, opts.server_speedup))
         if choices["attack"] != "none" and _enabled(cfg.get("attack")):
             metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, out_dir=out))
         if cfg.get("search") is not None:  # a trial of a search (+hparams_search=...): objectives, constraints

@@ -44,6 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-chat", action="store_true", help="send the prompt raw, without the chat template")
     p.add_argument("--stats", action="store_true", help="print bytes and timings after the answer")
+    p.add_argument("--speculate", default="off", metavar="auto|N|off",
+                   help="speculative split decoding: the device drafts tokens and the server verifies them in "
+                        "one round trip (same greedy text, fewer round trips); auto picks the number of drafts "
+                        "from measured round-trip time and acceptance, N (1-16) fixes it (default: off)")
+    p.add_argument("--drafter", default="ngram", choices=("ngram", "early_exit"),
+                   help="with --speculate: ngram = prompt lookup (free, strong when the answer copies the "
+                        "input); early_exit = the model's head on the cut's hidden state through an adapter "
+                        "fitted once on public text and cached (default: %(default)s)")
 
 
 def parse_cuts(text: str) -> list[int]:
@@ -67,6 +75,9 @@ def check_arguments(args: argparse.Namespace) -> list[int]:
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads}: give a number of threads >= 1 (or leave it out)")
     cuts = parse_cuts(args.cut)
+    from splitinfer.split.speculative import parse_speculate
+
+    parse_speculate(getattr(args, "speculate", None))  # a bad value is refused before the model loads
     num_layers = peek_num_layers(args.model)
     try:
         return validate_cuts(cuts, num_layers)
@@ -126,6 +137,7 @@ def main(args: argparse.Namespace) -> int:
         gen = remote_generator(lm, cuts, args.server, codec=codec, sampling=sampling, defense=defense, wait=wait)
     else:
         gen = in_process_generator(lm, cuts, codec=codec, sampling=sampling, defense=defense)
+    gen = speculative_wrap(gen, lm, cuts, args)
     printed = ""
 
     def stream(token_ids: list[int]) -> None:
@@ -150,4 +162,20 @@ def main(args: argparse.Namespace) -> int:
         print(f"[{res.prompt_tokens} prompt tokens, {n} new; uplink {res.bytes_up} B, downlink {res.bytes_down} B; "
               f"prefill {res.prefill_s * 1e3:.1f} ms, decode {res.decode_s_per_token * 1e3:.1f} ms/token]",
               file=sys.stderr)
+        if hasattr(res, "rounds"):
+            print(f"[speculative ({args.drafter}): {res.rounds} decode round trips for {n - 1} tokens, "
+                  f"{res.accepted}/{res.drafted} drafts accepted]", file=sys.stderr)
     return 0
+
+
+def speculative_wrap(gen, lm, cuts: list[int], args: argparse.Namespace):
+    """The same device half and link, driven by a SpeculativeGenerator when --speculate is on."""
+    from splitinfer.split.speculative import SpeculativeGenerator, parse_speculate
+
+    gamma = parse_speculate(getattr(args, "speculate", None))
+    if gamma is None:
+        return gen
+    from splitinfer.split.drafters import build_drafter
+
+    drafter = build_drafter(args.drafter, lm=lm, cut=cuts[0]) if args.drafter != "ngram" else build_drafter("ngram")
+    return SpeculativeGenerator(lm, gen.device, gen.link, drafter, gamma=gamma)

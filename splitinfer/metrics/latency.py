@@ -100,3 +100,49 @@ def estimate_latency(m: dict, link: LinkProfile, device: DeviceProfile, prompt_t
     out["speedup_vs_device"] = out["tpot_all_device_s"] / out["tpot_s"]
     out["speedup_vs_server"] = out["tpot_all_server_s"] / out["tpot_s"]
     return out
+
+
+MODES = ("per_token_split", "speculative_split", "handoff", "all_device", "all_server")
+
+
+def estimate_modes(m: dict, link: LinkProfile, device: DeviceProfile, prompt_tokens: int,
+                   server_speedup: float = 1.0) -> dict[str, float]:
+    """TTFT and time per output token of every way to run the model, from one job's flat metrics `m`
+    (those `estimate_latency` reads), so `recommend` can compare them under any link and device:
+
+    - per_token_split: one round trip per token (`estimate_latency`'s tpot_s);
+    - speculative_split: a round sends the last token and γ drafts (`spec_positions_per_round` = γ+1
+      positions through both sides, `spec_up_bytes_per_round` up) and yields `spec_tokens_per_round`
+      tokens (accepted drafts + the server's own); TPOT = round time / tokens per round. The server's
+      γ+1 positions are costed as γ+1 decode steps (an upper bound: a batched forward is cheaper). Without
+      spec_* metrics (no `split.speculate` run) it equals per_token_split;
+    - handoff: the device prefills and uploads its prompt hidden states and its KV cache once
+      (`device_kv_bytes_per_token` per prompt token); the server then decodes alone;
+    - all_device, all_server: as in `estimate_latency`.
+    Keys: ttft_<mode>_s, tpot_<mode>_s, speedup_<mode>_vs_per_token."""
+    base = estimate_latency(m, link, device, prompt_tokens, server_speedup)
+    T = prompt_tokens
+    rtt = link.rtt_ms / 1e3
+    enc, dec = m.get("codec_encode_s_per_token", 0.0), m.get("codec_decode_s_per_token", 0.0)
+    down = m.get("down_bytes_per_token_decode", TOKEN_ID_BYTES)
+    out = {"ttft_per_token_split_s": base["ttft_s"], "tpot_per_token_split_s": base["tpot_s"],
+           "ttft_all_device_s": base["ttft_all_device_s"], "tpot_all_device_s": base["tpot_all_device_s"],
+           "ttft_all_server_s": base["ttft_all_server_s"], "tpot_all_server_s": base["tpot_all_server_s"]}
+    per_round = m.get("spec_tokens_per_round")
+    if per_round and per_round > 0:
+        n = m.get("spec_positions_per_round", 1.0)
+        up = m.get("spec_up_bytes_per_round", n * m["up_bytes_per_token_decode"])
+        round_s = (n * (m["device_decode_s_per_token"] + enc) * device.slowdown + link.up_s(up) + rtt
+                   + n * (m["server_decode_s_per_token"] + dec) / server_speedup + link.down_s(per_round * down))
+        out["tpot_speculative_split_s"] = round_s / per_round
+    else:
+        out["tpot_speculative_split_s"] = base["tpot_s"]
+    out["ttft_speculative_split_s"] = base["ttft_s"]
+    kv = m.get("device_kv_bytes_per_token", 0.0)
+    out["ttft_handoff_s"] = (T * (m["device_prefill_s_per_token"] + enc) * device.slowdown
+                             + link.up_s(T * (m["up_bytes_per_token_prefill"] + kv)) + rtt
+                             + T * (m["server_prefill_s_per_token"] + dec) / server_speedup + link.down_s(down))
+    out["tpot_handoff_s"] = m["whole_decode_s_per_token"] / server_speedup + link.down_s(TOKEN_ID_BYTES)
+    for mode in MODES:
+        out[f"speedup_{mode}_vs_per_token"] = base["tpot_s"] / out[f"tpot_{mode}_s"]
+    return out

@@ -274,3 +274,42 @@ class SpeculativeGenerator(SplitGenerator):
         res.text = self.lm.decode(res.token_ids)
         res.bytes_up, res.bytes_down = link.bytes_up, link.bytes_down
         return res
+
+
+def evaluate_speculative(lm, cut: int, prompts: torch.Tensor, gen_tokens: int, *, speculate="auto",
+                         drafter: str = "ngram", codec=None, link_profile=None,
+                         reference: torch.Tensor | None = None) -> dict[str, float]:
+    """Speculative split generation of each prompt (greedy, through SimulatedLink(link_profile) without
+    sleeping, so `auto` adapts to that link): the flat `spec_*` metrics the latency model reads
+    (`splitinfer.metrics.latency.estimate_modes`), and how many texts equal `reference` (P, G) ids."""
+    from splitinfer.split.drafters import build_drafter
+    from splitinfer.split.generator import split_pair
+    from splitinfer.split.link import InProcessLink
+    from splitinfer.split.simulated import SimulatedLink
+
+    gamma = parse_speculate(speculate)
+    device, server = split_pair(lm, [cut], codec=codec)
+    link = InProcessLink(server)
+    if link_profile is not None:
+        link = SimulatedLink.from_profile(link, link_profile, sleep=False)
+    gen = SpeculativeGenerator(lm, device, link, build_drafter(drafter, lm=lm, cut=cut), gamma=gamma or 0)
+    rounds = drafted = accepted = tokens = positions = up = same = 0
+    for p in range(prompts.shape[0]):
+        res = gen.generate(prompts[p:p + 1], gen_tokens, stop_at_eos=False)
+        rounds += res.rounds
+        drafted += res.drafted
+        accepted += res.accepted
+        tokens += len(res.token_ids) - 1
+        positions += res.drafted + res.rounds
+        up += link.traffic.up_decode_bytes
+        if reference is not None:
+            same += int(res.token_ids == reference[p].tolist())
+    out = {"spec_speculate": str(speculate), "spec_drafter": drafter, "spec_rounds": rounds,
+           "spec_drafted": drafted, "spec_accepted": accepted,
+           "spec_acceptance": accepted / drafted if drafted else float("nan"),
+           "spec_tokens_per_round": tokens / rounds if rounds else float("nan"),
+           "spec_positions_per_round": positions / rounds if rounds else float("nan"),
+           "spec_up_bytes_per_round": up / rounds if rounds else float("nan")}
+    if reference is not None:
+        out["spec_same_text_as_reference_frac"] = same / prompts.shape[0]
+    return out
