@@ -33,3 +33,5 @@ def test_ray_cluster_launcher_takes_an_address():
                   hydra_cfg=True)
     assert cfg.hydra.launcher.ray.init.address == "ray://head:10001"
     assert cfg.hydra.launcher._target_.endswith("RayLauncher")
+    # The launcher's default object_store_memory (for a local ray.init) is refused by ray.init(address=...).
+    assert cfg.hydra.launcher.ray.init.object_store_memory is None
