@@ -320,6 +320,8 @@ def recommend(
                 else "the split beats both."
             )
         )
+    if objective in ("latency", "ttft") and modes_statement(best):
+        lines.append(modes_statement(best))
     if server_load is not None:
         lines.append(serving_statement(best, server_load))
     lines.append(privacy_statement(best, attacked_any, c))
@@ -352,6 +354,20 @@ def recommend(
     if rest:
         lines.append(f"Runner-up: {_describe(rest[0])} ({_value(rest[0][key], unit)}).")
     return Recommendation(best, "\n".join(lines), len(feasible), len(scored), lowest, notes)
+
+
+def modes_statement(best: dict) -> str | None:
+    """The other ways to run this cut (issue 15), when the job measured them (split.speculate on):
+    speculative split decoding and the hand-off baseline, per token, beside per-token split."""
+    spec, hand = num(best.get("tpot_speculative_split_s")), num(best.get("tpot_handoff_s"))
+    per = num(best.get("tpot_per_token_split_s"))
+    if spec is None or hand is None or per is None:
+        return None
+    acc = num(best.get("spec_acceptance"))
+    return (f"Modes at this cut: per-token split {per:.3f} s per token, speculative split ({best.get('spec_drafter')} "
+            f"drafts{f', {acc:.0%} accepted' if acc is not None else ''}, "
+            f"{best.get('spec_tokens_per_round', float('nan')):.2f} tokens per round trip) {spec:.3f} s, "
+            f"hand-off (device KV cache uploaded once, then the server alone) {hand:.3f} s.")
 
 
 def _server_step_s(r: dict) -> float | None:

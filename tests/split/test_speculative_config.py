@@ -90,3 +90,13 @@ def test_generate_speculative_cli_on_the_real_model(capsys):
     assert main([*args, "--speculate", "4"]) == 0
     out = capsys.readouterr()
     assert out.out == plain and "speculative (ngram)" in out.err
+
+
+def test_recommend_states_the_modes_when_measured():
+    from splitinfer.report.recommend import modes_statement
+
+    assert modes_statement({"tpot_s": 0.1}) is None
+    text = modes_statement({"tpot_per_token_split_s": 0.09, "tpot_speculative_split_s": 0.04, "tpot_handoff_s": 0.02,
+                            "spec_drafter": "ngram", "spec_acceptance": 0.5, "spec_tokens_per_round": 2.5})
+    assert "speculative split (ngram drafts, 50% accepted, 2.50 tokens per round trip) 0.040 s" in text
+    assert "hand-off" in text and "0.020 s" in text
