@@ -234,7 +234,7 @@ class TrainedAdapter(_Bindable):
     """Base of `nopeek` and `secret_adapter`: a payload adapter trained through the frozen server half.
 
     Recipe (also the Hydra config keys): `rank`, `steps` (optimizer steps), `train_budget_s` (CPU
-    wall-clock cap; the adapter is still cached only when it finished its steps), `batch_seqs` x
+    wall-clock cap; what it reached is cached, `train_info["steps_done"]` says how far), `batch_seqs` x
     `seq_len` public tokens per step from `train_seqs` public windows, `lr`."""
 
     acts_on = "payload"
@@ -285,12 +285,17 @@ class TrainedAdapter(_Bindable):
             self.train_info = {**saved["info"], "cached": True}
         else:
             self.train_info = {**self._train(g), "cached": False}
-            if self.train_info["steps_done"] == self.steps:
-                torch.save({"state": self.adapter.state_dict(), "info": self.train_info}, path)
+            # cached even when the CPU budget stopped it early (`steps_done` says how far it got), so every
+            # later use of this secret (utility, attacks, the wire) is the same adapter
+            torch.save({"state": self.adapter.state_dict(), "info": self.train_info}, path)
         self.adapter.requires_grad_(False)
 
     def _b_scale(self) -> float:
         return 0.0
+
+    def _calibrate(self, h: torch.Tensor) -> None:
+        """Called once with the public training states before the first step (secret_adapter: start at
+        the target deviation)."""
 
     def _train(self, g: torch.Generator) -> dict:
         from splitinfer.models import split_model
@@ -299,6 +304,7 @@ class TrainedAdapter(_Bindable):
         t0 = time.perf_counter()
         dev, srv = split_model(lm, [cut])
         data = _training_data(lm, cut, self.train_seqs, self.seq_len, dev, srv)
+        self._calibrate(data["h"])
         params = [self.adapter.b] + ([self.adapter.a] if self.train_a else [])
         opt = torch.optim.Adam(params, lr=self.lr)
         steps, kl, aux = 0, float("nan"), float("nan")
@@ -409,8 +415,12 @@ class SecretAdapter(TrainedAdapter):
         return {"gamma": self.gamma, "weight": self.weight}
 
     def _b_scale(self) -> float:
-        # gelu(A x) with x of RMS 1 and A rows of norm ~1 has entries of ~0.5-0.6; aim near gamma at init
-        return self.gamma * 2.0 / math.sqrt(self.rank)
+        return 1.0 / math.sqrt(self.rank)
+
+    @torch.no_grad()
+    def _calibrate(self, h: torch.Tensor) -> None:
+        rel = float((self.adapter.delta(h).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-6))[:, 1:].mean())
+        self.adapter.b.mul_(self.gamma / max(rel, 1e-12))
 
     def _aux_loss(self, h, out, emb):
         rel = ((out - h).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-6))[:, 1:].mean()
