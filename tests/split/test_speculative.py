@@ -238,3 +238,15 @@ def test_ngram_drafter_looks_up_the_latest_match():
     assert d.propose([5, 6, 5], 4) == [6, 5]
     assert d.propose([7, 7, 7, 7], 2) == [7]  # what followed the latest earlier 3-gram
     assert d.propose([1, 2], 0) == []
+
+
+@pytest.mark.slow
+def test_real_model_greedy_text_is_the_per_token_split_text(real_model):
+    prompt = ("Rewrite in the past tense: The cat sits on the mat and watches the birds. The cat sits on the "
+              "mat every day.")
+    ref = in_process_generator(real_model, [15]).generate(prompt, 24)
+    for drafter in (NGramDrafter(), EarlyExitDrafter(real_model, 15)):
+        res = _spec(real_model, 15, drafter, gamma=4).generate(prompt, 24)
+        assert res.token_ids == ref.token_ids, drafter.name
+        assert res.rounds + 1 <= len(ref.token_ids)
+    assert res.drafted > 0
