@@ -123,6 +123,7 @@ class StepJob:
     hidden: torch.Tensor
     want_logprob: bool
     done: int = 0  # positions already computed (a chunked prefill in progress)
+    draft: Any = None  # a speculative step's drafted tokens: such a step runs alone, unchunked (`_run_one`)
 
     @property
     def tokens(self) -> int:
@@ -505,7 +506,7 @@ class SplitServer:
         batch, rest, seen = [], [], set()
         for job in jobs:
             sid = job.session.sid
-            if sid not in seen and job.tokens == 1:
+            if sid not in seen and job.tokens == 1 and job.draft is None:
                 batch.append(job)
             else:
                 rest.append(job)
@@ -513,7 +514,7 @@ class SplitServer:
         for i in range(0, len(batch), self.max_batch):
             self._run_batch(sock, batch[i:i + self.max_batch])
         for job in rest:
-            if job.tokens == 1:
+            if job.tokens == 1 or job.draft is not None:
                 self._run_one(sock, job)
             else:
                 self._queue_prefill(sock, job)
