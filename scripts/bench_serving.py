@@ -236,21 +236,37 @@ def plot(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for mode, style in (("off", "o--"), ("on", "s-")):
+    colors = {"off": "tab:blue", "on": "tab:orange"}
+    for mode in ("off", "on"):
         rs = [r for r in rows if r["batching"] == mode]
-        ns = [r["clients"] for r in rs]
-        a.plot(ns, [r["tok_per_s"] for r in rs], style, label=f"batching {mode}")
-        b.plot(ns, [r["step_p99_ms"] for r in rs], style, label=f"batching {mode}: p99")
-        b.plot(ns, [r["step_p50_ms"] for r in rs], style, alpha=0.4, label=f"batching {mode}: p50")
+        ns = [int(r["clients"]) for r in rs]
+        c = colors[mode]
+        a.plot(ns, [float(r["tok_per_s"]) for r in rs], "o-", color=c, label=f"batching {mode}: all tokens")
+        a.plot(ns, [float(r["decode_tok_per_s"]) for r in rs], "s--", color=c, alpha=0.6,
+               label=f"batching {mode}: decode phase")
+        b.plot(ns, [float(r["step_p99_ms"]) for r in rs], "o-", color=c, label=f"batching {mode}: p99")
+        b.plot(ns, [float(r["step_p50_ms"]) for r in rs], "s--", color=c, alpha=0.6, label=f"batching {mode}: p50")
+    ns = sorted({int(r["clients"]) for r in rows})
     for ax, title in ((a, "aggregate tokens/s"), (b, "decode-step latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(ns))
+        ax.xaxis.set_minor_locator(NullLocator())
+        for axis in (ax.xaxis, ax.yaxis):
+            fmt = ScalarFormatter()
+            fmt.set_scientific(False)
+            axis.set_major_formatter(fmt)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        lo, hi = ax.get_ylim()
+        ax.yaxis.set_major_locator(FixedLocator([m * 10 ** e for e in range(-1, 6) for m in (1, 2, 5)
+                                                 if lo <= m * 10 ** e <= hi]))
         ax.set_xlabel("concurrent sessions")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.suptitle("SmolLM2-135M, cut 15, one server process (replayed device halves)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -272,17 +288,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--cut", type=int, default=15)
     ap.add_argument("--clients", default="1,2,4,8,16,32,64", help="comma list of concurrent sessions")
-    ap.add_argument("--tokens", type=int, default=32, help="tokens each session generates (1 prefill + decode)")
+    ap.add_argument("--tokens", type=int, default=16, help="tokens each session generates (1 prefill + decode)")
     ap.add_argument("--generators", type=int, default=2, help="load-generator processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     ap.add_argument("--server-args", default="", help="extra flags for the batching server, e.g. '--max-batch 32'")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "serving_throughput"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw the figure from --out/results.csv")
     ap.add_argument("--profile-only", action="store_true",
                     help="only measure the batched-step profile (batch_profile.csv for recommend)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     ns = [int(x) for x in args.clients.split(",")]
+    if args.plot_only:
+        with open(Path(args.out) / "results.csv", newline="") as f:
+            plot(list(csv.DictReader(f)), Path(args.out) / "serving_throughput.png")
+        return 0
 
     import torch
 
