@@ -66,7 +66,7 @@ class AdapterSpec:
     """How an early-exit adapter is fitted (part of its cache key)."""
 
     source: str = "pydoc"
-    tokens: int = 8192
+    tokens: int = 4096
     window: int = 128
     ridge: float = 1e-2
     seed: int = 0

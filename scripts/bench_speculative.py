@@ -1,0 +1,324 @@
+"""Speculative split decoding against per-token split, hand-off, all-on-server and all-on-device.
+
+    python scripts/bench_speculative.py                     # default: 5 links x cuts 4 8 15 22, 6 prompts
+    python scripts/bench_speculative.py --links 4g_lte loopback --cuts 15 --max-new-tokens 32 --prompts 2
+
+Every split mode runs through the split path (DeviceHalf -> SimulatedLink(InProcessLink(ServerHalf))):
+the link moves the real codec frames, counts them and adds each round trip's simulated network time
+(rtt + bytes / bandwidth of conf/link/*.yaml) without sleeping it; compute is this machine's wall clock
+(device and server on the same CPU, one after the other). Modes:
+  per_token        SplitGenerator: one round trip per token
+  spec_ngram       SpeculativeGenerator, prompt-lookup drafter, adaptive gamma
+  spec_early_exit  SpeculativeGenerator, early-exit head + fitted adapter at the cut, adaptive gamma
+  handoff          device prefills, uploads its KV cache once, the server decodes alone
+  all_server       token ids up once, the whole model on the server, ids streamed back
+  all_device       the whole model on the device, no network
+Per-token split's text is the reference: every other mode's greedy tokens are compared with it.
+Writes results.csv (one row per prompt x cut x link x mode), summary.csv, acceptance.csv and a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROMPTS = [  # (kind, text): chat requests and input-grounded ones (the answer reuses the input)
+    ("chat", "What are three simple tips for staying healthy?"),
+    ("grounded", "Fix the bug in this Python function and return the corrected code only:\n```python\n"
+                 "def average(numbers):\n    total = 0\n    for n in numbers:\n        total += n\n"
+                 "    return total / len(number)\n```"),
+    ("chat", "Explain what a neural network is in simple terms."),
+    ("grounded", "Rewrite the following paragraph in the past tense: The team walks to the station every "
+                 "morning. They buy coffee at the small shop, read the news on the train and arrive at the "
+                 "office before nine. In the evening they walk home along the river."),
+    ("chat", "Write a short poem about the sea."),
+    ("grounded", "Summarise this text in two sentences: The city council approved a plan to build a new "
+                 "public library in the town centre. The library will have a children's section, a cafe "
+                 "and a room for community events. Construction starts next spring and should take two "
+                 "years. The council said the plan is paid for by a grant from the national government."),
+]
+MODES = ("per_token", "spec_ngram", "spec_early_exit", "handoff", "all_server", "all_device")
+
+
+def bootstrap_ratio(num: list[float], den: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """sum(num)/sum(den) and its 95 % paired bootstrap interval over prompts."""
+    from splitinfer.metrics.quality import BOOTSTRAP_SAMPLES, _interval
+
+    a, b = np.asarray(num, float), np.asarray(den, float)
+    pick = np.random.default_rng(seed).integers(0, len(a), size=(BOOTSTRAP_SAMPLES, len(a)))
+    lo, hi = _interval(a[pick].sum(1) / b[pick].sum(1))
+    return float(a.sum() / b.sum()), lo, hi
+
+
+def row_of(res, mode, link_name, delays=None) -> dict:
+    """Timing and traffic of one generation. Network seconds come from the link's own accounting."""
+    n = len(res.token_ids)
+    if delays is not None:  # the simulated network seconds of each round trip (the first is the prefill's)
+        network, first = sum(delays), delays[0]
+    else:
+        network, first = res.network_s, res.first_network_s
+    ttft = res.prefill_s + first
+    decode = sum(res.decode_s) + network - first
+    return {"mode": mode, "link": link_name, "tokens": n, "ttft_s": ttft, "decode_s": decode,
+            "total_s": ttft + decode, "decode_tok_s": (n - 1) / decode if decode > 0 and n > 1 else float("nan"),
+            "up_bytes_per_token": res.bytes_up / n, "down_bytes_per_token": res.bytes_down / n,
+            "round_trips": 1 + getattr(res, "rounds", n - 1),
+            "drafted": getattr(res, "drafted", 0), "accepted": getattr(res, "accepted", 0),
+            "acceptance": getattr(res, "acceptance_rate", float("nan")),
+            "mean_accepted": getattr(res, "mean_accepted", float("nan"))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--cuts", type=int, nargs="+", default=[4, 8, 15, 22])
+    ap.add_argument("--links", nargs="+", default=["3g", "4g_lte", "5g", "wifi", "loopback"])
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N prompts")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--max-gamma", type=int, default=8)
+    ap.add_argument("--drafters", nargs="+", default=["ngram", "early_exit"], choices=("ngram", "early_exit"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="experiments/speculative_split")
+    ap.add_argument("--from-csv", action="store_true",
+                    help="only rebuild summary.csv and the figure from OUT/results.csv (e.g. of an interrupted run)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.from_csv:
+        return rebuild(Path(args.out), args.links)
+
+    from splitinfer.models import load_model
+    from splitinfer.report.runs import load_link
+    from splitinfer.split import InProcessLink, MeteredLink, SimulatedLink, SplitGenerator, split_pair
+    from splitinfer.split.drafters import EarlyExitDrafter, NGramDrafter, fit_adapters
+    from splitinfer.split.handoff import handoff_generator
+    from splitinfer.split.metered import timed_unsplit_generate
+    from splitinfer.split.speculative import SpeculativeGenerator
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = load_model(args.model)
+    links = {name: load_link(name) for name in args.links}
+    t0 = time.perf_counter()
+    adapters = fit_adapters(lm, args.cuts) if "early_exit" in args.drafters else {}
+    print(f"early-exit adapters for cuts {args.cuts}: {time.perf_counter() - t0:.1f} s (cached after the first run)",
+          flush=True)
+
+    def simulated(link, profile):
+        return SimulatedLink.from_profile(link, profile, sleep=False)
+
+    def per_token_gen(cut):
+        device, server = split_pair(lm, [cut])
+        return SplitGenerator(lm, device, MeteredLink(InProcessLink(server)))
+
+    handoffs = {}
+
+    def handoff_gen(cut):
+        if cut not in handoffs:
+            handoffs[cut] = handoff_generator(lm, cut)
+        return handoffs[cut]
+
+    spec_gens = {}  # (cut, link, drafter) -> generator, kept across prompts so adaptive gamma learns
+
+    def spec_gen(cut, link_name, drafter):
+        key = (cut, link_name, drafter)
+        if key not in spec_gens:
+            device, server = split_pair(lm, [cut])
+            d = NGramDrafter() if drafter == "ngram" else EarlyExitDrafter(lm, cut, adapters[cut])
+            spec_gens[key] = SpeculativeGenerator(lm, device, simulated(InProcessLink(server), links[link_name]),
+                                                  d, gamma="auto", max_gamma=args.max_gamma)
+        return spec_gens[key]
+
+    rows, texts = [], {}
+    prompts = PROMPTS[: args.prompts]
+    for pi, (kind, text) in enumerate(prompts):
+        ids = lm.encode_prompt(text)
+        base = {"prompt": pi, "kind": kind, "prompt_tokens": ids.shape[1]}
+        ref_ids, pre_s, dec_s = timed_unsplit_generate(lm, ids, args.max_new_tokens)
+        for cut in args.cuts:
+            gen = per_token_gen(cut)
+            res = gen.generate(ids, args.max_new_tokens)
+            ref = res.token_ids
+            texts[(pi, cut)] = ids[0].tolist() + ref
+            # one run serves every link: the same delay SimulatedLink.delay_for adds, from each step's bytes
+            for name, prof in links.items():
+                delays = [prof.rtt_ms / 1e3 + prof.up_s(r.up_bytes) + prof.down_s(r.down_bytes) for r in gen.link.steps]
+                rows.append({**base, "cut": cut, **row_of(res, "per_token", name, delays), "same_text": True})
+            h = handoff_gen(cut).generate(ids, args.max_new_tokens)
+            for name, prof in links.items():
+                for drafter in args.drafters:
+                    g = spec_gen(cut, name, drafter)
+                    r = g.generate(ids, args.max_new_tokens)
+                    rows.append({**base, "cut": cut, **row_of(r, f"spec_{drafter}", name, g.link.delays),
+                                 "same_text": r.token_ids == ref})
+                # hand-off: one upload (prefill + KV cache), then the ids stream back: no round trip per token
+                first = prof.rtt_ms / 1e3 + prof.up_s(h.bytes_up) + prof.down_s(4)
+                delays = [first] + [prof.down_s(4)] * (len(h.token_ids) - 1)
+                rows.append({**base, "cut": cut, **row_of(h, "handoff", name, delays), "same_text": h.token_ids == ref})
+                n = len(ref_ids)
+                srv_first = prof.rtt_ms / 1e3 + prof.up_s(4 * ids.shape[1]) + prof.down_s(4)
+                srv_net = srv_first + (n - 1) * prof.down_s(4)
+                for mode, net, first in (("all_server", srv_net, srv_first), ("all_device", 0.0, 0.0)):
+                    rows.append({**base, "cut": cut, "mode": mode, "link": name, "tokens": n,
+                                 "ttft_s": pre_s + first, "decode_s": sum(dec_s) + net - first,
+                                 "total_s": pre_s + sum(dec_s) + net,
+                                 "decode_tok_s": (n - 1) / (sum(dec_s) + net - first),
+                                 "up_bytes_per_token": 4 * ids.shape[1] / n if mode == "all_server" else 0.0,
+                                 "down_bytes_per_token": 4.0 if mode == "all_server" else 0.0,
+                                 "round_trips": 1 if mode == "all_server" else 0, "drafted": 0, "accepted": 0,
+                                 "acceptance": float("nan"), "mean_accepted": float("nan"),
+                                 "same_text": ref_ids == ref})
+        write_csv(out / "results.csv", rows)  # partial results survive an interrupted run
+        print(f"prompt {pi + 1}/{len(prompts)} ({kind}) done at {time.perf_counter() - t0:.0f} s", flush=True)
+
+    write_csv(out / "results.csv", rows)
+    summary = summarize(rows, args.cuts, list(links))
+    write_csv(out / "summary.csv", summary)
+    acc = acceptance_table(lm, args.cuts, adapters, texts) if adapters else []
+    write_csv(out / "acceptance.csv", acc)
+    print_tables(summary, acc)
+    plot(summary, links, out / "tokens_per_s_vs_rtt.png")
+    print(f"wrote {out}/results.csv, summary.csv, acceptance.csv, tokens_per_s_vs_rtt.png in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+def rebuild(out: Path, link_names) -> int:
+    from splitinfer.report.runs import load_link
+
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            if k in ("kind", "mode", "link"):
+                continue
+            r[k] = v == "True" if v in ("True", "False") else (int(v) if v.lstrip("-").isdigit() else float(v))
+    links = {n: load_link(n) for n in link_names if any(r["link"] == n for r in rows)}
+    cuts = sorted({r["cut"] for r in rows})
+    summary = summarize(rows, cuts, list(links))
+    write_csv(out / "summary.csv", summary)
+    print_tables(summary, [])
+    plot(summary, links, out / "tokens_per_s_vs_rtt.png")
+    print(f"rebuilt {out}/summary.csv and the figure from {len(rows)} rows")
+    return 0
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def summarize(rows, cuts, links) -> list[dict]:
+    """Per cut x link x mode x prompt kind: decode tokens/s (all prompts' tokens over their time), TTFT,
+    bytes/token, acceptance; speed-up over per-token split with a paired bootstrap interval over prompts."""
+    out = []
+    for cut in cuts:
+        for link in links:
+            base = {(r["prompt"]): r for r in rows if r["cut"] == cut and r["link"] == link and r["mode"] == "per_token"}
+            for mode in MODES:
+                for kind in ("all", "chat", "grounded"):
+                    sel = [r for r in rows if r["cut"] == cut and r["link"] == link and r["mode"] == mode
+                           and (kind == "all" or r["kind"] == kind)]
+                    if not sel:
+                        continue
+                    tok = sum(r["tokens"] - 1 for r in sel)
+                    dec = sum(r["decode_s"] for r in sel)
+                    sp, lo, hi = bootstrap_ratio([base[r["prompt"]]["decode_s"] / max(1, base[r["prompt"]]["tokens"] - 1)
+                                                  for r in sel], [r["decode_s"] / max(1, r["tokens"] - 1) for r in sel])
+                    drafted = sum(r["drafted"] for r in sel)
+                    out.append({"cut": cut, "link": link, "mode": mode, "kind": kind, "prompts": len(sel),
+                                "decode_tok_s": tok / dec, "speedup_vs_per_token": sp, "speedup_ci_low": lo,
+                                "speedup_ci_high": hi, "ttft_s": statistics.median(r["ttft_s"] for r in sel),
+                                "up_bytes_per_token": sum(r["up_bytes_per_token"] * r["tokens"] for r in sel)
+                                / sum(r["tokens"] for r in sel),
+                                "down_bytes_per_token": sum(r["down_bytes_per_token"] * r["tokens"] for r in sel)
+                                / sum(r["tokens"] for r in sel),
+                                "round_trips_per_token": sum(r["round_trips"] for r in sel)
+                                / sum(r["tokens"] for r in sel),
+                                "acceptance": sum(r["accepted"] for r in sel) / drafted if drafted else float("nan"),
+                                "drafted": drafted,
+                                "mean_accepted": (statistics.mean(r["mean_accepted"] for r in sel)
+                                                  if mode.startswith("spec") else float("nan")),
+                                "same_text": f"{sum(bool(r['same_text']) for r in sel)}/{len(sel)}"})
+    return out
+
+
+@torch.no_grad()
+def acceptance_table(lm, cuts, adapters, texts) -> list[dict]:
+    """Teacher-forced top-1 agreement with the full model of the bare logit lens and of the fitted adapter
+    at each cut, on the benchmark's own prompts + per-token-split continuations (not the fitting text)."""
+    from splitinfer.metrics.quality import wilson_interval
+    from splitinfer.split.drafters import EarlyExitDrafter, cuts_and_final_hidden
+
+    out = []
+    for cut in cuts:
+        agree = {"logit_lens": 0, "adapter": 0}
+        n = 0
+        for (_, c), seq in texts.items():
+            if c != cut:
+                continue
+            xs, y = cuts_and_final_hidden(lm, [cut], torch.tensor([seq]))
+            d = EarlyExitDrafter(lm, cut, adapters[cut])
+            target = d.head(y).argmax(-1)
+            w, b = adapters[cut]
+            agree["logit_lens"] += int((d.head(xs[cut]).argmax(-1) == target).sum())
+            agree["adapter"] += int((d.head(xs[cut] @ w + b).argmax(-1) == target).sum())
+            n += len(seq)
+        for name, k in agree.items():
+            lo, hi = wilson_interval(k, n)
+            out.append({"cut": cut, "drafter": name, "tokens": n, "top1_agreement": k / n, "ci_low": lo,
+                        "ci_high": hi})
+    return out
+
+
+def print_tables(summary, acc) -> None:
+    print("\ncut link      mode             kind      tok/s  speedup [95% CI]     TTFT s  up B/tok  RT/tok  accept  same")
+    for r in summary:
+        print(f"{r['cut']:>3} {r['link']:<9} {r['mode']:<16} {r['kind']:<8} {r['decode_tok_s']:6.1f}  "
+              f"{r['speedup_vs_per_token']:5.2f} [{r['speedup_ci_low']:.2f}, {r['speedup_ci_high']:.2f}]  "
+              f"{r['ttft_s']:6.3f}  {r['up_bytes_per_token']:8.0f}  {r['round_trips_per_token']:6.2f}  "
+              f"{r['acceptance']:6.3f}  {r['same_text']}")
+    print("\nearly-exit top-1 agreement with the full model (teacher-forced, benchmark texts)")
+    for r in acc:
+        print(f"cut {r['cut']:>2} {r['drafter']:<11} {r['top1_agreement']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
+              f"({r['tokens']} tokens)")
+
+
+def plot(summary, links, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cuts = sorted({r["cut"] for r in summary})
+    fig, axes = plt.subplots(1, len(cuts), figsize=(4.2 * len(cuts), 3.6), sharey=True, squeeze=False)
+    rtt = {name: p.rtt_ms for name, p in links.items()}
+    for ax, cut in zip(axes[0], cuts, strict=True):
+        for mode in MODES:
+            pts = sorted((rtt[r["link"]], r["decode_tok_s"]) for r in summary
+                         if r["cut"] == cut and r["mode"] == mode and r["kind"] == "all")
+            if pts:
+                ax.plot([max(p[0], 0.05) for p in pts], [p[1] for p in pts], marker="o", label=mode)
+        ax.set_xscale("log")
+        ax.set_title(f"cut {cut}")
+        ax.set_xlabel("round-trip time (ms, log)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("decode tokens/s")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
