@@ -74,8 +74,8 @@ def test_recommend_says_how_many_phones_per_server(tmp_path):
         server_load(None, "x.csv")
 
 
-def test_measure_batch_profile_on_a_tiny_model():
+def test_measure_batch_profile_on_a_tiny_model(one_torch_thread):
     from splitinfer.models import tiny_model
 
-    prof = measure_batch_profile(tiny_model("llama"), 2, sizes=(1, 4), context=8, repeats=2)
+    prof = measure_batch_profile(tiny_model("llama"), 2, sizes=(1, 4), context=4, repeats=1)
     assert prof.batch_sizes == (1, 4) and all(s > 0 for s in prof.step_s)
