@@ -112,6 +112,19 @@ def main() -> None:
     full = hypervolume(normalise(pts, lo, hi), [1.1] * len(OBJECTIVES)) / 1.1 ** len(OBJECTIVES)
     front = [list(grid)[i] for i in nondominated(pts)]
     n_max = args.max_trials or len(grid)
+    # The same in log10 space (every objective spans decades; a linear scale lets the extremes dominate).
+    import math
+
+    lgrid = {k: [math.log10(x) for x in v] for k, v in grid.items()}
+    llo, lhi = bounds(list(lgrid.values()))
+    lfull = hypervolume(normalise(list(lgrid.values()), llo, lhi), [1.1] * len(OBJECTIVES)) / 1.1 ** len(OBJECTIVES)
+    front_set = set(front)
+
+    def extra(picked: list, budget: int) -> dict:
+        lcurve = hv_ratio_curve(picked, lgrid, llo, lhi, lfull)
+        return {f"hv_ratio_log_at_{budget}": lcurve[min(budget, len(lcurve)) - 1],
+                "trials_to_95pct_log": first_reaching(lcurve, 0.95),
+                f"front_recall_at_{budget}": len(set(picked[:budget]) & front_set) / len(front_set)}
     seeds = [int(s) for s in args.seeds.split(",")]
     rows, summary = [], []
     for sampler in args.samplers.split(","):
@@ -123,7 +136,8 @@ def main() -> None:
             summary.append({"source": f"replay-{sampler}", "seed": seed,
                             f"hv_ratio_at_{args.trials}": curve[min(args.trials, len(curve)) - 1],
                             "trials_to_95pct": first_reaching(curve, 0.95),
-                            "distinct_configs_at_budget": len(set(picked[: args.trials]))})
+                            "distinct_configs_at_budget": len(set(picked[: args.trials])),
+                            **extra(picked, args.trials)})
     if args.search:
         sdir = Path(args.search)
         from splitinfer.report import load_runs
@@ -143,7 +157,7 @@ def main() -> None:
                         f"hv_ratio_at_{args.trials}": curve[min(args.trials, len(curve)) - 1],
                         "trials_to_95pct": first_reaching(curve, 0.95),
                         "distinct_configs_at_budget": len(set(picked[: args.trials])),
-                        "hv_ratio_own_values_at_end": own_curve[-1]})
+                        "hv_ratio_own_values_at_end": own_curve[-1], **extra(picked, args.trials)})
     cols = ["source", "seed", "trials", "cut", "codec", "hv_ratio", "hv_ratio_own_values"]
     with (out / "hv_vs_trials.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, cols)
