@@ -394,8 +394,6 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
         lm = model_spec.load(reuse=reuse)
         if not lm.is_causal_lm:
             raise ConfigError(f"model {lm.name!r} is an encoder ({lm.family}); sweeps need a causal LM")
-        if hasattr(defense, "bind"):  # Fisher-shaped noise, trained adapters: need the model and the cut
-            defense = defense.bind(lm, cut)
         corpus = get_corpus(lm, corpus_spec, reuse)
         ref = get_reference(lm, corpus, reuse, disk=bool(cfg.get("disk_cache", False)))
         profile = (get_profile(lm, opts.prompt_tokens, opts.context_tokens, opts.profile_repeats, reuse)
