@@ -103,3 +103,12 @@ def test_defense_strength_is_searched_only_for_the_defense_picked():
             assert 0.01 <= t.params["defense.sigma"] <= 1.0
         study.tell(t, 0.0)
     assert seen == {"none": {("defense",)}, "gaussian": {("defense", "defense.sigma")}}
+
+
+def test_motpe_search_config_composes_without_nsga2_keys(tmp_path):
+    from splitinfer.search import SearchCallback
+
+    cfg = compose(["+hparams_search=split_motpe_optuna", f"hydra.sweep.dir={tmp_path / 's'}"], hydra_cfg=True)
+    assert cfg.hydra.sweeper.sampler._target_ == "optuna.samplers.MOTPESampler"
+    SearchCallback()._prepare(cfg)
+    assert list(cfg.hydra.sweeper.direction) == ["minimize"] * 3
