@@ -196,3 +196,26 @@ def test_adaptive_session_through_a_restarted_server_replays_to_the_same_tokens(
         gen.link.close()
         for s in servers:
             s.stop()
+
+
+def test_a_rehearsal_on_the_live_session_codec_leaves_the_session_alone():
+    """warm.py rehearses a session's codec on a zero state with codec.encode / decode_hidden: those are
+    key messages, so the session's adaptive state on both sides is untouched."""
+    from splitinfer.transport.warm import _wire_steps
+
+    enc, dec = build_codec("ec37g_s"), build_codec("ec37g_s")
+    parts = stream(seed=4, steps=6)
+    for x in parts[:3]:
+        send(enc, dec, x)
+    for step in _wire_steps(dec, C, server=True) + _wire_steps(enc, C, server=False):
+        step()
+    for x in parts[3:]:
+        assert torch.equal(send(enc, dec, x)[1], same(dec, x))
+
+
+def test_licenses_corpus_is_deterministic_english_text():
+    from splitinfer.data import license_texts, load_texts
+
+    texts = load_texts("licenses")
+    assert texts == license_texts() and len(texts) >= 5 and min(map(len, texts)) >= 500
+    assert len(set(texts)) == len(texts) and any("copyright" in t.lower() for t in texts)
