@@ -14,13 +14,16 @@ like a prefill window:
   - the rANS model: channel groups and prediction weights from the last message that sent them (rANS
     side data), per-group symbol counts of every message's residuals since, turned into frequency
     tables with integer arithmetic every REFRESH values; each code is predicted from the previous token's
-    code in its channel, across message boundaries;
+    code in its channel, across message boundaries, or (a one-token step, when it predicts better) from
+    one of the session's last HIST_ROWS code rows named in the head (meta "p"): at shallow cuts a
+    repeated token's hidden state comes back almost unchanged;
   - (encoder only) the typical row peak, so the attention-sink-like outlier test works on one token.
 The reconstruction is the preset's (same rounding, same outlier tokens), so quality is unchanged and only
 the bits differ. The encoder picks, per message, the smallest of: the session model, fresh static tables
 (rans.py), zstd, raw bytes.
 
-Step order: step `seq` is decoded against the state after steps 0..seq-1. The decoder keeps the state
+Step order: step `seq` is decoded against the state after steps 0..seq-1, and its CRC covers the CRC of
+step seq-1 (a chain: a step of another session, or after a lost one, fails the check). The decoder keeps the state
 before each of its last HISTORY steps: an exact repeat of a recent step (same seq and checksum, e.g. a
 step re-sent after the server failed past the decode) is decoded again from its own starting state;
 any other out-of-order step is a CodecError (the client must open a new session and replay). A replay
@@ -54,6 +57,7 @@ _RES = 31  # the adaptive model codes residuals in -31..31 directly, others as E
 ESC = 2 * _RES + 1
 ALPHABET = ESC + 1
 ADAPTIVE_MAX = 16384  # values: larger messages are coded with fresh tables (mode r), zstd or as bytes
+HIST_ROWS = 128  # a one-token step may be predicted from any of the session's last HIST_ROWS code rows
 REFRESH = 8192  # values between two rebuilds of the adaptive tables (both halves, same schedule)
 COUNT_LIMIT = 1 << 22  # a group's counts are halved past this (recent statistics weigh more)
 
@@ -126,6 +130,7 @@ class _State:
     cache: tuple | None = None  # the model as Python lists for the scalar decoder (see lists())
     pending: int = 0  # values counted since that refresh
     prev: np.ndarray | None = None  # (cols,) int64 codes of the last quantized row
+    hist: np.ndarray | None = None  # (<= HIST_ROWS, cols) int64 code rows sent so far (reference rows)
     ref_peak: float | None = None
     crc: int = 0  # checksum of the step that led here (to recognise an exact repeat)
 
@@ -179,7 +184,7 @@ def _t_from(buf, dtype: torch.dtype, n: int, what: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype)
 
 
-_META_TYPES = {"nf": int, "or": int, "rd": str, "sd": str, "cd": str, "r": list}  # the JSON part of the head
+_META_TYPES = {"nf": int, "or": int, "rd": str, "sd": str, "cd": str, "r": list, "p": int}  # the JSON part of the head
 MODES = ("b", "z", "a", "r")  # codes as bytes, zstd, the session's adaptive model, fresh static rANS tables
 
 
@@ -362,9 +367,10 @@ class AdaptiveStepCodec(Codec):
         if not wide and n:
             size = sum(map(len, best[1]))
             if st is not None and st.model is not None and n <= ADAPTIVE_MAX:
-                stream = _adaptive_encode(q, st)
+                ref = _pick_reference(q, st)
+                stream = _adaptive_encode(q, st, ref)
                 if len(stream) < size:
-                    best, size = ("a", [stream], None), len(stream)
+                    best, size = ("a", [stream], ref), len(stream)
             if n >= rans.MIN_VALUES:
                 side, tables, stream, info = rans.encode(q, p.rans_groups)
                 if len(side) + len(tables) + len(stream) < size:
@@ -374,6 +380,8 @@ class AdaptiveStepCodec(Codec):
             meta["m"] = mode
             if mode == "r":
                 meta["r"] = extra
+            elif mode == "a" and extra is not None:
+                meta["p"] = extra
         return bufs
 
     # -- decode -------------------------------------------------------------------------------------
@@ -480,7 +488,7 @@ class AdaptiveStepCodec(Codec):
                 raise CodecError(f"codes buffer has {len(raw)} bytes, the head implies {n * isz}")
             return np.frombuffer(raw, dtype=np.int16 if wide else np.int8).astype(np.int64).reshape(n_rows, cols)
         if mode == "a":
-            return _adaptive_decode(take(), n_rows, cols, st)
+            return _adaptive_decode(take(), n_rows, cols, st, meta.get("p"))
         side, tables, stream = take(), take(), take()
         lo, hi, n_words = meta["r"]
         k = min(self.params.rans_groups, cols)
@@ -506,6 +514,8 @@ class AdaptiveStepCodec(Codec):
                                 and n <= ADAPTIVE_MAX)
                             or (meta.get("m") == "r" and n >= rans.MIN_VALUES)),
             "r": meta.get("m") == "r" and rans.valid_info(meta.get("r"), n),
+            "p": meta.get("m") == "a" and n_rows == 1 and st is not None and st.hist is not None
+            and 0 <= meta.get("p", -1) < len(st.hist),
         }
         for key in meta:
             if not ok[key]:
@@ -533,10 +543,11 @@ class AdaptiveStepCodec(Codec):
         elif st.groups is None:
             st.groups, st.ks = np.zeros(cols, dtype=np.int64), np.zeros(cols, dtype=np.int64)
             st.counts = np.zeros((1, ALPHABET), dtype=np.int64)
-        sym = _symbols(q - _predict(_prev_rows(q, st.prev), st.ks)).reshape(-1)
+        sym = _symbols(q - _prediction(q, st, meta.get("p"))).reshape(-1)
         gi = np.broadcast_to(st.groups, q.shape).reshape(-1)
         st.counts = st.counts + np.bincount(gi * ALPHABET + sym, minlength=st.counts.size).reshape(st.counts.shape)
         st.prev = q[-1].copy()
+        st.hist = (q[-HIST_ROWS:] if st.hist is None else np.concatenate([st.hist, q])[-HIST_ROWS:]).copy()
         st.pending += q.size
         if st.model is None or st.pending >= REFRESH:
             if int(st.counts.sum(axis=1).max()) > COUNT_LIMIT:
@@ -564,7 +575,7 @@ def _sync_cols(st: _State, cols: int) -> None:
     """A message of another width than the session's so far: its model no longer applies (both halves)."""
     if st.cols != cols:
         st.cols, st.means, st.groups, st.ks, st.counts, st.model, st.cache = cols, None, None, None, None, None, None
-        st.prev = None
+        st.prev, st.hist = None, None
         st.pending = 0
 
 
@@ -581,9 +592,29 @@ def _symbols(res: np.ndarray) -> np.ndarray:
     return np.where(np.abs(res) <= _RES, res + _RES, ESC)
 
 
-def _adaptive_encode(q: np.ndarray, st: _State) -> bytes:
+def _prediction(q: np.ndarray, st: _State, ref: int | None) -> np.ndarray:
+    """What each code row is predicted from: k/4 x the previous row (per channel), or, for a one-token
+    step that names a reference, that earlier row of the session whole (a repeated token at a shallow
+    cut comes back almost unchanged)."""
+    pred = _predict(_prev_rows(q, st.prev), st.ks)
+    if ref is not None:
+        pred[0] = st.hist[-1 - ref]
+    return pred
+
+
+def _pick_reference(q: np.ndarray, st: _State) -> int | None:
+    """Encoder only: the earlier row closest to a one-token step's codes, if it predicts better (L1)."""
+    if q.shape[0] != 1 or st.hist is None:
+        return None
+    cost = np.abs(st.hist - q[0]).sum(axis=1)
+    j = int(cost.argmin())
+    normal = int(np.abs(q[0] - _predict(_prev_rows(q, st.prev)[0], st.ks)).sum())
+    return len(st.hist) - 1 - j if int(cost[j]) < normal else None
+
+
+def _adaptive_encode(q: np.ndarray, st: _State, ref: int | None = None) -> bytes:
     """The session model's scalar rANS stream, then the escaped residuals (int16) after it."""
-    res = (q - _predict(_prev_rows(q, st.prev), st.ks)).reshape(-1)
+    res = (q - _prediction(q, st, ref)).reshape(-1)
     sym = _symbols(res)
     gi = np.broadcast_to(st.groups, q.shape).reshape(-1)
     freq, cum = st.model
@@ -591,7 +622,7 @@ def _adaptive_encode(q: np.ndarray, st: _State) -> bytes:
     return stream + res[sym == ESC].astype("<i2").tobytes()
 
 
-def _adaptive_decode(buf, n_rows: int, cols: int, st: _State) -> np.ndarray:
+def _adaptive_decode(buf, n_rows: int, cols: int, st: _State, ref: int | None = None) -> np.ndarray:
     n = n_rows * cols
     sym, rest = rans.decode_scalar(buf, n, st.lists() * n_rows, rans.SCALAR_BITS)
     sym = np.array(sym, dtype=np.int64)
@@ -608,7 +639,7 @@ def _adaptive_decode(buf, n_rows: int, cols: int, st: _State) -> np.ndarray:
     q = np.empty_like(res)
     prev = np.zeros(cols, np.int64) if st.prev is None else st.prev
     for t in range(n_rows):
-        prev = q[t] = res[t] + _predict(prev, st.ks)
+        prev = q[t] = res[t] + (st.hist[-1 - ref] if t == 0 and ref is not None else _predict(prev, st.ks))
     if int(q.min()) < -128 or int(q.max()) > 127:
         raise CodecError("adaptive rANS codes decode outside int8: corrupted data or a session out of step")
     return q

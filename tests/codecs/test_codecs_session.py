@@ -219,3 +219,15 @@ def test_licenses_corpus_is_deterministic_english_text():
     texts = load_texts("licenses")
     assert texts == license_texts() and len(texts) >= 5 and min(map(len, texts)) >= 500
     assert len(set(texts)) == len(texts) and any("copyright" in t.lower() for t in texts)
+
+
+def test_a_repeated_token_is_predicted_from_its_earlier_row():
+    enc, dec = build_codec("ec37g_s"), build_codec("ec37g_s")
+    parts = stream(seed=5, steps=4)
+    for x in parts:
+        send(enc, dec, x)
+    again = parts[0][:, 7:8] + 0.01  # the 8th prompt token, nearly unchanged (a shallow cut, same token)
+    msg, y = send(enc, dec, again)
+    assert msg.header["meta"].get("p") is not None and torch.equal(y, same(dec, again))
+    fresh = send(enc, dec, parts[-1] * 0.5 + 1.0)[0]  # something new: no reference, more bytes
+    assert "p" not in fresh.header["meta"] and msg.nbytes < 0.6 * fresh.nbytes
