@@ -272,6 +272,23 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def run_live(lm, server: Server, cut: int, n: int, tokens: int) -> dict:
+    """N real device halves at once: `splitinfer generate --server` processes (1 torch thread each,
+    fp32, greedy), prompts PROMPTS[i % 8]; returns their answers and the wall time for all of them."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, "-m", "splitinfer.cli", "generate", PROMPTS[i % len(PROMPTS)],
+                               "--server", server.url, "--cut", str(cut), "--codec", "fp32", "--threads", "1",
+                               "--max-new-tokens", str(tokens), "--model", lm.name],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(n)]
+    outs = [p.communicate(timeout=1800) for p in procs]
+    wall = time.time() - t0
+    bad = [e[-300:] for (_, e), p in zip(outs, procs, strict=True) if p.returncode]
+    if bad:
+        raise RuntimeError(f"generate failed: {bad[0]}")
+    return {"texts": [o.rstrip("\n") for o, _ in outs], "wall_s": wall}
+
+
 def write_profile(lm, cut: int, out: Path) -> None:
     """The batched decode step's time per batch size, in this process (no sockets): batch_profile.csv,
     the input of `splitinfer recommend --clients-per-server`."""
@@ -294,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-args", default="", help="extra flags for the batching server, e.g. '--max-batch 32'")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "serving_throughput"))
     ap.add_argument("--plot-only", action="store_true", help="redraw the figure from --out/results.csv")
+    ap.add_argument("--live", type=int, default=0, metavar="N",
+                    help="then N real device halves (`splitinfer generate --server` processes) against each "
+                         "server, texts compared with each other and the in-process reference (e.g. 8)")
+    ap.add_argument("--live-only", action="store_true", help="only the --live check (no replayed load)")
     ap.add_argument("--profile-only", action="store_true",
                     help="only measure the batched-step profile (batch_profile.csv for recommend)")
     args = ap.parse_args(argv)
@@ -325,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     servers = {"off": Server(args.model, args.cut, False, args.threads, []),
                "on": Server(args.model, args.cut, True, args.threads, args.server_args.split())}
     rows = []
+    if args.live_only:
+        ns = []
     try:
         for srv in servers.values():  # warm-up
             run_one(srv, fields, trajs, 2, 1)
@@ -339,9 +362,26 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['ttft_p50_ms']:>7.0f} {r['ttft_p99_ms']:>7.0f} {r['server_cpu']:>5.2f} "
                       f"{r['server_cpu_ms_per_tok']:>10.1f} "
                       f"{r['server_rss_mb']:>7.0f} {r['mismatched']:>8}", flush=True)
+        if args.live:
+            eos = getattr(lm.tokenizer, "eos_token_id", None)
+
+            def upto_eos(toks):  # `generate` stops at the end-of-sequence token
+                return toks[:toks.index(eos)] if eos in toks else toks
+
+            refs = [lm.decode(upto_eos(trajs[i % len(trajs)]["tokens"])) for i in range(args.live)]
+            live = {mode: run_live(lm, srv, args.cut, args.live, args.tokens) for mode, srv in servers.items()}
+            for mode, res in live.items():
+                same = sum(a.strip() == b.strip() for a, b in zip(res["texts"], refs, strict=True))
+                print(f"live: {args.live} `splitinfer generate --server` processes, batching {mode}: "
+                      f"{args.live * args.tokens / res['wall_s']:.1f} tokens/s overall ({res['wall_s']:.0f} s "
+                      f"with start-up), texts equal to the in-process reference: {same}/{args.live}", flush=True)
+            same = sum(a == b for a, b in zip(live["off"]["texts"], live["on"]["texts"], strict=True))
+            print(f"live: texts identical between batching off and on: {same}/{args.live}", flush=True)
     finally:
         for srv in servers.values():
             srv.close()
+    if not rows:
+        return 0
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
