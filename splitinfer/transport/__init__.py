@@ -33,6 +33,9 @@ id, echoed in the reply so a client can drop late replies). Unknown fields are r
     step   sid: str, seq: int >= 1 (1, 2, ... per session), tok: int (next token id), pos: int
            start: int (position of the first hidden state),   (session length after the step),
            logprob: bool (optional)                         seq: int, lp: float (if asked)
+           draft: [int] (optional, 1..16 drafted ids; the   toks: [int] (with draft: the k accepted
+             payload then has len(draft)+1 positions)         drafts, then the server's token;
+           draft_p: [float] (optional, with draft)            tok == toks[-1], pos == start+k+1)
     close  sid                                              -
     info   -                                                model, fingerprint, cuts, hidden, sessions,
                                                             kv_bytes, curve, limits, ...
@@ -45,7 +48,8 @@ reply and applies nothing. Any other seq than last+1 is `bad_seq`.
 Every reply envelope has `v`, `rid` and `ok` (bool); an error reply has `code` and `msg` instead of
 the fields above. Codes (protocol.ERROR_CODES): bad_frame, bad_version, unknown_op, bad_field,
 model_mismatch, cut_mismatch, bad_codec, bad_tensor, unknown_session, bad_seq, bad_position,
-session_limit, token_limit, memory_limit, too_large, forbidden, internal. A bad message changes
+session_limit, token_limit, memory_limit, too_large, forbidden, quota (a client over its sessions or
+tokens/s quota: `--max-sessions-per-client`, `--client-tokens-per-s`), internal. A bad message changes
 nothing on the server and never stops it.
 
 Size caps: ZMQ_MAXMSGSIZE (= max_message_bytes, per frame) makes libzmq drop a peer that sends a

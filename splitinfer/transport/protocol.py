@@ -48,11 +48,12 @@ TOKEN_LIMIT = "token_limit"          # step: the session would exceed its token 
 MEMORY_LIMIT = "memory_limit"        # step: all sessions' KV caches would exceed the server's memory limit
 TOO_LARGE = "too_large"              # message larger than the server's cap (frames over MAXMSGSIZE are dropped)
 FORBIDDEN = "forbidden"              # step/close on a session opened by another authenticated client
+QUOTA = "quota"                      # open/step: this client is over its sessions or tokens/s quota
 INTERNAL = "internal"                # a bug on the server; the session was rolled back to before the step
 
 ERROR_CODES = (BAD_FRAME, BAD_VERSION, UNKNOWN_OP, BAD_FIELD, MODEL_MISMATCH, CUT_MISMATCH, BAD_CODEC,
                BAD_TENSOR, UNKNOWN_SESSION, BAD_SEQ, BAD_POSITION, SESSION_LIMIT, TOKEN_LIMIT, MEMORY_LIMIT,
-               TOO_LARGE, FORBIDDEN, INTERNAL)
+               TOO_LARGE, FORBIDDEN, QUOTA, INTERNAL)
 
 
 class ProtocolError(ValueError):

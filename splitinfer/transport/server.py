@@ -40,6 +40,7 @@ from splitinfer.errors import ConfigError, NotFoundError
 from splitinfer.generation import SamplingConfig, ServerSession, sample_token
 from splitinfer.models import LoadedModel, split_model, validate_cuts
 from splitinfer.split.batch import forward_batch
+from splitinfer.split.server import StepError
 from splitinfer.transport import payload as pl
 from splitinfer.transport import protocol as p
 from splitinfer.transport.protocol import ProtocolError
@@ -47,6 +48,8 @@ from splitinfer.transport.sessions import Session, SessionLimits, SessionTable
 from splitinfer.transport.wait import WaitPolicy
 
 log = logging.getLogger(__name__)
+
+SUPPORTS_DRAFT = True  # runs speculative steps (`draft` in a step envelope; `ServerSession.verify`)
 
 DEFAULT_PORT = 5555
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20  # 2048 fp32 tokens of a 2048-wide model; SmolLM2 prefill is far less
@@ -123,7 +126,8 @@ class StepJob:
     hidden: torch.Tensor
     want_logprob: bool
     done: int = 0  # positions already computed (a chunked prefill in progress)
-    draft: Any = None  # a speculative step's drafted tokens: such a step runs alone, unchunked (`_run_one`)
+    draft: list[int] | None = None  # a speculative step's drafted tokens: it runs alone, unchunked (`_run_one`)
+    draft_p: list[float] | None = None  # the drafter's probability of each drafted token (sampling only)
 
     @property
     def tokens(self) -> int:
@@ -142,6 +146,9 @@ class ServerStats:
     batched_steps: int = 0  # steps that ran in a batch of two or more
     max_batch_seen: int = 0
     prefill_chunks: int = 0
+    verify_steps: int = 0  # speculative steps (a step carrying drafted tokens)
+    drafted: int = 0  # drafted tokens they carried
+    accepted: int = 0  # drafted tokens the server accepted
     errors: Counter = field(default_factory=Counter)
 
 
@@ -430,6 +437,8 @@ class SplitServer:
                              "forwards": self.stats.forwards, "batched_steps": self.stats.batched_steps,
                              "max_batch_seen": self.stats.max_batch_seen,
                              "prefill_chunks": self.stats.prefill_chunks},
+                "speculative": {"steps": self.stats.verify_steps, "drafted": self.stats.drafted,
+                                "accepted": self.stats.accepted},
                 "wait": self.wait.as_dict(),
                 "rehearsal": None if self._rehearsal is None else {
                     "runs": self._rehearsal.runs, "interrupted": self._rehearsal.interrupted,
@@ -491,9 +500,11 @@ class SplitServer:
         if seq != s.last_seq + 1:
             raise ProtocolError(p.BAD_SEQ, f"seq {seq} is neither the next step ({s.last_seq + 1}) nor a retry "
                                            f"of the last ({s.last_seq}); replay into a new session")
+        draft, draft_p = p.get_draft(env, self.lm.vocab_size)
         hidden = pl.decode_hidden(s.codec, [f.buffer for f in payload], self.lm.hidden_size,
                                   self.limits.max_step_tokens)
-        return StepJob(reply_to, env["rid"], s, seq, start, hidden, want_lp)
+        p.check_draft_positions(int(hidden.shape[1]), draft)
+        return StepJob(reply_to, env["rid"], s, seq, start, hidden, want_lp, draft=draft, draft_p=draft_p)
 
     def _run_steps(self, sock: zmq.Socket, jobs: list[StepJob]) -> None:
         """Run queued steps: with batching, the decode steps (T=1) of distinct sessions as batches of at
@@ -664,6 +675,8 @@ class SplitServer:
         if cached is not None:
             return cached
         s = job.session
+        if job.draft is not None:
+            return self._verify(job)
         t0 = time.perf_counter()
         try:
             logits = s.state.forward(job.hidden, job.start)[0, -1]
@@ -674,6 +687,34 @@ class SplitServer:
             self.stats.compute_s += time.perf_counter() - t0
         self.stats.forwards += 1
         return self._finish(job, logits)
+
+    def _verify(self, job: StepJob) -> dict:
+        """A speculative step (already admitted): run [x, d1..dγ] in one forward, keep the longest
+        accepted prefix of the drafts plus the server's own token, roll the KV back past the first
+        rejection (`ServerSession.verify`), and reply with all of them (`toks`)."""
+        s = job.session
+        t0 = time.perf_counter()
+        try:
+            toks = s.state.verify(job.hidden, job.start, job.draft, job.draft_p)
+        except StepError as e:
+            s.state.rollback(job.start)
+            raise ProtocolError(p.BAD_FIELD, f"speculative step: {e}") from None
+        except Exception:
+            s.state.rollback(job.start)
+            raise
+        finally:
+            self.stats.compute_s += time.perf_counter() - t0
+        self.stats.forwards += 1
+        self.stats.verify_steps += 1
+        self.stats.drafted += len(job.draft)
+        self.stats.accepted += len(toks) - 1
+        reply = p.ok_reply(job.rid, tok=toks[-1], toks=toks, pos=s.state.position, seq=job.seq)
+        s.last_seq, s.last_start, s.last_reply = job.seq, job.start, reply
+        s.stats["steps"] += 1
+        s.stats["tokens"] += job.tokens
+        self.stats.steps += 1
+        self.stats.tokens += job.tokens
+        return reply
 
     def _finish(self, job: StepJob, logits: torch.Tensor) -> dict:
         """Sample the step's token from its last position's logits and remember the reply (retries)."""

@@ -23,15 +23,14 @@ from splitinfer.generation import ServerSession
 from splitinfer.transport.protocol import (
     FORBIDDEN,
     MEMORY_LIMIT,
+    QUOTA,
     SESSION_LIMIT,
     TOKEN_LIMIT,
     UNKNOWN_SESSION,
     ProtocolError,
 )
 
-# A client over its quota (sessions held, or tokens per second). Not yet in protocol.ERROR_CODES (the
-# protocol module belongs to the transport's owner); clients see it as RemoteError("quota", ...).
-QUOTA = "quota"
+__all__ = ["QUOTA", "Session", "SessionLimits", "SessionTable"]  # QUOTA: a client over its quota
 
 
 @dataclass(frozen=True)
