@@ -92,7 +92,7 @@ def first_reaching(curve: list[float], level: float) -> int | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", required=True)
-    ap.add_argument("--search", default=None, help="a real search folder (+hparams_search=split_optuna)")
+    ap.add_argument("--search", default=None, help="a real search folder (hparams_search=split_optuna)")
     ap.add_argument("--out", default="experiments/search_vs_grid")
     ap.add_argument("--trials", type=int, default=82, help="the budget marked on the figure")
     ap.add_argument("--max-trials", type=int, default=None, help="replay this many trials (default: the grid)")

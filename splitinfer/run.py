@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 CONFIG_MODULE = "splitinfer.conf"
 CONFIG_NAME = "config"
 # Groups that may be left empty (`experiment: null` in conf/config.yaml); every other group needs an option.
-NULLABLE_GROUPS = frozenset({"experiment"})
+NULLABLE_GROUPS = frozenset({"experiment", "hparams_search"})
 
 
 def config_path() -> str:
@@ -320,7 +320,7 @@ def _task(cfg: DictConfig) -> float | list[float] | None:
     if hc.mode != RunMode.MULTIRUN:
         shown = Path(os.path.relpath(out_dir)) if out_dir.resolve().is_relative_to(Path.cwd().resolve()) else out_dir
         print(summarize(metrics, shown), flush=True)
-    if cfg.get("search") is not None:  # a search trial (+hparams_search=...): its objectives, to the sweeper
+    if cfg.get("search") is not None:  # a search trial (hparams_search=...): its objectives, to the sweeper
         from splitinfer.search import objective_values
 
         return objective_values(cfg.search, metrics)

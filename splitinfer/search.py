@@ -1,9 +1,9 @@
 """Multi-objective search over cut x codec x defense with Hydra's Optuna sweeper (conf/hparams_search/).
 
-    python -m splitinfer.run -m +hparams_search=split_optuna                  # NSGA-II, 3 objectives
-    python -m splitinfer.run -m +hparams_search=split_optuna hydra.sweeper.n_trials=200
-    python -m splitinfer.run -m +hparams_search=split_privacy_optuna         # + defense strength, leakage
-    python -m splitinfer.run -m +hparams_search=split_optuna hydra.sweep.dir=<the folder>   # resume it
+    python -m splitinfer.run -m hparams_search=split_optuna                  # NSGA-II, 3 objectives
+    python -m splitinfer.run -m hparams_search=split_optuna hydra.sweeper.n_trials=200
+    python -m splitinfer.run -m hparams_search=split_privacy_optuna         # + defense strength, leakage
+    python -m splitinfer.run -m hparams_search=split_optuna hydra.sweep.dir=<the folder>   # resume it
 
 Pieces:
 - `OBJECTIVES`: the names a search may minimise (`search.objectives`), each read from a job's metrics.
@@ -190,7 +190,7 @@ class SearchCallback(Callback):
     def _prepare(self, config: DictConfig) -> None:
         search = config.get("search")
         if search is None:
-            raise ConfigError("hydra.callbacks.search needs a `search` node: use +hparams_search=split_optuna")
+            raise ConfigError("hydra.callbacks.search needs a `search` node: use hparams_search=split_optuna")
         names = objective_names(search)
         limits = constraint_limits(search)
         sweeper = config.hydra.sweeper

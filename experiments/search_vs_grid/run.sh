@@ -17,7 +17,7 @@ if [ -z "${SKIP_GRID:-}" ]; then
     'split.cut=range(0,31)' codec=$CODECS hydra.sweep.dir=$GRID
 fi
 if [ -z "${SKIP_SEARCH:-}" ]; then
-  nice -n 5 python -m splitinfer.run -m +hparams_search=split_optuna name=search_vs_grid "${COMMON[@]}" \
+  nice -n 5 python -m splitinfer.run -m hparams_search=split_optuna name=search_vs_grid "${COMMON[@]}" \
     "codec=choice($CODECS)" hydra.sweeper.n_trials=82 hydra.sweep.dir=$SEARCH
   splitinfer report $SEARCH --quiet
 fi

@@ -14,7 +14,7 @@ pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="hydra-ray-launch
 from .conftest import compose, run_cli
 
 SEARCH = [
-    "-m", "+hparams_search=split_optuna", "model=tiny_llama", "data=smoke", "disk_cache=true", "name=tiny",
+    "-m", "hparams_search=split_optuna", "model=tiny_llama", "data=smoke", "disk_cache=true", "name=tiny",
     "metrics.prompt_tokens=16", "metrics.context_tokens=32", "metrics.profile_repeats=1",
     "split.cut=int(interval(0,3))", "codec=choice(fp16,int8,ec40)",
     "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler.population_size=2",
@@ -65,7 +65,7 @@ def test_unknown_objective_is_refused_before_any_job(tmp_path):
     from splitinfer.errors import ConfigError
     from splitinfer.search import SearchCallback
 
-    cfg = compose(["+hparams_search=split_optuna", "search.objectives=[bytes,latnecy]",
+    cfg = compose(["hparams_search=split_optuna", "search.objectives=[bytes,latnecy]",
                    f"hydra.sweep.dir={tmp_path / 's'}"], hydra_cfg=True)
     with pytest.raises(ConfigError, match="latnecy.*Did you mean latency"):
         SearchCallback()._prepare(cfg)
@@ -75,7 +75,7 @@ def test_unknown_objective_is_refused_before_any_job(tmp_path):
 def test_callback_sets_one_direction_per_objective_and_the_constraint_names(tmp_path):
     from splitinfer.search import SearchCallback
 
-    cfg = compose(["+hparams_search=split_privacy_optuna", "search.constraints.max_device_mb=300",
+    cfg = compose(["hparams_search=split_privacy_optuna", "search.constraints.max_device_mb=300",
                    f"hydra.sweep.dir={tmp_path / 's'}"], hydra_cfg=True)
     SearchCallback()._prepare(cfg)
     assert list(cfg.hydra.sweeper.direction) == ["minimize"] * 4
@@ -108,7 +108,7 @@ def test_defense_strength_is_searched_only_for_the_defense_picked():
 def test_motpe_search_config_composes_without_nsga2_keys(tmp_path):
     from splitinfer.search import SearchCallback
 
-    cfg = compose(["+hparams_search=split_motpe_optuna", f"hydra.sweep.dir={tmp_path / 's'}"], hydra_cfg=True)
+    cfg = compose(["hparams_search=split_motpe_optuna", f"hydra.sweep.dir={tmp_path / 's'}"], hydra_cfg=True)
     assert cfg.hydra.sweeper.sampler._target_ == "optuna.samplers.MOTPESampler"
     SearchCallback()._prepare(cfg)
     assert list(cfg.hydra.sweeper.direction) == ["minimize"] * 3

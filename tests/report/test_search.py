@@ -59,7 +59,7 @@ def test_hypervolume_curve_is_monotone_and_ends_at_the_full_front():
 
 
 def _search_folder(tmp_path, constraints=None):
-    """A search folder as `+hparams_search=split_optuna` leaves it: search.json and one folder per trial."""
+    """A search folder as `hparams_search=split_optuna` leaves it: search.json and one folder per trial."""
     sweep = tmp_path / "search"
     sweep.mkdir()
     objectives = ["bytes", "dppl_ub"]
