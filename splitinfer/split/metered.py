@@ -20,7 +20,7 @@ import torch
 
 from splitinfer.codecs.encoded import EncodedTensor
 from splitinfer.split.generator import unsplit_generate
-from splitinfer.split.link import LinkWrapper, phase_of, tokens_of
+from splitinfer.split.link import LinkWrapper, VerifyRequest, phase_of, tokens_of
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,12 @@ class StepRecord:
     up_bytes: int
     down_bytes: int
     wall_s: float
+    drafted: int = 0  # a speculative step's drafted tokens (0 for a plain step)
 
     @property
     def phase(self) -> str:
-        return phase_of(self.start, self.tokens)
+        """prefill or decode; a speculative step (several positions: x and the drafts) is decode."""
+        return "decode" if self.drafted else phase_of(self.start, self.tokens)
 
 
 class MeteredLink(LinkWrapper):
@@ -59,7 +61,8 @@ class MeteredLink(LinkWrapper):
         token = self.inner.step(enc, start)
         wall = time.perf_counter() - t0
         record = StepRecord(len(self.steps), start, tokens_of(enc), self.inner.bytes_up - up,
-                            self.inner.bytes_down - down, wall)
+                            self.inner.bytes_down - down, wall,
+                            len(enc.draft) if isinstance(enc, VerifyRequest) else 0)
         self.steps.append(record)
         if self.on_step is not None:
             self.on_step(record)

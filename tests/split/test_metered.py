@@ -51,3 +51,21 @@ def test_timed_unsplit_generate_gives_the_reference_tokens_and_times(lm):
     tokens, prefill_s, decode_s = timed_unsplit_generate(lm, IDS, 5)
     assert tokens == unsplit_generate(lm, IDS, 5)
     assert prefill_s > 0 and len(decode_s) == len(tokens) - 1 and all(d > 0 for d in decode_s)
+
+
+
+def test_a_speculative_step_is_recorded_as_decode(lm):
+    """A verify step carries x and the drafts (several positions) but is a decode step, as Traffic counts it."""
+    from splitinfer.split import InProcessLink, split_pair
+    from splitinfer.split.drafters import NGramDrafter
+    from splitinfer.split.speculative import SpeculativeGenerator
+
+    device, server = split_pair(lm, [2])
+    link = MeteredLink(InProcessLink(server))
+    repeats = torch.tensor([[5, 6, 7, 8, 9, 10, 5, 6, 7, 8, 9, 10, 5, 6, 7]])
+    SpeculativeGenerator(lm, device, link, NGramDrafter(), gamma=4).generate(repeats, 12, stop_at_eos=False)
+    spec = [r for r in link.steps if r.drafted]
+    assert spec, "the n-gram drafter proposed nothing on a repeating prompt"
+    assert all(r.phase == "decode" and r.tokens == r.drafted + 1 for r in spec)
+    assert [r.phase for r in link.steps].count("prefill") == 1
+    assert link.traffic.up_decode_tokens == sum(r.tokens for r in link.steps[1:])
