@@ -20,8 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the default codec with --server)")
     p.add_argument("--server", default=None, help="tcp://HOST:PORT of a `splitinfer serve` process")
     p.add_argument("--defense", default=None,
-                   help="privacy defense run on the device before the codec: gaussian or dchi (the server needs "
-                        "no change); its parameters with --defense-param")
+                   help="privacy defense run on the device before the codec (the server needs no change): "
+                        "gaussian, dchi, fisher_noise, nopeek or secret_adapter (the last three are fitted "
+                        "once per model and cut, then cached); its parameters with --defense-param")
     p.add_argument("--defense-param", action="append", default=[], metavar="KEY=VALUE",
                    help="a defense parameter, repeatable: e.g. --defense gaussian --defense-param sigma=0.1 "
                         "--defense-param seed=3")
@@ -89,11 +90,13 @@ def check_arguments(args: argparse.Namespace) -> list[int]:
 
 def build_defense_arg(args: argparse.Namespace):
     """The --defense and --defense-param flags as a defense object (None without --defense)."""
+    from splitinfer.privacy.defenses import available_defenses, build_defense
+
     if not args.defense:
         if args.defense_param:
-            raise ConfigError("--defense-param needs --defense NAME (gaussian or dchi)")
+            raise ConfigError("--defense-param needs --defense NAME (one of: "
+                              f"{', '.join(available_defenses())})")
         return None
-    from splitinfer.privacy.defenses import build_defense
 
     params = {}
     for item in args.defense_param:

@@ -13,6 +13,7 @@ from splitinfer.split.device import DeviceHalf, install_defense
 from splitinfer.split.generator import (
     GenerationResult,
     SplitGenerator,
+    bind_to,
     in_process_generator,
     split_pair,
     unsplit_generate,
@@ -55,6 +56,7 @@ __all__ = [
     "StepRecord",
     "StepError",
     "Traffic",
+    "bind_to",
     "codec_spec",
     "in_process_generator",
     "install_defense",

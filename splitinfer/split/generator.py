@@ -102,8 +102,16 @@ def split_pair(lm: LoadedModel, cuts, codec=None, defense=None,
                sampling: SamplingConfig | None = None) -> tuple[DeviceHalf, ServerHalf]:
     """Cut `lm` at `cuts` into a device half (first stage) and a server half (the rest of the chain)."""
     stages = split_model(lm, cuts)
-    device = DeviceHalf(stages[0], codec=codec, defense=defense)
+    device = DeviceHalf(stages[0], codec=codec, defense=bind_to(defense, lm, stages[0].end_layer))
     return device, ServerHalf(stages[1:], codec=device.codec, sampling=sampling)
+
+
+def bind_to(defense, lm: LoadedModel, cut: int):
+    """A defense that depends on the model and the cut (Fisher-shaped noise, trained adapters: they have
+    `bind`) bound to them; any other defense (or None) as it is."""
+    if defense is not None and not getattr(defense, "bound", True):
+        return defense.bind(lm, cut)
+    return defense
 
 
 def in_process_generator(lm: LoadedModel, cuts, codec=None, sampling: SamplingConfig | None = None,

@@ -30,6 +30,7 @@ from splitinfer.split import (
     SplitGenerator,
     Traffic,
     VerifyRequest,
+    bind_to,
     phase_of,
     tokens_of,
 )
@@ -369,7 +370,8 @@ def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
         from splitinfer.privacy.defenses import build_defense
 
         defense = build_defense(defense)
-    device = DeviceHalf(split_model(lm, cuts)[0], codec=default_codec() if codec is None else codec, defense=defense)
+    device = DeviceHalf(split_model(lm, cuts)[0], codec=default_codec() if codec is None else codec,
+                        defense=bind_to(defense, lm, cuts[0]))
     link = RemoteLink(server_url, fingerprint=lm.fingerprint, cuts=cuts, hidden_size=lm.hidden_size,
                       codec=device.codec, sampling=sampling, vocab_size=lm.vocab_size, wait=wait, **link_kwargs)
     if wait.rehearses:

@@ -28,3 +28,31 @@ def test_defense_changes_what_the_real_model_answers(capsys):
     assert clean.strip() and noisy.strip() and noisy != clean
     assert main([*args, "--defense", "gaussian", "--defense-param", "sigma=2.0"]) == 0
     assert capsys.readouterr().out == noisy  # seeded: the same defense gives the same answer
+
+
+def test_a_model_dependent_defense_is_bound_in_process_and_over_zeromq(tmp_path, monkeypatch):
+    """fisher_noise needs the model and the cut: `generate` binds it on both paths (in-process and the
+    device half of a remote split), and the noise changes the payload the server decodes."""
+    monkeypatch.setenv("SPLITINFER_CACHE", str(tmp_path))
+    import torch
+
+    from splitinfer.models import tiny_model
+    from splitinfer.privacy.defenses import build_defense
+    from splitinfer.split import in_process_generator
+    from splitinfer.transport import SplitServer, remote_generator
+
+    lm = tiny_model("llama")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    defense = build_defense("fisher_noise", sigma=0.5, fisher_seqs=2)
+    assert not defense.bound
+    gen = in_process_generator(lm, [2], defense=defense)
+    assert gen.device.defense.bound and gen.device.defense.name == "fisher_noise"
+    clean = in_process_generator(lm, [2]).device
+    assert not torch.equal(gen.device.observe(ids), clean.observe(ids))
+    noisy = gen.generate(ids, 4, stop_at_eos=False).token_ids
+    with SplitServer(lm, [2], port=0) as server:
+        remote = remote_generator(lm, [2], server.url, defense=build_defense("fisher_noise", sigma=0.5,
+                                                                              fisher_seqs=2))
+        assert remote.device.defense.bound
+        assert remote.generate(ids, 4, stop_at_eos=False).token_ids == noisy  # same seed, same noise
+        remote.link.close()
