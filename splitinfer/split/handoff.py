@@ -39,6 +39,7 @@ class HandoffGenerator:
         self.device = device
         self.link = link
         self.server_device_stage = server_device_stage  # the device's layers, run on the server after hand-off
+        self.last_upload: KVCache | None = None
 
     @torch.no_grad()
     def generate(self, prompt, max_new_tokens: int = 32, *, chat: bool = True,
@@ -59,6 +60,7 @@ class HandoffGenerator:
         up0 = link.bytes_up
         hidden = link.carry(enc, "prefill")  # counted by the innermost link
         kv_bytes = kv_message_bytes(cache)
+        self.last_upload = cache  # the KV cache the server received (what `invert_handoff_kv` attacks)
         link.traffic.up_prefill_bytes += kv_bytes
         server_cache = KVCache()  # what the server holds after the upload: the device's keys and values
         server_cache.keys = {i: k.clone() for i, k in cache.keys.items()}
@@ -97,3 +99,56 @@ def handoff_generator(lm: LoadedModel, cut: int, codec=None, wrap=None) -> Hando
     device = DeviceHalf(stages[0], codec=codec)
     link = InProcessLink(ServerHalf(stages[1:], codec=device.codec))
     return HandoffGenerator(lm, device, wrap(link) if wrap else link, server_stages[0])
+
+
+# -- what the hand-off leaks -------------------------------------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def first_layer_value_table(lm: LoadedModel, chunk: int = 4096) -> torch.Tensor:
+    """(V, kv_heads * head_dim): layer 0's value vector for every vocabulary token.
+
+    Layer 0's value at a position is v_proj(norm(embedding(token))): a function of that position's token
+    alone (no position, no context), so a Kerckhoffs attacker with the public weights tabulates it once.
+    The MLP of layer 0 is skipped (a pre-hook stops the layer once attention has filled the cache)."""
+    from splitinfer.models import adapters
+
+    stage = split_model(lm, [1])[0] if lm.num_layers > 1 else split_model(lm, [])[0]
+    mlp = getattr(adapters.decoder_parts(lm.model).layers[0], "mlp", None)
+
+    def stop(*_):
+        raise _Stop
+
+    hook = mlp.register_forward_pre_hook(stop) if mlp is not None else None
+    rows = []
+    try:
+        for s in range(0, lm.vocab_size, chunk):
+            ids = torch.arange(s, min(s + chunk, lm.vocab_size))[:, None]
+            cache = KVCache()
+            try:
+                stage(ids, cache=cache)
+            except _Stop:
+                pass
+            v = cache.values[min(cache.values)]  # (n, kv_heads, 1, head_dim)
+            rows.append(v[:, :, 0].reshape(len(ids), -1).float())
+    finally:
+        if hook is not None:
+            hook.remove()
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def invert_handoff_kv(cache: KVCache, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recover the prompt from the KV cache the device uploads at hand-off (batch 1).
+
+    Each position's layer-0 value is matched against `table` (`first_layer_value_table`) by L2 distance:
+    no search, no left-to-right order. Returns (token ids (T,), relative distance of each match: ~1e-7
+    for an exact match, ~1 when the payload is not a layer-0 value)."""
+    layer = min(cache.values)
+    v = cache.values[layer][0].float()  # (kv_heads, T, head_dim)
+    rows = v.permute(1, 0, 2).reshape(v.shape[1], -1)  # (T, kv_heads * head_dim)
+    d = torch.cdist(rows, table)
+    best = d.min(-1)
+    return best.indices, best.values / rows.norm(dim=-1).clamp_min(1e-12)

@@ -109,3 +109,23 @@ def test_handoff_gives_the_split_text_with_one_upload(lm):
     assert res.bytes_down == 4 * 12
     assert 0.05 < res.network_s < 0.05 + (t.up_prefill_bytes + 100) * 8 / 1e6
     assert isinstance(gen.link.inner, InProcessLink)
+
+
+def test_the_handoff_kv_cache_gives_the_prompt_back(lm):
+    """A Kerckhoffs server matches each position's layer-0 value against every vocabulary token."""
+    from splitinfer.split.handoff import first_layer_value_table, invert_handoff_kv
+
+    ids = torch.randint(0, lm.vocab_size, (1, 24), generator=torch.Generator().manual_seed(5))
+    gen = handoff_generator(lm, 3)
+    gen.generate(ids, 2, stop_at_eos=False)
+    table = first_layer_value_table(lm, chunk=100)
+    assert table.shape == (lm.vocab_size, lm.config.num_key_value_heads * lm.hidden_size
+                           // lm.config.num_attention_heads)
+    rec, rel = invert_handoff_kv(gen.last_upload, table)
+    assert rec.tolist() == ids[0].tolist()
+    assert float(rel.max()) < 1e-3
+    # a deeper layer's values depend on the context: the same lookup there does not give the prompt
+    deeper = type(gen.last_upload)()
+    deeper.keys, deeper.values = {1: gen.last_upload.keys[1]}, {1: gen.last_upload.values[1]}
+    rec1, rel1 = invert_handoff_kv(deeper, table)
+    assert float(rel1.median()) > 0.05 and (rec1 == ids[0]).float().mean() < 0.9
