@@ -394,6 +394,9 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
         lm = model_spec.load(reuse=reuse)
         if not lm.is_causal_lm:
             raise ConfigError(f"model {lm.name!r} is an encoder ({lm.family}); sweeps need a causal LM")
+        from splitinfer.split import bind_to
+
+        defense = bind_to(defense, lm, cut)  # Fisher-shaped noise, trained adapters: need the model and cut
         corpus = get_corpus(lm, corpus_spec, reuse)
         ref = get_reference(lm, corpus, reuse, disk=bool(cfg.get("disk_cache", False)))
         profile = (get_profile(lm, opts.prompt_tokens, opts.context_tokens, opts.profile_repeats, reuse)
@@ -421,7 +424,7 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
                 metrics.update(estimate_modes(metrics, link, device, opts.prompt_tokens, opts.server_speedup))
         if choices["attack"] != "none" and _enabled(cfg.get("attack")):
             metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, out_dir=out))
-        if cfg.get("search") is not None:  # a trial of a search (+hparams_search=...): objectives, constraints
+        if cfg.get("search") is not None:  # a trial of a search (hparams_search=...): objectives, constraints
             from splitinfer.search import trial_metrics
 
             metrics.update(trial_metrics(cfg.search, metrics))
