@@ -60,10 +60,8 @@ class SplitGenerator:
             token = self.link.step(self.device.encode(part), start + offset)
         return token
 
-    @torch.no_grad()
-    def generate(self, prompt: str | torch.Tensor, max_new_tokens: int = 32, *, chat: bool = True,
-                 stop_at_eos: bool = True, on_token=None) -> GenerationResult:
-        """Generate up to `max_new_tokens`; `on_token(token_ids_so_far)` is called after each token."""
+    def _prompt_ids(self, prompt: str | torch.Tensor, max_new_tokens: int, chat: bool) -> torch.Tensor:
+        """Check a generation's arguments; the prompt as (1, T) ids (a string goes through the tokenizer)."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens={max_new_tokens!r}: must be an int >= 1")
         if isinstance(prompt, str) and not prompt.strip():
@@ -73,6 +71,13 @@ class SplitGenerator:
             ids = ids[None]
         if ids.shape[0] != 1 or ids.shape[1] == 0:
             raise ConfigError(f"prompt ids must have shape (1, T>0), got {tuple(ids.shape)}")
+        return ids
+
+    @torch.no_grad()
+    def generate(self, prompt: str | torch.Tensor, max_new_tokens: int = 32, *, chat: bool = True,
+                 stop_at_eos: bool = True, on_token=None) -> GenerationResult:
+        """Generate up to `max_new_tokens`; `on_token(token_ids_so_far)` is called after each token."""
+        ids = self._prompt_ids(prompt, max_new_tokens, chat)
         self.link.reset()
         self.device.reset()
         cache = self.device.new_cache()

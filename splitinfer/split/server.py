@@ -54,17 +54,8 @@ def sample_token(logits: torch.Tensor, cfg: SamplingConfig, position: int) -> in
             # than torch's on one thread, and it sits on every decode step's critical path
             return int(logits.detach().numpy().argmax())
         return int(torch.argmax(logits))
-    scores = logits.float() / cfg.temperature
-    if cfg.top_k:
-        kth = torch.topk(scores, min(cfg.top_k, scores.numel())).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True)
-        cum = torch.softmax(sorted_scores, -1).cumsum(-1)
-        drop = cum - torch.softmax(sorted_scores, -1) >= cfg.top_p  # keep the smallest set reaching top_p
-        scores = scores.scatter(0, order[drop], float("-inf"))
     gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + position) % 2**63)
-    return int(torch.multinomial(torch.softmax(scores, -1), 1, generator=gen))
+    return int(torch.multinomial(sampling_probs(logits, cfg), 1, generator=gen))
 
 
 MAX_DRAFT = 16  # drafted tokens one verify step may carry (the protocol's limit too)
@@ -79,7 +70,7 @@ def sampling_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     if cfg.top_p < 1.0:
         sorted_scores, order = torch.sort(scores, descending=True)
         cum = torch.softmax(sorted_scores, -1).cumsum(-1)
-        drop = cum - torch.softmax(sorted_scores, -1) >= cfg.top_p
+        drop = cum - torch.softmax(sorted_scores, -1) >= cfg.top_p  # keep the smallest set reaching top_p
         scores = scores.scatter(0, order[drop], float("-inf"))
     return torch.softmax(scores, -1)
 

@@ -199,15 +199,7 @@ class SpeculativeGenerator(SplitGenerator):
     def generate(self, prompt, max_new_tokens: int = 32, *, chat: bool = True, stop_at_eos: bool = True,
                  on_token=None) -> SpeculativeResult:
         """Generate up to `max_new_tokens`; `on_token(token_ids_so_far)` is called after each round."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens={max_new_tokens!r}: must be an int >= 1")
-        if isinstance(prompt, str) and not prompt.strip():
-            raise ConfigError("the prompt is empty: give some text to continue")
-        ids = self.lm.encode_prompt(prompt, chat=chat) if isinstance(prompt, str) else prompt
-        if ids.dim() == 1:
-            ids = ids[None]
-        if ids.shape[0] != 1 or ids.shape[1] == 0:
-            raise ConfigError(f"prompt ids must have shape (1, T>0), got {tuple(ids.shape)}")
+        ids = self._prompt_ids(prompt, max_new_tokens, chat)
         link, device, drafter, ctl = self.link, self.device, self.drafter, self.controller
         link.reset()
         device.reset()
