@@ -140,7 +140,12 @@ def run(args: argparse.Namespace) -> list[dict]:
     codecs = {name: build_codec(name) for name in args.codecs}
     rows = []
     for source in args.corpora:
-        corpus = corpus_spec(args, source).build(lm)
+        if source == "pydoc_heldout":  # the pydoc topics the learned codecs are not fitted on
+            from splitinfer.codecs.learned import heldout_corpus
+
+            corpus = heldout_corpus(lm, args.n_windows, args.seq_len, args.seed)
+        else:
+            corpus = corpus_spec(args, source).build(lm)
         log.info("%s: %d windows x %d tokens, cuts %s, %d codecs (%.0f s so far)", source,
                  *corpus.windows.shape, args.cuts, len(args.codecs), time.perf_counter() - t_start)
         ref = compute_reference(lm, corpus)
@@ -157,14 +162,20 @@ def run(args: argparse.Namespace) -> list[dict]:
             for name in codecs:
                 codec = build_codec(name)  # fresh: a session codec's state must not leak across runs
                 t0 = time.perf_counter()
+                learned = hasattr(codec, "bind")
+                if learned:  # learned bottleneck: fitted (or loaded from the cache) for this model and cut
+                    codec.bind(lm, cut)
                 row = {"corpus": source, "cut": cut, "codec": name,
                        **evaluate(lm, cut, codec, corpus, ref, args.seed)}
                 h2 = torch.cat([codec.decode(codec.encode(h[w:w + 1])).float() for w in range(h.shape[0])])
                 row["rel_l2_err"] = float((h2 - h).norm() / h.norm())
-                torch.set_num_threads(1)  # throughput is quoted for one core
-                row.update(throughput(codec, h[:1], args.repeats))
-                row["step_us"] = 1e6 * step_time(codec, gen[:, :32], gen[:, 32:])
-                torch.set_num_threads(args.threads)
+                if not (learned or args.no_timing):
+                    torch.set_num_threads(1)  # throughput is quoted for one core
+                    row.update(throughput(codec, h[:1], args.repeats))
+                    row["step_us"] = 1e6 * step_time(codec, gen[:, :32], gen[:, 32:])
+                    torch.set_num_threads(args.threads)
+                else:
+                    row["step_us"] = float("nan")
                 rows.append(row)
                 log.info("%s cut %2d %-16s %6.3f / %6.3f bits  Δppl %+7.3f%% [%+.3f, %+.3f]  KL %.5f  step %5.0f us "
                          "(%.1f s)", source, cut, name, row["bits_per_value"], row["bits_per_value_1tok"],
@@ -344,7 +355,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default OUT_DIR/rate_distortion.png)")
     p.add_argument("--from-csv", type=Path, default=None, help="skip the run: tables and plots from this CSV")
     p.add_argument("--corpora", type=lambda s: s.split(","), default=None,
-                   help=f"comma-separated data sources (default {','.join(DEFAULT_CORPORA)}; --quick: pydoc)")
+                   help=f"comma-separated data sources (default {','.join(DEFAULT_CORPORA)}; --quick: pydoc; "
+                        "pydoc_heldout: the pydoc topics the learned codecs are not fitted on)")
+    p.add_argument("--no-timing", action="store_true", help="quality and bits only (learned codecs are never timed)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 windows x 128 tokens, cuts 1,15,29, 5 codecs")
     a = p.parse_args(argv)
     a.cuts = a.cuts or ([1, 15, 29] if a.quick else list(DEFAULT_CUTS))

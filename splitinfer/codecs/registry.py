@@ -106,7 +106,9 @@ def session_codecs() -> list[str]:
 
 def available_codecs() -> list[str]:
     """Every name build_codec accepts (petals_blockwise8 needs the optional bitsandbytes)."""
-    return sorted([*_PRESETS, *_PEERS])
+    from splitinfer.codecs.learned import LEARNED_PRESETS
+
+    return sorted([*_PRESETS, *_PEERS, *LEARNED_PRESETS])
 
 
 def build_codec(spec: str | Mapping[str, Any] | Codec = DEFAULT_CODEC, **overrides: Any) -> Codec:
@@ -130,6 +132,10 @@ def build_codec(spec: str | Mapping[str, Any] | Codec = DEFAULT_CODEC, **overrid
     if not isinstance(name, str):
         raise CodecError(f"codec name must be a string, got {name!r}")
     params_json = json.dumps(params, sort_keys=True, allow_nan=False, default=_no_json)
+    from splitinfer.codecs.learned import LEARNED_PRESETS, LearnedCodec
+
+    if name in LEARNED_PRESETS:  # a fresh instance: it is bound to one (model, cut) with bind(lm, cut)
+        return LearnedCodec(name, json.loads(params_json))
     base = name[: -len(SESSION_SUFFIX)]
     if name.endswith(SESSION_SUFFIX) and (base in _PRESETS or base in _PEERS):
         from splitinfer.codecs.session import build_session

@@ -1,0 +1,106 @@
+"""The learned bottleneck codec (codecs/learned.py) on a tiny random model: fit, round trip, cache, binding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from splitinfer.codecs import CodecError, available_codecs, build_codec, decode_any
+from splitinfer.models import split_model, tiny_model
+
+SMALL = {"latent": 16, "bits": 3, "steps": 4, "fit_seqs": 8, "fit_len": 16, "mlp": 32}
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPLITINFER_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def hidden(lm, n: int, t: int, cut: int = 2, seed: int = 5) -> torch.Tensor:
+    ids = torch.randint(3, lm.vocab_size, (n, t), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return split_model(lm, [cut])[0](ids).float()
+
+
+def test_fit_roundtrip_shape_finite_and_rate(lm, cache):
+    codec = build_codec("learned", **SMALL).bind(lm, 2)
+    info = codec.fit_info
+    assert info["steps_done"] == 4 and not info["cached"] and info["fit_tokens"] == 8 * 16
+    h = hidden(lm, 2, 40)
+    h[:, 0, :3] = 100 * h.abs().max()  # an attention-sink-like token (massive channels) goes as an fp16 row
+    enc = codec.encode(h)
+    assert enc.header["meta"]["rows"] == 2
+    out = codec.decode(enc)
+    assert out.shape == h.shape and out.dtype == h.dtype and bool(torch.isfinite(out).all())
+    assert torch.equal(out[:, 0], h[:, 0].half().float())
+    # 16 latents x at most 3 bits + 16 bits of scale per token, over 64 values, plus the header
+    bits = enc.nbytes * 8 / h.numel()
+    assert bits < (16 * 3 + 16) / 64 + 1.0
+    # the reconstruction is a projection: it keeps some of the signal, not all
+    err = float((out[:, 1:] - h[:, 1:]).norm() / (h[:, 1:] - h[:, 1:].mean()).norm())
+    assert 0.0 < err < 1.5
+    one = h[:, 5:6].half()  # a decode step, another dtype: the scalar rANS path
+    back = codec.decode(codec.encode(one))
+    assert back.shape == one.shape and back.dtype == torch.float16
+
+
+def test_split_path_generates_with_a_bound_codec(lm, cache):
+    from splitinfer.split.generator import in_process_generator
+
+    codec = build_codec("learned", **SMALL).bind(lm, 2)
+    gen = in_process_generator(lm, [2], codec=codec)
+    res = gen.generate(torch.randint(3, lm.vocab_size, (1, 12)), max_new_tokens=4, chat=False)
+    assert len(res.token_ids) == 4 and res.bytes_up > 0
+
+
+def test_fit_is_cached_per_model_cut_and_spec(lm, cache):
+    a = build_codec("learned", **SMALL).bind(lm, 2)
+    files = sorted(p.name for p in (cache / "codecs").iterdir())
+    assert len(files) == 1
+    b = build_codec("learned", **SMALL).bind(lm, 2)
+    assert b.fit_info["cached"] and b.digest == a.digest
+    enc = a.encode(hidden(lm, 1, 30))
+    assert torch.equal(b.decode(enc), a.decode(enc))  # the server's copy loads the device's fit
+    build_codec("learned", **SMALL).bind(lm, 3)
+    build_codec("learned", **{**SMALL, "bits": 2}).bind(lm, 2)
+    assert len(list((cache / "codecs").iterdir())) == 3
+
+
+def test_unbound_and_wrong_cut_errors(lm, cache):
+    codec = build_codec("learned", **SMALL)
+    with pytest.raises(CodecError, match=r"bind\(lm, cut\)"):
+        codec.encode(torch.randn(1, 4, lm.hidden_size))
+    enc = build_codec("learned", **SMALL).bind(lm, 2).encode(torch.randn(1, 4, lm.hidden_size))
+    with pytest.raises(CodecError, match="before it is bound"):
+        decode_any(enc)  # a header alone cannot rebuild a fitted decoder
+    other = build_codec("learned", **SMALL).bind(lm, 3)
+    with pytest.raises(CodecError, match="coded at cut 2 .* bound to cut 3"):
+        other.decode(enc)
+    with pytest.raises(CodecError, match="cut=9"):
+        build_codec("learned", **SMALL).bind(lm, 9)
+    with pytest.raises(CodecError, match="hidden size"):
+        other.encode(torch.randn(1, 4, lm.hidden_size + 1))
+
+
+def test_params_are_checked_and_presets_listed():
+    assert {"learned_d160_b4", "learned_d320_b4"} <= set(available_codecs())
+    with pytest.raises(CodecError, match="bits=9"):
+        build_codec("learned", bits=9)
+    with pytest.raises(CodecError, match="unknown learned-codec params"):
+        build_codec("learned", latnet=8)
+    with pytest.raises(CodecError, match="loss="):
+        build_codec("learned", loss="l1")
+
+
+def test_corrupted_message_is_refused(lm, cache):
+    codec = build_codec("learned", **SMALL).bind(lm, 2)
+    enc = codec.encode(hidden(lm, 1, 300))
+    enc.buffers[3] = bytes(enc.buffers[3])[:-2]
+    with pytest.raises(CodecError):
+        codec.decode(enc)
