@@ -44,6 +44,17 @@ PROMPTS = [  # (kind, text): chat requests and input-grounded ones (the answer r
                  "and a room for community events. Construction starts next spring and should take two "
                  "years. The council said the plan is paid for by a grant from the national government."),
 ]
+HELDOUT_PROMPTS = [  # the n-gram study's held-out set: never used to choose a setting before that study
+    ("chat", "Give me two ideas for a rainy Sunday afternoon with children."),
+    ("grounded", "Translate the variable names in this code to English and return the code only:\n```python\n"
+                 "def calcola_media(numeri):\n    somma = sum(numeri)\n    return somma / len(numeri)\n```"),
+    ("chat", "Why is the sky blue? Answer in three sentences."),
+    ("grounded", "Correct the spelling mistakes in this sentence and return it: Yesterday I recieved a leter "
+                 "from my freind who lives in a beatiful vilage near the mountains."),
+    ("chat", "What should I pack for a three-day hiking trip?"),
+    ("grounded", "Turn this list into one sentence: apples, two loaves of bread, a litre of milk, six eggs, "
+                 "butter, and a bag of rice."),
+]
 MODES = ("per_token", "spec_ngram", "spec_early_exit", "handoff", "all_server", "all_device")
 
 
@@ -75,6 +86,116 @@ def row_of(res, mode, link_name, delays=None) -> dict:
             "mean_accepted": getattr(res, "mean_accepted", float("nan"))}
 
 
+def adapter_study(args) -> int:
+    """Top-1 agreement of each early-exit head with the full model, teacher-forced on held-out text (the
+    installed packages' license files: not the pydoc text the adapters are fitted on), Wilson 95 %
+    intervals, and the MLP-minus-ridge difference with a paired bootstrap interval over 128-token windows."""
+    from splitinfer.data import load_texts, tokenize
+    from splitinfer.metrics.quality import wilson_interval
+    from splitinfer.models import load_model
+    from splitinfer.split.drafters import cuts_and_final_hidden, fit_adapters, load_or_train_mlp_adapters
+
+    lm = load_model(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ridge = fit_adapters(lm, args.cuts)
+    mlp = load_or_train_mlp_adapters(lm, args.cuts)
+    print(f"adapters ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    stream: list[int] = []
+    for text in load_texts("licenses"):
+        stream.extend(tokenize(lm, text))
+        if len(stream) >= args.heldout_tokens:
+            break
+    window = 128
+    n = len(stream) // window
+    ids = torch.tensor(stream[: n * window]).reshape(n, window)
+    xs, y = cuts_and_final_hidden(lm, args.cuts, ids)
+    rows = []
+    from splitinfer.models import adapters
+
+    head = adapters.decoder_parts(lm.model).head
+
+    @torch.no_grad()
+    def top1(z):  # z: normed hidden states (N, H) in the final norm's output space
+        return torch.cat([adapters.finish_logits(lm.config, head(z[i:i + 512])).argmax(-1)
+                          for i in range(0, len(z), 512)])
+
+    target = top1(y)
+    for cut in args.cuts:
+        x = xs[cut]  # norm(h_cut): what EarlyExitDrafter.logits feeds its adapter
+        hits = {}
+        with torch.no_grad():
+            heads = (("logit_lens", x), ("ridge", x @ ridge[cut][0] + ridge[cut][1]), ("mlp", mlp[cut](x)))
+        for name, z in heads:
+            hits[name] = (top1(z) == target).float()
+            k, m = int(hits[name].sum()), len(target)
+            lo, hi = wilson_interval(k, m)
+            rows.append({"cut": cut, "head": name, "agree": k, "tokens": m, "agreement": k / m, "lo": lo, "hi": hi})
+        diff = (hits["mlp"] - hits["ridge"]).reshape(n, window).sum(1).numpy()
+        rng = np.random.default_rng(0)
+        boots = diff[rng.integers(0, n, size=(2000, n))].sum(1) / (n * window)
+        rows.append({"cut": cut, "head": "mlp_minus_ridge", "agree": int(diff.sum()), "tokens": n * window,
+                     "agreement": float(diff.sum()) / (n * window), "lo": float(np.quantile(boots, 0.025)),
+                     "hi": float(np.quantile(boots, 0.975))})
+        for r in rows[-4:]:
+            print(r, flush=True)
+    with open(out / "adapter_agreement.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return 0
+
+
+def ngram_study(args) -> int:
+    """Acceptance counts of prompt lookup for each min n-gram size: greedy generation through the split
+    path with the in-process link (no network, no timing) at a fixed gamma, so the counts do not depend on
+    this machine's speed; every setting must give the same tokens (greedy text is the drafter's no matter)."""
+    from splitinfer.models import load_model
+    from splitinfer.split import InProcessLink, split_pair
+    from splitinfer.split.drafters import NGramDrafter
+    from splitinfer.split.speculative import SpeculativeGenerator
+
+    sizes = args.ngram_study or [1, 2, 3]
+    lm = load_model(args.model)
+    cut = args.cuts[0]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    sets = [("benchmark", PROMPTS[: args.prompts]), ("heldout", HELDOUT_PROMPTS)]
+    for set_name, prompts in sets:
+        for pi, (kind, text) in enumerate(prompts):
+            tokens = None
+            for n in sizes:
+                device, server = split_pair(lm, [cut])
+                gen = SpeculativeGenerator(lm, device, InProcessLink(server),
+                                           NGramDrafter(max_ngram=max(3, n), min_ngram=n), gamma=args.gamma)
+                res = gen.generate(text, args.max_new_tokens, stop_at_eos=False)
+                if tokens is None:
+                    tokens = res.token_ids
+                drafting = sum(1 for g in res.gammas if g)
+                rows.append({"set": set_name, "prompt": pi, "kind": kind, "min_ngram": n, "max_ngram": max(3, n),
+                             "gamma": args.gamma, "tokens": len(res.token_ids), "rounds": res.rounds,
+                             "rounds_with_draft": drafting, "drafted": res.drafted, "accepted": res.accepted,
+                             "same_tokens": int(res.token_ids == tokens)})
+                print(rows[-1], flush=True)
+    with open(out / "ngram_min.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print("set,kind,min_ngram: round trips per decoded token, acceptance, accepted per drafted round, drafted/token")
+    for set_name, _ in sets:
+        for kind in ("chat", "grounded", "all"):
+            for n in sizes:
+                rs = [r for r in rows if r["set"] == set_name and r["min_ngram"] == n and kind in ("all", r["kind"])]
+                dec = sum(r["tokens"] - 1 for r in rs)
+                dr, acc, rd = (sum(r[k] for r in rs) for k in ("drafted", "accepted", "rounds_with_draft"))
+                print(f"{set_name},{kind},{n}: {sum(r['rounds'] for r in rs) / dec:.3f}, "
+                      f"{acc / dr if dr else float('nan'):.3f} ({acc}/{dr}), {acc / rd if rd else float('nan'):.2f}, "
+                      f"{dr / dec:.2f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -88,8 +209,21 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="experiments/speculative_split")
     ap.add_argument("--from-csv", action="store_true",
                     help="only rebuild summary.csv and the figure from OUT/results.csv (e.g. of an interrupted run)")
+    ap.add_argument("--ngram-study", nargs="*", type=int, metavar="MIN_N",
+                    help="no timing: acceptance counts of the n-gram drafter for these min n-gram sizes "
+                         "(default 1 2 3) at a fixed gamma, benchmark and held-out prompts; OUT/ngram_min.csv")
+    ap.add_argument("--gamma", type=int, default=4, help="fixed gamma of --ngram-study")
+    ap.add_argument("--adapter-study", action="store_true",
+                    help="no timing: teacher-forced top-1 agreement with the full model on held-out text "
+                         "(licenses) of the logit lens, the ridge adapter and the distilled MLP adapter per cut; "
+                         "OUT/adapter_agreement.csv")
+    ap.add_argument("--heldout-tokens", type=int, default=2048)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.ngram_study is not None:
+        return ngram_study(args)
+    if args.adapter_study:
+        return adapter_study(args)
     if args.from_csv:
         return rebuild(Path(args.out), args.links)
 

@@ -84,15 +84,18 @@ class EarlyExitDrafter:
     name = "early_exit"
     uses_hidden = True
 
-    def __init__(self, lm, cut: int, adapter: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    def __init__(self, lm, cut: int, adapter: tuple[torch.Tensor, torch.Tensor] | MLPAdapter | None = None) -> None:
         from splitinfer.models import adapters
 
         parts = adapters.decoder_parts(lm.model)
         self.norm, self.head, self.config = parts.norm, parts.head, lm.config
         self.cut = cut
-        self.weight, self.bias = adapter if adapter is not None else (None, None)
+        self.module = adapter if isinstance(adapter, MLPAdapter) else None
+        self.weight, self.bias = adapter if adapter is not None and self.module is None else (None, None)
         if adapter is None:
             self.name = "logit_lens"
+        elif self.module is not None:
+            self.name = "early_exit_mlp"
 
     def start(self, prompt_ids: list[int]) -> None:
         pass
@@ -103,7 +106,9 @@ class EarlyExitDrafter:
         from splitinfer.models import adapters
 
         z = self.norm(h.to(torch.float32))
-        if self.weight is not None:
+        if self.module is not None:
+            z = self.module(z)
+        elif self.weight is not None:
             z = z @ self.weight + self.bias
         return adapters.finish_logits(self.config, self.head(z))
 
@@ -233,10 +238,158 @@ def fit_adapters(lm, cuts, spec: AdapterSpec | None = None, *,
     return out
 
 
+class MLPAdapter(torch.nn.Module):
+    """z = x W + b + GELU(x A + a) B: the ridge map plus a learned residual MLP (B starts at zero, so an
+    untrained adapter is the ridge adapter it was initialised from)."""
+
+    def __init__(self, size: int, hidden: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(size, size)
+        self.up = torch.nn.Linear(size, hidden)
+        self.down = torch.nn.Linear(hidden, size)
+        torch.nn.init.zeros_(self.down.weight)
+        torch.nn.init.zeros_(self.down.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+@dataclass(frozen=True)
+class MLPAdapterSpec:
+    """How an MLP early-exit adapter is trained by distillation (part of its cache key). `steps` is fixed
+    so the result does not depend on the machine's speed; `max_seconds` only guards a very slow machine
+    (the adapter then keeps the steps it reached, and the log says so)."""
+
+    source: str = "pydoc"
+    tokens: int = 8192
+    window: int = 128
+    hidden: int = 512
+    steps: int = 200
+    batch: int = 128
+    lr: float = 1e-3
+    top_k: int = 32
+    seed: int = 0
+    max_seconds: float = 180.0
+    version: int = 1
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def teacher_top_k(lm, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full model's top-k next-token probabilities and ids for final normed hidden states y (N, H)."""
+    from splitinfer.models import adapters
+
+    head = adapters.decoder_parts(lm.model).head
+    with torch.no_grad():
+        tl, ti = [], []
+        for i in range(0, len(y), 1024):
+            logp = torch.log_softmax(adapters.finish_logits(lm.config, head(y[i:i + 1024])).float(), -1)
+            v, j = logp.topk(k, -1)
+            tl.append(v.exp())
+            ti.append(j)
+    return torch.cat(tl), torch.cat(ti)
+
+
+def distill_adapter(lm, x: torch.Tensor, y: torch.Tensor, spec: MLPAdapterSpec,
+                    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    teacher: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[MLPAdapter, int]:
+    """Train an MLPAdapter so that head(adapter(x)) matches the full model's next-token distribution
+    head(y): cross-entropy to the teacher's top-k probabilities (KL up to a constant, on the mass the
+    teacher puts there), the student normalised over the whole vocabulary. Returns (adapter, steps run)."""
+    from splitinfer.models import adapters
+
+    head = adapters.decoder_parts(lm.model).head
+    g = torch.Generator().manual_seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    tp, tidx = teacher if teacher is not None else teacher_top_k(lm, y, spec.top_k)
+    model = MLPAdapter(x.shape[1], spec.hidden)
+    if init is not None:
+        with torch.no_grad():
+            model.linear.weight.copy_(init[0].T)
+            model.linear.bias.copy_(init[1])
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, spec.steps)
+    t0 = time.perf_counter()
+    step = 0
+    for step in range(1, spec.steps + 1):
+        pick = torch.randint(0, len(x), (spec.batch,), generator=g)
+        logits = adapters.finish_logits(lm.config, head(model(x[pick]))).float()
+        logq = torch.log_softmax(logits, -1).gather(-1, tidx[pick])
+        loss = -(tp[pick] * logq).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if time.perf_counter() - t0 > spec.max_seconds:
+            log.warning("MLP adapter: stopped at step %d of %d after %.0f s (max_seconds)", step, spec.steps,
+                        time.perf_counter() - t0)
+            break
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, step
+
+
+def mlp_adapter_path(lm, cut: int, spec: MLPAdapterSpec) -> Path:
+    from splitinfer.models import cache_root
+
+    return cache_root() / "drafters" / f"{lm.fingerprint}-cut{cut}-early_exit_mlp-{spec.digest()}.safetensors"
+
+
+def load_or_train_mlp_adapters(lm, cuts, spec: MLPAdapterSpec | None = None, *,
+                               ids: torch.Tensor | None = None) -> dict[int, MLPAdapter]:
+    """MLP early-exit adapters for `cuts`: cached ones are loaded, the others distilled on public text
+    (initialised from the ridge fit on the same text) and cached under cache_root()/drafters keyed by the
+    model's fingerprint, the cut and the spec. `ids` trains on the given token windows instead (not cached)."""
+    from safetensors.torch import load_file, save_file
+
+    spec = spec or MLPAdapterSpec()
+    for cut in cuts:
+        if not isinstance(cut, int) or not 1 <= cut <= lm.num_layers:
+            raise ConfigError(f"early-exit drafter at cut={cut!r}: needs an int 1 <= cut <= {lm.num_layers}")
+    out: dict[int, MLPAdapter] = {}
+    if ids is None:
+        for cut in cuts:
+            path = mlp_adapter_path(lm, cut, spec)
+            if path.is_file():
+                m = MLPAdapter(lm.hidden_size, spec.hidden)
+                m.load_state_dict({k: v for k, v in load_file(str(path)).items() if k != "steps"})
+                m.eval().requires_grad_(False)
+                out[cut] = m
+    todo = [c for c in cuts if c not in out]
+    if not todo:
+        return out
+    train = ids if ids is not None else _training_ids(lm, AdapterSpec(source=spec.source, tokens=spec.tokens,
+                                                                      window=spec.window, seed=spec.seed))
+    xs, y = cuts_and_final_hidden(lm, todo, train)
+    teacher = teacher_top_k(lm, y, spec.top_k)
+    for cut in todo:
+        t0 = time.perf_counter()
+        model, steps = distill_adapter(lm, xs[cut], y, spec, init=fit_adapter(xs[cut], y), teacher=teacher)
+        out[cut] = model
+        if ids is None:
+            path = mlp_adapter_path(lm, cut, spec)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+            tensors["steps"] = torch.tensor([steps])
+            save_file(tensors, str(tmp))
+            tmp.replace(path)
+            log.info("distilled the MLP early-exit adapter for cut %d: %d steps in %.1f s (cached in %s)", cut,
+                     steps, time.perf_counter() - t0, path)
+    return out
+
+
 def build_drafter(name: str, *, lm=None, cut: int | None = None, **kwargs):
-    """A drafter by name: 'ngram' (prompt lookup), 'early_exit' (fitted adapter), 'logit_lens' (no adapter)."""
+    """A drafter by name: 'ngram' (prompt lookup), 'early_exit' (fitted ridge adapter), 'logit_lens' (no
+    adapter), 'early_exit_mlp' (MLP adapter distilled on public text)."""
     if name == "ngram":
         return NGramDrafter(**kwargs)
+    if name == "early_exit_mlp":
+        if lm is None or cut is None:
+            raise ConfigError(f"drafter {name!r} needs the model and the cut (lm=..., cut=...)")
+        return EarlyExitDrafter(lm, cut, load_or_train_mlp_adapters(lm, [cut], **kwargs)[cut])
     if name in ("early_exit", "logit_lens"):
         if lm is None or cut is None:
             raise ConfigError(f"drafter {name!r} needs the model and the cut (lm=..., cut=...)")
@@ -244,7 +397,7 @@ def build_drafter(name: str, *, lm=None, cut: int | None = None, **kwargs):
         return EarlyExitDrafter(lm, cut, adapter)
     from splitinfer.registry import closest
 
-    names = [*DRAFTERS, "logit_lens"]
+    names = [*DRAFTERS, "logit_lens", "early_exit_mlp"]
     near = closest(name, names)
     raise ConfigError(f"drafter {name!r} is not one of {', '.join(names)}"
                       f"{f' (did you mean {near[0]!r}?)' if near else ''}")

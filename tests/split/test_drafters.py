@@ -129,3 +129,42 @@ def test_the_handoff_kv_cache_gives_the_prompt_back(lm):
     deeper.keys, deeper.values = {1: gen.last_upload.keys[1]}, {1: gen.last_upload.values[1]}
     rec1, rel1 = invert_handoff_kv(deeper, table)
     assert float(rel1.median()) > 0.05 and (rec1 == ids[0]).float().mean() < 0.9
+
+
+def test_distilled_mlp_adapter_fits_the_teacher_better_than_its_ridge_start(lm):
+    from splitinfer.split.drafters import MLPAdapterSpec, distill_adapter, teacher_top_k
+
+    g = torch.Generator().manual_seed(2)
+    xs, y = cuts_and_final_hidden(lm, [1], torch.randint(3, 256, (16, 32), generator=g))
+    x = xs[1]
+    spec = MLPAdapterSpec(hidden=64, steps=60, batch=64, lr=3e-3, top_k=8)
+    tp, tidx = teacher_top_k(lm, y, spec.top_k)
+    ridge = fit_adapter(x, y)
+    start, _ = distill_adapter(lm, x, y, MLPAdapterSpec(hidden=64, steps=0), init=ridge)
+    assert torch.allclose(start(x), x @ ridge[0] + ridge[1], atol=1e-4)  # starts as the ridge adapter
+    trained, steps = distill_adapter(lm, x, y, spec, init=ridge)
+    assert steps == 60
+
+    def kl(m):  # on the teacher's top-k: sum p (log p - log q)
+        logq = torch.log_softmax(EarlyExitDrafter(lm, 1).head(m(x)).float(), -1).gather(-1, tidx)
+        return float((tp * (tp.log() - logq)).sum(-1).mean())
+
+    assert kl(trained) < 0.7 * kl(start)
+
+
+def test_mlp_adapter_is_cached_and_drafts_the_split_text(lm, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPLITINFER_CACHE", str(tmp_path))
+    from splitinfer.split import SpeculativeGenerator, split_pair
+    from splitinfer.split.drafters import MLPAdapterSpec, load_or_train_mlp_adapters, mlp_adapter_path
+
+    spec = MLPAdapterSpec(tokens=600, window=50, hidden=32, steps=5, batch=32)
+    first = load_or_train_mlp_adapters(lm, [2], spec)
+    assert mlp_adapter_path(lm, 2, spec).is_file()
+    d = build_drafter("early_exit_mlp", lm=lm, cut=2, spec=spec)  # loaded from the cache
+    assert d.name == "early_exit_mlp"
+    assert torch.equal(d.module.down.weight, first[2].down.weight)
+    ids = torch.randint(3, 256, (1, 7), generator=torch.Generator().manual_seed(4))
+    ref = in_process_generator(lm, [2]).generate(ids, 10, stop_at_eos=False)
+    device, server = split_pair(lm, [2])
+    res = SpeculativeGenerator(lm, device, InProcessLink(server), d, gamma=3).generate(ids, 10, stop_at_eos=False)
+    assert res.token_ids == ref.token_ids and res.drafted > 0
