@@ -59,13 +59,13 @@ def attack_spec(name: str) -> dict:
     return {"name": name, **WHITEBOX}
 
 
-def defense_spec(name: str, strength) -> dict | None:
+def defense_spec(name: str, strength, train: dict | None = None) -> dict | None:
     if name == "none":
         return None
     key, _ = GRID[name]
     spec = {"name": name, key: strength}
     if name in ("nopeek", "secret_adapter"):
-        spec.update(TRAIN)
+        spec.update(train or TRAIN)
     return spec
 
 
@@ -93,10 +93,16 @@ def run(args) -> None:
     # still has a point of every defense).
     settings = [("none", None)] + [(name, GRID[name][1][k]) for k in (1, 2, 0) for name in defenses
                                    if name != "none" and k < len(GRID[name][1])]
+    if args.strengths:  # round 2: chosen strengths of the chosen defenses (the control only with "none")
+        picked = [float(v) for v in args.strengths.split(",")]
+        settings = [(n, None) for n in defenses if n == "none"] + [(n, v) for n in defenses if n != "none"
+                                                                   for v in picked]
+    train = {**TRAIN, **({"steps": args.train_steps, "train_budget_s": args.train_budget} if args.train_steps
+                         else {})}
     for cut in [int(c) for c in args.cuts.split(",")]:
         for name, strength in settings:
             if True:
-                spec = defense_spec(name, strength)
+                spec = defense_spec(name, strength, train)
                 attacks = ATTACKS.get(name, DEFAULT_ATTACKS)
                 if name != "none" and cut not in greybox:
                     attacks = [a for a in attacks if a != "whitebox"]
@@ -108,6 +114,11 @@ def run(args) -> None:
                 t0 = time.perf_counter()
                 util = defense_utility(lm, cut, spec, windows=args.util_windows, prompts=args.util_prompts)
                 util["utility/seconds"] = time.perf_counter() - t0
+                logging.info("utility cut %d %s %s: dppl %+.1f %% [%+.1f, %+.1f], top-1 %.1f %%", cut, name, strength,
+                             util.get("utility/delta_ppl_pct", float("nan")),
+                             util.get("utility/delta_ppl_pct_ci_low", float("nan")),
+                             util.get("utility/delta_ppl_pct_ci_high", float("nan")),
+                             100 * util.get("utility/top1_agreement", float("nan")))
                 for attack in todo:
                     folder = Path(args.runs) / f"cut{cut}-{name}-{strength}-{attack}"
                     t1 = time.perf_counter()
@@ -116,7 +127,8 @@ def run(args) -> None:
                                          time_budget_s=args.control_budget if name == "none" and attack != "learned_inverter"
                                          else args.attack_budget)
                     row = {"cut": cut, "defense": name, "strength": strength, "attack": attack,
-                           "job_s": time.perf_counter() - t1, **util, **m}
+                           "job_s": time.perf_counter() - t1, "run": args.run_tag,
+                           "train_steps": spec.get("steps") if spec else None, **util, **m}
                     with open(rows_path, "a") as f:
                         f.write(json.dumps(row, default=float) + "\n")
                     logging.info("row cut %d %s %s %s: tokens %.1f %%, PII %.1f %%, dppl %+.1f %%", cut, name,
@@ -126,7 +138,8 @@ def run(args) -> None:
 
 
 COLUMNS = [
-    ("cut", "cut", "{}"), ("defense", "defense", "{}"), ("strength", "strength", "{}"), ("attack", "attack", "{}"),
+    ("run", "run", "{}"), ("cut", "cut", "{}"), ("defense", "defense", "{}"), ("strength", "strength", "{}"),
+    ("privacy/defense/steps_done", "train steps", "{:.0f}"), ("attack", "attack", "{}"),
     ("token_acc", "tokens %", "pct"), ("exact_match", "exact %", "pct"), ("rouge_l", "ROUGE-L %", "pct"),
     ("pii_recovery", "PII %", "pct"), ("match_dist", "match dist", "{:.3f}"),
     ("utility/delta_ppl_pct", "Δppl %", "dppl"), ("utility/kl_mean", "KL", "{:.4f}"),
@@ -160,17 +173,22 @@ def load_rows(out: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     latest = {}
     for r in rows:  # a rerun of the same row replaces the earlier one
-        latest[(r["cut"], r["defense"], str(r["strength"]), r["attack"])] = r
+        r.setdefault("run", "r1")  # rows of the first run carry no tag
+        latest[(r["cut"], r["defense"], str(r["strength"]), r.get("privacy/defense/steps_done"), r["attack"])] = r
     order = {name: i for i, name in enumerate(GRID)}
     return sorted(latest.values(), key=lambda r: (r["cut"], order.get(r["defense"], 99), float(r["strength"] or 0),
-                                                   r["attack"]))
+                                                   r.get("privacy/defense/steps_done") or 0, r["attack"]))
+
+
+def _setting(r: dict) -> tuple:
+    return r["cut"], r["defense"], str(r["strength"]), r.get("privacy/defense/steps_done")
 
 
 def strongest(rows: list[dict]) -> dict:
-    """(cut, defense, strength) -> the attack with the highest token recovery (ties: PII)."""
+    """(cut, defense, strength, train steps) -> the attack with the highest token recovery (ties: PII)."""
     best = {}
     for r in rows:
-        key = (r["cut"], r["defense"], str(r["strength"]))
+        key = _setting(r)
         cand = (_get(r, "token_acc") or 0.0, _get(r, "pii_recovery") or 0.0)
         if key not in best or cand > best[key][0]:
             best[key] = (cand, r)
@@ -188,7 +206,7 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     for cut in sorted({r["cut"] for r in rows}):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         for name in GRID:
-            pts = sorted(((r["utility/delta_ppl_pct"], r) for (c, d, _), r in best.items() if c == cut and d == name),
+            pts = sorted(((r["utility/delta_ppl_pct"], r) for (c, d, *_), r in best.items() if c == cut and d == name),
                          key=lambda p: p[0])
             if not pts:
                 continue
@@ -199,7 +217,9 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
                 ax.plot(x, y, label=name, **style)
                 for xi, yi, p in zip(x, y, pts, strict=True):
                     if name != "none":
-                        ax.annotate(f"{p[1]['strength']:g}\n{p[1]['attack'][:6]}", (xi, yi), fontsize=6,
+                        steps = p[1].get("privacy/defense/steps_done")
+                        ax.annotate(f"{p[1]['strength']:g}{'' if steps is None else f' ({steps:.0f} st)'}\n"
+                                    f"{p[1]['attack'][:6]}", (xi, yi), fontsize=6,
                                     textcoords="offset points", xytext=(3, 3))
         for ax, what in zip(axes, ("token recovery %", "PII recovery %"), strict=True):
             ax.set_xscale("log")
@@ -231,13 +251,14 @@ def write_tables(rows: list[dict], out: Path) -> None:
     lines += ["| " + " | ".join(_fmt(r, k, h) for k, _, h in COLUMNS) + " |" for r in rows]
     best = strongest(rows)
     lines += ["", "Strongest attack per setting:", "",
-              "| cut | defense | strength | strongest attack | tokens % | PII % | Δppl % [95 % CI] | top-1 % |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| run | cut | defense | strength | train steps | strongest attack | victims | tokens % | PII % | "
+              "Δppl % [95 % CI] | top-1 % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        key = (r["cut"], r["defense"], str(r["strength"]))
-        if best.get(key) is r:
-            lines.append(f"| {r['cut']} | {r['defense']} | {r['strength']} | {r['attack']} | "
-                         f"{_fmt(r, 'token_acc', 'pct')} | {_fmt(r, 'pii_recovery', 'pct')} | "
+        if best.get(_setting(r)) is r:
+            lines.append(f"| {r['run']} | {r['cut']} | {r['defense']} | {r['strength']} | "
+                         f"{_fmt(r, 'privacy/defense/steps_done', '{:.0f}')} | {r['attack']} | "
+                         f"{_fmt(r, 'victims_done', '{:.0f}')} | {_fmt(r, 'token_acc', 'pct')} | {_fmt(r, 'pii_recovery', 'pct')} | "
                          f"{_fmt(r, 'utility/delta_ppl_pct', 'dppl')} | {_fmt(r, 'utility/top1_agreement', 'pct')} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
 
@@ -261,6 +282,13 @@ def main(argv=None) -> None:
                    help="cuts where plain (grey-box) whitebox also runs against the trained defenses")
     p.add_argument("--util-windows", type=int, default=12)
     p.add_argument("--util-prompts", type=int, default=8)
+    p.add_argument("--strengths", default=None,
+                   help="comma list of strengths for every chosen defense instead of GRID's rounds")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help=f"optimizer steps of the trained defenses (default {TRAIN['steps']})")
+    p.add_argument("--train-budget", type=float, default=TRAIN["train_budget_s"],
+                   help="CPU seconds cap of each trained adapter with --train-steps")
+    p.add_argument("--run-tag", default="r1", help="which run a row comes from (the README says what each was)")
     p.add_argument("--plot-only", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
