@@ -368,7 +368,10 @@ def load_or_train_mlp_adapters(lm, cuts, spec: MLPAdapterSpec | None = None, *,
         t0 = time.perf_counter()
         model, steps = distill_adapter(lm, xs[cut], y, spec, init=fit_adapter(xs[cut], y), teacher=teacher)
         out[cut] = model
-        if ids is None:
+        if ids is None and steps < spec.steps:
+            log.warning("MLP adapter for cut %d: %d of %d steps within max_seconds; not cached (a faster "
+                        "machine will train it fully)", cut, steps, spec.steps)
+        elif ids is None:
             path = mlp_adapter_path(lm, cut, spec)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
