@@ -8,7 +8,8 @@ Per token x (hidden size H):
   1. centre and scale per channel (mean mu, std sigma of the public fitting states), then divide by the
      token's RMS r (sent as fp16: 16 bits per token);
   2. z = u @ E: d latent values (E is H x d, initialised with the top-d principal directions);
-  3. uniform quantisation of z_i with step delta_i into 2**b levels (clipped), symbols coded with a
+  3. uniform quantisation of z_i with step delta_i into 2**b levels (clipped; delta_i from z_i's range, or
+     one common `step` for all latents, which lets the entropy coder follow the variance), symbols coded with a
      static per-latent-dimension rANS table fitted on the same public text (no tables on the wire);
   4. the server decodes u' = D(q * delta) (a linear map plus a small residual MLP), x' = r u' sigma + mu.
 Tokens whose |u| peak exceeds a fitted threshold (the attention sink) go as fp16 rows, as in the `_tc`
@@ -49,9 +50,13 @@ LEARNED_PRESETS: dict[str, dict[str, Any]] = {
     "learned_d96_b3": {"latent": 96, "bits": 3},
     "learned_d160_b4": {"latent": 160, "bits": 4},
     "learned_d320_b4": {"latent": 320, "bits": 4},
+    # transform coding: all 576 principal directions, one common step (in units of the normalised value),
+    # so the entropy coder spends bits where the variance is (reverse water-filling); ~1 and ~2 bits/value
+    "learned_q160": {"latent": 576, "bits": 6, "step": 1.6},
+    "learned_q065": {"latent": 576, "bits": 6, "step": 0.65},
 }
 DEFAULTS: dict[str, Any] = {"latent": 160, "bits": 4, "loss": "kl", "train_budget_s": 90.0, "steps": 400,
-                            "fit_seqs": 48, "fit_len": 64, "mlp": 256, "seed": 0}
+                            "fit_seqs": 48, "fit_len": 64, "mlp": 256, "seed": 0, "step": 0.0}
 OUTLIER_FACTOR = 8.0  # a token goes as fp16 when its peak |x - mu| / sigma is 8 x the fitting tokens' 99.9 % peak
 SCALAR_MAX = 4096  # fewer symbols than this: one scalar rANS state (4 bytes) instead of 64 lanes (256 bytes)
 
@@ -70,6 +75,10 @@ def _check_params(params: dict[str, Any]) -> dict[str, Any]:
         raise CodecError(f"learned codec needs latent >= 1, fit_seqs >= 1, fit_len >= 2; got {params!r}")
     if p["loss"] not in ("kl", "mse"):
         raise CodecError(f"learned codec loss={p['loss']!r}: must be 'kl' (task loss) or 'mse' (PCA only)")
+    st = p["step"]
+    if isinstance(st, bool) or not isinstance(st, int | float) or not math.isfinite(st) or st < 0:
+        raise CodecError(f"learned codec step={st!r}: must be a finite number >= 0 (0: one range per latent "
+                         "over 2**bits levels; > 0: one common quantiser step for every latent)")
     b = p["train_budget_s"]
     if isinstance(b, bool) or not isinstance(b, int | float) or not math.isfinite(b) or b < 0:
         raise CodecError(f"learned codec train_budget_s={b!r}: must be a finite number >= 0 (seconds)")
@@ -340,6 +349,8 @@ def _fit(lm, cut: int, p: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict
         z = net.enc(ub)
         # quantiser range: the 99.5 % |z_i| (at least a tiny step so unused latents stay finite)
         delta = (2 * torch.quantile(z.abs(), 0.995, dim=0) / levels).clamp_min(1e-4)
+        if p["step"] > 0:
+            delta = torch.full((d,), float(p["step"]))
     info: dict[str, Any] = {"pca_s": time.perf_counter() - t0, "steps_done": 0, "fit_tokens": int(flat.shape[0]),
                             "fp16_rows": int(outlier.sum())}
     half = levels // 2

@@ -50,6 +50,18 @@ def test_fit_roundtrip_shape_finite_and_rate(lm, cache):
     assert back.shape == one.shape and back.dtype == torch.float16
 
 
+def test_common_step_spends_bits_where_the_variance_is(lm, cache):
+    h = hidden(lm, 2, 64)
+    coarse = build_codec("learned", **{**SMALL, "latent": 64, "bits": 6, "step": 2.0, "steps": 0}).bind(lm, 2)
+    fine = build_codec("learned", **{**SMALL, "latent": 64, "bits": 6, "step": 0.5, "steps": 0}).bind(lm, 2)
+    ec, ef = coarse.encode(h), fine.encode(h)
+    assert ec.nbytes < ef.nbytes
+    err = [float((c.decode(e) - h).norm()) for c, e in ((coarse, ec), (fine, ef))]
+    assert err[1] < err[0]
+    with pytest.raises(CodecError, match="step=-1"):
+        build_codec("learned", step=-1)
+
+
 def test_split_path_generates_with_a_bound_codec(lm, cache):
     from splitinfer.split.generator import in_process_generator
 
