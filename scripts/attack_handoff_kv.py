@@ -38,6 +38,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cuts", type=int, nargs="+", default=[4, 8, 15])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="experiments/speculative_split/handoff_leak")
+    ap.add_argument("--payload-budget", type=float, default=0.0,
+                    help="also run the project's white-box attack on the per-token split's hidden-state "
+                         "payload of the same victims, this many seconds per cut (0: skip); payload.csv")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from splitinfer.models import load_model, split_model
@@ -99,6 +102,20 @@ def main(argv=None) -> int:
         w = csv.DictWriter(f, fieldnames=list(summary[0]))
         w.writeheader()
         w.writerows(summary)
+    if args.payload_budget > 0:
+        from splitinfer.privacy.evaluate import evaluate_privacy
+
+        prows = []
+        for cut in args.cuts:
+            m = evaluate_privacy(lm, cut, attack="whitebox", victims=victims, utility=False,
+                                 time_budget_s=args.payload_budget, seed=args.seed)
+            prows.append({"cut": cut, **{k.split("/", 2)[-1]: v for k, v in m.items()
+                                         if k.startswith("privacy/whitebox/") and k.count("/") == 2}})
+            print(prows[-1], file=sys.stderr)
+            with open(out / "payload.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=sorted({k for r in prows for k in r}, key=str))
+                w.writeheader()
+                w.writerows(prows)
     for s in summary:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()})
     return 0
