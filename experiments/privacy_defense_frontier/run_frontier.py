@@ -97,6 +97,7 @@ def run(args) -> None:
         picked = [float(v) for v in args.strengths.split(",")]
         settings = [(n, None) for n in defenses if n == "none"] + [(n, v) for n in defenses if n != "none"
                                                                    for v in picked]
+    suffix = f"-max{args.max_candidates}" if args.max_candidates else ""
     train = {**TRAIN, **({"steps": args.train_steps, "train_budget_s": args.train_budget} if args.train_steps
                          else {})}
     for cut in [int(c) for c in args.cuts.split(",")]:
@@ -120,14 +121,18 @@ def run(args) -> None:
                              util.get("utility/delta_ppl_pct_ci_high", float("nan")),
                              100 * util.get("utility/top1_agreement", float("nan")))
                 for attack in todo:
-                    folder = Path(args.runs) / f"cut{cut}-{name}-{strength}-{attack}"
+                    folder = Path(args.runs) / f"cut{cut}-{name}-{strength}-{attack}{suffix}"
                     t1 = time.perf_counter()
-                    m = evaluate_privacy(lm, cut, attack=attack_spec(attack), defense=spec, victims=args.victims,
+                    aspec = attack_spec(attack)
+                    if args.max_candidates and attack != "learned_inverter":
+                        aspec["max_candidates"] = args.max_candidates
+                    m = evaluate_privacy(lm, cut, attack=aspec, defense=spec, victims=args.victims,
                                          max_tokens=args.victim_tokens, chat=False, utility=False, out_dir=folder,
                                          time_budget_s=args.control_budget if name == "none" and attack != "learned_inverter"
                                          else args.attack_budget)
                     row = {"cut": cut, "defense": name, "strength": strength, "attack": attack,
                            "job_s": time.perf_counter() - t1, "run": args.run_tag,
+                           "max_candidates": args.max_candidates if attack != "learned_inverter" else None,
                            "train_steps": spec.get("steps") if spec else None, **util, **m}
                     with open(rows_path, "a") as f:
                         f.write(json.dumps(row, default=float) + "\n")
@@ -140,7 +145,8 @@ def run(args) -> None:
 COLUMNS = [
     ("run", "run", "{}"), ("cut", "cut", "{}"), ("defense", "defense", "{}"), ("strength", "strength", "{}"),
     ("privacy/defense/steps_done", "train steps", "{:.0f}"), ("attack", "attack", "{}"),
-    ("token_acc", "tokens %", "pct"), ("exact_match", "exact %", "pct"), ("rouge_l", "ROUGE-L %", "pct"),
+    ("max_candidates", "cand. cap", "{:.0f}"), ("token_acc", "tokens %", "pct"), ("exact_match", "exact %", "pct"),
+    ("rouge_l", "ROUGE-L %", "pct"),
     ("pii_recovery", "PII %", "pct"), ("match_dist", "match dist", "{:.3f}"),
     ("utility/delta_ppl_pct", "Δppl %", "dppl"), ("utility/kl_mean", "KL", "{:.4f}"),
     ("utility/top1_agreement", "top-1 %", "pct"), ("utility/exact_match_rate", "greedy EM %", "pct"),
@@ -174,7 +180,8 @@ def load_rows(out: Path) -> list[dict]:
     latest = {}
     for r in rows:  # a rerun of the same row replaces the earlier one
         r.setdefault("run", "r1")  # rows of the first run carry no tag
-        latest[(r["cut"], r["defense"], str(r["strength"]), r.get("privacy/defense/steps_done"), r["attack"])] = r
+        latest[(r["cut"], r["defense"], str(r["strength"]), r.get("privacy/defense/steps_done"), r["attack"],
+                r.get("max_candidates"))] = r
     order = {name: i for i, name in enumerate(GRID)}
     return sorted(latest.values(), key=lambda r: (r["cut"], order.get(r["defense"], 99), float(r["strength"] or 0),
                                                    r.get("privacy/defense/steps_done") or 0, r["attack"]))
@@ -288,6 +295,9 @@ def main(argv=None) -> None:
                    help=f"optimizer steps of the trained defenses (default {TRAIN['steps']})")
     p.add_argument("--train-budget", type=float, default=TRAIN["train_budget_s"],
                    help="CPU seconds cap of each trained adapter with --train-steps")
+    p.add_argument("--max-candidates", type=int, default=None,
+                   help="cap the white-box family's candidates per position on exact payloads too (the control "
+                        "with the same cap as the noisy rows' noisy_max_candidates)")
     p.add_argument("--run-tag", default="r1", help="which run a row comes from (the README says what each was)")
     p.add_argument("--plot-only", action="store_true")
     args = p.parse_args(argv)
