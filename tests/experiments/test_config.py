@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import pytest
@@ -166,10 +165,9 @@ def test_invalid_cut_refused_before_the_model_loads(tmp_path):
     from splitinfer import experiment
 
     cfg = compose(["split.cut=31", "logger=jsonl"])  # the real model: 30 layers
-    t0 = time.perf_counter()
     with pytest.raises(ValueError, match=r"split.cut=31.*0\.\.30"):
         experiment.run_job(cfg, out_dir=tmp_path)
-    assert not experiment._MODELS and time.perf_counter() - t0 < 5
+    assert not experiment._MODELS  # refused before the weights loaded (no wall-clock bound: CI is noisy)
     r = run_cli([*TINY, "split.cut=-1"], tmp_path, timeout=60)
     assert r.returncode == 2 and "split.cut=-1" in r.stderr and "0..4" in r.stderr
     assert "Traceback" not in r.stderr
