@@ -155,6 +155,8 @@ def _cache_dir():
 
 def fit_key(fingerprint: str, cut: int, params: dict[str, Any]) -> str:
     body = {"m": fingerprint, "cut": cut, "v": CACHE_VERSION, **params}
+    if not body.get("step"):  # step=0 (per-latent ranges) keeps the key it had before `step` existed
+        body.pop("step", None)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
 
 
