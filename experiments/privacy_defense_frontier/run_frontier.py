@@ -51,6 +51,15 @@ ATTACKS = {"none": ["whitebox", "learned_inverter", "hybrid"],
 DEFAULT_ATTACKS = ["learned_inverter", "hybrid"]
 
 
+def _cand_cap(defense: str, attack: str, aspec: dict) -> int | None:
+    """Candidates verified per position at most (None: exhaustive; the inverter verifies none)."""
+    if attack == "learned_inverter":
+        return None
+    if defense == "none":  # an exact payload: only max_candidates caps it
+        return aspec.get("max_candidates")
+    return aspec.get("max_candidates") or aspec.get("noisy_max_candidates", 512)
+
+
 def attack_spec(name: str) -> dict:
     if name == "learned_inverter":
         return {"name": name, **INVERTER}
@@ -97,7 +106,8 @@ def run(args) -> None:
         picked = [float(v) for v in args.strengths.split(",")]
         settings = [(n, None) for n in defenses if n == "none"] + [(n, v) for n in defenses if n != "none"
                                                                    for v in picked]
-    suffix = f"-max{args.max_candidates}" if args.max_candidates else ""
+    suffix = (f"-max{args.max_candidates}" if args.max_candidates else "") + (
+        f"-noisymax{args.noisy_max_candidates}" if args.noisy_max_candidates else "")
     train = {**TRAIN, **({"steps": args.train_steps, "train_budget_s": args.train_budget} if args.train_steps
                          else {})}
     for cut in [int(c) for c in args.cuts.split(",")]:
@@ -126,6 +136,8 @@ def run(args) -> None:
                     aspec = attack_spec(attack)
                     if args.max_candidates and attack != "learned_inverter":
                         aspec["max_candidates"] = args.max_candidates
+                    if args.noisy_max_candidates and attack != "learned_inverter":
+                        aspec["noisy_max_candidates"] = args.noisy_max_candidates
                     m = evaluate_privacy(lm, cut, attack=aspec, defense=spec, victims=args.victims,
                                          max_tokens=args.victim_tokens, chat=False, utility=False, out_dir=folder,
                                          time_budget_s=args.control_budget if name == "none" and attack != "learned_inverter"
@@ -133,6 +145,7 @@ def run(args) -> None:
                     row = {"cut": cut, "defense": name, "strength": strength, "attack": attack,
                            "job_s": time.perf_counter() - t1, "run": args.run_tag,
                            "max_candidates": args.max_candidates if attack != "learned_inverter" else None,
+                           "cand_cap": _cand_cap(name, attack, aspec),
                            "train_steps": spec.get("steps") if spec else None, **util, **m}
                     with open(rows_path, "a") as f:
                         f.write(json.dumps(row, default=float) + "\n")
@@ -145,7 +158,7 @@ def run(args) -> None:
 COLUMNS = [
     ("run", "run", "{}"), ("cut", "cut", "{}"), ("defense", "defense", "{}"), ("strength", "strength", "{}"),
     ("privacy/defense/steps_done", "train steps", "{:.0f}"), ("attack", "attack", "{}"),
-    ("max_candidates", "cand. cap", "{:.0f}"), ("token_acc", "tokens %", "pct"), ("exact_match", "exact %", "pct"),
+    ("cand_cap", "cand. cap", "{:.0f}"), ("token_acc", "tokens %", "pct"), ("exact_match", "exact %", "pct"),
     ("rouge_l", "ROUGE-L %", "pct"),
     ("pii_recovery", "PII %", "pct"), ("match_dist", "match dist", "{:.3f}"),
     ("utility/delta_ppl_pct", "Δppl %", "dppl"), ("utility/kl_mean", "KL", "{:.4f}"),
@@ -180,8 +193,11 @@ def load_rows(out: Path) -> list[dict]:
     latest = {}
     for r in rows:  # a rerun of the same row replaces the earlier one
         r.setdefault("run", "r1")  # rows of the first run carry no tag
+        if "cand_cap" not in r:  # rows before the cap was recorded ran WHITEBOX's noisy_max_candidates = 24
+            r["cand_cap"] = _cand_cap(r["defense"], r["attack"], {**WHITEBOX, "noisy_max_candidates": 24,
+                                                                    "max_candidates": r.get("max_candidates")})
         latest[(r["cut"], r["defense"], str(r["strength"]), r.get("privacy/defense/steps_done"), r["attack"],
-                r.get("max_candidates"))] = r
+                r["cand_cap"])] = r
     order = {name: i for i, name in enumerate(GRID)}
     return sorted(latest.values(), key=lambda r: (r["cut"], order.get(r["defense"], 99), float(r["strength"] or 0),
                                                    r.get("privacy/defense/steps_done") or 0, r["attack"]))
@@ -298,6 +314,8 @@ def main(argv=None) -> None:
     p.add_argument("--max-candidates", type=int, default=None,
                    help="cap the white-box family's candidates per position on exact payloads too (the control "
                         "with the same cap as the noisy rows' noisy_max_candidates)")
+    p.add_argument("--noisy-max-candidates", type=int, default=None,
+                   help=f"candidates per position on a noisy payload (default {WHITEBOX['noisy_max_candidates']})")
     p.add_argument("--run-tag", default="r1", help="which run a row comes from (the README says what each was)")
     p.add_argument("--plot-only", action="store_true")
     args = p.parse_args(argv)
