@@ -106,9 +106,15 @@ def session_codecs() -> list[str]:
 
 def available_codecs() -> list[str]:
     """Every name build_codec accepts (petals_blockwise8 needs the optional bitsandbytes)."""
+    return sorted([*_PRESETS, *_PEERS])
+
+
+def learned_codecs() -> list[str]:
+    """The learned-bottleneck presets (codecs/learned.py). Not in available_codecs(): they encode only once
+    bound to a model and cut (`build_codec(name).bind(lm, cut)`)."""
     from splitinfer.codecs.learned import LEARNED_PRESETS
 
-    return sorted([*_PRESETS, *_PEERS, *LEARNED_PRESETS])
+    return sorted(LEARNED_PRESETS)
 
 
 def build_codec(spec: str | Mapping[str, Any] | Codec = DEFAULT_CODEC, **overrides: Any) -> Codec:

@@ -101,7 +101,10 @@ def test_unbound_and_wrong_cut_errors(lm, cache):
 
 
 def test_params_are_checked_and_presets_listed():
-    assert {"learned_d160_b4", "learned_d320_b4"} <= set(available_codecs())
+    from splitinfer.codecs.registry import learned_codecs
+
+    assert {"learned_d160_b4", "learned_q160"} <= set(learned_codecs())
+    assert not set(learned_codecs()) & set(available_codecs())  # those encode unbound
     with pytest.raises(CodecError, match="bits=9"):
         build_codec("learned", bits=9)
     with pytest.raises(CodecError, match="unknown learned-codec params"):
