@@ -244,6 +244,11 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
                         ax.annotate(f"{p[1]['strength']:g}{'' if steps is None else f' ({steps:.0f} st)'}\n"
                                     f"{p[1]['attack'][:6]}", (xi, yi), fontsize=6,
                                     textcoords="offset points", xytext=(3, 3))
+        for r in rows:  # the control under a candidate cap: what the capped search gets with no defense
+            if r["cut"] == cut and r["defense"] == "none" and r.get("cand_cap") is not None:
+                for ax, key in zip(axes, ("token_acc", "pii_recovery"), strict=True):
+                    ax.axhline(100 * (_get(r, key) or 0.0), color="C0", lw=0.8, ls="-.",
+                               label=f"none, {r['attack']} capped at {r['cand_cap']:.0f} candidates")
         for ax, what in zip(axes, ("token recovery %", "PII recovery %"), strict=True):
             ax.set_xscale("log")
             ax.set_xlabel("Δppl % on held-out text (log; none plotted at 0.01)")
@@ -274,13 +279,13 @@ def write_tables(rows: list[dict], out: Path) -> None:
     lines += ["| " + " | ".join(_fmt(r, k, h) for k, _, h in COLUMNS) + " |" for r in rows]
     best = strongest(rows)
     lines += ["", "Strongest attack per setting:", "",
-              "| run | cut | defense | strength | train steps | strongest attack | victims | tokens % | PII % | "
-              "Δppl % [95 % CI] | top-1 % |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| run | cut | defense | strength | train steps | strongest attack | cand. cap | victims | tokens % | "
+              "PII % | Δppl % [95 % CI] | top-1 % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if best.get(_setting(r)) is r:
             lines.append(f"| {r['run']} | {r['cut']} | {r['defense']} | {r['strength']} | "
-                         f"{_fmt(r, 'privacy/defense/steps_done', '{:.0f}')} | {r['attack']} | "
+                         f"{_fmt(r, 'privacy/defense/steps_done', '{:.0f}')} | {r['attack']} | {_fmt(r, 'cand_cap', '{:.0f}')} | "
                          f"{_fmt(r, 'victims_done', '{:.0f}')} | {_fmt(r, 'token_acc', 'pct')} | {_fmt(r, 'pii_recovery', 'pct')} | "
                          f"{_fmt(r, 'utility/delta_ppl_pct', 'dppl')} | {_fmt(r, 'utility/top1_agreement', 'pct')} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
