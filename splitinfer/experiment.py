@@ -397,6 +397,7 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
         from splitinfer.split import bind_to
 
         defense = bind_to(defense, lm, cut)  # Fisher-shaped noise, trained adapters: need the model and cut
+        codec = bind_to(codec, lm, cut)  # the learned bottleneck: fitted once per model and cut (cached)
         corpus = get_corpus(lm, corpus_spec, reuse)
         ref = get_reference(lm, corpus, reuse, disk=bool(cfg.get("disk_cache", False)))
         profile = (get_profile(lm, opts.prompt_tokens, opts.context_tokens, opts.profile_repeats, reuse)

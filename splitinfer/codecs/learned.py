@@ -176,8 +176,9 @@ class LearnedCodec(Codec):
     def bound(self) -> bool:
         return self.cut is not None
 
-    def bind(self, lm, cut: int) -> LearnedCodec:
-        """Fit (or load from the cache) the bottleneck for `lm` at `cut`; returns self."""
+    def bind(self, lm, cut: int, *, fit: bool = True) -> LearnedCodec:
+        """Fit (or load from the cache) the bottleneck for `lm` at `cut`; returns self. With fit=False
+        only a cached fit is loaded (a server never fits on a client's request: that takes minutes)."""
         if type(cut) is not int or not 1 <= cut < lm.num_layers:
             raise CodecError(f"learned codec cut={cut!r}: must be an int in 1..{lm.num_layers - 1}")
         key = fit_key(lm.fingerprint, cut, self.p)
@@ -185,6 +186,11 @@ class LearnedCodec(Codec):
         if path.exists():
             saved = torch.load(path)
             state, self.fit_info = saved["state"], {**saved["info"], "cached": True}
+        elif not fit:
+            raise CodecError(f"learned codec {self.name!r} has no fit for this model at cut {cut} in {path.parent}; "
+                             f"fit it once where the server's cache lives (splitinfer generate --cut {cut} "
+                             f"--codec {self.name} \"hi\", or codec.bind(lm, {cut})), or copy the device's "
+                             f"learned-{key}.pt there")
         else:
             state, info = _fit(lm, cut, self.p)
             torch.save({"state": state, "info": info}, path)

@@ -17,6 +17,7 @@ from splitinfer.models import LoadedModel, split_model
 from splitinfer.split.device import DeviceHalf
 from splitinfer.split.link import InProcessLink
 from splitinfer.split.server import SamplingConfig, ServerHalf
+from splitinfer.split.wire import resolve_codec
 
 
 @dataclass
@@ -107,16 +108,19 @@ def split_pair(lm: LoadedModel, cuts, codec=None, defense=None,
                sampling: SamplingConfig | None = None) -> tuple[DeviceHalf, ServerHalf]:
     """Cut `lm` at `cuts` into a device half (first stage) and a server half (the rest of the chain)."""
     stages = split_model(lm, cuts)
-    device = DeviceHalf(stages[0], codec=codec, defense=bind_to(defense, lm, stages[0].end_layer))
+    cut = stages[0].end_layer
+    device = DeviceHalf(stages[0], codec=bind_to(resolve_codec(codec), lm, cut),
+                        defense=bind_to(defense, lm, cut))
     return device, ServerHalf(stages[1:], codec=device.codec, sampling=sampling)
 
 
-def bind_to(defense, lm: LoadedModel, cut: int):
-    """A defense that depends on the model and the cut (Fisher-shaped noise, trained adapters: they have
-    `bind`) bound to them; any other defense (or None) as it is."""
-    if defense is not None and not getattr(defense, "bound", True):
-        return defense.bind(lm, cut)
-    return defense
+def bind_to(part, lm: LoadedModel, cut: int):
+    """A part that depends on the model and the cut — a defense (Fisher-shaped noise, trained adapters) or a
+    codec (the learned bottleneck): they have `bind` and `bound` — bound to them; anything else (or None)
+    as it is."""
+    if part is not None and not getattr(part, "bound", True):
+        return part.bind(lm, cut)
+    return part
 
 
 def in_process_generator(lm: LoadedModel, cuts, codec=None, sampling: SamplingConfig | None = None,

@@ -32,6 +32,7 @@ from splitinfer.split import (
     VerifyRequest,
     bind_to,
     phase_of,
+    resolve_codec,
     tokens_of,
 )
 from splitinfer.transport import protocol as p
@@ -370,8 +371,8 @@ def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
         from splitinfer.privacy.defenses import build_defense
 
         defense = build_defense(defense)
-    device = DeviceHalf(split_model(lm, cuts)[0], codec=default_codec() if codec is None else codec,
-                        defense=bind_to(defense, lm, cuts[0]))
+    codec = bind_to(resolve_codec(default_codec() if codec is None else codec), lm, cuts[0])
+    device = DeviceHalf(split_model(lm, cuts)[0], codec=codec, defense=bind_to(defense, lm, cuts[0]))
     link = RemoteLink(server_url, fingerprint=lm.fingerprint, cuts=cuts, hidden_size=lm.hidden_size,
                       codec=device.codec, sampling=sampling, vocab_size=lm.vocab_size, wait=wait, **link_kwargs)
     if wait.rehearses:

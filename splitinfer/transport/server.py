@@ -475,6 +475,11 @@ class SplitServer:
         if existing is not None and existing.owner == owner:  # a retried open: same session again
             return self._open_reply(env["rid"], existing)
         codec = pl.build_session_codec(spec)
+        if not getattr(codec, "bound", True):  # a learned codec: its fit for this model and cut, from the cache
+            try:
+                codec.bind(self.lm, self.cuts[0], fit=False)
+            except Exception as e:  # never fit on a client's request (minutes of CPU)
+                raise ProtocolError(p.BAD_CODEC, f"codec {spec['name'][:60]!r}: {str(e)[:400]}") from None
         s = self.sessions.open(lambda: ServerSession(self.stages, sampling), codec, nonce, owner, self._client)
         return self._open_reply(env["rid"], s)
 

@@ -119,3 +119,24 @@ def test_corrupted_message_is_refused(lm, cache):
     enc.buffers[3] = bytes(enc.buffers[3])[:-2]
     with pytest.raises(CodecError):
         codec.decode(enc)
+
+
+def test_bound_wherever_a_split_is_built_and_a_server_never_fits(lm, cache, monkeypatch):
+    """split_pair and remote_generator bind an unbound learned codec (fitting it once, cached); a server
+    binds it from its cache only: without a fit there the open is refused (bad_codec), never fitted."""
+    from splitinfer.split import in_process_generator
+    from splitinfer.transport import RemoteError, SplitServer, remote_generator
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    gen = in_process_generator(lm, [2], codec=build_codec("learned", **SMALL))  # fits it, caches it
+    assert gen.device.codec.bound and gen.device.codec.cut == 2 and not gen.device.codec.fit_info["cached"]
+    local = gen.generate(ids, 3, stop_at_eos=False).token_ids
+    with SplitServer(lm, [2], port=0) as server:
+        remote = remote_generator(lm, [2], server.url, codec=build_codec("learned", **SMALL))
+        assert remote.device.codec.fit_info["cached"]  # the device loaded the fit
+        monkeypatch.setenv("SPLITINFER_CACHE", str(cache / "server-without-the-fit"))
+        with pytest.raises(RemoteError, match="bad_codec.*no fit"):
+            remote.generate(ids, 3, stop_at_eos=False)
+        monkeypatch.setenv("SPLITINFER_CACHE", str(cache))
+        assert remote.generate(ids, 3, stop_at_eos=False).token_ids == local
+        remote.link.close()
