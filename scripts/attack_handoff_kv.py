@@ -20,15 +20,7 @@ from pathlib import Path
 
 import torch
 
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / den
-    return max(0.0, mid - half), min(1.0, mid + half)
+from splitinfer.metrics.quality import wilson_interval
 
 
 def main(argv=None) -> int:
@@ -90,10 +82,10 @@ def main(argv=None) -> int:
         pk, pn = sum(r["pii_recovered"] for r in done), sum(r["pii_items"] for r in done)
         em = sum(r["exact_match"] for r in done)
         summary.append({"cut": cut, "victims": len(done), "tokens": n, "token_acc": k / n,
-                        "token_acc_lo": wilson(k, n)[0], "token_acc_hi": wilson(k, n)[1],
-                        "exact_match": em / len(done), "exact_match_lo": wilson(em, len(done))[0],
+                        "token_acc_lo": wilson_interval(k, n)[0], "token_acc_hi": wilson_interval(k, n)[1],
+                        "exact_match": em / len(done), "exact_match_lo": wilson_interval(em, len(done))[0],
                         "pii_recovery": pk / pn if pn else float("nan"),
-                        "pii_lo": wilson(pk, pn)[0], "pii_hi": wilson(pk, pn)[1],
+                        "pii_lo": wilson_interval(pk, pn)[0], "pii_hi": wilson_interval(pk, pn)[1],
                         "max_rel_dist": max(r["max_rel_dist"] for r in done),
                         "kv_bytes_per_prompt_token": sum(r["kv_bytes"] for r in done) / n,
                         "attack_cpu_s_per_prompt": sum(r["attack_cpu_s"] for r in done) / len(done),
