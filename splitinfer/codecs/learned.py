@@ -25,7 +25,6 @@ digest of the fit, and decoding with a codec bound to another cut or fit raises 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import random
@@ -146,18 +145,18 @@ class Bottleneck(nn.Module):
 
 
 def _cache_dir():
-    from splitinfer.models import cache_root
+    from splitinfer.models import cache_dir
 
-    path = cache_root() / "codecs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return cache_dir("codecs")
 
 
 def fit_key(fingerprint: str, cut: int, params: dict[str, Any]) -> str:
     body = {"m": fingerprint, "cut": cut, "v": CACHE_VERSION, **params}
     if not body.get("step"):  # step=0 (per-latent ranges) keeps the key it had before `step` existed
         body.pop("step", None)
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
+    from splitinfer.models import cache_key
+
+    return cache_key(body)
 
 
 class LearnedCodec(Codec):
@@ -184,8 +183,12 @@ class LearnedCodec(Codec):
         key = fit_key(lm.fingerprint, cut, self.p)
         path = _cache_dir() / f"learned-{key}.pt"
         if path.exists():
-            saved = torch.load(path)
-            state, self.fit_info = saved["state"], {**saved["info"], "cached": True}
+            try:  # a file a user may have copied in: tensors and plain values only, never code
+                saved = torch.load(path, weights_only=True)
+                state, self.fit_info = saved["state"], {**saved["info"], "cached": True}
+            except Exception as e:
+                raise CodecError(f"cached fit {path} is not a learned-codec fit ({type(e).__name__}: "
+                                 f"{str(e)[:200]}); delete it to fit again") from None
         elif not fit:
             raise CodecError(f"learned codec {self.name!r} has no fit for this model at cut {cut} in {path.parent}; "
                              f"fit it once where the server's cache lives (splitinfer generate --cut {cut} "

@@ -128,6 +128,19 @@ def cache_root() -> Path:
     return Path(os.environ.get("SPLITINFER_CACHE", Path.home() / ".cache" / "splitinfer"))
 
 
+def cache_dir(kind: str) -> Path:
+    """`cache_root()/kind`, created: where one kind of fitted artefact (codecs, privacy, ...) is kept."""
+    path = cache_root() / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_key(recipe: dict, length: int = 24) -> str:
+    """The content address of a fitted artefact: sha256 of everything that determines it (model
+    fingerprint, cut, recipe, seed) as sorted JSON, `length` hex characters."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 # The config fields that change what a model computes (bookkeeping fields such as paths, versions or
 # the attention backend are left out so a saved-and-reloaded model keeps its fingerprint).
 _FINGERPRINT_CONFIG_KEYS = (

@@ -24,8 +24,6 @@ for secret `s`, which is how an attacker gets its own copy (same recipe, its own
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import math
 import time
@@ -42,15 +40,15 @@ CACHE_VERSION = 1
 
 
 def _cache_dir():
-    from splitinfer.models import cache_root
+    from splitinfer.models import cache_dir
 
-    path = cache_root() / "privacy"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return cache_dir("privacy")
 
 
 def _key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps({**parts, "v": CACHE_VERSION}, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    from splitinfer.models import cache_key
+
+    return cache_key({**parts, "v": CACHE_VERSION})
 
 
 def _number(name: str, value, *, low: float = 0.0, strict: bool = False, what: str = "") -> float:
@@ -114,7 +112,7 @@ def server_fisher(lm, cut: int, *, seqs: int = 16, seq_len: int = 48, seed: int 
 
     path = _cache_dir() / f"fisher-{_key({'m': lm.fingerprint, 'cut': cut, 'n': seqs, 'T': seq_len, 's': seed})}.pt"
     if path.exists():
-        return torch.load(path)
+        return torch.load(path, weights_only=True)  # tensors and plain values only: never unpickles code
     t0 = time.perf_counter()
     dev, srv = split_model(lm, [cut])
     g = torch.Generator().manual_seed(seed + 31)
@@ -280,7 +278,7 @@ class TrainedAdapter(_Bindable):
         g = torch.Generator().manual_seed(self.seed * 7919 + 13)
         self.adapter = LowRankAdapter(self._lm.hidden_size, self.rank, g, self._b_scale())
         if path.exists():
-            saved = torch.load(path)
+            saved = torch.load(path, weights_only=True)  # tensors and plain values only: never unpickles code
             self.adapter.load_state_dict(saved["state"])
             self.train_info = {**saved["info"], "cached": True}
         else:

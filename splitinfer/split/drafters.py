@@ -12,8 +12,6 @@ rule is exact with draft_p = 1 (see `splitinfer.split.server.accept_draft`). Two
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from pathlib import Path
 import torch
 
 from splitinfer.errors import ConfigError
+from splitinfer.models import cache_key
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ class AdapterSpec:
     version: int = 2
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:12]
+        return cache_key(self.__dict__, 12)
 
 
 class EarlyExitDrafter:
@@ -273,7 +272,7 @@ class MLPAdapterSpec:
     version: int = 1
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:12]
+        return cache_key(self.__dict__, 12)
 
 
 def teacher_top_k(lm, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -140,3 +140,24 @@ def test_bound_wherever_a_split_is_built_and_a_server_never_fits(lm, cache, monk
         monkeypatch.setenv("SPLITINFER_CACHE", str(cache))
         assert remote.generate(ids, 3, stop_at_eos=False).token_ids == local
         remote.link.close()
+
+
+def test_a_cached_fit_is_never_unpickled_as_code(lm, cache, tmp_path):
+    """The fit file may be copied in by hand: loading it runs no pickled code, and a bad one is a clear error."""
+    import pickle
+
+    from splitinfer.codecs.learned import fit_key
+
+    codec = build_codec("learned", **SMALL)
+    path = cache / "codecs" / f"learned-{fit_key(lm.fingerprint, 2, codec.p)}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path.write_bytes(pickle.dumps({"state": Payload(), "info": {}}))
+    with pytest.raises(CodecError, match="not a learned-codec fit.*delete it"):
+        codec.bind(lm, 2, fit=False)
+    assert not marker.exists()
