@@ -40,15 +40,17 @@ TRAIN = {"rank": 32, "steps": 12, "train_budget_s": 120.0, "train_seqs": 24, "se
          "lr": 0.02}
 INVERTER = {"arch": "gru", "width": 256, "layers": 1, "train_budget_s": 30.0, "max_steps": 30,
             "max_train_tokens": 4096}
-WHITEBOX = {"noisy_max_candidates": 24, "probe_tokens": 1024}
+WHITEBOX = {"noisy_max_candidates": 128, "probe_tokens": 1024}
 # Which attacks run against which defense. Against noise defenses the hybrid is the white-box search
 # (L2, the maximum-likelihood distance for isotropic noise; Fisher-weighted for fisher_noise) plus the
 # inverter's candidates, so plain `whitebox` runs only as the control (no defense) and against the
 # secret-weight defenses (grey-box: the public device weights).
+# `hybrid_map` is the hybrid with the MAP choice (`lm_map`: Gaussian likelihood in the attack's metric,
+# scale measured on the attacker's own text, times the LM prior); on an exact payload it is the hybrid.
 ATTACKS = {"none": ["whitebox", "learned_inverter", "hybrid"],
-           "nopeek": ["whitebox", "learned_inverter", "hybrid"],
-           "secret_adapter": ["whitebox", "learned_inverter", "hybrid"]}
-DEFAULT_ATTACKS = ["learned_inverter", "hybrid"]
+           "nopeek": ["whitebox", "learned_inverter", "hybrid", "hybrid_map"],
+           "secret_adapter": ["whitebox", "learned_inverter", "hybrid", "hybrid_map"]}
+DEFAULT_ATTACKS = ["learned_inverter", "hybrid", "hybrid_map"]
 
 
 def _cand_cap(defense: str, attack: str, aspec: dict) -> int | None:
@@ -65,6 +67,8 @@ def attack_spec(name: str) -> dict:
         return {"name": name, **INVERTER}
     if name == "hybrid":
         return {"name": name, **WHITEBOX, "inverter": INVERTER, "top_k": 16}
+    if name == "hybrid_map":
+        return {**attack_spec("hybrid"), "lm_map": True}
     return {"name": name, **WHITEBOX}
 
 
@@ -109,7 +113,7 @@ def run(args) -> None:
     suffix = (f"-max{args.max_candidates}" if args.max_candidates else "") + (
         f"-noisymax{args.noisy_max_candidates}" if args.noisy_max_candidates else "")
     train = {**TRAIN, **({"steps": args.train_steps, "train_budget_s": args.train_budget} if args.train_steps
-                         else {})}
+                         else {}), **args.train_set}
     for cut in [int(c) for c in args.cuts.split(",")]:
         for name, strength in settings:
             if True:
@@ -142,11 +146,15 @@ def run(args) -> None:
                                          max_tokens=args.victim_tokens, chat=False, utility=False, out_dir=folder,
                                          time_budget_s=args.control_budget if name == "none" and attack != "learned_inverter"
                                          else args.attack_budget)
+                    if aspec["name"] != attack:  # hybrid_map reports as hybrid: its own column names
+                        m = {k.replace(f"privacy/{aspec['name']}/", f"privacy/{attack}/"): v for k, v in m.items()}
                     row = {"cut": cut, "defense": name, "strength": strength, "attack": attack,
                            "job_s": time.perf_counter() - t1, "run": args.run_tag,
                            "max_candidates": args.max_candidates if attack != "learned_inverter" else None,
                            "cand_cap": _cand_cap(name, attack, aspec),
-                           "train_steps": spec.get("steps") if spec else None, **util, **m}
+                           "train_steps": spec.get("steps") if spec else None,
+                           "train_recipe": ({k: spec[k] for k in TRAIN if k in spec} if spec and "steps" in spec
+                                            else None), **util, **m}
                     with open(rows_path, "a") as f:
                         f.write(json.dumps(row, default=float) + "\n")
                     logging.info("row cut %d %s %s %s: tokens %.1f %%, PII %.1f %%, dppl %+.1f %%", cut, name,
@@ -196,15 +204,21 @@ def load_rows(out: Path) -> list[dict]:
         if "cand_cap" not in r:  # rows before the cap was recorded ran WHITEBOX's noisy_max_candidates = 24
             r["cand_cap"] = _cand_cap(r["defense"], r["attack"], {**WHITEBOX, "noisy_max_candidates": 24,
                                                                     "max_candidates": r.get("max_candidates")})
-        latest[(r["cut"], r["defense"], str(r["strength"]), r.get("privacy/defense/steps_done"), r["attack"],
-                r["cand_cap"])] = r
+        latest[(*_setting(r), r["attack"], r["cand_cap"])] = r
     order = {name: i for i, name in enumerate(GRID)}
     return sorted(latest.values(), key=lambda r: (r["cut"], order.get(r["defense"], 99), float(r["strength"] or 0),
                                                    r.get("privacy/defense/steps_done") or 0, r["attack"]))
 
 
+def _recipe(r: dict) -> str:
+    """The trained defenses' recipe apart from its step count and CPU cap ('' for rows before it was
+    recorded and for untrained defenses)."""
+    recipe = {k: v for k, v in (r.get("train_recipe") or {}).items() if k not in ("steps", "train_budget_s")}
+    return json.dumps(recipe, sort_keys=True) if recipe else ""
+
+
 def _setting(r: dict) -> tuple:
-    return r["cut"], r["defense"], str(r["strength"]), r.get("privacy/defense/steps_done")
+    return r["cut"], r["defense"], str(r["strength"]), r.get("privacy/defense/steps_done"), _recipe(r)
 
 
 def strongest(rows: list[dict]) -> dict:
@@ -265,7 +279,39 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
+    paths.append(_plot_all(best, out, plt))
     return paths
+
+
+def _plot_all(best: dict, out: Path, plt) -> Path:
+    """Every setting of every cut: the strongest attack's token recovery against the server's top-1
+    agreement with the unsplit model (utility that the reply depends on). A defense that bites would sit
+    in the upper left; the empty middle shows as the points hugging the diagonal band."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    markers = {4: "o", 8: "s", 15: "^"}
+    for i, name in enumerate(GRID):
+        for cut, marker in markers.items():
+            pts = [r for (c, d, *_), r in best.items() if c == cut and d == name]
+            if pts:
+                ax.scatter([100 * r["utility/top1_agreement"] for r in pts], [100 * (_get(r, "token_acc") or 0.0)
+                                                                             for r in pts],
+                           color=f"C{i}", marker=marker, s=60 if name == "none" else 30,
+                           label=f"{name}" if cut == 8 or not any(c2 == 8 and d2 == name for c2, d2, *_ in best)
+                           else None)
+    for cut, marker in markers.items():
+        ax.scatter([], [], color="grey", marker=marker, label=f"cut {cut}")
+    ax.axhline(10, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("server's top-1 agreement with the unsplit model, held-out text (%)")
+    ax.set_ylabel("strongest attack's token recovery (%)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("SmolLM2-135M, all cuts and settings: leakage vs what the server still predicts", fontsize=9)
+    fig.tight_layout()
+    path = out / "frontier_all.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_tables(rows: list[dict], out: Path) -> None:
@@ -316,6 +362,8 @@ def main(argv=None) -> None:
                    help=f"optimizer steps of the trained defenses (default {TRAIN['steps']})")
     p.add_argument("--train-budget", type=float, default=TRAIN["train_budget_s"],
                    help="CPU seconds cap of each trained adapter with --train-steps")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a key of the trained defenses' recipe {sorted(TRAIN)} (repeatable)")
     p.add_argument("--max-candidates", type=int, default=None,
                    help="cap the white-box family's candidates per position on exact payloads too (the control "
                         "with the same cap as the noisy rows' noisy_max_candidates)")
@@ -324,6 +372,16 @@ def main(argv=None) -> None:
     p.add_argument("--run-tag", default="r1", help="which run a row comes from (the README says what each was)")
     p.add_argument("--plot-only", action="store_true")
     args = p.parse_args(argv)
+    overrides = {}
+    for item in args.train_set:
+        key, _, value = item.partition("=")
+        if key not in TRAIN or not value:
+            p.error(f"--train-set {item!r}: use KEY=VALUE with KEY one of {sorted(TRAIN)}")
+        try:
+            overrides[key] = type(TRAIN[key])(value)
+        except ValueError:
+            p.error(f"--train-set {item!r}: {key} must be a {type(TRAIN[key]).__name__} like {TRAIN[key]!r}")
+    args.train_set = overrides
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not args.plot_only:
         run(args)

@@ -175,3 +175,40 @@ def test_hydra_job_with_a_trained_defense_and_the_hybrid_reaches_the_report(tmp_
     assert 0.0 <= metrics["privacy/hybrid/token_acc"] <= 1.0 and "privacy/hybrid/match_dist" in metrics
     annotate([metrics])
     assert metrics[LEAK_ATTACK] == "hybrid" and metrics[LEAK] == metrics["privacy/hybrid/token_acc"]
+
+
+def test_map_choice_weighs_distance_against_the_prior():
+    from splitinfer.privacy.attacks.whitebox import map_choice
+
+    dist = torch.tensor([1.0, 1.1, float("inf"), 5.0])
+    logp = torch.log(torch.tensor([0.01, 0.9, 0.99, 0.09]))
+    assert map_choice(dist, logp, coef=1.0) == 1  # near-equal distances: the likelier token
+    assert map_choice(dist, logp, coef=1000.0) == 0  # a clear distance gap wins over the prior
+    assert map_choice(dist, logp, coef=0.0) == 1  # never an unverified candidate (inf), however likely
+    with pytest.raises(ConfigError, match="use_lm_prior"):
+        build_attack({"name": "adaptive_whitebox", "lm_map": True, "use_lm_prior": False})
+    with pytest.raises(ConfigError, match="lm_map"):
+        build_attack({"name": "hybrid", "lm_map": "yes"})
+
+
+@pytest.mark.parametrize("defense", [{"name": "gaussian", "sigma": 0.3}, {"name": "secret_adapter", "gamma": 0.3,
+                                                                          **RECIPE}])
+def test_lm_map_is_calibrated_on_the_attackers_own_copy(tiny_llama, defense):
+    ids = _ids(tiny_llama, 10, seed=4)
+    d = build_defense(defense).with_seed(0).bind(tiny_llama, 2)
+    dev, _ = split_model(tiny_llama, [2])
+    y = d(dev(ids))
+    atk = AdaptiveWhiteBox(lm_map=True, batch_size=24, max_batch_size=96, probe_tokens=128,
+                           noisy_max_candidates=48)
+    attacker = build_defense(defense).with_seed(99).bind(tiny_llama, 2)
+    ctx = AttackContext(tiny_llama, 2, lambda x: attacker(dev(x)), aux_ids=[_ids(tiny_llama, 32, seed=s)
+                                                                           for s in range(8)],
+                        defense=attacker)
+    atk.prepare(ctx)
+    # the right token's squared distance on the attacker's own text sets the likelihood's scale
+    assert atk.map_coef is not None and atk.map_coef > 0
+    inv = atk.invert(y)
+    assert inv.complete and (inv.ids >= 0).all()
+    exact = AdaptiveWhiteBox(lm_map=True, probe_tokens=128)
+    exact.prepare(AttackContext(tiny_llama, 2, dev, aux_ids=ctx.aux_ids, noiseless=True))
+    assert exact.map_coef is None and torch.equal(exact.invert(dev(ids)).ids, ids[0])  # exact stays exact

@@ -29,6 +29,15 @@ nothing more, at ~50x the cost) and keeps the closest.
 Without noise only exact matches are accepted: row 0 is an attention sink whose output barely depends
 on the token (relative distances ~4e-3 between different first tokens), which a ratio test would
 mistake for a match.
+
+`lm_map` (Kerckhoffs: the attacker knows the defense's kind and strength) picks each position's token
+by maximum a posteriori instead of the nearest candidate: among the verified candidates, the one that
+minimises d^2 x H / (2 m) - log p(x_i | recovered prefix), i.e. a Gaussian likelihood of the payload row
+in the attack's metric (H dimensions, m the median squared distance of the *right* token, measured on
+the attacker's own public text through its own copy of the defense: its own noise draws, or a second
+secret of its own for a secret adapter) times the public LM's prior. Under heavy noise the nearest
+candidate is often wrong while the right one is still among the close ones, and natural text is
+predictable; on an exact payload it changes nothing (only exact matches are accepted there).
 """
 
 from __future__ import annotations
@@ -84,7 +93,8 @@ class WhiteBoxInversion(Attack):
                  probe_ridge: float = 2e-3, use_lm_prior: bool = True, use_gradient: bool = True,
                  first_round: int = 8, online_probe: bool = False, probe_refit_every: int = 1,
                  first_probe_tokens: int = 512, use_unigram: bool = True,
-                 noisy_max_candidates: int | None = 512, surrogate: bool = False, metric: str = "l2") -> None:
+                 noisy_max_candidates: int | None = 512, surrogate: bool = False, metric: str = "l2",
+                 lm_map: bool = False) -> None:
         if batch_size < 3 or max_batch_size < batch_size:
             raise ConfigError(f"batch_size={batch_size}, max_batch_size={max_batch_size}: need 3 <= batch_size "
                              "<= max_batch_size")
@@ -100,6 +110,11 @@ class WhiteBoxInversion(Attack):
         if not isinstance(surrogate, bool):
             raise ConfigError(f"surrogate={surrogate!r}: must be true or false")
         self.surrogate, self.metric = surrogate, metric
+        if not isinstance(lm_map, bool):
+            raise ConfigError(f"lm_map={lm_map!r}: must be true or false")
+        if lm_map and not use_lm_prior:
+            raise ConfigError("lm_map=true needs use_lm_prior=true (the MAP choice weighs the LM prior)")
+        self.lm_map = lm_map
         self.batch_size = int(batch_size)
         self.max_batch_size = int(max_batch_size)
         self.max_candidates = max_candidates
@@ -118,7 +133,7 @@ class WhiteBoxInversion(Attack):
     def describe(self):
         return {"name": self.name, "batch_size": self.batch_size, "max_candidates": self.max_candidates,
                 "noisy_max_candidates": self.noisy_max_candidates, "match_tol": self.match_tol, "accept_ratio": self.accept_ratio, "probe_tokens": self.probe_tokens,
-                "surrogate": self.surrogate, "metric": self.metric}
+                "surrogate": self.surrogate, "metric": self.metric, "lm_map": self.lm_map}
 
     # -- preparation --------------------------------------------------------------------------
     def prepare(self, ctx: AttackContext) -> None:
@@ -152,7 +167,9 @@ class WhiteBoxInversion(Attack):
             self.probe_tokens)
         self._fit_probe(ctx)
         self._fit_first_position(ctx)
-        self.start_prior = self._start_prior(lm)
+        self.start_logp = self._start_logp(lm)
+        self.start_prior = None if self.start_logp is None else torch.argsort(self.start_logp, descending=True)
+        self.map_coef = self._calibrate_map(ctx) if self.lm_map and not ctx.noiseless else None
         # Unigram order of the public auxiliary text: cheap, and it knows which byte-level pieces
         # Japanese (or any script the LM prior handles poorly) is made of.
         counts = torch.zeros(self.emb.shape[0], dtype=torch.long)
@@ -179,8 +196,39 @@ class WhiteBoxInversion(Attack):
         self.probe0 = torch.linalg.solve(x.T @ x + reg, x.T @ t).float()
 
     @torch.no_grad()
-    def _start_prior(self, lm) -> torch.Tensor | None:
-        """What users' messages start with: the model's next-token ranking right after the chat
+    def _calibrate_map(self, ctx: AttackContext, tokens: int = 512) -> float | None:
+        """H / (2 m) for the MAP choice: m is the median squared distance (in the attack's metric) between
+        the right token's candidate output and the payload row, on the attacker's own public text through
+        its own defense copy; a secret adapter's mismatch is measured against a second secret of the
+        attacker's own (its surrogate would match its own payloads exactly)."""
+        seqs, n = [], 0
+        for ids in ctx.aux_ids:
+            if n >= tokens or ctx.out_of_time():
+                break
+            if ids.shape[1] >= 2:
+                seqs.append(ids[:, :64])
+                n += seqs[-1].shape[1] - 1
+        if not seqs:
+            return None
+        other = None
+        if getattr(ctx.defense, "adapter", None) is not None:  # a secret: the attacker's second copy
+            other = ctx.defense.with_seed(ctx.seed + 7777)
+        sq = []
+        for ids in seqs:
+            clean = self.dev(ids)
+            y = ctx.observe(ids) if other is None else other.deterministic(clean)
+            sq.append(self._distance(self._through(clean)[0, 1:].float(), y[0, 1:].float()).pow(2))
+        m = float(torch.cat(sq).median())
+        if not m > 0:
+            return None
+        coef = self.emb.shape[1] / (2 * m)
+        say(log, "whitebox cut %d: MAP choice calibrated on %d own tokens (median squared distance %.3g)",
+            ctx.cut, n, m)
+        return coef
+
+    @torch.no_grad()
+    def _start_logp(self, lm) -> torch.Tensor | None:
+        """What users' messages start with: the model's next-token log-probabilities right after the chat
         template's user header (the attacker knows the template); None without a tokenizer."""
         tok = lm.tokenizer
         if tok is None:
@@ -197,7 +245,7 @@ class WhiteBoxInversion(Attack):
             return None
         if ids.shape[1] == 0:
             return None
-        return torch.argsort(lm.model(ids).logits[0, -1].float(), descending=True)
+        return torch.log_softmax(lm.model(ids).logits[0, -1].float(), -1)
 
     @torch.no_grad()
     def _fit_probe(self, ctx: AttackContext) -> None:
@@ -306,7 +354,7 @@ class WhiteBoxInversion(Attack):
         rec = torch.full((steps,), -1, dtype=torch.long)
         cache = self.dev.new_cache()
         srv_cache = self.srv.new_cache()
-        prior = self.start_prior
+        prior, logp = self.start_prior, self.start_logp
         verified_positions = candidates = 0
         match_dists: list[float] = []
         limit = self.max_candidates
@@ -370,6 +418,10 @@ class WhiteBoxInversion(Attack):
                 if deadline is not None and time.perf_counter() > deadline and not accepted:
                     break
             token = int(torch.argmin(dist))
+            if self.map_coef is not None and logp is not None:
+                chosen = map_choice(dist, logp, self.map_coef)
+                accepted = accepted and chosen == token
+                token = chosen
             rec[i] = token
             log.debug("position %d: token %d after %d candidates in %d rounds (best %.2e of |y|, accepted=%s)",
                       i, token, int(tried.sum()), rnd, float(dist[token] / scale), accepted)
@@ -384,8 +436,16 @@ class WhiteBoxInversion(Attack):
             with torch.no_grad():
                 h = self.dev(torch.tensor([[token]]), cache=cache)
                 if self.use_lm_prior and i + 1 < steps:
-                    logits = self.srv(h, cache=srv_cache)[0, -1]
+                    logits = self.srv(h, cache=srv_cache)[0, -1].float()
                     prior = torch.argsort(logits, descending=True)
+                    logp = torch.log_softmax(logits, -1)
         return Inversion(rec, complete=True, seconds=time.perf_counter() - t_start,
                          verified=verified_positions, candidates=candidates,
                          match_dist=float(torch.tensor(match_dists).median()) if match_dists else float("nan"))
+
+
+def map_choice(dist: torch.Tensor, logp: torch.Tensor, coef: float) -> int:
+    """The verified candidate (finite `dist`) with the highest posterior: argmin coef x d^2 - log p."""
+    score = coef * dist.double().pow(2) - logp.double()
+    score[~torch.isfinite(dist)] = float("inf")
+    return int(torch.argmin(score))
