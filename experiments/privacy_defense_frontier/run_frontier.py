@@ -51,6 +51,9 @@ ATTACKS = {"none": ["whitebox", "learned_inverter", "hybrid"],
            "nopeek": ["whitebox", "learned_inverter", "hybrid", "hybrid_map"],
            "secret_adapter": ["whitebox", "learned_inverter", "hybrid", "hybrid_map"]}
 DEFAULT_ATTACKS = ["learned_inverter", "hybrid", "hybrid_map"]
+# The runs the figures and the strongest-attack table show: r3/r4 supersede r1/r2 (candidate cap 24, short
+# adapter recipe); their rows stay in frontier.csv and table.md (README: "Runs").
+SHOWN_RUNS = ("r3", "r4", "floor")
 
 
 def _cand_cap(defense: str, attack: str, aspec: dict) -> int | None:
@@ -314,7 +317,9 @@ def _plot_all(best: dict, out: Path, plt) -> Path:
     return path
 
 
-def write_tables(rows: list[dict], out: Path) -> None:
+def write_tables(rows: list[dict], shown: list[dict], out: Path) -> None:
+    """frontier.csv and table.md's first table: every row of every run; the strongest-attack table: the
+    runs shown (`--show-runs`)."""
     with open(out / "frontier.csv", "w", newline="") as f:
         keys = sorted({k for r in rows for k in r if not isinstance(r[k], dict | list)})
         w = csv.DictWriter(f, fieldnames=keys)
@@ -323,12 +328,12 @@ def write_tables(rows: list[dict], out: Path) -> None:
             w.writerow({k: r.get(k) for k in keys})
     lines = ["| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r, k, h) for k, _, h in COLUMNS) + " |" for r in rows]
-    best = strongest(rows)
-    lines += ["", "Strongest attack per setting:", "",
+    best = strongest(shown)
+    lines += ["", f"Strongest attack per setting (runs {', '.join(sorted({r['run'] for r in shown}))}):", "",
               "| run | cut | defense | strength | train steps | strongest attack | cand. cap | victims | tokens % | "
               "PII % | Δppl % [95 % CI] | top-1 % |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in shown:
         if best.get(_setting(r)) is r:
             lines.append(f"| {r['run']} | {r['cut']} | {r['defense']} | {r['strength']} | "
                          f"{_fmt(r, 'privacy/defense/steps_done', '{:.0f}')} | {r['attack']} | {_fmt(r, 'cand_cap', '{:.0f}')} | "
@@ -371,6 +376,9 @@ def main(argv=None) -> None:
                    help=f"candidates per position on a noisy payload (default {WHITEBOX['noisy_max_candidates']})")
     p.add_argument("--run-tag", default="r1", help="which run a row comes from (the README says what each was)")
     p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--show-runs", default=",".join(SHOWN_RUNS),
+                   help="comma list of run tags in the figures and the strongest-attack table, or 'all' "
+                        "(every row stays in frontier.csv and the first table of table.md)")
     args = p.parse_args(argv)
     overrides = {}
     for item in args.train_set:
@@ -386,9 +394,11 @@ def main(argv=None) -> None:
     if not args.plot_only:
         run(args)
     rows = load_rows(Path(args.out))
+    shown = [r for r in rows if args.show_runs == "all" or r["run"] in args.show_runs.split(",")]
     if rows:
-        write_tables(rows, Path(args.out))
-        plot(rows, Path(args.out))
+        write_tables(rows, shown, Path(args.out))
+    if shown:
+        plot(shown, Path(args.out))
 
 
 if __name__ == "__main__":
