@@ -33,9 +33,10 @@ GRID = {
     "fisher_noise": ("sigma", [0.05, 0.2, 0.5]),
     "nopeek": ("lam", [0.3, 1.0, 3.0]),
     "secret_adapter": ("gamma", [0.1, 0.3, 1.0]),
+    "secret_permutation": (None, [None]),  # no strength: a secret channel permutation, exact utility
 }
 # The new defenses first: a run stopped early still has them.
-RUN_ORDER = ["none", "secret_adapter", "nopeek", "fisher_noise", "gaussian", "dchi"]
+RUN_ORDER = ["none", "secret_adapter", "nopeek", "fisher_noise", "gaussian", "dchi", "secret_permutation"]
 TRAIN = {"rank": 32, "steps": 12, "train_budget_s": 120.0, "train_seqs": 24, "seq_len": 32, "batch_seqs": 1,
          "lr": 0.02}
 INVERTER = {"arch": "gru", "width": 256, "layers": 1, "train_budget_s": 30.0, "max_steps": 30,
@@ -49,17 +50,21 @@ WHITEBOX = {"noisy_max_candidates": 128, "probe_tokens": 1024}
 # scale measured on the attacker's own text, times the LM prior); on an exact payload it is the hybrid.
 ATTACKS = {"none": ["whitebox", "learned_inverter", "hybrid"],
            "nopeek": ["whitebox", "learned_inverter", "hybrid", "hybrid_map"],
-           "secret_adapter": ["whitebox", "learned_inverter", "hybrid", "hybrid_map"]}
+           "secret_adapter": ["whitebox", "learned_inverter", "hybrid", "hybrid_map"],
+           # the known attack on permutations: recover the secret from the device's traffic, then white-box
+           "secret_permutation": ["whitebox", "learned_inverter", "permutation_recovery"]}
 DEFAULT_ATTACKS = ["learned_inverter", "hybrid", "hybrid_map"]
 # The runs the figures and the strongest-attack table show: r3/r4 supersede r1/r2 (candidate cap 24, short
 # adapter recipe); their rows stay in frontier.csv and table.md (README: "Runs").
-SHOWN_RUNS = ("r3", "r4", "floor")
+SHOWN_RUNS = ("r3", "r4", "r5", "floor")
 
 
 def _cand_cap(defense: str, attack: str, aspec: dict) -> int | None:
     """Candidates verified per position at most (None: exhaustive; the inverter verifies none)."""
     if attack == "learned_inverter":
         return None
+    if attack == "permutation_recovery":  # exact (uncapped) search once the permutation is verified
+        return aspec["whitebox"].get("max_candidates")
     if defense == "none":  # an exact payload: only max_candidates caps it
         return aspec.get("max_candidates")
     return aspec.get("max_candidates") or aspec.get("noisy_max_candidates", 512)
@@ -72,6 +77,8 @@ def attack_spec(name: str) -> dict:
         return {"name": name, **WHITEBOX, "inverter": INVERTER, "top_k": 16}
     if name == "hybrid_map":
         return {**attack_spec("hybrid"), "lm_map": True}
+    if name == "permutation_recovery":
+        return {"name": name, "whitebox": dict(WHITEBOX)}
     return {"name": name, **WHITEBOX}
 
 
@@ -79,7 +86,7 @@ def defense_spec(name: str, strength, train: dict | None = None) -> dict | None:
     if name == "none":
         return None
     key, _ = GRID[name]
-    spec = {"name": name, key: strength}
+    spec = {"name": name} if key is None else {"name": name, key: strength}
     if name in ("nopeek", "secret_adapter"):
         spec.update(train or TRAIN)
     return spec
@@ -141,10 +148,11 @@ def run(args) -> None:
                     folder = Path(args.runs) / f"cut{cut}-{name}-{strength}-{attack}{suffix}"
                     t1 = time.perf_counter()
                     aspec = attack_spec(attack)
+                    search = aspec.get("whitebox", aspec)  # permutation_recovery: its white-box search
                     if args.max_candidates and attack != "learned_inverter":
-                        aspec["max_candidates"] = args.max_candidates
+                        search["max_candidates"] = args.max_candidates
                     if args.noisy_max_candidates and attack != "learned_inverter":
-                        aspec["noisy_max_candidates"] = args.noisy_max_candidates
+                        search["noisy_max_candidates"] = args.noisy_max_candidates
                     m = evaluate_privacy(lm, cut, attack=aspec, defense=spec, victims=args.victims,
                                          max_tokens=args.victim_tokens, chat=False, utility=False, out_dir=folder,
                                          time_budget_s=args.control_budget if name == "none" and attack != "learned_inverter"
@@ -201,6 +209,14 @@ def _fmt(row: dict, key: str, how: str) -> str:
 def load_rows(out: Path) -> list[dict]:
     path = out / "rows.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    # Rows written before the recipe was recorded: the recipe of a row of the same run and setting whose
+    # utility is bit-identical (the same adapter, measured once for all of that setting's attacks).
+    same = lambda r: (r.get("run"), r["cut"], r["defense"], str(r["strength"]),  # noqa: E731
+                      r.get("privacy/defense/steps_done"), r.get("utility/delta_ppl_pct"))
+    recipes = {same(r): r["train_recipe"] for r in rows if r.get("train_recipe")}
+    for r in rows:
+        if not r.get("train_recipe") and same(r) in recipes:
+            r["train_recipe"] = recipes[same(r)]
     latest = {}
     for r in rows:  # a rerun of the same row replaces the earlier one
         r.setdefault("run", "r1")  # rows of the first run carry no tag
@@ -211,6 +227,10 @@ def load_rows(out: Path) -> list[dict]:
     order = {name: i for i, name in enumerate(GRID)}
     return sorted(latest.values(), key=lambda r: (r["cut"], order.get(r["defense"], 99), float(r["strength"] or 0),
                                                    r.get("privacy/defense/steps_done") or 0, r["attack"]))
+
+
+def _strength(r: dict) -> str:
+    return "–" if r["strength"] is None else f"{r['strength']:g}"
 
 
 def _recipe(r: dict) -> str:
@@ -254,11 +274,13 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
             for ax, key in zip(axes, ("token_acc", "pii_recovery"), strict=True):
                 y = [100 * (_get(p[1], key) or 0.0) for p in pts]
                 style = {"marker": "*", "markersize": 14, "linestyle": "none"} if name == "none" else {"marker": "o"}
+                if GRID[name][0] is None and name != "none":  # one point (no strength): an open diamond
+                    style = {"marker": "D", "markersize": 10, "linestyle": "none", "fillstyle": "none", "mew": 2}
                 ax.plot(x, y, label=name, **style)
                 for xi, yi, p in zip(x, y, pts, strict=True):
                     if name != "none":
                         steps = p[1].get("privacy/defense/steps_done")
-                        ax.annotate(f"{p[1]['strength']:g}{'' if steps is None else f' ({steps:.0f} st)'}\n"
+                        ax.annotate(f"{_strength(p[1])}{'' if steps is None else f' ({steps:.0f} st)'}\n"
                                     f"{p[1]['attack'][:6]}", (xi, yi), fontsize=6,
                                     textcoords="offset points", xytext=(3, 3))
         for r in rows:  # the control under a candidate cap: what the capped search gets with no defense
@@ -268,7 +290,7 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
                                label=f"none, {r['attack']} capped at {r['cand_cap']:.0f} candidates")
         for ax, what in zip(axes, ("token recovery %", "PII recovery %"), strict=True):
             ax.set_xscale("log")
-            ax.set_xlabel("Δppl % on held-out text (log; none plotted at 0.01)")
+            ax.set_xlabel("Δppl % on held-out text (log; Δppl ≤ 0.01, e.g. none, plotted at 0.01)")
             ax.set_ylabel(f"strongest attack's {what}")
             ax.set_ylim(-3, 103)
             ax.axvline(5, color="grey", lw=0.8, ls="--")

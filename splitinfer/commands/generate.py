@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--defense", default=None,
                    help="privacy defense run on the device before the codec (the server needs no change): "
                         "gaussian, dchi, fisher_noise, nopeek or secret_adapter (the last three are fitted "
-                        "once per model and cut, then cached); its parameters with --defense-param")
+                        "once per model and cut, then cached); secret_permutation needs a server with folded "
+                        "weights, so only without --server; its parameters with --defense-param")
     p.add_argument("--defense-param", action="append", default=[], metavar="KEY=VALUE",
                    help="a defense parameter, repeatable: e.g. --defense gaussian --defense-param sigma=0.1 "
                         "--defense-param seed=3")

@@ -138,6 +138,10 @@ class Stage(nn.Module):
         # defense that perturbs embeddings before layer 0: a callable (B,T,H) -> (B,T,H). It sees the
         # rows of the embedding table (`get_input_embeddings().weight`), before any family scaling.
         self.embedding_hook = None
+        # Optional server-side hook on the incoming hidden state (later stages only): what a server
+        # provisioned with transformed weights amounts to, e.g. the inverse of a secret channel
+        # permutation (`splitinfer.privacy.SecretPermutation.server_entry`); None = the public weights.
+        self.entry_hook = None
         self.sdpa = getattr(lm.config, "_attn_implementation", None) == "sdpa"
 
     # -- accounting ---------------------------------------------------------------------------
@@ -212,7 +216,7 @@ class DecoderStage(Stage):
             if self.embed_positions is not None:
                 h = h + self.embed_positions(position_ids)
         else:
-            h = x
+            h = x if self.entry_hook is None else self.entry_hook(x)
         if len(self.layers):
             masks, rope = {}, {}
             for i, layer in enumerate(self.layers):
@@ -258,7 +262,7 @@ class EncoderStage(Stage):
                 word = self.embedding_hook(word)
             h = self.embeddings(inputs_embeds=word, position_ids=position_ids)
         else:
-            h = x
+            h = x if self.entry_hook is None else self.entry_hook(x)
         batch, q_len = h.shape[:2]
         if len(self.layers):
             mask = causal_mask(attention_mask, batch, q_len, 0, h.dtype, h.device, causal=False)

@@ -154,8 +154,71 @@ class DChiPrivacy(Defense):
         return {**super().describe(), "eta": self.eta}
 
 
+class SecretPermutation(Defense):
+    """A secret permutation of the payload's hidden channels, drawn from the seed (the secret).
+
+    The residual stream of a pre-norm transformer is permutation-equivariant: a server half whose weights
+    are permuted the same way (norm weights, the input columns of the projections that read the stream,
+    the output rows of those that write it, the head's columns) computes exactly what the public server
+    half computes on the unpermuted payload. The device owner provisions such folded weights once; here
+    the server stage un-permutes at its entry (`server_entry`, installed as the stage's `entry_hook` by
+    `splitinfer.split.install_server_entry`), which is the same function. So utility is exact (Δppl 0)
+    and the payload is no longer in the public model's coordinates, which defeats a white-box attacker
+    that assumes it is. It does not defeat one that knows the defense (Kerckhoffs): the channels keep
+    their statistics, so the permutation can be recovered from the device's traffic
+    (`attack=permutation_recovery`, the hidden-state alignment attack, arXiv 2505.18332); a server that
+    holds the folded weights can also read it off them by weight matching. There is no strength knob.
+
+    The defense needs the server's cooperation (the folded weights): splitinfer runs it in process (sweeps,
+    `generate` without `--server`, the privacy experiments); a remote device refuses it, since a plain
+    `serve` holds the public weights.
+    """
+
+    name = "secret_permutation"
+    acts_on = "payload"
+    needs_server = True
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self._perms: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def permutation(self, hidden_size: int) -> torch.Tensor:
+        """The secret: payload channel j carries the public channel `perm[j]`."""
+        if hidden_size not in self._perms:
+            perm = torch.randperm(hidden_size, generator=torch.Generator().manual_seed(self.seed + 104729))
+            self._perms[hidden_size] = (perm, torch.argsort(perm))
+        return self._perms[hidden_size][0]
+
+    def with_seed(self, seed: int) -> Defense:
+        other = super().with_seed(seed)
+        other._perms = {}
+        return other
+
+    def with_noise_seed(self, seed: int) -> Defense:
+        return self  # no noise: the same secret
+
+    @property
+    def strength(self) -> float:
+        return 1.0
+
+    def perturb(self, hidden, generator):
+        return hidden[..., self.permutation(hidden.shape[-1])]
+
+    def deterministic(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.perturb(hidden, self._generator)
+
+    def server_entry(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the server's folded weights amount to: the payload back in the public coordinates."""
+        self.permutation(hidden.shape[-1])
+        return hidden[..., self._perms[hidden.shape[-1]][1]]
+
+    def describe(self):
+        return {**super().describe(), "secret": "channel permutation"}
+
+
 DEFENSES: Registry[type[Defense]] = Registry(
-    "defense", {"none": NoDefense, "gaussian": GaussianNoise, "dchi": DChiPrivacy},
+    "defense", {"none": NoDefense, "gaussian": GaussianNoise, "dchi": DChiPrivacy,
+                "secret_permutation": SecretPermutation},
     example="defense=gaussian defense.sigma=0.1")
 
 

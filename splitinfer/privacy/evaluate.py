@@ -22,6 +22,10 @@ from splitinfer.privacy.victims import Victim, aux_corpus, victim_set
 
 log = logging.getLogger(__name__)
 ATTACKER_SEED_OFFSET = 10_007  # the attacker's own noise draws never equal the victim's
+# The victim device's other requests the server sees (`AttackContext.traffic`): how many, and their seed
+# offset (never the victims themselves).
+TRAFFIC_PROMPTS = 64
+TRAFFIC_SEED_OFFSET = 424_243
 DEFAULT_VICTIMS = 4  # when neither the call nor the attack's config says how many
 
 
@@ -90,16 +94,21 @@ def _aux_ids(lm: LoadedModel, aux_texts: Sequence[str] | None, seed: int, seq_le
 
 
 @torch.no_grad()
-def utility_cost(lm: LoadedModel, cut: int, observe, victims: list[Victim]) -> dict[str, float]:
+def utility_cost(lm: LoadedModel, cut: int, observe, victims: list[Victim], defense=None) -> dict[str, float]:
     """What the defense + codec cost the model on the victims' own text: perplexity with and without
-    them, Δperplexity in percent of the clean perplexity (the unit the sweeps use) and top-1 agreement."""
+    them, Δperplexity in percent of the clean perplexity (the unit the sweeps use) and top-1 agreement.
+    `defense`: the one behind `observe`, for a defense the server's weights are folded with."""
+    from splitinfer.split import install_server_entry
+
     dev, srv = split_model(lm, [cut])
+    clean_srv = split_model(lm, [cut])[1]
+    install_server_entry(srv, defense)
     nll_clean = nll_def = agree = n = 0.0
     for v in victims:
         ids = v.ids
         if ids.shape[1] < 2:
             continue
-        clean = srv(dev(ids)).float()[0, :-1]
+        clean = clean_srv(dev(ids)).float()[0, :-1]
         noisy = srv(observe(ids)).float()[0, :-1]
         tgt = ids[0, 1:]
         nll_clean += float(torch.nn.functional.cross_entropy(clean, tgt, reduction="sum"))
@@ -128,12 +137,13 @@ def defense_utility(lm: LoadedModel, cut: int, defense=None, codec=None, *, wind
     Keys: `utility/<metric>`."""
     from splitinfer.metrics.quality import QualityAccumulator, first_mismatch, generation_metrics
     from splitinfer.privacy.trained import public_sequences
-    from splitinfer.split import DeviceHalf
+    from splitinfer.split import DeviceHalf, install_server_entry
     from splitinfer.split.generator import unsplit_generate
 
     defense = build_defense(defense).with_seed(seed).bind(lm, cut)
     codec = resolve_codec(codec)
     dev, srv = split_model(lm, [cut])
+    install_server_entry(srv, defense)
     half = DeviceHalf(dev, codec=codec, defense=defense.with_noise_seed(seed + 1))
     seqs = public_sequences(lm, windows + prompts, seq_len, split="heldout", seed=seed)
     memo = (lm.fingerprint, windows, prompts, seq_len, prompt_tokens, gen_tokens, seed)
@@ -273,7 +283,7 @@ def evaluate_privacy(
     out["privacy/dcor"] = float(sum(dcor) / len(dcor)) if dcor else float("nan")
     if utility and lm.is_causal_lm:
         observe_utility = payload_fn(split_model(lm, [cut])[0], victim_defense.with_noise_seed(seed + 1), codec)
-        out.update(utility_cost(lm, cut, observe_utility, victims))
+        out.update(utility_cost(lm, cut, observe_utility, victims, victim_defense))
 
     header = {"attack": attack.describe(), "defense": defense.describe(), "codec": _describe_codec(codec),
               "cut": cut, "seed": seed, "model": getattr(lm, "fingerprint", None) or lm.name,
@@ -290,12 +300,26 @@ def evaluate_privacy(
             len(victims), files.dir)
     t_prep, c_prep = time.perf_counter(), time.process_time()
     if len(done) < len(victims):
+        memo: list = []
+
+        def traffic() -> list[torch.Tensor]:
+            """The victim device's other requests, as the server receives them (computed once)."""
+            if not memo:
+                others = victim_set(lm, TRAFFIC_PROMPTS, seed=seed + TRAFFIC_SEED_OFFSET, chat=chat,
+                                    max_tokens=max_tokens)
+                memo.append([observe_victim(o.ids) for o in others])
+            return memo[0]
+
         ctx = AttackContext(lm=lm, cut=cut, observe=observe_attacker, aux_ids=_aux_ids(lm, aux_texts, seed),
                             seed=seed, deadline=deadline, defense=attacker_defense,
                             setup_key=fingerprint({**{k: v for k, v in header.items() if k != "attack"},
                                                    "attacker_defense": attacker_defense.describe(),
                                                    "attacker_seed": seed + ATTACKER_SEED_OFFSET}),
-                            noiseless=exact_payload(lm, cut, defense, codec, observe_attacker, seed))
+                            noiseless=exact_payload(lm, cut, defense, codec, observe_attacker, seed),
+                            traffic=traffic, chat=chat, max_tokens=max_tokens,
+                            codec_lossless=codec is None or exact_payload(
+                                lm, cut, NoDefense(), codec, payload_fn(split_model(lm, [cut])[0], None, codec),
+                                seed))
         attack.prepare(ctx)
     prepare_s, prepare_cpu_s = time.perf_counter() - t_prep, time.process_time() - c_prep
     partial = deadline is not None and time.perf_counter() > deadline
@@ -308,6 +332,8 @@ def evaluate_privacy(
         for key in ("train_tokens", "train_steps", "collect_seconds"):
             if hasattr(attack, key):
                 m[f"{p}/{key}"] = float(getattr(attack, key))
+        for key, value in getattr(attack, "report", {}).items():  # an attack's own diagnostics
+            m[f"{p}/{key}"] = float(value)
         return m
 
     results: list[VictimResult] = []

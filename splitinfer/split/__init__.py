@@ -9,7 +9,7 @@ sweep job (bandwidth, quality and latency inputs), the privacy evaluator (what t
 what the attacker sees), and the benchmarks. Bytes are counted once, by the link, as the frames it moved.
 """
 
-from splitinfer.split.device import DeviceHalf, install_defense
+from splitinfer.split.device import DeviceHalf, install_defense, install_server_entry
 from splitinfer.split.generator import (
     GenerationResult,
     SplitGenerator,
@@ -60,6 +60,7 @@ __all__ = [
     "codec_spec",
     "in_process_generator",
     "install_defense",
+    "install_server_entry",
     "phase_of",
     "resolve_codec",
     "sample_token",

@@ -41,6 +41,14 @@ def install_defense(stage: Stage, defense) -> Callable[[torch.Tensor], torch.Ten
     return defense
 
 
+def install_server_entry(stage: Stage, defense) -> Stage:
+    """Give the server's first stage what a defense that needs the server's cooperation provisions on it
+    (`defense.server_entry`, e.g. the weights folded with a secret channel permutation) as its
+    `entry_hook`; any other defense leaves it with the public weights. Returns the stage."""
+    stage.entry_hook = getattr(defense, "server_entry", None) if defense is not None else None
+    return stage
+
+
 class DeviceHalf:
     """The device's part of the split path: ids -> device stage -> defense -> codec message."""
 

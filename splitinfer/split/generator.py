@@ -14,7 +14,7 @@ import torch
 
 from splitinfer.errors import ConfigError
 from splitinfer.models import LoadedModel, split_model
-from splitinfer.split.device import DeviceHalf
+from splitinfer.split.device import DeviceHalf, install_server_entry
 from splitinfer.split.link import InProcessLink
 from splitinfer.split.server import SamplingConfig, ServerHalf
 from splitinfer.split.wire import resolve_codec
@@ -111,6 +111,7 @@ def split_pair(lm: LoadedModel, cuts, codec=None, defense=None,
     cut = stages[0].end_layer
     device = DeviceHalf(stages[0], codec=bind_to(resolve_codec(codec), lm, cut),
                         defense=bind_to(defense, lm, cut))
+    install_server_entry(stages[1], device.defense)  # a defense the server's weights are folded with
     return device, ServerHalf(stages[1:], codec=device.codec, sampling=sampling)
 
 

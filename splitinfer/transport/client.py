@@ -358,7 +358,7 @@ def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
 
     `codec` None means the project's default codec; `"none"` sends raw fp32. `defense` (a
     `splitinfer.privacy` defense or its name) runs on the device before the codec; the server needs no
-    change. CURVE keys come from `curve_keys=DIR` or the SPLITINFER_CURVE_KEYS environment variable (a
+    change (a defense that does, `secret_permutation`, is refused). CURVE keys come from `curve_keys=DIR` or the SPLITINFER_CURVE_KEYS environment variable (a
     `splitinfer keygen` folder). `wait` (a `WaitPolicy`, its settings as a dict, or a mode name) says
     how the link waits for each reply; when it spins and rehearses, the device's step path is rehearsed
     on a tiny shadow model meanwhile (`splitinfer.transport.warm`).
@@ -371,6 +371,11 @@ def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
         from splitinfer.privacy.defenses import build_defense
 
         defense = build_defense(defense)
+    if getattr(defense, "needs_server", False):
+        raise ConfigError(f"defense {defense.name!r} needs a server provisioned with weights folded with its secret; "
+                          f"`splitinfer serve` holds the public weights, so the remote half would compute garbage. "
+                          f"Run it in process (`splitinfer generate` without --server, a sweep) or pick a "
+                          f"device-only defense (gaussian, dchi, fisher_noise, nopeek, secret_adapter)")
     codec = bind_to(resolve_codec(default_codec() if codec is None else codec), lm, cuts[0])
     device = DeviceHalf(split_model(lm, cuts)[0], codec=codec, defense=bind_to(defense, lm, cuts[0]))
     link = RemoteLink(server_url, fingerprint=lm.fingerprint, cuts=cuts, hidden_size=lm.hidden_size,

@@ -35,6 +35,11 @@ def test_committed_rows_rebuild_the_tables_and_figures(tmp_path):
     strongest = table.split("Strongest attack per setting")[1]
     runs_in_strongest = {line.split("|")[1].strip() for line in strongest.splitlines()[4:] if line.startswith("| ")}
     assert runs_in_strongest <= set(mod.SHOWN_RUNS) and runs_in_strongest
+    # one line per setting (the same adapter measured by several attacks is one setting, rows written before
+    # the recipe was recorded included)
+    settings = [tuple(c.strip() for c in line.split("|")[1:6]) + (line.split("|")[11].strip(),)
+                for line in strongest.splitlines()[4:] if line.startswith("| ")]
+    assert len(settings) == len(set(settings)), "a setting listed twice in the strongest-attack table"
     # the control: without a defense the exhaustive white-box family rebuilds every token at every cut
     for r in rows:
         if r["run"] in shown and r["defense"] == "none" and r["attack"] in ("whitebox", "hybrid"):

@@ -5,6 +5,7 @@ from splitinfer.privacy.attacks.base import Attack, AttackContext, Inversion, ch
 from splitinfer.privacy.attacks.baselines import LogitLens, NearestEmbedding, NoAttack
 from splitinfer.privacy.attacks.hybrid import AdaptiveWhiteBox, HybridInversion
 from splitinfer.privacy.attacks.inverter import LearnedInverter
+from splitinfer.privacy.attacks.permutation import PermutationRecovery
 from splitinfer.privacy.attacks.whitebox import WhiteBoxInversion
 from splitinfer.registry import Registry
 
@@ -16,6 +17,7 @@ ATTACKS: Registry[type[Attack]] = Registry("attack", {
     "whitebox": WhiteBoxInversion,
     "adaptive_whitebox": AdaptiveWhiteBox,
     "hybrid": HybridInversion,
+    "permutation_recovery": PermutationRecovery,
 }, example="attack=whitebox")
 
 
@@ -76,6 +78,7 @@ __all__ = [
     "LogitLens",
     "NearestEmbedding",
     "NoAttack",
+    "PermutationRecovery",
     "WhiteBoxInversion",
     "available_attacks",
     "build_attack",

@@ -37,6 +37,13 @@ class AttackContext:
     # A hash of the set-up the attacker's own payloads come from (model, cut, defense and its attacker
     # seed, codec, seed): attacks that train on them may reuse what they trained for the same key.
     setup_key: str | None = None
+    # Payloads of the victim device's other requests (not the victims; the server sees them, never their
+    # text), computed on first call: what an attack on a secret that stays fixed across requests (a
+    # channel permutation) learns it from. None outside `evaluate_privacy`.
+    traffic: Callable[[], list[torch.Tensor]] | None = None
+    chat: bool = True  # the victims' prompts are in the chat template (the attacker knows the app's format)
+    max_tokens: int | None = None  # ... and cut to this many tokens (None: whole prompts)
+    codec_lossless: bool = True  # the codec returns the payload bit for bit (none, or fp32)
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.perf_counter() > self.deadline
