@@ -167,7 +167,8 @@ class SecretPermutation(Defense):
     that assumes it is. It does not defeat one that knows the defense (Kerckhoffs): the channels keep
     their statistics, so the permutation can be recovered from the device's traffic
     (`attack=permutation_recovery`, the hidden-state alignment attack, arXiv 2505.18332); a server that
-    holds the folded weights can also read it off them by weight matching. There is no strength knob.
+    holds the folded weights can also read it off them by weight matching
+    (`splitinfer.privacy.folding`, which also builds those weights). There is no strength knob.
 
     The defense needs the server's cooperation (the folded weights): splitinfer runs it in process (sweeps,
     `generate` without `--server`, the privacy experiments); a remote device refuses it, since a plain

@@ -129,3 +129,34 @@ def test_alignment_verifies_behind_a_lossy_codec(channelled_llama):
     assert m["privacy/permutation_recovery/verified"] == 1.0
     assert m["privacy/permutation_recovery/reproduce_tol"] > attack.whitebox.match_tol
     assert m["privacy/permutation_recovery/token_acc"] >= 0.9
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_folded_server_weights_equal_the_entry_hook_and_give_the_secret_away(family):
+    """The defense's claim (a server with folded weights computes the public output on the permuted
+    payload) checked on real folding, and the weight-matching attack that reads the secret off them."""
+    from splitinfer.privacy.folding import fold_permutation, match_folded_weights
+    from splitinfer.split import install_server_entry
+
+    lm = tiny_model(family)
+    d = SecretPermutation(seed=11)
+    dev, srv = split_model(lm, [1])
+    perm = d.permutation(lm.hidden_size)
+    folded = fold_permutation(srv, perm)
+    with torch.no_grad():
+        y = d(dev(_ids(lm, 9)))
+        want = lm.model(_ids(lm, 9)).logits
+        assert torch.allclose(folded(y), want, atol=1e-5)
+        assert torch.allclose(install_server_entry(srv, d)(y), want, atol=1e-5)
+        assert not torch.allclose(split_model(lm, [1])[1](y), want, atol=1e-2)  # public weights: garbage
+    assert torch.equal(match_folded_weights(srv, folded), perm)
+
+
+def test_folding_refuses_what_it_cannot_fold():
+    from splitinfer.privacy.folding import fold_permutation
+
+    lm = tiny_model("gpt2")
+    with pytest.raises(ConfigError, match="Llama-style|RMSNorm"):
+        fold_permutation(split_model(lm, [1])[1], torch.arange(lm.hidden_size))
+    with pytest.raises(ConfigError, match="server stage"):
+        fold_permutation(split_model(tiny_model("llama"), [1])[0], torch.arange(64))
