@@ -56,7 +56,7 @@ ATTACKS = {"none": ["whitebox", "learned_inverter", "hybrid"],
 DEFAULT_ATTACKS = ["learned_inverter", "hybrid", "hybrid_map"]
 # The runs the figures and the strongest-attack table show: r3/r4 supersede r1/r2 (candidate cap 24, short
 # adapter recipe); their rows stay in frontier.csv and table.md (README: "Runs").
-SHOWN_RUNS = ("r3", "r4", "r5", "floor")
+SHOWN_RUNS = ("r3", "r4", "r5", "r6", "floor")
 
 
 def _cand_cap(defense: str, attack: str, aspec: dict) -> int | None:
