@@ -229,6 +229,14 @@ def load_rows(out: Path) -> list[dict]:
                                                    r.get("privacy/defense/steps_done") or 0, r["attack"]))
 
 
+def _max_pii(pii: dict, r: dict) -> str:
+    v, attack = pii.get(_setting(r), (None, None))
+    if v is None:
+        return "–"
+    own = _get(r, "pii_recovery")
+    return f"{100 * v:.1f}" + ("" if attack == r["attack"] or own == v else f" ({attack})")
+
+
 def _strength(r: dict) -> str:
     return "–" if r["strength"] is None else f"{r['strength']:g}"
 
@@ -255,6 +263,17 @@ def strongest(rows: list[dict]) -> dict:
     return {k: v[1] for k, v in best.items()}
 
 
+def max_pii(rows: list[dict]) -> dict:
+    """(setting) -> (the highest PII recovery of any attack, that attack): the PII figure the target is held
+    to, which need not come from the attack with the most tokens."""
+    out = {}
+    for r in rows:
+        v = _get(r, "pii_recovery")
+        if v is not None and (_setting(r) not in out or v > out[_setting(r)][0]):
+            out[_setting(r)] = (v, r["attack"])
+    return out
+
+
 def plot(rows: list[dict], out: Path) -> list[Path]:
     import matplotlib
 
@@ -263,6 +282,7 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
 
     paths = []
     best = strongest(rows)
+    pii = max_pii(rows)
     for cut in sorted({r["cut"] for r in rows}):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         for name in GRID:
@@ -272,16 +292,20 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
                 continue
             x = [max(p[0], 0.01) for p in pts]
             for ax, key in zip(axes, ("token_acc", "pii_recovery"), strict=True):
-                y = [100 * (_get(p[1], key) or 0.0) for p in pts]
+                # tokens: the strongest attack's; PII: the highest of any attack on that setting
+                who = [p[1]["attack"] if key == "token_acc" else pii.get(_setting(p[1]), (0, p[1]["attack"]))[1]
+                       for p in pts]
+                y = [100 * ((_get(p[1], key) if key == "token_acc" else pii.get(_setting(p[1]), (None,))[0]) or 0.0)
+                     for p in pts]
                 style = {"marker": "*", "markersize": 14, "linestyle": "none"} if name == "none" else {"marker": "o"}
                 if GRID[name][0] is None and name != "none":  # one point (no strength): an open diamond
                     style = {"marker": "D", "markersize": 10, "linestyle": "none", "fillstyle": "none", "mew": 2}
                 ax.plot(x, y, label=name, **style)
-                for xi, yi, p in zip(x, y, pts, strict=True):
+                for xi, yi, p, att in zip(x, y, pts, who, strict=True):
                     if name != "none":
                         steps = p[1].get("privacy/defense/steps_done")
                         ax.annotate(f"{_strength(p[1])}{'' if steps is None else f' ({steps:.0f} st)'}\n"
-                                    f"{p[1]['attack'][:6]}", (xi, yi), fontsize=6,
+                                    f"{att[:6]}", (xi, yi), fontsize=6,
                                     textcoords="offset points", xytext=(3, 3))
         for r in rows:  # the control under a candidate cap: what the capped search gets with no defense
             if r["cut"] == cut and r["defense"] == "none" and r.get("cand_cap") is not None:
@@ -291,7 +315,7 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
         for ax, what in zip(axes, ("token recovery %", "PII recovery %"), strict=True):
             ax.set_xscale("log")
             ax.set_xlabel("Δppl % on held-out text (log; Δppl ≤ 0.01, e.g. none, plotted at 0.01)")
-            ax.set_ylabel(f"strongest attack's {what}")
+            ax.set_ylabel(f"strongest attack's {what}" if "token" in what else "highest PII recovery % of any attack")
             ax.set_ylim(-3, 103)
             ax.axvline(5, color="grey", lw=0.8, ls="--")
             ax.axhline(10 if "token" in what else 5, color="grey", lw=0.8, ls=":")
@@ -350,16 +374,18 @@ def write_tables(rows: list[dict], shown: list[dict], out: Path) -> None:
             w.writerow({k: r.get(k) for k in keys})
     lines = ["| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r, k, h) for k, _, h in COLUMNS) + " |" for r in rows]
-    best = strongest(shown)
-    lines += ["", f"Strongest attack per setting (runs {', '.join(sorted({r['run'] for r in shown}))}):", "",
+    best, pii = strongest(shown), max_pii(shown)
+    lines += ["", f"Strongest attack per setting (runs {', '.join(sorted({r['run'] for r in shown}))}; "
+              "tokens and PII of the attack with the most tokens; max PII: the highest PII of any attack):", "",
               "| run | cut | defense | strength | train steps | strongest attack | cand. cap | victims | tokens % | "
-              "PII % | Δppl % [95 % CI] | top-1 % |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "PII % | max PII % | Δppl % [95 % CI] | top-1 % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in shown:
         if best.get(_setting(r)) is r:
             lines.append(f"| {r['run']} | {r['cut']} | {r['defense']} | {r['strength']} | "
                          f"{_fmt(r, 'privacy/defense/steps_done', '{:.0f}')} | {r['attack']} | {_fmt(r, 'cand_cap', '{:.0f}')} | "
                          f"{_fmt(r, 'victims_done', '{:.0f}')} | {_fmt(r, 'token_acc', 'pct')} | {_fmt(r, 'pii_recovery', 'pct')} | "
+                         f"{_max_pii(pii, r)} | "
                          f"{_fmt(r, 'utility/delta_ppl_pct', 'dppl')} | {_fmt(r, 'utility/top1_agreement', 'pct')} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
 

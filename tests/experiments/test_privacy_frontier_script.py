@@ -37,7 +37,7 @@ def test_committed_rows_rebuild_the_tables_and_figures(tmp_path):
     assert runs_in_strongest <= set(mod.SHOWN_RUNS) and runs_in_strongest
     # one line per setting (the same adapter measured by several attacks is one setting, rows written before
     # the recipe was recorded included)
-    settings = [tuple(c.strip() for c in line.split("|")[1:6]) + (line.split("|")[11].strip(),)
+    settings = [tuple(c.strip() for c in line.split("|")[1:6]) + (line.split("|")[12].strip(),)
                 for line in strongest.splitlines()[4:] if line.startswith("| ")]
     assert len(settings) == len(set(settings)), "a setting listed twice in the strongest-attack table"
     # the control: without a defense the exhaustive white-box family rebuilds every token at every cut
