@@ -183,12 +183,15 @@ class SecretPermutation(Defense):
         super().__init__(seed)
         self._perms: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def permutation(self, hidden_size: int) -> torch.Tensor:
-        """The secret: payload channel j carries the public channel `perm[j]`."""
+    def _pair(self, hidden_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         if hidden_size not in self._perms:
             perm = torch.randperm(hidden_size, generator=torch.Generator().manual_seed(self.seed + 104729))
             self._perms[hidden_size] = (perm, torch.argsort(perm))
-        return self._perms[hidden_size][0]
+        return self._perms[hidden_size]
+
+    def permutation(self, hidden_size: int) -> torch.Tensor:
+        """The secret: payload channel j carries the public channel `perm[j]`."""
+        return self._pair(hidden_size)[0]
 
     def with_seed(self, seed: int) -> Defense:
         other = super().with_seed(seed)
@@ -210,8 +213,7 @@ class SecretPermutation(Defense):
 
     def server_entry(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the server's folded weights amount to: the payload back in the public coordinates."""
-        self.permutation(hidden.shape[-1])
-        return hidden[..., self._perms[hidden.shape[-1]][1]]
+        return hidden[..., self._pair(hidden.shape[-1])[1]]
 
     def describe(self):
         return {**super().describe(), "secret": "channel permutation"}

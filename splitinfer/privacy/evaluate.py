@@ -317,9 +317,8 @@ def evaluate_privacy(
                                                    "attacker_seed": seed + ATTACKER_SEED_OFFSET}),
                             noiseless=exact_payload(lm, cut, defense, codec, observe_attacker, seed),
                             traffic=traffic, chat=chat, max_tokens=max_tokens,
-                            codec_lossless=codec is None or exact_payload(
-                                lm, cut, NoDefense(), codec, payload_fn(split_model(lm, [cut])[0], None, codec),
-                                seed))
+                            codec_lossless=exact_payload(lm, cut, NoDefense(), codec,
+                                                         payload_fn(split_model(lm, [cut])[0], None, codec), seed))
         attack.prepare(ctx)
     prepare_s, prepare_cpu_s = time.perf_counter() - t_prep, time.process_time() - c_prep
     partial = deadline is not None and time.perf_counter() > deadline

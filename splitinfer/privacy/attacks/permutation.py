@@ -209,7 +209,6 @@ class PermutationRecovery(Attack):
                 break
         self.whitebox.max_candidates = cap
         self.estimate = est
-        self._inverse = torch.argsort(est)
         # The attacker accepts only exact matches when the aligned traffic is reproduced bit for bit
         # (the payload is then the public device output, as without a defense).
         inner.noiseless = bool(verified and ctx.codec_lossless)
