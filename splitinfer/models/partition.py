@@ -42,34 +42,82 @@ def validate_cuts(cuts: object, num_layers: int) -> list[int]:
 
 
 class KVCache:
-    """Keys and values of one stage's layers, duck-typed to what transformers' attention calls."""
+    """Keys and values of one stage's layers, duck-typed to what transformers' attention calls.
+
+    Each layer's keys and values live in a buffer with room to spare, grown geometrically (doubled), so
+    a decode step writes its one position in place instead of copying the whole cache (`torch.cat` every
+    step made a long answer's copying quadratic). `update` returns views of the filled part; `crop`
+    only moves the length back. `keys` / `values` give those views as dicts (and accept dicts).
+    """
+
+    MIN_CAPACITY = 16  # positions allocated for a layer's first update at least
 
     def __init__(self) -> None:
-        self.keys: dict[int, torch.Tensor] = {}
-        self.values: dict[int, torch.Tensor] = {}
+        self._k: dict[int, torch.Tensor] = {}
+        self._v: dict[int, torch.Tensor] = {}
+        self._len: dict[int, int] = {}
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if layer_idx in self.keys:
-            key_states = torch.cat([self.keys[layer_idx], key_states], dim=-2)
-            value_states = torch.cat([self.values[layer_idx], value_states], dim=-2)
-        self.keys[layer_idx] = key_states
-        self.values[layer_idx] = value_states
-        return key_states, value_states
+        n = self._len.get(layer_idx, 0)
+        t = key_states.shape[-2]
+        k_buf, v_buf = self._k.get(layer_idx), self._v.get(layer_idx)
+        if (k_buf is None or k_buf.shape[-2] < n + t or k_buf.shape[:-2] != key_states.shape[:-2]
+                or k_buf.dtype != key_states.dtype or k_buf.device != key_states.device):
+            k_buf = self._grow(k_buf, key_states, n, n + t)
+            v_buf = self._grow(v_buf, value_states, n, n + t)
+            self._k[layer_idx], self._v[layer_idx] = k_buf, v_buf
+        k_buf[..., n:n + t, :] = key_states
+        v_buf[..., n:n + t, :] = value_states
+        self._len[layer_idx] = n + t
+        return k_buf[..., :n + t, :], v_buf[..., :n + t, :]
+
+    def _grow(self, buf: torch.Tensor | None, like: torch.Tensor, keep: int, need: int) -> torch.Tensor:
+        """A buffer for at least `need` positions (double the old one's room), holding its first `keep`."""
+        old = 0 if buf is None else buf.shape[-2]
+        cap = max(need, 2 * old, self.MIN_CAPACITY)
+        new = like.new_empty(*like.shape[:-2], cap, like.shape[-1])
+        if keep:
+            new[..., :keep, :] = buf[..., :keep, :]
+        return new
+
+    def _views(self, bufs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        return {i: b[..., :self._len[i], :] for i, b in bufs.items()}
+
+    @property
+    def keys(self) -> dict[int, torch.Tensor]:
+        return self._views(self._k)
+
+    @keys.setter
+    def keys(self, d: dict[int, torch.Tensor]) -> None:
+        self._k = {i: t.clone() for i, t in d.items()}
+        self._len = {i: int(t.shape[-2]) for i, t in d.items()}
+
+    @property
+    def values(self) -> dict[int, torch.Tensor]:
+        return self._views(self._v)
+
+    @values.setter
+    def values(self, d: dict[int, torch.Tensor]) -> None:
+        self._v = {i: t.clone() for i, t in d.items()}
 
     @property
     def seq_len(self) -> int:
-        for k in self.keys.values():
-            return int(k.shape[-2])
+        for n in self._len.values():
+            return n
         return 0
 
     def nbytes(self) -> int:
+        """Bytes of the positions held (what the session's context costs at this dtype)."""
         return sum(t.numel() * t.element_size() for d in (self.keys, self.values) for t in d.values())
+
+    def capacity_bytes(self) -> int:
+        """Bytes allocated, spare room included (at most about twice `nbytes` once past MIN_CAPACITY)."""
+        return sum(t.numel() * t.element_size() for d in (self._k, self._v) for t in d.values())
 
     def crop(self, length: int) -> None:
         """Keep only the first `length` positions (used to roll back a step)."""
-        for d in (self.keys, self.values):
-            for i, t in d.items():
-                d[i] = t[..., :length, :]
+        for i, n in self._len.items():
+            self._len[i] = min(n, max(0, int(length)))
 
 
 def causal_mask(
@@ -151,8 +199,16 @@ class Stage(nn.Module):
     def param_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in _unique_params(self))
 
-    def kv_bytes_per_token(self, dtype_bytes: int = 4) -> int:
-        """Bytes of K and V one token adds to this stage's cache (all its layers)."""
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype this stage computes (and caches keys and values) in: its floating weights' dtype."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
+
+    def kv_bytes_per_token(self, dtype_bytes: int | None = None) -> int:
+        """Bytes of K and V one token adds to this stage's cache (all its layers); by default at the
+        stage's compute dtype (4 in float32, 2 in bfloat16/float16)."""
+        if dtype_bytes is None:
+            dtype_bytes = self.compute_dtype.itemsize
         n = self.end_layer - self.start_layer
         if self.kind == "encoder" or n == 0:
             return 0

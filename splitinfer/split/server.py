@@ -6,6 +6,7 @@ sampling is seeded by (seed, position), so a replayed step draws exactly the sam
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ import torch
 
 from splitinfer.errors import ConfigError
 from splitinfer.models import Stage
+from splitinfer.split.placement import Placement, place_stages
 from splitinfer.split.wire import resolve_codec
 
 
@@ -116,6 +118,32 @@ def accept_draft(logits: torch.Tensor, start: int, draft: Sequence[int], cfg: Sa
     return out
 
 
+def cpu_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Logits as float32 on the CPU: what sampling reads, whatever device and dtype computed them, so the
+    seeded CPU stream draws the same token on every device (and a replay anywhere is identical)."""
+    return logits.detach().to("cpu", torch.float32)
+
+
+class LastPositionHead(torch.nn.Module):
+    """The LM head applied to the last position only: a step samples from that one, and a prefill of T
+    tokens would otherwise pay T x vocab x hidden for logits nobody reads (transformers' `generate`
+    skips them too, via logits_to_keep)."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(h[:, -1:])
+
+
+def head_on_last_position_only(stage) -> None:
+    """Wrap `stage`'s LM head in `LastPositionHead` (only this Stage object changes)."""
+    head = getattr(stage, "lm_head", None)
+    if isinstance(head, torch.nn.Module) and not isinstance(head, LastPositionHead):
+        stage.lm_head = LastPositionHead(head)
+
+
 @contextmanager
 def _all_position_logits(stage):
     """Let the last stage return logits for every position while a verify step runs (a server may wrap
@@ -136,12 +164,13 @@ class ServerSession:
     """The server side of one generation: the remaining stages, their KV caches and the sampler."""
 
     def __init__(self, stages: Sequence[Stage], sampling: SamplingConfig | None = None,
-                 max_tokens: int | None = None) -> None:
+                 max_tokens: int | None = None, placement: Placement | None = None) -> None:
         if not stages or not stages[-1].is_last:
             raise ConfigError("a server session needs the chain's stages up to and including the last one")
         self.stages = list(stages)
         self.sampling = sampling or SamplingConfig()
         self.max_tokens = max_tokens
+        self.placement = placement or Placement()  # where the stages are (ServerHalf placed them)
         self.caches = [s.new_cache() for s in self.stages]
         self.position = 0
 
@@ -165,8 +194,8 @@ class ServerSession:
             raise StepError("a step must carry at least one position")
         if self.max_tokens is not None and start + n > self.max_tokens:
             raise StepError(f"session would hold {start + n} tokens, over its limit of {self.max_tokens}")
-        pos = torch.arange(start, start + n)[None]
-        h = hidden.to(torch.float32)
+        pos = torch.arange(start, start + n, device=self.placement.device)[None]
+        h = hidden.to(self.placement.device, self.placement.dtype)
         for stage, cache in zip(self.stages, self.caches, strict=True):
             h = stage(h, position_ids=pos, cache=cache)
         self.position += n
@@ -175,7 +204,15 @@ class ServerSession:
     def step(self, hidden: torch.Tensor, start: int) -> int:
         """Run one step and return the sampled next token id."""
         logits = self.forward(hidden, start)
-        return sample_token(logits[0, -1], self.sampling, self.position)
+        return self.sample(logits[0, -1])[0]
+
+    def sample(self, logits: torch.Tensor, want_logprob: bool = False) -> tuple[int, float | None]:
+        """The next token from the last position's logits (V,) (CPU float32, seeded by the session's
+        position), and its log-probability when asked. A failure rolls nothing back: callers do."""
+        logits = cpu_logits(logits)
+        token = sample_token(logits, self.sampling, self.position)
+        lp = float(torch.log_softmax(logits, -1)[token]) if want_logprob else None
+        return token, lp
 
     def verify(self, hidden: torch.Tensor, start: int, draft: Sequence[int],
                draft_p: Sequence[float] | None = None) -> list[int]:
@@ -199,7 +236,7 @@ class ServerSession:
         with _all_position_logits(self.stages[-1]):
             logits = self.forward(hidden, start)
         try:
-            tokens = accept_draft(logits[0], start, draft, self.sampling, draft_p)
+            tokens = accept_draft(cpu_logits(logits[0]), start, draft, self.sampling, draft_p)
         except Exception:
             self.rollback(start)
             raise
@@ -215,17 +252,29 @@ class ServerSession:
 
 
 class ServerHalf:
-    """The server's part of the split path: the stages after the cut and the codec it decodes.
+    """The server's part of the split path, the one engine behind every link (in-process, simulated,
+    ZeroMQ): decode a codec message -> place it on the half's device and dtype -> forward one step or a
+    batch (`forward_batch`) -> sample on CPU logits (`ServerSession.sample`).
 
-    `decode(enc)` turns a received codec message into the float32 hidden state; `session()` starts one
-    generation's KV state; `logits(hidden)` runs the stages without a cache (teacher-forced evaluation).
+    `decode(enc)` turns a received codec message into the float32 CPU hidden state; `session()` starts
+    one generation's KV state; `logits(hidden)` runs the stages without a cache (teacher-forced
+    evaluation). `placement` puts the stages on a device and dtype (copies, see `split.placement`);
+    `last_position_only` makes steps compute the LM head for the last position only (a server's steps
+    sample from that one; `logits` and verify steps still get every position).
     """
 
     def __init__(self, stages: Sequence[Stage], codec=None, sampling: SamplingConfig | None = None,
-                 max_tokens: int | None = None) -> None:
+                 max_tokens: int | None = None, placement: Placement | None = None,
+                 last_position_only: bool = False) -> None:
         if not stages or not stages[-1].is_last:
             raise ConfigError("a server half needs the chain's stages up to and including the last one")
-        self.stages = list(stages)
+        self.placement = placement or Placement()
+        self.stages = place_stages(stages, self.placement)
+        if last_position_only:
+            if self.stages[-1] is stages[-1]:  # not copied: wrap the head of a stage object of our own
+                self.stages[-1] = copy.copy(stages[-1])
+                self.stages[-1]._modules = dict(stages[-1]._modules)
+            head_on_last_position_only(self.stages[-1])
         self.codec = resolve_codec(codec)
         self.sampling = sampling or SamplingConfig()
         self.max_tokens = max_tokens
@@ -235,24 +284,45 @@ class ServerHalf:
     def hidden_size(self) -> int:
         return self.stages[0].hidden_size
 
-    def decode(self, enc) -> torch.Tensor:
-        """A codec message -> the hidden state it carries, float32 with the shape in its header."""
+    @property
+    def vocab_size(self) -> int:
+        return self.stages[-1].vocab_size
+
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one token of a session adds, at the placement's dtype."""
+        return sum(s.kv_bytes_per_token(self.placement.dtype.itemsize) for s in self.stages)
+
+    def decode(self, enc, codec=None) -> torch.Tensor:
+        """A codec message -> the hidden state it carries, float32 on the CPU with the shape in its header
+        (`codec`: a session's own codec instance, else this half's). Placement happens in the forward."""
         t0 = time.perf_counter()
-        h = self.codec.decode(enc)
+        h = (codec or self.codec).decode(enc)
         shape = enc.header.get("shape")
-        h = h.to(torch.float32)
-        if shape is not None and list(h.shape) != list(shape):
-            h = h.reshape(shape)
+        if isinstance(h, torch.Tensor):
+            h = h.to("cpu", torch.float32)
+            if shape is not None and list(h.shape) != list(shape):
+                h = h.reshape(shape)
         self.decode_s += time.perf_counter() - t0
         return h
 
-    def session(self, sampling: SamplingConfig | None = None) -> ServerSession:
-        return ServerSession(self.stages, sampling or self.sampling, self.max_tokens)
+    def session(self, sampling: SamplingConfig | None = None, max_tokens: int | None = None) -> ServerSession:
+        return ServerSession(self.stages, sampling or self.sampling, max_tokens or self.max_tokens, self.placement)
+
+    def forward_batch(self, sessions: Sequence[ServerSession], hiddens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """One forward for the steps of several sessions (decode steps or prefill chunks of any lengths);
+        returns each step's last-position logits, CPU float32 (V,). See `splitinfer.split.batch`."""
+        from splitinfer.split.batch import forward_batch
+
+        return list(cpu_logits(forward_batch(sessions, list(hiddens))))
 
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor, *, position_ids=None, attention_mask=None) -> torch.Tensor:
-        """Run the stages on a whole sequence with no KV cache (teacher forcing); (B, T, V)."""
-        h = hidden
-        for stage in self.stages:
-            h = stage(h, position_ids=position_ids, attention_mask=attention_mask)
-        return h
+        """Run the stages on a whole sequence with no KV cache (teacher forcing); (B, T, V), float32 CPU
+        when the half is placed elsewhere."""
+        dev, dt = self.placement.device, self.placement.dtype
+        h = hidden.to(dev, dt) if hidden.is_floating_point() else hidden.to(dev)
+        with _all_position_logits(self.stages[-1]):
+            for stage in self.stages:
+                h = stage(h, position_ids=None if position_ids is None else position_ids.to(dev),
+                          attention_mask=None if attention_mask is None else attention_mask.to(dev))
+        return h if self.placement.is_default else cpu_logits(h)

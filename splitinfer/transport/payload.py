@@ -32,11 +32,13 @@ def build_session_codec(spec: Any):
         raise ProtocolError(BAD_CODEC, f"codec spec {str(spec)[:120]} is not usable: {e}") from None
 
 
-def decode_hidden(codec, frames, hidden_size: int, max_tokens: int) -> torch.Tensor:
+def decode_hidden(codec, frames, hidden_size: int, max_tokens: int, decode=None) -> torch.Tensor:
     """Decode a step's payload frames (codec header + buffers) into a (1, T, hidden) float tensor.
 
     The shape in the header is checked before decoding (so a header cannot make us allocate much),
-    and the result must be finite.
+    and the result must be finite. `decode(enc, codec)` is the engine's decode (`ServerHalf.decode`:
+    the session's codec, float32 on the CPU; the engine places it on its device and dtype when the
+    step runs); by default the codec's own.
     """
     from splitinfer.codecs.encoded import EncodedTensor
 
@@ -64,7 +66,7 @@ def decode_hidden(codec, frames, hidden_size: int, max_tokens: int) -> torch.Ten
         raise ProtocolError(BAD_TENSOR, f"payload shape {str(shape)[:60]} must be [1, T, {hidden_size}] with "
                                         f"1 <= T <= {max_tokens}")
     try:
-        x = codec.decode(enc)
+        x = decode(enc, codec) if decode is not None else codec.decode(enc)
     except Exception as e:  # CodecError and anything a corrupted buffer provokes
         raise ProtocolError(BAD_TENSOR, f"payload does not decode with {codec.name!r}: {str(e)[:300]}") from None
     if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(shape) or not x.is_floating_point():

@@ -1,22 +1,16 @@
-"""The split server: a ROUTER socket and the server stage(s) of a cut model, owned by one thread.
+"""The split server: a ROUTER socket in front of the scheduler and the engine, owned by one thread.
 
-Start it in-thread (tests, notebooks) or as a process:
+Start it in-thread (tests, notebooks) or as a process (`splitinfer serve`, conf/server/default.yaml):
 
     server = SplitServer(tiny_model("llama"), cuts=[2], port=0).start()   # server.url, .session_count
-    python -m splitinfer.transport.server --model tiny-llama --cut 2 --port 5555
+    splitinfer serve model=tiny-llama cut=2 port=5555 device=cuda dtype=bfloat16
 
-The thread receives requests, validates every field (see `splitinfer.transport` for the protocol),
-runs steps and replies; a bad message gets an error reply and nothing else changes.
-
-Continuous batching (on by default; `batching=False` / `--no-batching` runs steps one after another):
-the decode steps (one token) of different sessions that are queued when the model thread is free run
-as one forward through the server stages (`splitinfer.split.batch.forward_batch`), with no wait for a
-batch to fill unless `batch_wait_ms` asks for one and at most `max_batch` sessions per forward. A
-prefill (a step of many tokens) runs in chunks: each scheduler turn processes the queued decode steps
-and then prefill chunks up to `step_token_budget` tokens (at least a quarter of it), so a long prompt
-does not stall the other sessions' decode steps. A step is checked alone before it joins a batch
-(sequence number, position, limits), and if a batched forward fails, its steps are rerun one by one,
-so one bad session fails alone.
+This module only receives, authenticates, validates, dispatches and replies: a bad message gets an
+error reply and nothing else changes. What runs when (admission, continuous batching of decode steps,
+chunked prefill batched across sessions, the token budget, quotas, verify steps) is the scheduler's
+(`splitinfer.transport.scheduler`, no sockets); the model work (decode -> place on the device and
+dtype -> forward one step or a batch -> sample) is the engine's, the same `ServerHalf` in-process links
+use (`splitinfer.split.server`).
 """
 
 from __future__ import annotations
@@ -28,8 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +30,14 @@ import torch
 import zmq
 
 from splitinfer.errors import ConfigError, NotFoundError
-from splitinfer.generation import SamplingConfig, ServerSession, sample_token
+from splitinfer.generation import SamplingConfig
 from splitinfer.models import LoadedModel, split_model, validate_cuts
-from splitinfer.split.batch import forward_batch
-from splitinfer.split.server import StepError
+from splitinfer.split.placement import Placement
+from splitinfer.split.server import ServerHalf, head_on_last_position_only
 from splitinfer.transport import payload as pl
 from splitinfer.transport import protocol as p
 from splitinfer.transport.protocol import ProtocolError
+from splitinfer.transport.scheduler import DEFAULT_STEP_TOKEN_BUDGET, Scheduler, ServerStats, StepJob
 from splitinfer.transport.sessions import Session, SessionLimits, SessionTable
 from splitinfer.transport.wait import WaitPolicy
 
@@ -54,7 +48,6 @@ SUPPORTS_DRAFT = True  # runs speculative steps (`draft` in a step envelope; `Se
 DEFAULT_PORT = 5555
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20  # 2048 fp32 tokens of a 2048-wide model; SmolLM2 prefill is far less
 MAX_BATCH = 64  # messages taken off the socket per loop turn (at least max_batch)
-DEFAULT_STEP_TOKEN_BUDGET = 256  # tokens one scheduler turn computes: decode steps first, then prefill chunks
 
 
 def is_loopback(host: str) -> bool:
@@ -94,62 +87,8 @@ def _peer_address(frame: zmq.Frame) -> str | None:
         return None
 
 
-class LastPositionHead(torch.nn.Module):
-    """The LM head applied to the last position only: a step samples from that one, and a prefill of T
-    tokens would otherwise pay T x vocab x hidden for logits nobody reads (transformers' `generate`
-    skips them too, via logits_to_keep)."""
-
-    def __init__(self, head: torch.nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(h[:, -1:])
-
-
-def _head_on_last_position_only(stage) -> None:
-    # Only this server's own Stage object is changed; the model and other stages keep the full head.
-    head = getattr(stage, "lm_head", None)
-    if isinstance(head, torch.nn.Module) and not isinstance(head, LastPositionHead):
-        stage.lm_head = LastPositionHead(head)
-
-
-@dataclass
-class StepJob:
-    """A validated step waiting to run: the seam where decode steps of many sessions could be batched."""
-
-    reply_to: list
-    rid: int
-    session: Session
-    seq: int
-    start: int
-    hidden: torch.Tensor
-    want_logprob: bool
-    done: int = 0  # positions already computed (a chunked prefill in progress)
-    draft: list[int] | None = None  # a speculative step's drafted tokens: it runs alone, unchunked (`_run_one`)
-    draft_p: list[float] | None = None  # the drafter's probability of each drafted token (sampling only)
-
-    @property
-    def tokens(self) -> int:
-        return int(self.hidden.shape[1])
-
-
-@dataclass
-class ServerStats:
-    requests: int = 0
-    steps: int = 0
-    tokens: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    compute_s: float = 0.0  # time spent in the model (forward + sampling), for overhead accounting
-    forwards: int = 0  # forwards through the stages (a batch of decode steps counts once)
-    batched_steps: int = 0  # steps that ran in a batch of two or more
-    max_batch_seen: int = 0
-    prefill_chunks: int = 0
-    verify_steps: int = 0  # speculative steps (a step carrying drafted tokens)
-    drafted: int = 0  # drafted tokens they carried
-    accepted: int = 0  # drafted tokens the server accepted
-    errors: Counter = field(default_factory=Counter)
+# a hook other modules use (warm.py's rehearsal): the engine's head wrapper
+_head_on_last_position_only = head_on_last_position_only
 
 
 class SplitServer:
@@ -159,13 +98,19 @@ class SplitServer:
                  limits: SessionLimits | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  curve: CurveConfig | None = None, poll_ms: int = 100,
                  wait: WaitPolicy | dict | str | None = None, batching: bool = True, max_batch: int = 64,
-                 batch_wait_ms: float = 0.0, step_token_budget: int = DEFAULT_STEP_TOKEN_BUDGET) -> None:
+                 batch_wait_ms: float = 0.0, step_token_budget: int = DEFAULT_STEP_TOKEN_BUDGET,
+                 device: str | None = "cpu", dtype: str | None = "float32") -> None:
         if not lm.is_causal_lm:
             raise ConfigError(f"model {lm.name!r} is an encoder ({lm.family}); the split server serves causal LMs")
         self.lm = lm
         self.cuts = validate_cuts(cuts, lm.num_layers)
-        self.stages = split_model(lm, self.cuts)[1:]
-        _head_on_last_position_only(self.stages[-1])
+        if not isinstance(batch_wait_ms, int | float) or not 0 <= batch_wait_ms <= 1000:
+            raise ConfigError(f"batch_wait_ms={batch_wait_ms!r}: must be a number of milliseconds in [0, 1000] "
+                              "(0 = batch what is queued, never wait)")
+        placement = Placement.of(device, dtype)
+        # the engine: the same server half in-process links use, placed on its device and dtype
+        self.engine = ServerHalf(split_model(lm, self.cuts)[1:], placement=placement, last_position_only=True)
+        self.stages = self.engine.stages
         self.host = host
         self.port = int(port)
         self.limits = limits or SessionLimits()
@@ -173,30 +118,36 @@ class SplitServer:
         self.curve = curve
         self._curve_keys = curve.load() if curve else None
         self.poll_ms = poll_ms
-        self.batching = bool(batching)
-        for name, v in (("max_batch", max_batch), ("step_token_budget", step_token_budget)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name}={v!r}: must be an int >= 1")
-        if not isinstance(batch_wait_ms, int | float) or not 0 <= batch_wait_ms <= 1000:
-            raise ConfigError(f"batch_wait_ms={batch_wait_ms!r}: must be a number of milliseconds in [0, 1000] "
-                              "(0 = batch what is queued, never wait)")
-        self.max_batch = int(max_batch)
         self.batch_wait_ms = float(batch_wait_ms)
-        self.step_token_budget = int(step_token_budget)
-        self._prefills: deque[StepJob] = deque()  # chunked prefills in progress (batching only)
-        self._decoded = 0  # decode tokens computed this scheduler turn (they come out of the budget)
         self._client: str | None = None  # who sent the message being handled (quotas)
         self.wait = WaitPolicy.resolve(wait)  # how to wait for the next request (sleep, spin, rehearse)
         self._rehearsal = None  # built in the serving thread when the policy rehearses (warm.py)
         self._waiter = p.Waiter(self.wait)
-        kv_per_token = sum(s.kv_bytes_per_token() for s in self.stages)
-        self.sessions = SessionTable(self.limits, kv_per_token)
+        self.sessions = SessionTable(self.limits, self.engine.kv_bytes_per_token())
         self.stats = ServerStats()
+        self._lock = threading.Lock()  # guards reads of the session table from other threads
+        self.scheduler = Scheduler(self.engine, self.sessions, batching=batching, max_batch=max_batch,
+                                   step_token_budget=step_token_budget, stats=self.stats, lock=self._lock)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._lock = threading.Lock()  # guards reads of the session table from other threads
+
+    @property
+    def placement(self) -> Placement:
+        return self.engine.placement
+
+    @property
+    def batching(self) -> bool:
+        return self.scheduler.batching
+
+    @property
+    def max_batch(self) -> int:
+        return self.scheduler.max_batch
+
+    @property
+    def step_token_budget(self) -> int:
+        return self.scheduler.step_token_budget
 
     # -- what tests and operators look at ------------------------------------------------------
     @property
@@ -313,8 +264,8 @@ class SplitServer:
             # Busy polling (WaitPolicy.busy_poll_ms): the next step of a session usually follows within a
             # device-compute time, and a core that never idles answers it without the wake-up (and, on
             # a VM, the slower first milliseconds of a vCPU coming back from halt); see protocol.Waiter.
-            self._decoded = 0
-            if self._prefills:  # a prefill is in progress: take what is queued, do not wait
+            self.scheduler.new_turn()
+            if self.scheduler.busy:  # a prefill is in progress: take what is queued, do not wait
                 ready = bool(sock.poll(0, zmq.POLLIN))
             else:
                 ready = self._waiter.wait(sock, self.poll_ms / 1e3, self._stop)
@@ -322,8 +273,8 @@ class SplitServer:
                 batch = self._receive(sock)
                 self._handle_batch(sock, batch)
                 self._waiter.begin()
-            if self._prefills:
-                self._advance_prefills(sock)
+            if self.scheduler.busy:
+                self._reply_all(sock, self.scheduler.advance())
             if time.monotonic() >= next_evict:
                 with self._lock:
                     n = self.sessions.evict_idle()
@@ -348,7 +299,7 @@ class SplitServer:
 
     # -- request handling ----------------------------------------------------------------------
     def _handle_batch(self, sock: zmq.Socket, batch: list[list[zmq.Frame]]) -> None:
-        """Handle messages in arrival order; steps are queued and run together (see `_run_steps`)."""
+        """Handle messages in arrival order; steps go to the scheduler together (`Scheduler.submit`)."""
         pending: list[StepJob] = []
         for frames in batch:
             with self._lock:
@@ -357,12 +308,12 @@ class SplitServer:
                 pending.append(reply)
                 continue
             if pending:  # keep order: a close after a step of the same session must see the step
-                self._run_steps(sock, pending)
+                self._reply_all(sock, self.scheduler.submit(pending))
                 pending = []
             if reply_to is not None and reply is not None:  # None: a retry of a step still in progress
                 self._send(sock, reply_to, reply)
         if pending:
-            self._run_steps(sock, pending)
+            self._reply_all(sock, self.scheduler.submit(pending))
 
     def _prepare(self, frames: list[zmq.Frame]) -> tuple[list | None, dict | StepJob | None]:
         """Validate one message. Returns (routing prefix, reply dict or StepJob); never raises."""
@@ -432,11 +383,14 @@ class SplitServer:
                 "kv_bytes": self.sessions.kv_bytes(), "curve": self.curve is not None,
                 "max_message_bytes": self.max_message_bytes, "limits": asdict(self.limits),
                 "steps": self.stats.steps, "compute_s": self.stats.compute_s, "cpu_s": time.process_time(),
+                "placement": {"device": str(self.placement.device),
+                              "dtype": str(self.placement.dtype).removeprefix("torch.")},
                 "batching": {"on": self.batching, "max_batch": self.max_batch,
                              "batch_wait_ms": self.batch_wait_ms, "step_token_budget": self.step_token_budget,
                              "forwards": self.stats.forwards, "batched_steps": self.stats.batched_steps,
                              "max_batch_seen": self.stats.max_batch_seen,
-                             "prefill_chunks": self.stats.prefill_chunks},
+                             "prefill_chunks": self.stats.prefill_chunks,
+                             "batched_prefills": self.stats.batched_prefills},
                 "speculative": {"steps": self.stats.verify_steps, "drafted": self.stats.drafted,
                                 "accepted": self.stats.accepted},
                 "wait": self.wait.as_dict(),
@@ -480,7 +434,7 @@ class SplitServer:
                 codec.bind(self.lm, self.cuts[0], fit=False)
             except Exception as e:  # never fit on a client's request (minutes of CPU)
                 raise ProtocolError(p.BAD_CODEC, f"codec {spec['name'][:60]!r}: {str(e)[:400]}") from None
-        s = self.sessions.open(lambda: ServerSession(self.stages, sampling), codec, nonce, owner, self._client)
+        s = self.sessions.open(lambda: self.engine.session(sampling), codec, nonce, owner, self._client)
         return self._open_reply(env["rid"], s)
 
     def _open_reply(self, rid: int, s: Session) -> dict:
@@ -494,10 +448,8 @@ class SplitServer:
         start = p.get_int(env, "start", 0, 2**31)
         want_lp = p.get_bool(env, "logprob")
         s = self.sessions.get(sid, owner)
-        job = s.inflight
-        if job is not None and seq == job.seq and start == job.start:  # a retry of a prefill in progress:
-            job.reply_to, job.rid = reply_to, env["rid"]  # its reply goes to the latest request
-            return None
+        if self.scheduler.join_inflight(s, seq, start, (reply_to, s), env["rid"]):  # a retry of a prefill in
+            return None  # progress: its reply goes to the latest request
         if seq == s.last_seq and s.last_reply is not None:  # a retry of the step we already applied
             if start != s.last_start:
                 raise ProtocolError(p.BAD_SEQ, f"seq {seq} was applied at start {s.last_start}, not {start}")
@@ -507,241 +459,16 @@ class SplitServer:
                                            f"of the last ({s.last_seq}); replay into a new session")
         draft, draft_p = p.get_draft(env, self.lm.vocab_size)
         hidden = pl.decode_hidden(s.codec, [f.buffer for f in payload], self.lm.hidden_size,
-                                  self.limits.max_step_tokens)
+                                  self.limits.max_step_tokens, decode=self.engine.decode)
         p.check_draft_positions(int(hidden.shape[1]), draft)
-        return StepJob(reply_to, env["rid"], s, seq, start, hidden, want_lp, draft=draft, draft_p=draft_p)
+        return StepJob((reply_to, s), env["rid"], s, seq, start, hidden, want_lp, draft=draft, draft_p=draft_p)
 
-    def _run_steps(self, sock: zmq.Socket, jobs: list[StepJob]) -> None:
-        """Run queued steps: with batching, the decode steps (T=1) of distinct sessions as batches of at
-        most max_batch and prefills as chunks (`_advance_prefills`); without, one after another. A
-        session's later steps in `jobs` (retries, hostile repeats) run after its first, one by one."""
-        if not self.batching:
-            for job in jobs:
-                self._run_one(sock, job)
-            return
-        batch, rest, seen = [], [], set()
-        for job in jobs:
-            sid = job.session.sid
-            if sid not in seen and job.tokens == 1 and job.draft is None:
-                batch.append(job)
-            else:
-                rest.append(job)
-            seen.add(sid)
-        for i in range(0, len(batch), self.max_batch):
-            self._run_batch(sock, batch[i:i + self.max_batch])
-        for job in rest:
-            if job.tokens == 1 or job.draft is not None:
-                self._run_one(sock, job)
-            else:
-                self._queue_prefill(sock, job)
-
-    def _error_reply(self, job: StepJob, e: Exception) -> dict:
-        if isinstance(e, ProtocolError):
-            self.stats.errors[e.code] += 1
-            return p.error_reply(job.rid, e.code, e.message)
-        log.error("internal error in a step", exc_info=e)
-        self.stats.errors[p.INTERNAL] += 1
-        return p.error_reply(job.rid, p.INTERNAL, f"{type(e).__name__}: {e}")
-
-    def _reply(self, sock: zmq.Socket, job: StepJob, reply: dict) -> None:
-        self._send(sock, job.reply_to, reply)
-        if self._rehearsal is not None:  # after the reply: rehearse this session's codec from now on
-            self._rehearsal.use_codec(job.session.codec)
-
-    def _run_one(self, sock: zmq.Socket, job: StepJob) -> None:
-        """One step on its own (today's path; steps that cannot join a batch go through it)."""
-        with self._lock:
-            try:
-                reply = self._run_step(job)
-            except Exception as e:
-                reply = self._error_reply(job, e)
-        self._reply(sock, job, reply)
-
-    def _run_batch(self, sock: zmq.Socket, jobs: list[StepJob]) -> None:
-        """Decode steps of distinct sessions as one forward; each is checked alone first, and if the
-        batched forward fails they are rerun one by one, so a bad session fails alone."""
-        replies: dict[int, dict] = {}
-        with self._lock:
-            admitted, pending = [], 0
-            for job in jobs:
-                try:
-                    cached = self._admit(job, pending)
-                except Exception as e:
-                    replies[id(job)] = self._error_reply(job, e)
-                    continue
-                if cached is not None:
-                    replies[id(job)] = cached
-                else:
-                    admitted.append(job)
-                    pending += job.tokens
-            if len(admitted) == 1:
-                try:
-                    replies[id(admitted[0])] = self._run_step(admitted[0])
-                except Exception as e:
-                    replies[id(admitted[0])] = self._error_reply(admitted[0], e)
-            elif admitted:
-                t0 = time.perf_counter()
-                try:
-                    logits = forward_batch([j.session.state for j in admitted],
-                                           torch.cat([j.hidden for j in admitted]))
-                except Exception:  # rolled back: find the bad one by running each alone
-                    log.warning("a batched step of %d sessions failed; running them one by one", len(admitted),
-                                exc_info=True)
-                    logits = None
-                finally:
-                    self.stats.compute_s += time.perf_counter() - t0
-                if logits is not None:
-                    self.stats.forwards += 1
-                    self.stats.batched_steps += len(admitted)
-                    self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(admitted))
-                for i, job in enumerate(admitted):
-                    try:
-                        replies[id(job)] = (self._finish(job, logits[i]) if logits is not None
-                                            else self._run_step(job))
-                    except Exception as e:
-                        replies[id(job)] = self._error_reply(job, e)
-            self._decoded += sum(j.tokens for j in admitted)
-        for job in jobs:
-            self._reply(sock, job, replies[id(job)])
-
-    def _queue_prefill(self, sock: zmq.Socket, job: StepJob) -> None:
-        """Check a prefill and queue it for chunks (`_advance_prefills`), or answer it now."""
-        with self._lock:
-            inflight = job.session.inflight
-            if inflight is not None and (inflight.seq, inflight.start) == (job.seq, job.start):
-                inflight.reply_to, inflight.rid = job.reply_to, job.rid  # a resend that came in the same turn
-                return
-            try:
-                reply = self._admit(job)
-            except Exception as e:
-                reply = self._error_reply(job, e)
-            if reply is None:
-                job.session.inflight = job
-                self._prefills.append(job)
-                return
-        self._reply(sock, job, reply)
-
-    def _advance_prefills(self, sock: zmq.Socket) -> None:
-        """Compute queued prefills, oldest first, for this turn's token budget: what the decode steps
-        left of step_token_budget, and at least a quarter of it."""
-        budget = max(self.step_token_budget - self._decoded, self.step_token_budget // 4, 1)
-        while self._prefills and budget > 0:
-            job = self._prefills[0]
-            s = job.session
-            n = min(budget, job.tokens - job.done)
-            reply = None
-            with self._lock:
-                t0 = time.perf_counter()
-                try:
-                    if s.closed:
-                        raise ProtocolError(p.UNKNOWN_SESSION, f"session {s.sid!r} was closed before its "
-                                                               "prefill finished")
-                    logits = s.state.forward(job.hidden[:, job.done:job.done + n], job.start + job.done)[0, -1]
-                    self.stats.forwards += 1
-                    self.stats.prefill_chunks += 1
-                    job.done += n
-                    if job.done == job.tokens:
-                        reply = self._finish(job, logits)
-                except Exception as e:
-                    if not s.closed:
-                        s.state.rollback(job.start)
-                    job.done = job.tokens
-                    reply = self._error_reply(job, e)
-                finally:
-                    self.stats.compute_s += time.perf_counter() - t0
-                if job.done == job.tokens:
-                    self._prefills.popleft()
-                    s.inflight = None
-            budget -= n
-            if reply is not None:
-                self._reply(sock, job, reply)
-
-    def _admit(self, job: StepJob, pending_tokens: int = 0) -> dict | None:
-        """Check a step before computing it: the cached reply for a retry, None to run it, or a
-        ProtocolError. `pending_tokens`: tokens of steps admitted to the same batch (memory limit)."""
-        s = job.session
-        if s.closed:
-            raise ProtocolError(p.UNKNOWN_SESSION, f"session {s.sid!r} was closed before its step ran")
-        if s.inflight is not None:
-            raise ProtocolError(p.BAD_SEQ, f"seq {job.seq}: session {s.sid!r} is still computing step "
-                                           f"{s.inflight.seq}; wait for its reply")
-        if job.seq != s.last_seq + 1:  # an earlier message in this batch moved the session on
-            if job.seq == s.last_seq and s.last_reply is not None and job.start == s.last_start:
-                return dict(s.last_reply, rid=job.rid)
-            raise ProtocolError(p.BAD_SEQ, f"seq {job.seq} is not the next step ({s.last_seq + 1})")
-        if job.start != s.position:
-            raise ProtocolError(p.BAD_POSITION, f"step starts at position {job.start} but session {s.sid!r} is "
-                                                f"at {s.position}; resend from {s.position} or replay")
-        self.sessions.reserve(s, job.start, job.tokens, pending_tokens)
-        return None
-
-    def _run_step(self, job: StepJob) -> dict:
-        cached = self._admit(job)
-        if cached is not None:
-            return cached
-        s = job.session
-        if job.draft is not None:
-            return self._verify(job)
-        t0 = time.perf_counter()
-        try:
-            logits = s.state.forward(job.hidden, job.start)[0, -1]
-        except Exception:
-            s.state.rollback(job.start)
-            raise
-        finally:
-            self.stats.compute_s += time.perf_counter() - t0
-        self.stats.forwards += 1
-        return self._finish(job, logits)
-
-    def _verify(self, job: StepJob) -> dict:
-        """A speculative step (already admitted): run [x, d1..dγ] in one forward, keep the longest
-        accepted prefix of the drafts plus the server's own token, roll the KV back past the first
-        rejection (`ServerSession.verify`), and reply with all of them (`toks`)."""
-        s = job.session
-        t0 = time.perf_counter()
-        try:
-            toks = s.state.verify(job.hidden, job.start, job.draft, job.draft_p)
-        except StepError as e:
-            s.state.rollback(job.start)
-            raise ProtocolError(p.BAD_FIELD, f"speculative step: {e}") from None
-        except Exception:
-            s.state.rollback(job.start)
-            raise
-        finally:
-            self.stats.compute_s += time.perf_counter() - t0
-        self.stats.forwards += 1
-        self.stats.verify_steps += 1
-        self.stats.drafted += len(job.draft)
-        self.stats.accepted += len(toks) - 1
-        reply = p.ok_reply(job.rid, tok=toks[-1], toks=toks, pos=s.state.position, seq=job.seq)
-        s.last_seq, s.last_start, s.last_reply = job.seq, job.start, reply
-        s.stats["steps"] += 1
-        s.stats["tokens"] += job.tokens
-        self.stats.steps += 1
-        self.stats.tokens += job.tokens
-        return reply
-
-    def _finish(self, job: StepJob, logits: torch.Tensor) -> dict:
-        """Sample the step's token from its last position's logits and remember the reply (retries)."""
-        s = job.session
-        t0 = time.perf_counter()
-        try:
-            token = sample_token(logits, s.state.sampling, s.state.position)
-        except Exception:
-            s.state.rollback(job.start)
-            raise
-        finally:
-            self.stats.compute_s += time.perf_counter() - t0
-        n = job.tokens
-        reply = p.ok_reply(job.rid, tok=token, pos=s.state.position, seq=job.seq)
-        if job.want_logprob:
-            reply["lp"] = float(torch.log_softmax(logits.float(), -1)[token])
-        s.last_seq, s.last_start, s.last_reply = job.seq, job.start, reply
-        s.stats["steps"] += 1
-        s.stats["tokens"] += n
-        self.stats.steps += 1
-        self.stats.tokens += n
-        return reply
+    def _reply_all(self, sock: zmq.Socket, replies: list) -> None:
+        """Send the scheduler's replies (route = the request's routing frames and its session)."""
+        for (reply_to, session), reply in replies:
+            self._send(sock, reply_to, reply)
+            if self._rehearsal is not None:  # after the reply: rehearse this session's codec from now on
+                self._rehearsal.use_codec(session.codec)
 
     def _send(self, sock: zmq.Socket, reply_to: list, reply: dict) -> None:
         data = p.pack(reply)

@@ -115,7 +115,7 @@ def test_a_bad_session_in_a_batch_fails_alone(make_server, raw_client, tiny_lm, 
     assert reps[103]["code"] == p.UNKNOWN_SESSION
     assert reps[104]["ok"] and reps[104]["tok"] == want[0]  # answered from the reply cache
     # a batched forward that fails is rerun step by step: each session still gets its own answer
-    monkeypatch.setattr(server_mod, "forward_batch", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(srv.engine, "forward_batch", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     x = torch.randn(1, 1, tiny_lm.hidden_size)
     for i, sid in enumerate((sids[0], sids[2], sids[1])):
         start = 5 if i < 2 else 4

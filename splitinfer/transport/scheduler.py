@@ -1,0 +1,395 @@
+"""The scheduler between the socket server and the engine: which steps run together, and when.
+
+No sockets here (the server hands it validated `StepJob`s and sends the replies it returns) and no
+model computation (it calls the engine, `splitinfer.split.server.ServerHalf`: forward a step or a
+batch, sample). It owns:
+
+- admission: a step is checked alone before it computes (sequence number, position, a retry answered
+  from the session's reply cache, token and KV-memory limits, the client's quota);
+- continuous batching: the queued decode steps (one token) of different sessions run as one forward,
+  at most `max_batch` per forward, with no wait for a batch to fill;
+- chunked prefill under a per-turn token budget: each turn (`advance`) computes the queued prefills,
+  oldest first, for `step_token_budget` tokens less the turn's decode tokens (at least a quarter of
+  it); the prompts (or chunks) that fit the budget run as one batched forward across sessions, left-
+  padded (rows are grouped so padding stays under half the batch), so a burst of prompts shares forwards
+  and a long prompt does not stall the other sessions' decode steps;
+- verify steps (a speculative step carrying drafted tokens) run alone, unchunked.
+
+If a batched forward fails, its steps are rerun one by one, so one bad session fails alone. Without
+batching (`batching=False`) every step runs alone in arrival order, a prefill whole (the unbatched
+server, for comparison). Replies are `(route, reply)` pairs: `route` is whatever the server attached
+to the job (its ZeroMQ routing frames).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from splitinfer.errors import ConfigError
+from splitinfer.split.placement import synchronize
+from splitinfer.split.server import ServerHalf, StepError
+from splitinfer.transport import protocol as p
+from splitinfer.transport.protocol import ProtocolError
+from splitinfer.transport.sessions import Session, SessionTable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEP_TOKEN_BUDGET = 256  # tokens one scheduler turn computes: decode steps first, then prefill chunks
+MAX_PAD_FRACTION = 0.5  # a batched prefill forward computes at most this share of padding positions
+
+
+@dataclass
+class StepJob:
+    """A validated step waiting to run; `route` is the server's (where the reply goes)."""
+
+    route: Any
+    rid: int
+    session: Session
+    seq: int
+    start: int
+    hidden: torch.Tensor
+    want_logprob: bool
+    done: int = 0  # positions already computed (a chunked prefill in progress)
+    draft: list[int] | None = None  # a speculative step's drafted tokens: it runs alone, unchunked
+    draft_p: list[float] | None = None  # the drafter's probability of each drafted token (sampling only)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.hidden.shape[1])
+
+    @property
+    def left(self) -> int:
+        return self.tokens - self.done
+
+
+Reply = tuple[Any, dict]
+
+
+@dataclass
+class ServerStats:
+    requests: int = 0
+    steps: int = 0
+    tokens: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    compute_s: float = 0.0  # time spent in the engine (forward + sampling, device synchronized)
+    forwards: int = 0  # forwards through the stages (a batch of steps counts once)
+    batched_steps: int = 0  # decode steps that ran in a batch of two or more
+    max_batch_seen: int = 0
+    prefill_chunks: int = 0
+    batched_prefills: int = 0  # prefill chunks that ran in a forward with other sessions' chunks
+    verify_steps: int = 0  # speculative steps (a step carrying drafted tokens)
+    drafted: int = 0  # drafted tokens they carried
+    accepted: int = 0  # drafted tokens the server accepted
+    errors: Counter = field(default_factory=Counter)
+
+
+class Scheduler:
+    """Admission, continuous batching, chunked prefill and verify steps over one engine and one
+    session table; `submit` and `advance` return the replies that are ready."""
+
+    def __init__(self, engine: ServerHalf, sessions: SessionTable, *, batching: bool = True, max_batch: int = 64,
+                 step_token_budget: int = DEFAULT_STEP_TOKEN_BUDGET, stats: ServerStats | None = None,
+                 lock: threading.Lock | None = None) -> None:
+        for name, v in (("max_batch", max_batch), ("step_token_budget", step_token_budget)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name}={v!r}: must be an int >= 1")
+        self.engine = engine
+        self.sessions = sessions
+        self.batching = bool(batching)
+        self.max_batch = int(max_batch)
+        self.step_token_budget = int(step_token_budget)
+        self.stats = stats or ServerStats()
+        self.lock = lock or threading.Lock()  # guards the session table against readers in other threads
+        self.prefills: deque[StepJob] = deque()  # chunked prefills in progress (batching only)
+        self._decoded = 0  # decode tokens computed this turn (they come out of the budget)
+
+    @property
+    def busy(self) -> bool:
+        """Prefills are in progress: the server should not sleep before the next `advance`."""
+        return bool(self.prefills)
+
+    def new_turn(self) -> None:
+        self._decoded = 0
+
+    # -- what the server hands over -------------------------------------------------------------
+    def join_inflight(self, s: Session, seq: int, start: int, route: Any, rid: int) -> bool:
+        """A retry of a prefill still in progress joins it (its reply goes to the latest request)."""
+        job = s.inflight
+        if job is not None and (job.seq, job.start) == (seq, start):
+            job.route, job.rid = route, rid
+            return True
+        return False
+
+    def submit(self, jobs: list[StepJob]) -> list[Reply]:
+        """Run (or queue) validated steps. With batching the decode steps of distinct sessions run as
+        batches of at most max_batch and prefills are queued for chunks; a session's later steps in
+        `jobs` (retries, hostile repeats) run after its first, one by one. Without, one after another."""
+        out: list[Reply] = []
+        if not self.batching:
+            for job in jobs:
+                out.append(self._run_one(job))
+            return out
+        batch, rest, seen = [], [], set()
+        for job in jobs:
+            sid = job.session.sid
+            if sid not in seen and job.tokens == 1 and job.draft is None:
+                batch.append(job)
+            else:
+                rest.append(job)
+            seen.add(sid)
+        for i in range(0, len(batch), self.max_batch):
+            out += self._run_decode_batch(batch[i:i + self.max_batch])
+        for job in rest:
+            if job.tokens == 1 or job.draft is not None:
+                out.append(self._run_one(job))
+            else:
+                out += self._queue_prefill(job)
+        return out
+
+    def advance(self) -> list[Reply]:
+        """One turn of queued prefills: oldest first, for what the decode steps left of the token budget
+        (at least a quarter of it); the chunks that fit run as one batched forward per padding group."""
+        budget = max(self.step_token_budget - self._decoded, self.step_token_budget // 4, 1)
+        out: list[Reply] = []
+        while self.prefills and budget > 0:
+            group = self._prefill_group(budget)
+            budget -= sum(n for _, n in group)
+            out += self._run_prefill_group(group)
+        return out
+
+    # -- admission ------------------------------------------------------------------------------
+    def admit(self, job: StepJob, pending_tokens: int = 0) -> dict | None:
+        """Check a step before computing it: the cached reply for a retry, None to run it, or a
+        ProtocolError. `pending_tokens`: tokens of steps admitted to the same batch (memory limit)."""
+        s = job.session
+        if s.closed:
+            raise ProtocolError(p.UNKNOWN_SESSION, f"session {s.sid!r} was closed before its step ran")
+        if s.inflight is not None:
+            raise ProtocolError(p.BAD_SEQ, f"seq {job.seq}: session {s.sid!r} is still computing step "
+                                           f"{s.inflight.seq}; wait for its reply")
+        if job.seq != s.last_seq + 1:  # an earlier message in this batch moved the session on
+            if job.seq == s.last_seq and s.last_reply is not None and job.start == s.last_start:
+                return dict(s.last_reply, rid=job.rid)
+            raise ProtocolError(p.BAD_SEQ, f"seq {job.seq} is not the next step ({s.last_seq + 1})")
+        if job.start != s.position:
+            raise ProtocolError(p.BAD_POSITION, f"step starts at position {job.start} but session {s.sid!r} is "
+                                                f"at {s.position}; resend from {s.position} or replay")
+        self.sessions.reserve(s, job.start, job.tokens, pending_tokens)
+        return None
+
+    def error_reply(self, job: StepJob, e: Exception) -> dict:
+        if isinstance(e, ProtocolError):
+            self.stats.errors[e.code] += 1
+            return p.error_reply(job.rid, e.code, e.message)
+        log.error("internal error in a step", exc_info=e)
+        self.stats.errors[p.INTERNAL] += 1
+        return p.error_reply(job.rid, p.INTERNAL, f"{type(e).__name__}: {e}")
+
+    # -- running steps --------------------------------------------------------------------------
+    def _timed(self, fn, *args):
+        """Run an engine call, counting its time (the device synchronized, so queued work counts)."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            synchronize(self.engine.placement.device)
+            self.stats.compute_s += time.perf_counter() - t0
+
+    def _run_one(self, job: StepJob) -> Reply:
+        """One step on its own (steps that cannot join a batch, and the unbatched server)."""
+        with self.lock:
+            try:
+                reply = self._run_step(job)
+            except Exception as e:
+                reply = self.error_reply(job, e)
+        return job.route, reply
+
+    def _run_step(self, job: StepJob) -> dict:
+        cached = self.admit(job)
+        if cached is not None:
+            return cached
+        s = job.session
+        if job.draft is not None:
+            return self._verify(job)
+        try:
+            logits = self._timed(s.state.forward, job.hidden, job.start)[0, -1]
+        except Exception:
+            s.state.rollback(job.start)
+            raise
+        self.stats.forwards += 1
+        return self._finish(job, logits)
+
+    def _run_decode_batch(self, jobs: list[StepJob]) -> list[Reply]:
+        """Decode steps of distinct sessions as one forward; each is checked alone first, and if the
+        batched forward fails they are rerun one by one, so a bad session fails alone."""
+        replies: dict[int, dict] = {}
+        with self.lock:
+            admitted, pending = [], 0
+            for job in jobs:
+                try:
+                    cached = self.admit(job, pending)
+                except Exception as e:
+                    replies[id(job)] = self.error_reply(job, e)
+                    continue
+                if cached is not None:
+                    replies[id(job)] = cached
+                else:
+                    admitted.append(job)
+                    pending += job.tokens
+            if len(admitted) == 1:
+                try:
+                    replies[id(admitted[0])] = self._run_step(admitted[0])
+                except Exception as e:
+                    replies[id(admitted[0])] = self.error_reply(admitted[0], e)
+            elif admitted:
+                logits = self._batched_forward(admitted, [j.hidden for j in admitted])
+                if logits is not None:
+                    self.stats.batched_steps += len(admitted)
+                    self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(admitted))
+                for i, job in enumerate(admitted):
+                    try:
+                        replies[id(job)] = (self._finish(job, logits[i]) if logits is not None
+                                            else self._run_step(job))
+                    except Exception as e:
+                        replies[id(job)] = self.error_reply(job, e)
+            self._decoded += sum(j.tokens for j in admitted)
+        return [(job.route, replies[id(job)]) for job in jobs]
+
+    def _batched_forward(self, jobs: list[StepJob], hiddens: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """The engine's batched forward, or None when it failed (every session rolled back)."""
+        try:
+            logits = self._timed(self.engine.forward_batch, [j.session.state for j in jobs], hiddens)
+        except Exception:
+            log.warning("a batched forward of %d sessions failed; running them one by one", len(jobs), exc_info=True)
+            return None
+        self.stats.forwards += 1
+        return logits
+
+    def _queue_prefill(self, job: StepJob) -> list[Reply]:
+        """Check a prefill and queue it for chunks (`advance`), or answer it now."""
+        with self.lock:
+            if self.join_inflight(job.session, job.seq, job.start, job.route, job.rid):
+                return []  # a resend that came in the same turn
+            try:
+                reply = self.admit(job)
+            except Exception as e:
+                reply = self.error_reply(job, e)
+            if reply is None:
+                job.session.inflight = job
+                self.prefills.append(job)
+                return []
+        return [(job.route, reply)]
+
+    def _prefill_group(self, budget: int) -> list[tuple[StepJob, int]]:
+        """The queued prefills that run in one forward this turn, oldest first, with their chunk sizes:
+        as many as fit `budget` and keep padding under MAX_PAD_FRACTION of the forward (the oldest
+        always runs, chunked to the budget when it does not fit)."""
+        group: list[tuple[StepJob, int]] = []
+        total = longest = 0
+        for job in list(self.prefills)[:self.max_batch]:
+            n = min(job.left, budget - total)
+            if n <= 0:
+                break
+            wide = max(longest, n)
+            if group and (len(group) + 1) * wide * (1 - MAX_PAD_FRACTION) > total + n:
+                break
+            group.append((job, n))
+            total += n
+            longest = wide
+        return group
+
+    def _run_prefill_group(self, group: list[tuple[StepJob, int]]) -> list[Reply]:
+        out: list[Reply] = []
+        with self.lock:
+            live, hiddens = [], []
+            for job, n in group:
+                if job.session.closed:
+                    out.append(self._end_prefill(job, ProtocolError(p.UNKNOWN_SESSION, f"session {job.session.sid!r} "
+                                                                   "was closed before its prefill finished")))
+                    continue
+                live.append((job, n))
+                hiddens.append(job.hidden[:, job.done:job.done + n])
+            logits = None
+            if len(live) > 1:
+                logits = self._batched_forward([j for j, _ in live], hiddens)
+                if logits is not None:
+                    self.stats.batched_prefills += len(live)
+            for i, (job, n) in enumerate(live):
+                try:
+                    if logits is None:
+                        row = self._timed(job.session.state.forward, hiddens[i], job.start + job.done)[0, -1]
+                        self.stats.forwards += 1
+                    else:
+                        row = logits[i]
+                    self.stats.prefill_chunks += 1
+                    job.done += n
+                    if job.done == job.tokens:
+                        out.append((job.route, self._finish(job, row)))
+                        self._drop_prefill(job)
+                except Exception as e:
+                    out.append(self._end_prefill(job, e))
+        return out
+
+    def _end_prefill(self, job: StepJob, e: Exception) -> Reply:
+        """A prefill that failed: roll its session back to before the step, answer the error."""
+        if not job.session.closed:
+            job.session.state.rollback(job.start)
+        self._drop_prefill(job)
+        return job.route, self.error_reply(job, e)
+
+    def _drop_prefill(self, job: StepJob) -> None:
+        try:
+            self.prefills.remove(job)
+        except ValueError:
+            pass
+        job.session.inflight = None
+
+    def _verify(self, job: StepJob) -> dict:
+        """A speculative step (already admitted): run [x, d1..dγ] in one forward, keep the longest
+        accepted prefix of the drafts plus the server's own token, roll the KV back past the first
+        rejection (`ServerSession.verify`), and reply with all of them (`toks`)."""
+        s = job.session
+        try:
+            toks = self._timed(s.state.verify, job.hidden, job.start, job.draft, job.draft_p)
+        except StepError as e:
+            s.state.rollback(job.start)
+            raise ProtocolError(p.BAD_FIELD, f"speculative step: {e}") from None
+        except Exception:
+            s.state.rollback(job.start)
+            raise
+        self.stats.forwards += 1
+        self.stats.verify_steps += 1
+        self.stats.drafted += len(job.draft)
+        self.stats.accepted += len(toks) - 1
+        return self._record(job, p.ok_reply(job.rid, tok=toks[-1], toks=toks, pos=s.state.position, seq=job.seq))
+
+    def _finish(self, job: StepJob, logits: torch.Tensor) -> dict:
+        """Sample the step's token from its last position's logits (the engine's session samples) and
+        remember the reply (retries)."""
+        s = job.session
+        try:
+            token, lp = self._timed(s.state.sample, logits, job.want_logprob)
+        except Exception:
+            s.state.rollback(job.start)
+            raise
+        reply = p.ok_reply(job.rid, tok=token, pos=s.state.position, seq=job.seq)
+        if lp is not None:
+            reply["lp"] = lp
+        return self._record(job, reply)
+
+    def _record(self, job: StepJob, reply: dict) -> dict:
+        s = job.session
+        s.last_seq, s.last_start, s.last_reply = job.seq, job.start, reply
+        s.stats["steps"] += 1
+        s.stats["tokens"] += job.tokens
+        self.stats.steps += 1
+        self.stats.tokens += job.tokens
+        return reply
