@@ -3,7 +3,7 @@
     python scripts/bench_serving.py                          # real model, cut 15, N = 1..64, ~6 min here
     python scripts/bench_serving.py --clients 1,8,32 --tokens 16 --out /tmp/serving
 
-Two server processes (`python -m splitinfer.transport.server`, one with --no-batching) serve the real
+Two server processes (`python -m splitinfer serve`, one with --no-batching) serve the real
 model at cut 15. To measure the server rather than this machine's spare CPU, the device halves do not run
 live: for each prompt (mixed lengths) the device-half outputs of its greedy trajectory are computed once
 here (with the unbatched in-process split, which is also the text reference), and a few load-generator
@@ -170,7 +170,7 @@ class Server:
 
         self.port = free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "splitinfer.transport.server", "--model", model, "--cut", str(cut),
+        cmd = [sys.executable, "-m", "splitinfer", "serve", "--model", model, "--cut", str(cut),
                "--port", str(self.port), "--threads", str(threads), "--max-sessions", "256",
                "--batching" if batching else "--no-batching", *extra]
         env = dict(os.environ, PYTHONPATH=str(ROOT))

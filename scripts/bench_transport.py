@@ -89,7 +89,7 @@ def wait_policy(args, mode: str):
 
 
 def start_server(args, lm, mode: str):
-    """A server process (`python -m splitinfer.transport.server`) or an in-thread SplitServer."""
+    """A server process (`python -m splitinfer serve`) or an in-thread SplitServer."""
     from splitinfer.transport.reliability.harness import free_port
 
     wait = wait_policy(args, mode)
@@ -102,7 +102,7 @@ def start_server(args, lm, mode: str):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-    proc = subprocess.Popen([sys.executable, "-m", "splitinfer.transport.server", "--model", args.model,
+    proc = subprocess.Popen([sys.executable, "-m", "splitinfer", "serve", "--model", args.model,
                              "--cut", str(args.cut), "--port", str(port), *wait.as_flags(),
                              *(["--threads", str(args.threads)] if args.threads else [])],
                             stdout=subprocess.PIPE,

@@ -39,6 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on this side (default: torch's, all cores); 1 is steadier on a small "
                         "shared CPU and lets --busy-poll-ms rehearse the device compute")
+    p.add_argument("--device", default="cpu",
+                   help="torch device of the device half: cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--dtype", default="float32",
+                   help="dtype the device half computes in: float32, bfloat16 or float16 (default: %(default)s)")
+    p.add_argument("--server-device", default=None,
+                   help="without --server: torch device of the in-process server half (default: cpu); a "
+                        "`splitinfer serve` process has its own (serve --device)")
+    p.add_argument("--server-dtype", default=None,
+                   help="without --server: dtype of the in-process server half (default: float32)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate, >= 1 (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
@@ -77,6 +86,7 @@ def check_arguments(args: argparse.Namespace) -> list[int]:
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads}: give a number of threads >= 1 (or leave it out)")
     cuts = parse_cuts(args.cut)
+    placements(args)
     from splitinfer.split.speculative import parse_speculate
 
     parse_speculate(getattr(args, "speculate", None))  # a bad value is refused before the model loads
@@ -87,6 +97,19 @@ def check_arguments(args: argparse.Namespace) -> list[int]:
         raise
     except ValueError as e:  # validate_cuts' plain ValueError: bad input here, so a UserError
         raise ConfigError(f"--cut {args.cut}: {e}") from None
+
+
+def placements(args: argparse.Namespace):
+    """The device half's and the in-process server half's (device, dtype), checked: one line for a device
+    that is not visible, an unknown dtype, or a dtype the device cannot run."""
+    from splitinfer.split.placement import Placement
+
+    device = Placement.of(getattr(args, "device", None), getattr(args, "dtype", None))
+    server_device, server_dtype = getattr(args, "server_device", None), getattr(args, "server_dtype", None)
+    if getattr(args, "server", None) and (server_device or server_dtype):
+        raise ConfigError("--server-device/--server-dtype place the in-process server half; with --server the "
+                          "server process has its own: start it with `splitinfer serve --device ... --dtype ...`")
+    return device, Placement.of(server_device, server_dtype, prefix="server_")
 
 
 def build_defense_arg(args: argparse.Namespace):
@@ -134,13 +157,16 @@ def main(args: argparse.Namespace) -> int:
         from splitinfer.transport.wait import WaitPolicy
 
         wait = WaitPolicy.from_args(args)
+    placement, server_placement = placements(args)
     lm = load_model(args.model)
     if args.server:
         from splitinfer.transport.client import remote_generator
 
-        gen = remote_generator(lm, cuts, args.server, codec=codec, sampling=sampling, defense=defense, wait=wait)
+        gen = remote_generator(lm, cuts, args.server, codec=codec, sampling=sampling, defense=defense, wait=wait,
+                               placement=placement)
     else:
-        gen = in_process_generator(lm, cuts, codec=codec, sampling=sampling, defense=defense)
+        gen = in_process_generator(lm, cuts, codec=codec, sampling=sampling, defense=defense, placement=placement,
+                                   server_placement=server_placement)
     gen = speculative_wrap(gen, lm, cuts, args)
     printed = ""
 

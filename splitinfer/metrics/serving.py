@@ -11,7 +11,7 @@ A decode step of one client costs the server `s` seconds; between two of its ste
 
 The measured profile's shape S(b)/S(1) is applied to the server time of any cut (a decode step is
 bound by reading the weights of the server's layers, which a batch reads once); prefill contention is
-not modelled (chunked prefill bounds it per step, see `splitinfer.transport.server`).
+not modelled (chunked prefill bounds it per step, see `splitinfer.transport.scheduler`).
 `clients_per_server` inverts the model: the most clients that keep tpot within a budget.
 """
 

@@ -16,6 +16,7 @@ import torch
 
 from splitinfer.errors import ConfigError
 from splitinfer.models import KVCache, Stage
+from splitinfer.split.placement import Placement, place_stages
 from splitinfer.split.wire import resolve_codec
 
 
@@ -50,11 +51,17 @@ def install_server_entry(stage: Stage, defense) -> Stage:
 
 
 class DeviceHalf:
-    """The device's part of the split path: ids -> device stage -> defense -> codec message."""
+    """The device's part of the split path: ids -> device stage -> defense -> codec message.
 
-    def __init__(self, stage: Stage, codec=None, defense=None) -> None:
+    `placement` puts the stage on a torch device and dtype (a copy when it is not there already, see
+    `split.placement`); what goes to the defense and the codec is float32 on the CPU either way, so the
+    wire carries what the codec says whatever the device computes in."""
+
+    def __init__(self, stage: Stage, codec=None, defense=None, placement: Placement | None = None) -> None:
         if not stage.is_first:
             raise ConfigError("the device half must hold the chain's first stage")
+        self.placement = placement or Placement()
+        stage = place_stages([stage], self.placement)[0]
         self.stage = stage
         self.codec = resolve_codec(codec)
         self.defense = defense
@@ -80,8 +87,13 @@ class DeviceHalf:
     @torch.no_grad()
     def hidden(self, ids: torch.Tensor, cache: KVCache | None = None, *, position_ids=None,
                attention_mask=None) -> torch.Tensor:
-        """The device stage's output for `ids` (embedding defenses included)."""
-        return self.stage(ids, position_ids=position_ids, attention_mask=attention_mask, cache=cache)
+        """The device stage's output for `ids` (embedding defenses included), float32 on the CPU."""
+        if self.placement.is_default:
+            return self.stage(ids, position_ids=position_ids, attention_mask=attention_mask, cache=cache)
+        dev = self.placement.device
+        h = self.stage(ids.to(dev), position_ids=None if position_ids is None else position_ids.to(dev),
+                       attention_mask=None if attention_mask is None else attention_mask.to(dev), cache=cache)
+        return h.to("cpu", torch.float32)
 
     @staticmethod
     def rollback(cache: KVCache | None, position: int) -> None:

@@ -16,6 +16,7 @@ from splitinfer.errors import ConfigError
 from splitinfer.models import LoadedModel, split_model
 from splitinfer.split.device import DeviceHalf, install_server_entry
 from splitinfer.split.link import InProcessLink
+from splitinfer.split.placement import Placement
 from splitinfer.split.server import SamplingConfig, ServerHalf
 from splitinfer.split.wire import resolve_codec
 
@@ -104,15 +105,17 @@ class SplitGenerator:
                                 self.link.bytes_down, prefill_s, decode_s)
 
 
-def split_pair(lm: LoadedModel, cuts, codec=None, defense=None,
-               sampling: SamplingConfig | None = None) -> tuple[DeviceHalf, ServerHalf]:
-    """Cut `lm` at `cuts` into a device half (first stage) and a server half (the rest of the chain)."""
+def split_pair(lm: LoadedModel, cuts, codec=None, defense=None, sampling: SamplingConfig | None = None, *,
+               placement: Placement | None = None,
+               server_placement: Placement | None = None) -> tuple[DeviceHalf, ServerHalf]:
+    """Cut `lm` at `cuts` into a device half (first stage) and a server half (the rest of the chain),
+    each on its own device and dtype (`placement`, `server_placement`; default CPU float32)."""
     stages = split_model(lm, cuts)
     cut = stages[0].end_layer
     device = DeviceHalf(stages[0], codec=bind_to(resolve_codec(codec), lm, cut),
-                        defense=bind_to(defense, lm, cut))
+                        defense=bind_to(defense, lm, cut), placement=placement)
     install_server_entry(stages[1], device.defense)  # a defense the server's weights are folded with
-    return device, ServerHalf(stages[1:], codec=device.codec, sampling=sampling)
+    return device, ServerHalf(stages[1:], codec=device.codec, sampling=sampling, placement=server_placement)
 
 
 def bind_to(part, lm: LoadedModel, cut: int):
@@ -125,9 +128,12 @@ def bind_to(part, lm: LoadedModel, cut: int):
 
 
 def in_process_generator(lm: LoadedModel, cuts, codec=None, sampling: SamplingConfig | None = None,
-                         defense=None) -> SplitGenerator:
-    """Cut `lm` and wire the halves together in this process (the quickest way to try a split)."""
-    device, server = split_pair(lm, cuts, codec, defense, sampling)
+                         defense=None, *, placement: Placement | None = None,
+                         server_placement: Placement | None = None) -> SplitGenerator:
+    """Cut `lm` and wire the halves together in this process (the quickest way to try a split); each half
+    on its own device and dtype when asked."""
+    device, server = split_pair(lm, cuts, codec, defense, sampling, placement=placement,
+                                server_placement=server_placement)
     return SplitGenerator(lm, device, InProcessLink(server))
 
 

@@ -5,7 +5,7 @@
     link = SimulatedLink(gen.link, bandwidth_bps=10e6, rtt_s=0.05)   # a slower network, for experiments
 
 Modules: `protocol` (envelope, validation, error codes), `payload` (codecs on the wire), `sessions`
-(limits, eviction), `server` (SplitServer, `python -m splitinfer.transport.server`), `client`
+(limits, eviction), `scheduler` (batching, chunked prefill; no sockets), `server` (SplitServer: the socket), `client`
 (RemoteLink, remote_generator), `simulated` (SimulatedLink), `keys` (CurveZMQ key folders), `wait`
 (WaitPolicy: how a side waits), `warm` (rehearsal of a waiting side's step path), `reliability` (the
 hostile-input, fault, load and auth harness behind tests/reliability and scripts/reliability_report.py).
@@ -79,7 +79,7 @@ Command line
     # lowest latency at ~5 % more CPU: one thread a side, rehearsing spins from 3 ms before each message
     splitinfer serve --threads 1 --busy-poll-ms 500 --wake-early-ms 3
     splitinfer generate --server tcp://127.0.0.1:5555 --threads 1 --busy-poll-ms 500 --wake-early-ms 3 "Hi"
-    python -m splitinfer.transport.server --model tiny-llama --cut 2 --port 5555   # same server, no CLI
+    python -m splitinfer serve --model tiny-llama --cut 2 --port 5555   # the same command, any Python
 
 Security
 --------
@@ -97,7 +97,7 @@ from __future__ import annotations
 
 _EXPORTS = {
     "SplitServer": "splitinfer.transport.server",
-    "ServerConfig": "splitinfer.transport.server",
+    "ServerConfig": "splitinfer.transport.server_config",
     "SessionLimits": "splitinfer.transport.sessions",
     "RemoteLink": "splitinfer.transport.client",
     "RemoteError": "splitinfer.transport.client",

@@ -35,6 +35,7 @@ from splitinfer.split import (
     resolve_codec,
     tokens_of,
 )
+from splitinfer.split.placement import Placement
 from splitinfer.transport import protocol as p
 from splitinfer.transport.payload import build_session_codec, codec_spec, default_codec
 from splitinfer.transport.wait import WaitPolicy
@@ -353,7 +354,8 @@ def _send_frames(sock: zmq.Socket, frames: list) -> None:
 
 def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
                      sampling: SamplingConfig | None = None, *, defense: Any = None,
-                     wait: WaitPolicy | dict | str | None = None, **link_kwargs: Any) -> SplitGenerator:
+                     wait: WaitPolicy | dict | str | None = None, placement: Placement | None = None,
+                     **link_kwargs: Any) -> SplitGenerator:
     """A SplitGenerator whose device half runs here and whose server half runs at `server_url`.
 
     `codec` None means the project's default codec; `"none"` sends raw fp32. `defense` (a
@@ -361,7 +363,8 @@ def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
     change (a defense that does, `secret_permutation`, is refused). CURVE keys come from `curve_keys=DIR` or the SPLITINFER_CURVE_KEYS environment variable (a
     `splitinfer keygen` folder). `wait` (a `WaitPolicy`, its settings as a dict, or a mode name) says
     how the link waits for each reply; when it spins and rehearses, the device's step path is rehearsed
-    on a tiny shadow model meanwhile (`splitinfer.transport.warm`).
+    on a tiny shadow model meanwhile (`splitinfer.transport.warm`). `placement`: the device half's torch
+    device and dtype (the server's are its own).
     """
     wait = WaitPolicy.resolve(wait)
     cuts = validate_cuts(cuts, lm.num_layers)
@@ -377,7 +380,8 @@ def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
                           f"Run it in process (`splitinfer generate` without --server, a sweep) or pick a "
                           f"device-only defense (gaussian, dchi, fisher_noise, nopeek, secret_adapter)")
     codec = bind_to(resolve_codec(default_codec() if codec is None else codec), lm, cuts[0])
-    device = DeviceHalf(split_model(lm, cuts)[0], codec=codec, defense=bind_to(defense, lm, cuts[0]))
+    device = DeviceHalf(split_model(lm, cuts)[0], codec=codec, defense=bind_to(defense, lm, cuts[0]),
+                        placement=placement)
     link = RemoteLink(server_url, fingerprint=lm.fingerprint, cuts=cuts, hidden_size=lm.hidden_size,
                       codec=device.codec, sampling=sampling, vocab_size=lm.vocab_size, wait=wait, **link_kwargs)
     if wait.rehearses:

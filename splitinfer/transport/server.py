@@ -15,18 +15,15 @@ use (`splitinfer.split.server`).
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import logging
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import zmq
 
 from splitinfer.errors import ConfigError, NotFoundError
@@ -45,9 +42,8 @@ log = logging.getLogger(__name__)
 
 SUPPORTS_DRAFT = True  # runs speculative steps (`draft` in a step envelope; `ServerSession.verify`)
 
-DEFAULT_PORT = 5555
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20  # 2048 fp32 tokens of a 2048-wide model; SmolLM2 prefill is far less
 MAX_BATCH = 64  # messages taken off the socket per loop turn (at least max_batch)
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20  # 2048 fp32 tokens of a 2048-wide model; SmolLM2 prefill is far less
 
 
 def is_loopback(host: str) -> bool:
@@ -196,6 +192,16 @@ class SplitServer:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    @property
+    def serving(self) -> bool:
+        """The serving thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped the serving thread, if anything did."""
+        return self._error
 
     def serve_forever(self) -> None:
         """Serve in this thread until SIGINT/SIGTERM or stop()."""
@@ -479,147 +485,4 @@ class SplitServer:
             log.warning("could not reply to a client: %s", e)
 
 
-# -- running it as a process ---------------------------------------------------------------------
-
-@dataclass
-class ServerConfig:
-    """Everything `splitinfer serve` needs; conf/server/default.yaml mirrors it for Hydra."""
-
-    model: str = "smollm2-135m-instruct"
-    cut: Any = 15
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    curve: str = "auto"
-    keys: str | None = None
-    max_sessions: int = SessionLimits.max_sessions
-    max_tokens_per_session: int = SessionLimits.max_tokens_per_session
-    max_step_tokens: int = SessionLimits.max_step_tokens
-    idle_timeout_s: float = SessionLimits.idle_timeout_s
-    max_kv_bytes: int = SessionLimits.max_kv_bytes
-    max_sessions_per_client: int = SessionLimits.max_sessions_per_client
-    client_tokens_per_s: float = SessionLimits.client_tokens_per_s
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    threads: int | None = None  # torch intra-op threads; None = torch's default (all cores)
-    # the wait settings, flat as in the YAML and on the command line; `wait()` makes the WaitPolicy
-    busy_poll_ms: float = WaitPolicy.busy_poll_ms
-    rehearse: bool = WaitPolicy.rehearse
-    wake_early_ms: float = WaitPolicy.wake_early_ms
-    # continuous batching of decode steps across sessions, and chunked prefill (see the module docstring)
-    batching: bool = True
-    max_batch: int = 64
-    batch_wait_ms: float = 0.0
-    step_token_budget: int = DEFAULT_STEP_TOKEN_BUDGET
-
-    def wait(self) -> WaitPolicy:
-        return WaitPolicy.from_config(self)
-
-    def limits(self) -> SessionLimits:
-        return SessionLimits(int(self.max_sessions), int(self.max_tokens_per_session), int(self.max_step_tokens),
-                             float(self.idle_timeout_s), int(self.max_kv_bytes),
-                             max_sessions_per_client=int(self.max_sessions_per_client),
-                             client_tokens_per_s=float(self.client_tokens_per_s))
-
-    def cuts(self) -> list[int]:
-        if isinstance(self.cut, str):
-            try:
-                return [int(c) for c in self.cut.split(",")]
-            except ValueError:
-                raise ConfigError(f"cut {self.cut!r} is not an int or a comma-separated list of ints") from None
-        return [int(c) for c in self.cut] if isinstance(self.cut, list | tuple) else [int(self.cut)]
-
-    def curve_config(self) -> CurveConfig | None:
-        """Resolve curve=auto|on|off; warn when a non-loopback bind goes unencrypted."""
-        mode = str(self.curve).lower()
-        if mode not in ("auto", "on", "off", "true", "false"):
-            raise ConfigError(f"curve={self.curve!r}: choose auto, on or off")
-        loopback = is_loopback(self.host)
-        on = mode in ("on", "true") or (mode == "auto" and not loopback)
-        if not on:
-            if not loopback:
-                log.warning("binding %s without CurveZMQ: hidden states and tokens cross the network in the "
-                            "clear and anyone can connect. Run `splitinfer keygen` and serve with --curve on.",
-                            self.host)
-            return None
-        if not self.keys:
-            raise ConfigError(f"CurveZMQ is on (curve={self.curve}, host {self.host}) but no key folder was given; "
-                             "run `splitinfer keygen --dir keys` and pass --keys keys "
-                             "(or --curve off to serve unencrypted, which is only safe on loopback)")
-        keys = Path(self.keys)
-        return CurveConfig(str(keys / "server.key_secret"), str(keys / "allowed_clients"))
-
-    def build(self, lm: LoadedModel | None = None) -> SplitServer:
-        from splitinfer.models import load_model
-
-        curve = self.curve_config()
-        lm = lm or load_model(self.model)
-        return SplitServer(lm, self.cuts(), host=self.host, port=int(self.port), limits=self.limits(),
-                           max_message_bytes=int(self.max_message_bytes), curve=curve, wait=self.wait(),
-                           batching=bool(self.batching), max_batch=int(self.max_batch),
-                           batch_wait_ms=float(self.batch_wait_ms), step_token_budget=int(self.step_token_budget))
-
-
-def config_from_args(args: argparse.Namespace, base: ServerConfig | None = None) -> ServerConfig:
-    cfg = base or ServerConfig()
-    mapping = {"model": "model", "cut": "cut", "host": "host", "port": "port", "curve": "curve", "keys": "keys",
-               "max_sessions": "max_sessions", "max_tokens": "max_tokens_per_session",
-               "idle_timeout": "idle_timeout_s", "max_kv_bytes": "max_kv_bytes",
-               "max_message_bytes": "max_message_bytes", "threads": "threads", "batching": "batching",
-               "max_batch": "max_batch", "batch_wait_ms": "batch_wait_ms", "step_token_budget": "step_token_budget",
-               "max_sessions_per_client": "max_sessions_per_client", "client_tokens_per_s": "client_tokens_per_s",
-               **{name: name for name in WaitPolicy.names()}}
-    for arg, key in mapping.items():
-        v = getattr(args, arg, None)
-        if v is not None:
-            setattr(cfg, key, v)
-    return cfg
-
-
-def run_server(cfg: ServerConfig) -> int:
-    t0 = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    server = cfg.build()
-    torch.set_grad_enabled(False)
-    # Bind first, then announce: tests and scripts wait for this line.
-    try:
-        server.start()
-    except zmq.ZMQError as e:
-        raise ConfigError(f"cannot bind {server.url}: {e}; is another server running there? "
-                         "Pick another --port (0 = any free port)") from None
-    print(f"splitinfer serve: {server.lm.name} (fingerprint {server.lm.fingerprint}) cut {server.cuts} on "
-          f"{server.url}, curve {'on' if server.curve else 'off'}, ready in {time.perf_counter() - t0:.1f} s",
-          flush=True)
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            if server._thread is None or not server._thread.is_alive():
-                break
-    finally:
-        server.stop()
-    if server._error is not None:
-        raise server._error
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from splitinfer.transport.server_args import add_server_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m splitinfer.transport.server",
-                                     description="Serve the server stage of a cut model over ZeroMQ.")
-    add_server_arguments(parser)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run_server(config_from_args(args))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"splitinfer serve: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["CurveConfig", "SplitServer", "is_loopback"]

@@ -68,7 +68,7 @@ class WaitPolicy:
 
     def as_flags(self) -> list[str]:
         """The command-line flags that give this policy (`add_wait_arguments`' flags), e.g. to start
-        `python -m splitinfer.transport.server` with it."""
+        `splitinfer serve` with it."""
         return ["--busy-poll-ms", repr(self.busy_poll_ms), "--rehearse" if self.rehearse else "--no-rehearse",
                 "--wake-early-ms", repr(self.wake_early_ms)]
 

@@ -13,8 +13,7 @@ from splitinfer.errors import ConfigError
 from splitinfer.transport import protocol as p
 from splitinfer.transport import server as server_mod
 from splitinfer.transport.payload import RawCodec
-from splitinfer.transport.server import ServerConfig, config_from_args
-from splitinfer.transport.server_args import add_server_arguments
+from splitinfer.transport.server_config import ServerConfig, add_server_arguments, config_from_args
 
 from .conftest import open_fields
 

@@ -24,7 +24,7 @@ def test_hydra_config_and_overrides():
 
 def test_flags_win_over_config():
     from splitinfer.cli import build_parser
-    from splitinfer.transport.server import config_from_args
+    from splitinfer.transport.server_config import config_from_args
 
     args = build_parser().parse_args(["serve", "--port", "7000", "--model", "tiny-llama", "cut=3", "port=1"])
     cfg = config_from_args(args, compose_config(args.config_dir, args.config_name, args.overrides))
@@ -33,7 +33,7 @@ def test_flags_win_over_config():
 
 def test_rehearse_and_wake_early_settings_from_config_override_and_flag():
     from splitinfer.cli import build_parser
-    from splitinfer.transport.server import config_from_args
+    from splitinfer.transport.server_config import config_from_args
 
     def cfg_of(*argv):
         args = build_parser().parse_args(["serve", *argv])

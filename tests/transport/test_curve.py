@@ -12,7 +12,8 @@ from splitinfer.generation import unsplit_generate
 from splitinfer.transport import RemoteError, TransportTimeout, remote_generator
 from splitinfer.transport import protocol as p
 from splitinfer.transport.keys import create_keypair, make_key_folder
-from splitinfer.transport.server import CurveConfig, ServerConfig
+from splitinfer.transport.server import CurveConfig
+from splitinfer.transport.server_config import ServerConfig
 
 IDS = torch.tensor([[3, 9, 27, 81]])
 

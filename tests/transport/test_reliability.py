@@ -130,7 +130,7 @@ def test_no_server_gives_a_clear_timeout(tiny_lm):
 
 def _spawn(port: int) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "splitinfer.transport.server", "--model", "tiny-llama",
+    proc = subprocess.Popen([sys.executable, "-m", "splitinfer", "serve", "--model", "tiny-llama",
                              "--cut", "2", "--port", str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     return proc

@@ -11,7 +11,7 @@ import torch
 
 from splitinfer.errors import ConfigError
 from splitinfer.transport import RemoteLink, SplitServer, remote_generator
-from splitinfer.transport.server import ServerConfig
+from splitinfer.transport.server_config import ServerConfig
 from splitinfer.transport.wait import WaitPolicy, add_wait_arguments
 
 

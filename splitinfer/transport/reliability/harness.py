@@ -34,13 +34,16 @@ def free_port() -> int:
 
 
 # One process imports torch, transformers and the server once, then forks a fresh child per server
-# start; each child runs the same `main()` as `python -m splitinfer.transport.server` and is a process
+# start; each child runs `splitinfer serve` (the CLI's `main(["serve", ...])`, as `python -m splitinfer
+# serve` does) and is a process
 # of its own (own pid, own sockets, no state from any earlier server), so it can be SIGKILLed and
 # "restarted" in a fraction of a second instead of the ~7 s (more on a busy CPU) of importing torch.
 # The parent never runs a torch op, so forking it is safe (no OpenMP pool exists yet).
 _ZYGOTE = """
 import os, sys, threading
-import splitinfer.models.loading, splitinfer.transport.server as server, transformers  # noqa
+import splitinfer.models.loading, splitinfer.transport.server, splitinfer.transport.serve_cmd, transformers  # noqa
+import hydra, hydra.utils  # noqa: composing the server config is part of every start
+from splitinfer.cli import main
 from transformers import LlamaForCausalLM  # noqa: import the model classes before forking
 def reap():
     while True:
@@ -56,7 +59,7 @@ for line in sys.stdin:
     argv = line.split()
     pid = os.fork()
     if pid == 0:
-        os._exit(server.main(argv))
+        os._exit(main(["serve", *argv]))
     print("child", pid, flush=True)
 """
 
