@@ -156,3 +156,36 @@ def test_no_import_cycle_in_transport():
     assert "splitinfer.transport.server" in graph["splitinfer.transport.serve_cmd"]
     cycles = [m for m in graph if reaches(m, m, set())]
     assert not cycles, f"import cycles through {cycles}"
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["serve", "--model", "tiny-llama", "--cut", "2", "--port", "0", "--dtype", "int8"],
+     "dtype 'int8' is not supported: choose one of float32, bfloat16, float16"),
+    (["serve", "--model", "tiny-llama", "--cut", "2", "--port", "0", "device=tpu"],
+     "device 'tpu' is not a device splitinfer runs on"),
+    (["generate", "hi", "--model", "tiny-llama", "--cut", "2", "--dtype", "float64"],
+     "dtype 'float64' is not supported"),
+    (["generate", "hi", "--model", "tiny-llama", "--cut", "2", "--server", "tcp://127.0.0.1:1",
+      "--server-dtype", "bfloat16"], "with --server the server process has its own"),
+    *([] if __import__("torch").cuda.is_available() else [
+        (["serve", "--model", "tiny-llama", "--cut", "2", "--port", "0", "--device", "cuda"],
+         "no CUDA GPU is visible to this process"),
+        (["generate", "hi", "--model", "tiny-llama", "--cut", "2", "--server-device", "cuda:0"],
+         "server_device 'cuda:0': no CUDA GPU is visible")]),
+])
+def test_bad_devices_and_dtypes_get_one_line_before_loading(argv, says, capsys):
+    from splitinfer.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1, err
+
+
+def test_a_server_on_another_checkpoint_is_one_line(make_server, real_model, capsys):
+    from splitinfer.cli import main
+    from splitinfer.models import tiny_model
+
+    srv = make_server(tiny_model("llama"), [2])
+    assert main(["generate", "hi", "--cut", "2", "--server", srv.url, "--codec", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "model_mismatch" in err and "load the same model" in err and err.count("\n") == 1, err

@@ -144,3 +144,21 @@ def test_busy_polling_server_and_client_give_the_same_tokens(make_server, tiny_l
     t0 = time.perf_counter()
     srv.stop()
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_served_and_in_process_tokens_are_identical_for_every_tested_family(make_server):
+    """One engine: the server half behind the socket is the one in-process links run (fp32, greedy)."""
+    from splitinfer.models import tiny_model
+    from splitinfer.models.loading import TINY_FAMILIES
+
+    for family in (f for f in TINY_FAMILIES if f != "bert"):
+        lm = tiny_model(family)
+        srv = make_server(lm, [2])
+        gen = remote_generator(lm, [2], srv.url, codec="none", timeout_s=5)
+        try:
+            served = gen.generate(prompt(3), 8, stop_at_eos=False).token_ids
+        finally:
+            gen.link.close()
+        local = in_process_generator(lm, [2]).generate(prompt(3), 8, stop_at_eos=False).token_ids
+        assert served == local, family
+        srv.stop()

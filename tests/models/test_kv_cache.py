@@ -1,0 +1,27 @@
+"""The KV cache grows geometrically (no torch.cat per step) and holds what concatenation would."""
+
+from __future__ import annotations
+
+import torch
+
+from splitinfer.models import KVCache
+
+
+def test_kv_cache_grows_geometrically_and_returns_what_concatenation_would():
+    cache, ref_k = KVCache(), None
+    g = torch.Generator().manual_seed(0)
+    reallocs, last_buf = 0, None
+    for t in [5] + [1] * 60:
+        k = torch.randn(1, 2, t, 4, generator=g)
+        out_k, out_v = cache.update(k, -k, 0)
+        ref_k = k if ref_k is None else torch.cat([ref_k, k], -2)
+        assert torch.equal(out_k, ref_k) and torch.equal(out_v, -ref_k)
+        buf = cache._k[0].data_ptr()
+        reallocs += buf != last_buf
+        last_buf = buf
+    assert reallocs <= 4 and cache.seq_len == 65 and cache.nbytes() == 2 * 65 * 2 * 4 * 4
+    assert cache.capacity_bytes() <= 2 * cache.nbytes()
+    cache.crop(10)
+    assert cache.seq_len == 10 and torch.equal(cache.keys[0], ref_k[..., :10, :])
+    out_k, _ = cache.update(torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 4), 0)
+    assert torch.equal(out_k[..., :10, :], ref_k[..., :10, :]) and out_k.shape[-2] == 11
