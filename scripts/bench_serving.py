@@ -65,17 +65,18 @@ def record_trajectories(lm, cut: int, tokens: int) -> list[dict]:
     import torch
 
     from splitinfer.models import split_model
-    from splitinfer.split import ServerSession
+    from splitinfer.split import ServerHalf
     from splitinfer.transport.payload import RawCodec
 
     stages = split_model(lm, [cut])
     device = stages[0]
+    engine = ServerHalf(stages[1:])  # the engine the server runs, in-process and unbatched
     out = []
     with torch.no_grad():
         for text in PROMPTS:
             ids = lm.encode_prompt(text)
             cache = device.new_cache()
-            server = ServerSession(stages[1:])
+            server = engine.session()
             h = device(ids, cache=cache)
             frames, toks = [[bytes(f) for f in RawCodec().encode(h).to_frames()]], []
             tok = int(server.forward(h, 0)[0, -1].argmax())
@@ -308,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=16, help="tokens each session generates (1 prefill + decode)")
     ap.add_argument("--generators", type=int, default=2, help="load-generator processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each server")
+    ap.add_argument("--device", default="cpu", help="torch device of both servers' halves (serve --device)")
+    ap.add_argument("--dtype", default="float32", help="dtype of both servers' halves (serve --dtype); the "
+                    "replies are checked against the fp32 CPU reference, so expect mismatches in half precision")
     ap.add_argument("--server-args", default="", help="extra flags for the batching server, e.g. '--max-batch 32'")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "serving_throughput"))
     ap.add_argument("--plot-only", action="store_true", help="redraw the figure from --out/results.csv")
@@ -343,8 +347,9 @@ def main(argv: list[str] | None = None) -> int:
               "codec": {"name": "none"}, "sampling": {"temperature": 0.0}}
     print(f"recorded {len(trajs)} trajectories (prompt tokens {[t['prompt_tokens'] for t in trajs]}) in "
           f"{time.time() - t0:.0f} s", flush=True)
-    servers = {"off": Server(args.model, args.cut, False, args.threads, []),
-               "on": Server(args.model, args.cut, True, args.threads, args.server_args.split())}
+    placement = ["--device", args.device, "--dtype", args.dtype]  # both servers: the same engine placement
+    servers = {"off": Server(args.model, args.cut, False, args.threads, placement),
+               "on": Server(args.model, args.cut, True, args.threads, [*placement, *args.server_args.split()])}
     rows = []
     if args.live_only:
         ns = []
