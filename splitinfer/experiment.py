@@ -236,10 +236,22 @@ class MetricOptions:
     server_speedup: float = 1.0  # the server is this many times faster than this machine
 
 
+def job_placements(cfg) -> tuple:
+    """The job's `placement` node as (device half, server half) `Placement`s (default CPU float32 each)."""
+    from splitinfer.split.placement import Placement
+
+    node = cfg.get("placement") or {}
+    out = []
+    for half in ("device_half", "server_half"):
+        sub = node.get(half) or {}
+        out.append(Placement.of(sub.get("device"), sub.get("dtype"), prefix=f"placement.{half}."))
+    return tuple(out)
+
+
 @torch.no_grad()
 def evaluate_split(lm, cut: int, codec, defense, corpus: Corpus, ref: Reference, opts: MetricOptions,
                    *, reuse_hidden: bool = True, profile: LayerProfile | None = None,
-                   seed: int = 0) -> dict[str, Any]:
+                   seed: int = 0, placements: tuple | None = None) -> dict[str, Any]:
     """Bandwidth, quality, generation, memory and timing of one (cut, codec, defense), through the split
     path: the device half encodes, an in-process link carries and counts, the server half decodes.
 
@@ -247,8 +259,10 @@ def evaluate_split(lm, cut: int, codec, defense, corpus: Corpus, ref: Reference,
     what the device stage computes; not usable when the defense changes the device stage itself)."""
     from splitinfer.split import InProcessLink, SplitGenerator, split_pair
 
-    device, server = split_pair(lm, [cut], codec=codec, defense=defense)
-    reuse_hidden = reuse_hidden and not device.acts_on_embeddings
+    device_at, server_at = placements or (None, None)  # the `placement` node: each half's device and dtype
+    device, server = split_pair(lm, [cut], codec=codec, defense=defense, placement=device_at,
+                                server_placement=server_at)
+    reuse_hidden = reuse_hidden and not device.acts_on_embeddings and device.placement.is_default
     link = InProcessLink(server)
     # what ran, from the objects themselves (not the config's labels)
     out: dict[str, Any] = {"codec_ran": device.codec.name,
@@ -375,6 +389,7 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
     link: LinkProfile = instantiate(cfg.link)
     device: DeviceProfile = instantiate(cfg.device)
     opts: MetricOptions = instantiate(cfg.metrics)
+    placements = job_placements(cfg)  # checked before any weights load, like the rest
     reuse = bool(cfg.get("reuse", True))
     threads = cfg.get("threads")
     if threads:
@@ -408,7 +423,7 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
             "reuse": reuse, "torch_threads": torch.get_num_threads(), "group": group,
         }
         metrics.update(evaluate_split(lm, cut, codec, defense, corpus, ref, opts, reuse_hidden=reuse,
-                                      profile=profile, seed=int(cfg.get("seed", 0))))
+                                      profile=profile, seed=int(cfg.get("seed", 0)), placements=placements))
         if opts.latency and profile is not None and "up_bytes_per_token_decode" in metrics:
             metrics.update({"link_uplink_mbps": link.uplink_mbps, "link_downlink_mbps": link.downlink_mbps,
                             "link_rtt_ms": link.rtt_ms, "device_slowdown": device.slowdown,

@@ -26,6 +26,11 @@ DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 
 
+def _use(what: str, value: str) -> str:
+    """How to set `what` to `value`: a flag (`--server-device cpu`) or a config key (`placement.x.device=cpu`)."""
+    return f"{what}={value}" if "." in what else f"--{what.replace('_', '-')} {value}"
+
+
 def visible_devices() -> list[str]:
     """The torch devices this process can use, for error messages: ['cpu', 'cuda:0', ...]."""
     out = ["cpu"]
@@ -56,7 +61,7 @@ def resolve_device(spec: object, what: str = "device") -> torch.device:
         if n == 0:
             raise ConfigError(f"{what} {spec!r}: no CUDA GPU is visible to this process (torch "
                               f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); visible: "
-                              f"{', '.join(visible_devices())}. Use --{what.replace('_', '-')} cpu, or run "
+                              f"{', '.join(visible_devices())}. Use {_use(what, 'cpu')}, or run "
                               "where a GPU and a CUDA build of torch are")
         if dev.index is not None and dev.index >= n:
             raise ConfigError(f"{what} {spec!r}: only {n} CUDA GPU(s) visible ({', '.join(visible_devices())})")
@@ -83,13 +88,13 @@ def check_runs(device: torch.device, dtype: torch.dtype, what: str = "dtype") ->
     """Refuse a dtype the device cannot compute in, before any weights move (one matmul tells)."""
     if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"{what} bfloat16 is not supported by {torch.cuda.get_device_name(device)} "
-                          f"({device}); use --{what.replace('_', '-')} float16 or float32")
+                          f"({device}); use {_use(what, 'float16')} or float32")
     try:
         a = torch.ones(2, 2, device=device, dtype=dtype)
         float((a @ a).sum())
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"{what} {str(dtype).removeprefix('torch.')} cannot run on {device}: "
-                          f"{str(e).splitlines()[0][:160]}; use --{what.replace('_', '-')} float32") from None
+                          f"{str(e).splitlines()[0][:160]}; use {_use(what, 'float32')}") from None
 
 
 @dataclass(frozen=True)
@@ -101,8 +106,8 @@ class Placement:
 
     @classmethod
     def of(cls, device: object = "cpu", dtype: object = "float32", *, prefix: str = "") -> Placement:
-        """Resolve and check a device and dtype; `prefix` names the flags in errors ('server_' ->
-        --server-device)."""
+        """Resolve and check a device and dtype; `prefix` names them in errors ('server_' -> --server-device,
+        'placement.server_half.' -> placement.server_half.device=...)."""
         dev = resolve_device("cpu" if device is None else device, f"{prefix}device")
         dt = resolve_dtype("float32" if dtype is None else dtype, f"{prefix}dtype")
         check_runs(dev, dt, f"{prefix}dtype")

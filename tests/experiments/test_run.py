@@ -186,3 +186,18 @@ def test_attack_adds_leakage_columns(tmp_path):
     assert privacy_columns([m])[0] == "privacy/nearest_embedding/token_acc"
     rep = build_report(tmp_path)
     assert "nearest_embedding/token_acc" in rep.table
+
+
+def test_a_job_places_each_half_and_refuses_a_bad_placement(tmp_path):
+    """`placement.*_half.{device,dtype}`: a bf16 server half scores close to the fp32 one; a bad value is
+    refused before the model loads."""
+    from splitinfer import experiment
+    from splitinfer.experiment import run_job
+
+    fp32 = run_job(compose([*TINY, "codec=fp32"]), out_dir=tmp_path / "fp32")
+    bf16 = run_job(compose([*TINY, "codec=fp32", "placement.server_half.dtype=bfloat16"]), out_dir=tmp_path / "bf16")
+    assert fp32["kl_mean"] < bf16["kl_mean"] < 1e-2  # bf16 rounding shows, and it is rounding, not a broken half
+    experiment.clear_caches()
+    with pytest.raises(ValueError, match=r"placement.device_half.dtype 'int3' is not supported"):
+        run_job(compose([*TINY, "placement.device_half.dtype=int3"]), out_dir=tmp_path / "bad")
+    assert not experiment._MODELS
