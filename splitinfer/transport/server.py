@@ -280,7 +280,7 @@ class SplitServer:
                 self._handle_batch(sock, batch)
                 self._waiter.begin()
             if self.scheduler.busy:
-                self._reply_all(sock, self.scheduler.advance())
+                self._advance(sock)
             if time.monotonic() >= next_evict:
                 with self._lock:
                     n = self.sessions.evict_idle()
@@ -314,12 +314,12 @@ class SplitServer:
                 pending.append(reply)
                 continue
             if pending:  # keep order: a close after a step of the same session must see the step
-                self._reply_all(sock, self.scheduler.submit(pending))
+                self._submit(sock, pending)
                 pending = []
             if reply_to is not None and reply is not None:  # None: a retry of a step still in progress
                 self._send(sock, reply_to, reply)
         if pending:
-            self._reply_all(sock, self.scheduler.submit(pending))
+            self._submit(sock, pending)
 
     def _prepare(self, frames: list[zmq.Frame]) -> tuple[list | None, dict | StepJob | None]:
         """Validate one message. Returns (routing prefix, reply dict or StepJob); never raises."""
@@ -468,6 +468,17 @@ class SplitServer:
                                   self.limits.max_step_tokens, decode=self.engine.decode)
         p.check_draft_positions(int(hidden.shape[1]), draft)
         return StepJob((reply_to, s), env["rid"], s, seq, start, hidden, want_lp, draft=draft, draft_p=draft_p)
+
+    def _advance(self, sock: zmq.Socket) -> None:
+        """One scheduler turn of queued prompts; answer each forward's prompts as soon as it is done.
+        (A method of its own so no reply, and no session through it, outlives the turn in `_loop`.)"""
+        for replies in self.scheduler.advance_groups():
+            self._reply_all(sock, replies)
+
+    def _submit(self, sock: zmq.Socket, jobs: list[StepJob]) -> None:
+        """Hand steps to the scheduler; answer each forward's steps as soon as it is done."""
+        for replies in self.scheduler.submit_groups(jobs):
+            self._reply_all(sock, replies)
 
     def _reply_all(self, sock: zmq.Socket, replies: list) -> None:
         """Send the scheduler's replies (route = the request's routing frames and its session)."""

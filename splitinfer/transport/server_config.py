@@ -89,7 +89,7 @@ class ServerConfig:
     max_batch: int = opt(64, "most sessions in one batched forward")
     batch_wait_ms: float = opt(0.0, "after the first queued step, wait this long for more to batch (0: batch "
                                     "what is queued, never wait)")
-    step_token_budget: int = opt(256, "tokens one scheduler turn computes: queued decode steps, then prefill "
+    step_token_budget: int = opt(512, "tokens one scheduler turn computes: queued decode steps, then prefill "
                                       "chunks (batched across sessions)")
 
     def wait(self):
