@@ -40,6 +40,8 @@ def _constriction():
 def models(freq: np.ndarray) -> list:
     """One constriction categorical model per group from (K, A) integer frequencies (same on both halves)."""
     cat = _constriction().stream.model.Categorical
+    if freq.shape[1] == 1:  # constriction needs two symbols; the padding one has (nearly) zero probability
+        freq = np.concatenate([freq, np.zeros_like(freq)], axis=1)
     return [cat(f.astype(np.float64), perfect=False) for f in freq]
 
 
@@ -105,6 +107,8 @@ def decode_static(side_buf, tables_buf, stream_buf, rows: int, cols: int, n_grou
                          "32-bit words")
     groups, ks, freq = rans.read_static_model(side_buf, tables_buf, cols, n_groups, lo, hi)
     sym, _ = decode_groups(stream_buf, rows, cols, group_channels(groups, freq.shape[0]), models(freq))
+    if sym.size and int(sym.max()) > hi - lo:
+        raise CodecError(f"ANS stream decodes a residual above the header's range {lo}..{hi}: corrupted data")
     return rans.unpredict(sym + lo, ks).astype(np.int8)
 
 
