@@ -43,7 +43,7 @@ class AdaptiveState:
     cache: dict | None = None  # derived from model and groups, built on first use (see coder_tables)
     pending: int = 0  # values counted since that refresh
     prev: np.ndarray | None = None  # (cols,) int64 codes of the last quantized row
-    hist: np.ndarray | None = None  # (<= HIST_ROWS, cols) int64 code rows sent so far (reference rows)
+    hist: np.ndarray | None = None  # (<= HIST_ROWS, cols) int16 code rows sent so far (reference rows)
     ref_peak: float | None = None
     crc: int = 0  # checksum of the step that led here (to recognise an exact repeat)
 
@@ -97,28 +97,28 @@ def pick_reference(q: np.ndarray, st: AdaptiveState) -> int | None:
     """Encoder only: the earlier row closest to a one-token step's codes, if it predicts better (L1)."""
     if q.shape[0] != 1 or st.hist is None:
         return None
-    cost = np.abs(st.hist - q[0]).sum(axis=1)
+    cost = np.abs(st.hist - q[0].astype(np.int16)).sum(axis=1, dtype=np.int32)  # hist is int16: 4x less to read
     j = int(cost.argmin())
     normal = int(np.abs(q[0] - _predict(_prev_rows(q, st.prev)[0], st.ks)).sum())
     return len(st.hist) - 1 - j if int(cost[j]) < normal else None
 
 
-def encode(q: np.ndarray, st: AdaptiveState, ref: int | None, coder: str) -> bytes:
-    """(rows, cols) codes -> the adaptive stream (escaped residuals included)."""
+def encode(q: np.ndarray, st: AdaptiveState, ref: int | None, coder: str) -> tuple[bytes, np.ndarray]:
+    """(rows, cols) codes -> (the adaptive stream with the escaped residuals, the symbols: advance's input)."""
     res = q - prediction(q, st, ref)
     sym = _symbols(res)
     if coder == "ans":
         group_models, chans = st.coder_tables(coder)
-        return entropy.encode_groups(sym, chans, group_models, res[sym == ESC]).astype("<u4").tobytes()
+        return entropy.encode_groups(sym, chans, group_models, res[sym == ESC]).astype("<u4").tobytes(), sym
     flat = sym.reshape(-1)
     gi = np.broadcast_to(st.groups, q.shape).reshape(-1)
     freq, cum = st.model
     stream = rans.encode_scalar(freq[gi, flat].tolist(), cum[gi, flat].tolist(), rans.SCALAR_BITS)
-    return stream + res.reshape(-1)[flat == ESC].astype("<i2").tobytes()
+    return stream + res.reshape(-1)[flat == ESC].astype("<i2").tobytes(), sym
 
 
-def decode(buf, n_rows: int, cols: int, st: AdaptiveState, ref: int | None, coder: str) -> np.ndarray:
-    """Inverse of encode -> (n_rows, cols) int64 codes; CodecError on anything inconsistent."""
+def decode(buf, n_rows: int, cols: int, st: AdaptiveState, ref: int | None, coder: str) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of encode -> ((n_rows, cols) int64 codes, their symbols); CodecError on anything inconsistent."""
     if coder == "ans":
         group_models, chans = st.coder_tables(coder)
         sym, big = entropy.decode_groups(buf, n_rows, cols, chans, group_models, ESC)
@@ -140,13 +140,14 @@ def decode(buf, n_rows: int, cols: int, st: AdaptiveState, ref: int | None, code
         prev = q[t] = res[t] + (st.hist[-1 - ref] if t == 0 and ref is not None else _predict(prev, st.ks))
     if int(q.min()) < -128 or int(q.max()) > 127:
         raise CodecError("adaptive rANS codes decode outside int8: corrupted data or a session out of step")
-    return q
+    return q, sym
 
 
 def advance(st: AdaptiveState, q: np.ndarray, ref: int | None, static_side: bytes | None, wide: bool,
-            n_groups: int) -> None:
+            n_groups: int, sym: np.ndarray | None = None) -> None:
     """The model update both halves run after a non-empty step with codes q (static_side: the rANS side
-    data the step sent, which re-seeds the groups and weights; wide: codes beyond int8)."""
+    data the step sent, which re-seeds the groups and weights; wide: codes beyond int8; sym: the symbols
+    of q under the current model when the step was coded with it, to save recomputing them)."""
     if wide:
         st.prev = None  # codes beyond int8 do not predict the next row within the residual range
         return
@@ -159,11 +160,14 @@ def advance(st: AdaptiveState, q: np.ndarray, ref: int | None, static_side: byte
     elif st.groups is None:
         st.groups, st.ks = np.zeros(cols, dtype=np.int64), np.zeros(cols, dtype=np.int64)
         st.counts = np.zeros((1, ALPHABET), dtype=np.int64)
-    sym = _symbols(q - prediction(q, st, ref)).reshape(-1)
+    if sym is None or static_side is not None:
+        sym = _symbols(q - prediction(q, st, ref))
+    sym = sym.reshape(-1)
     gi = np.broadcast_to(st.groups, q.shape).reshape(-1)
     st.counts = st.counts + np.bincount(gi * ALPHABET + sym, minlength=st.counts.size).reshape(st.counts.shape)
     st.prev = q[-1].copy()
-    st.hist = (q[-HIST_ROWS:] if st.hist is None else np.concatenate([st.hist, q])[-HIST_ROWS:]).copy()
+    q16 = q[-HIST_ROWS:].astype(np.int16)
+    st.hist = q16 if st.hist is None else np.concatenate([st.hist, q16])[-HIST_ROWS:]
     st.pending += q.size
     if st.model is None or st.pending >= REFRESH:
         if int(st.counts.sum(axis=1).max()) > COUNT_LIMIT:

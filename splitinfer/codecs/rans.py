@@ -111,8 +111,7 @@ def group_channels(res: np.ndarray, lo: int, a: int, k: int, iters: int = 6) -> 
     hist = np.bincount((np.arange(cols)[None, :] * a + (res - lo)).reshape(-1), minlength=cols * a)
     hist = hist.reshape(cols, a).astype(np.float64)
     for _ in range(iters):
-        counts = np.zeros((k, a))
-        np.add.at(counts, groups, hist)
+        counts = (groups[None, :] == np.arange(k)[:, None]).astype(np.float64) @ hist  # exact: integer sums
         counts += 0.5  # a symbol unseen in a group still costs a finite number of bits
         bits = hist @ -np.log2(counts / counts.sum(axis=1, keepdims=True)).T  # (cols, k) code lengths
         new = bits.argmin(axis=1)
@@ -175,10 +174,17 @@ def read_static_model(side_buf, tables_buf, cols: int, n_groups: int, lo: int,
 def unpredict(res: np.ndarray, ks: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
     """Inverse of the prediction: codes from (rows, cols) residuals, row by row (the rounding makes the
     recursion sequential); a result outside int8 means corrupted data."""
-    q = np.empty_like(res)
     p = np.zeros(res.shape[1], dtype=np.int64) if prev is None else prev
-    for t in range(res.shape[0]):
-        p = q[t] = res[t] + _predict(p, ks)
+    q = res.copy()  # k = 0: the prediction is 0
+    whole = ks == 4  # k = 4: the prediction is the previous code itself, a running sum
+    q[:, whole] = np.cumsum(res[:, whole], axis=0) + p[whole]
+    part = np.flatnonzero((ks > 0) & (ks < 4))  # k = 1..3: the rounding makes it sequential
+    if part.size:
+        r, k, pp = res[:, part], ks[part], p[part]
+        out = np.empty_like(r)
+        for t in range(res.shape[0]):
+            pp = out[t] = r[t] + ((k * pp + 2) >> 2)
+        q[:, part] = out
     if q.size and (int(q.min()) < -128 or int(q.max()) > 127):
         raise CodecError("rANS codes decode outside int8: corrupted data or a session out of step")
     return q

@@ -180,6 +180,7 @@ class AdaptiveStepCodec(Codec):
         self.name = name
         self.overrides = dict(overrides)
         self._fmt = FORMAT_COMPILED if params.coder == "ans" else FORMAT
+        self._sym: np.ndarray | None = None  # the last adaptive symbols computed, reused by _advance
         self.reset()
 
     # -- session control ----------------------------------------------------------------------------
@@ -287,17 +288,19 @@ class AdaptiveStepCodec(Codec):
         wide = meta.get("code_dtype") == "int16"
         plain = q.astype(np.int16 if wide else np.int8).tobytes()
         best: tuple[str, list[Buffer], Any] = ("b", [plain], None)
-        if p.lossless is not None:
+        size = len(plain)
+        if not wide and st is not None and st.model is not None and n <= ADAPTIVE_MAX:
+            ref = adaptive.pick_reference(q, st)
+            stream, self._sym = adaptive.encode(q, st, ref, p.coder)
+            if len(stream) < size:
+                best, size = ("a", [stream], ref), len(stream)
+        # zstd only where it may win: not against an adaptive stream under half the plain bytes (a decode
+        # step's usual case, where trying it cost a fifth of the step)
+        if p.lossless is not None and size * 2 > len(plain):
             z = compress(plain, p.lossless, p.level)
-            if len(z) < len(plain):
-                best = ("z", [z], None)
+            if len(z) < size:
+                best, size = ("z", [z], None), len(z)
         if not wide:
-            size = sum(map(len, best[1]))
-            if st is not None and st.model is not None and n <= ADAPTIVE_MAX:
-                ref = adaptive.pick_reference(q, st)
-                stream = adaptive.encode(q, st, ref, p.coder)
-                if len(stream) < size:
-                    best, size = ("a", [stream], ref), len(stream)
             if n >= rans.MIN_VALUES:
                 side, tables, stream, info = entropy.static_coder(p.coder)[0](q, p.rans_groups)
                 if len(side) + len(tables) + len(stream) < size:
@@ -396,7 +399,8 @@ class AdaptiveStepCodec(Codec):
                 raise CodecError(f"codes buffer has {len(raw)} bytes, the head implies {n * isz}")
             return np.frombuffer(raw, dtype=np.int16 if wide else np.int8).astype(np.int64).reshape(n_rows, cols)
         if mode == "a":
-            return adaptive.decode(take(), n_rows, cols, st, meta.get("ref_row"), self.params.coder)
+            q, self._sym = adaptive.decode(take(), n_rows, cols, st, meta.get("ref_row"), self.params.coder)
+            return q
         side, tables, stream = take(), take(), take()
         decode_static = entropy.static_coder(self.params.coder)[1]
         return decode_static(side, tables, stream, n_rows, cols, self.params.rans_groups, *meta["rans"]).astype(np.int64)
@@ -434,8 +438,9 @@ class AdaptiveStepCodec(Codec):
         if new_means is not None:
             st.means = new_means
         if q is not None and q.size:
+            sym = self._sym if meta.get("mode") == "a" else None  # what encode / decode just computed
             adaptive.advance(st, q, meta.get("ref_row"), bufs[-3] if meta.get("mode") == "r" else None,
-                             meta.get("code_dtype") == "int16", self.params.rans_groups)
+                             meta.get("code_dtype") == "int16", self.params.rans_groups, sym)
 
 
 class _Taker:
