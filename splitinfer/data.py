@@ -76,18 +76,28 @@ def license_texts() -> list[str]:
     import importlib.metadata as md
     import re
 
-    found: dict[str, str] = {}
+    texts = []
     for dist in md.distributions():
         for f in dist.files or []:
             if not re.search(r"(^|/)(LICEN[CS]E|COPYING)[^/]*$", str(f), re.I):
                 continue
             try:
-                text = f.read_text(encoding="utf-8")
+                texts.append(f.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, ValueError):
                 continue
-            text = re.sub(r"[ \t]+\n", "\n", (text or "").strip())
-            if len(text) >= 500:  # skip one-line pointers ("see LICENSE-APACHE")
-                found.setdefault(hashlib.sha256(text.encode()).hexdigest(), text)
+    return _by_content_hash(texts, 500)  # 500: skip one-line pointers ("see LICENSE-APACHE")
+
+
+def _by_content_hash(texts: list[str | None], min_chars: int) -> list[str]:
+    """Texts stripped (and trailing blanks dropped), at least min_chars long, deduplicated and ordered by
+    content hash: the same installed set gives the same corpus whatever the install order."""
+    import re
+
+    found: dict[str, str] = {}
+    for text in texts:
+        text = re.sub(r"[ \t]+\n", "\n", str(text or "").strip())
+        if len(text) >= min_chars:
+            found.setdefault(hashlib.sha256(text.encode()).hexdigest(), text)
     return [found[k] for k in sorted(found)]
 
 
@@ -97,15 +107,9 @@ def readme_texts() -> list[str]:
     little code, a register neither pydoc's help texts nor the license texts cover (~110 texts of >= 2000
     characters in the project's venv). Deduplicated and ordered by content hash, like license_texts."""
     import importlib.metadata as md
-    import re
 
-    found: dict[str, str] = {}
-    for dist in md.distributions():
-        text = dist.metadata.get_payload() or dist.metadata.get("Description") or ""
-        text = re.sub(r"[ \t]+\n", "\n", str(text).strip())
-        if len(text) >= 2000:
-            found.setdefault(hashlib.sha256(text.encode()).hexdigest(), text)
-    return [found[k] for k in sorted(found)]
+    return _by_content_hash([d.metadata.get_payload() or d.metadata.get("Description") for d in md.distributions()],
+                            2000)
 
 
 def tokenize(lm, text: str) -> list[int]:

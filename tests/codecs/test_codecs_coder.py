@@ -126,3 +126,13 @@ def test_real_hidden_states_decode_identically_with_either_coder(real_model):
         x = hs[cut]
         assert_same_decoding("ec37g_s", _steps(x, 200))
         assert_same_decoding("ec37g", [x[:, :200]])
+
+
+def test_readmes_corpus_is_deterministic_and_held_out():
+    """The second held-out corpus the codecs are reported on (never tuned on): installed packages' READMEs."""
+    from splitinfer.data import license_texts, load_texts, readme_texts
+
+    texts = load_texts("readmes")
+    assert texts == readme_texts() and len(texts) >= 20 and min(map(len, texts)) >= 2000
+    assert len(set(texts)) == len(texts) and not set(texts) & set(license_texts())
+    assert any("pip install" in t for t in texts)
