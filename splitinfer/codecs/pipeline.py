@@ -81,8 +81,8 @@ class PipelineCodec(Codec):
             parts.append(self._cast_bytes(x, meta))
         else:
             parts = self._encode_stages(x, meta)
-        if p.lossless is not None:
-            parts, meta["compressed"] = self._compress(parts)
+        if p.lossless is not None:  # an entropy-coded stream (the last buffer) never shrinks: not tried
+            parts, meta["compressed"] = self._compress(parts, skip_last="rans" in meta)
         return seal(self._new_header(x, meta), parts)
 
     def _encode_stages(self, x: torch.Tensor, meta: dict[str, Any]) -> list[bytes]:
@@ -154,9 +154,13 @@ class PipelineCodec(Codec):
     def _value_dtype(self, meta: dict[str, Any]) -> torch.dtype:
         return torch.float32 if meta.get("value_dtype") == "float32" else WIRE_FLOATS[self.params.float_dtype]
 
-    def _compress(self, parts: list[bytes]) -> tuple[list[bytes], list[int]]:
+    def _compress(self, parts: list[bytes], skip_last: bool = False) -> tuple[list[bytes], list[int]]:
         out, flags = [], []
-        for b in parts:
+        for i, b in enumerate(parts):
+            if skip_last and i == len(parts) - 1:
+                out.append(b)
+                flags.append(0)
+                continue
             c = compress(b, self.params.lossless, self.params.level)
             keep = len(c) < len(b)
             out.append(c if keep else b)
