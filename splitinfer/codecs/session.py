@@ -22,7 +22,7 @@ The reconstruction is the preset's (same rounding, same outlier tokens: the shar
 quality is unchanged and only the bits differ. The encoder picks, per message, the smallest of: the session
 model (adaptive.py), fresh static tables (rans.static_model), zstd, raw bytes. The symbols go through the
 compiled ANS coder (entropy.py, session head format 2) or, with coder="rans_py", the old plain-Python rANS
-(format 1, byte for byte what earlier versions sent).
+(format 1: the old stream layout), kept for the benchmark and the decode-equality tests.
 
 Step order: step `seq` is decoded against the state after steps 0..seq-1, and its CRC covers the CRC of
 step seq-1 (a chain: a step of another session, or after a lost one, fails the check). The decoder keeps the state
