@@ -20,7 +20,8 @@ like a prefill window:
   - (encoder only) the typical row peak, so the attention-sink-like outlier test works on one token.
 The reconstruction is the preset's (same rounding, same outlier tokens: the shared stages of stages.py), so
 quality is unchanged and only the bits differ. The encoder picks, per message, the smallest of: the session
-model (adaptive.py), fresh static tables (rans.static_model), zstd, raw bytes. The symbols go through the
+model (adaptive.py), fresh static tables (rans.static_model), zstd (not tried against an adaptive stream
+under half the raw bytes), raw bytes. The symbols go through the
 compiled ANS coder (entropy.py, session head format 2) or, with coder="rans_py", the old plain-Python rANS
 (format 1: the old stream layout), kept for the benchmark and the decode-equality tests.
 
