@@ -18,6 +18,13 @@ one-token step on one core (for session codecs `<preset>_s`: a step of a live se
     python scripts/bench_codecs.py                       # full run (~20 min on 2 shared cores)
     python scripts/bench_codecs.py --quick               # smoke run (~1 min)
     python scripts/bench_codecs.py --cuts 15 --codecs int8_token,petals_blockwise8 --n-windows 2
+    python scripts/bench_codecs.py --corpora pydoc,licenses,readmes --cuts 1,2,...,29   # the issue-28 run
+    python scripts/bench_codecs.py --speed --codecs ec37g_s,ec37g_s:coder=rans_py,ec37g,ec37g:coder=rans_py,int8
+
+A codec is a preset name, optionally with params: `NAME:key=value:...` (values as JSON, e.g.
+`ec37g:coder=rans_py` is ec37g through the old plain-numpy rANS). `--speed` skips quality: per cut, the
+encode/decode MB/s of one 256-token window and the one-token step time of every codec, measured in turns
+in one process (so the compiled and the old coder are compared under the same load), as a table.
 
 Writes a CSV, a markdown table and a rate-distortion plot (bits per value vs Δperplexity, one panel
 per cut). Figures, not timed tests: throughput depends on the machine and its load.
@@ -57,6 +64,25 @@ COLUMNS = ("corpus", "cut", "codec", "bits_per_value", "bits_per_value_1tok", "r
 
 
 # ----------------------------------------------------------------------------- the library's evaluation
+def codec_spec_arg(name: str) -> str | dict:
+    """`NAME` or `NAME:key=value:...` (values parsed as JSON, else kept as strings) -> a build_codec spec."""
+    import json
+
+    if ":" not in name:
+        return name
+    base, *pairs = name.split(":")
+    spec: dict = {"name": base}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--codecs entry {name!r}: {pair!r} is not key=value (e.g. ec37g:coder=rans_py)")
+        try:
+            spec[key] = json.loads(value)
+        except json.JSONDecodeError:
+            spec[key] = value
+    return spec
+
+
 def corpus_spec(args: argparse.Namespace, source: str = "pydoc"):
     """The windows a sweep job with `data=<source> data.num_windows=N data.window_tokens=T data.seed=S`
     scores, plus 2 prompts whose generated tokens go as one-token (decode) messages."""
@@ -137,7 +163,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     bad = [k for k in args.cuts if not 1 <= k < lm.num_layers]
     if bad:
         raise SystemExit(f"--cuts {bad} out of range: cuts must be in 1..{lm.num_layers - 1}")
-    codecs = {name: build_codec(name) for name in args.codecs}
+    codecs = {name: build_codec(codec_spec_arg(name)) for name in args.codecs}
     rows = []
     for source in args.corpora:
         if source == "pydoc_heldout":  # the pydoc topics the learned codecs are not fitted on
@@ -160,7 +186,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             h = ref.window_hidden[cut]
             gen = ref.gen_hidden[cut][:1]  # prompt + generated tokens of prompt 0: the step timing
             for name in codecs:
-                codec = build_codec(name)  # fresh: a session codec's state must not leak across runs
+                codec = build_codec(codec_spec_arg(name))  # fresh: a session codec's state must not leak across runs
                 t0 = time.perf_counter()
                 learned = hasattr(codec, "bind")
                 if learned:  # learned bottleneck: fitted (or loaded from the cache) for this model and cut
@@ -183,6 +209,44 @@ def run(args: argparse.Namespace) -> list[dict]:
                          row["step_us"], time.perf_counter() - t0)
     log.info("done in %.0f s", time.perf_counter() - t_start)
     return rows
+
+
+def run_speed(args: argparse.Namespace) -> list[dict]:
+    """Timing only, on one core: per cut, one window of pydoc hidden states (prefill MB/s) and the one-token
+    steps of a generated continuation (step µs). The codecs take turns per cut and repeat (`--repeats`
+    rounds of `throughput`), so every codec sees the same load."""
+    from splitinfer.experiment import compute_reference
+    from splitinfer.models import load_model
+
+    torch.set_num_threads(args.threads)
+    lm = load_model(args.model)
+    corpus = corpus_spec(args, "pydoc").build(lm)
+    ref = compute_reference(lm, corpus)
+    torch.set_num_threads(1)
+    rows = []
+    for cut in args.cuts:
+        h, gen = ref.window_hidden[cut][:1], ref.gen_hidden[cut][:1]
+        for name in args.codecs:
+            codec = build_codec(codec_spec_arg(name))
+            row = {"cut": cut, "codec": name, **throughput(codec, h, args.repeats),
+                   "step_us": 1e6 * step_time(codec, gen[:, :32], gen[:, 32:])}
+            rows.append(row)
+            log.info("cut %2d %-28s enc %7.1f  dec %7.1f MB/s  step %5.0f us", cut, name, row["enc_MBps"],
+                     row["dec_MBps"], row["step_us"])
+    return rows
+
+
+def speed_table(rows: list[dict]) -> str:
+    """One line per codec: prefill encode / decode MB/s (best of the repeats, median over cuts) and the
+    one-token step µs (median over the steps, then over cuts)."""
+    lines = ["| codec | encode MB/s | decode MB/s | encode+decode MB/s | 1-token step µs (encode+decode) | cuts |",
+             "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["codec"] for r in rows):
+        rs = [r for r in rows if r["codec"] == name]
+        med = {k: statistics.median(r[k] for r in rs) for k in ("enc_MBps", "dec_MBps", "encdec_MBps", "step_us")}
+        lines.append(f"| `{name}` | {med['enc_MBps']:.0f} | {med['dec_MBps']:.0f} | {med['encdec_MBps']:.0f} | "
+                     f"{med['step_us']:.0f} | {','.join(str(r['cut']) for r in rs)} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -359,6 +423,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "pydoc_heldout: the pydoc topics the learned codecs are not fitted on)")
     p.add_argument("--no-timing", action="store_true", help="quality and bits only (learned codecs are never timed)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 windows x 128 tokens, cuts 1,15,29, 5 codecs")
+    p.add_argument("--speed", action="store_true", help="timing only (no quality): MB/s and step µs per codec, "
+                                                         "side by side, as a table (OUT_DIR/speed.md)")
     a = p.parse_args(argv)
     a.cuts = a.cuts or ([1, 15, 29] if a.quick else list(DEFAULT_CUTS))
     a.corpora = a.corpora or (["pydoc"] if a.quick else list(DEFAULT_CORPORA))
@@ -374,6 +440,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
+    if args.speed:
+        table = speed_table(run_speed(args))
+        path = args.out_dir / "speed.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(table + "\n")
+        print(table + f"\n\nwrote {path}")
+        return
     if args.from_csv:  # redo the tables and figures of an earlier run
         rows = read_csv(args.from_csv)
     else:

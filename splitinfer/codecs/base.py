@@ -3,68 +3,31 @@
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
 
-from splitinfer.codecs.encoded import Buffer, EncodedTensor
+from splitinfer.codecs.encoded import EncodedTensor
 from splitinfer.codecs.errors import CodecError
+from splitinfer.codecs.tensors import (
+    DTYPE_NAMES,
+    DTYPES,
+    MAX_NDIM,
+    MAX_NUMEL,
+    Buffer,
+    check_input,
+    read_dtype,
+    read_shape,
+    saturate_for,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of the JSON header; a codec whose buffers changed format carries its own (format_version)
+FORMAT_COMPILED = 2  # entropy-coded codecs whose rANS stream comes from the compiled coder (entropy.py)
 
-# Input dtypes a codec accepts; decode() returns the same dtype unless told otherwise.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-
-# Refuse headers that announce absurd tensors before allocating anything (2**30 fp32 values = 4 GiB).
-MAX_NUMEL = 2**30
-MAX_NDIM = 16
-
-
-def check_input(x: Any) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise CodecError(f"codecs encode torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in DTYPE_NAMES:
-        raise CodecError(
-            f"cannot encode dtype {x.dtype}; supported: {sorted(DTYPES)}. Cast first, e.g. x.float()"
-        )
-    if x.numel() > MAX_NUMEL:
-        raise CodecError(f"tensor has {x.numel()} elements, over the codec limit of {MAX_NUMEL}")
-
-
-def read_dtype(header: dict[str, Any]) -> torch.dtype:
-    name = header.get("dtype")
-    if name not in DTYPES:
-        raise CodecError(f"header dtype {name!r} is not one of {sorted(DTYPES)}")
-    return DTYPES[name]
-
-
-def read_shape(header: dict[str, Any]) -> tuple[int, ...]:
-    shape = header.get("shape")
-    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
-        raise CodecError(f"header shape must be a list of at most {MAX_NDIM} ints, got {shape!r}")
-    for d in shape:
-        if type(d) is not int or d < 0:
-            raise CodecError(f"header shape {shape!r} must hold non-negative ints")
-    if math.prod(shape) > MAX_NUMEL:
-        raise CodecError(f"header shape {shape} has more than {MAX_NUMEL} elements; refusing to decode")
-    return tuple(shape)
-
-
-def saturate_for(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Clamp finite float32 values into `dtype`'s finite range before casting to it: a reconstruction
-    may overshoot an input that sat at the edge of float16's range, and must not become inf."""
-    if dtype == torch.float32:
-        return v
-    big = torch.finfo(dtype).max
-    return v.clamp(-big, big)
+__all__ = ["DTYPES", "DTYPE_NAMES", "FORMAT_VERSION", "MAX_NDIM", "MAX_NUMEL", "Codec", "check_input", "read_dtype",
+           "read_shape", "saturate_for", "seal", "verify"]
 
 
 def _checksum(header: dict[str, Any], buffers: list[Buffer]) -> int:
@@ -107,6 +70,7 @@ class Codec(ABC):
 
     name: str
     overrides: dict[str, Any]
+    format_version: int = FORMAT_VERSION  # the header "v" this codec writes and reads
 
     @abstractmethod
     def encode(self, x: torch.Tensor) -> EncodedTensor: ...
@@ -130,7 +94,7 @@ class Codec(ABC):
     def _new_header(self, x: torch.Tensor, meta: dict[str, Any]) -> dict[str, Any]:
         return {
             "codec": self.name,
-            "v": FORMAT_VERSION,
+            "v": self.format_version,
             "params": dict(self.overrides),
             "dtype": DTYPE_NAMES[x.dtype],
             "shape": list(x.shape),
@@ -142,8 +106,10 @@ class Codec(ABC):
         if not isinstance(enc, EncodedTensor):
             raise CodecError(f"decode expects an EncodedTensor, got {type(enc).__name__}")
         h = enc.header
-        if h.get("v") != FORMAT_VERSION:
-            raise CodecError(f"header format version {h.get('v')!r} is not supported (expected {FORMAT_VERSION})")
+        if h.get("v") != self.format_version:
+            raise CodecError(f"header format version {h.get('v')!r} is not supported by {self.name!r} (expected "
+                             f"{self.format_version}; {FORMAT_COMPILED} = rans streams from the compiled coder): the "
+                             "peer runs another splitinfer version or codec params; run the same on both halves")
         if h.get("codec") != self.name:
             raise CodecError(f"header is for codec {h.get('codec')!r} but this decoder is {self.name!r}; "
                              "use splitinfer.codecs.decode_any(enc) to pick the codec from the header")

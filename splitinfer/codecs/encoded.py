@@ -1,4 +1,9 @@
-"""EncodedTensor: a self-describing JSON header plus raw byte buffers, ready for ZeroMQ multipart."""
+"""What a codec puts on the wire, and the one place that tells the two frame formats apart.
+
+EncodedTensor: a self-describing JSON header plus raw byte buffers; StepMessage: a session codec's binary
+head (framing.py) plus buffers. `EncodedTensor.from_frames` looks at the first byte and returns either.
+Imports point one way: errors, tensors <- framing <- encoded <- base (tests/codecs/test_codecs_imports.py).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from splitinfer.codecs import framing
 from splitinfer.codecs.errors import CodecError
+from splitinfer.codecs.tensors import MAX_HEADER_BYTES, Buffer
 
-Buffer = bytes | bytearray | memoryview
-
-# A hostile peer must not make us parse megabytes of JSON; real headers are ~150 bytes.
-MAX_HEADER_BYTES = 64 * 1024
+__all__ = ["MAX_HEADER_BYTES", "Buffer", "EncodedTensor", "StepMessage", "as_message", "header_from_bytes",
+           "header_to_bytes"]
 
 
 def header_to_bytes(header: dict[str, Any]) -> bytes:
@@ -74,20 +79,66 @@ class EncodedTensor:
     def from_frames(cls, frames: Sequence[Buffer]) -> EncodedTensor:
         """Inverse of `to_frames`; accepts bytes, memoryviews or anything exposing the buffer protocol
         (e.g. zmq.Frame). Buffers are kept as zero-copy memoryviews; the codec validates them.
-        A session message (binary head, see framing.py) comes back as a `framing.StepMessage`."""
+        A session message (binary head, see framing.py) comes back as a `StepMessage`."""
         if len(frames) == 0:
             raise CodecError("no frames: expected a JSON header frame followed by buffer frames")
         if cls is EncodedTensor:
-            from splitinfer.codecs import framing
-
             try:
                 session = framing.is_session_head(frames[0])
             except TypeError as e:
                 raise CodecError(f"every frame must be bytes-like: {e}") from e
             if session:
-                return framing.StepMessage.from_frames(frames)
+                return StepMessage.from_frames(frames)
         try:
             buffers: list[Buffer] = [memoryview(f).cast("B") for f in frames[1:]]
         except TypeError as e:
             raise CodecError(f"every frame must be bytes-like: {e}") from e
         return cls(header_from_bytes(frames[0]), buffers)
+
+
+@dataclass
+class StepMessage(EncodedTensor):
+    """A session message: `head` (the binary frame of framing.py) + buffers. `header` is the parsed head, a
+    dict with "shape" and "dtype" like a codec header (so links count tokens the same way); "session"
+    is True."""
+
+    head: bytes = b""
+
+    def header_bytes(self) -> bytes:
+        return self.head
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.head) + sum(memoryview(b).nbytes for b in self.buffers)
+
+    def to_frames(self) -> list[Buffer]:
+        return [self.head, *self.buffers]
+
+    @classmethod
+    def build(cls, flags: int, dtype: str, seq: int, shape: Sequence[int], crc: int, meta: dict[str, Any],
+              buffers: list[Buffer], code: int | None = None, fmt: int = framing.FORMAT) -> StepMessage:
+        head = framing.pack_head(flags, dtype, seq, shape, crc, meta, code, fmt)
+        header = {"flags": flags, "dtype": dtype, "seq": seq, "shape": list(shape), "crc": crc, "code": code,
+                  "meta": meta, "session": True, "format": fmt}
+        return cls(header, list(buffers), head)
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[Buffer]) -> StepMessage:
+        if len(frames) == 0:
+            raise CodecError("no frames: expected a session head frame followed by buffer frames")
+        try:
+            buffers: list[Buffer] = [memoryview(f).cast("B") for f in frames[1:]]
+            head = bytes(memoryview(frames[0]).cast("B"))
+        except TypeError as e:
+            raise CodecError(f"every frame must be bytes-like: {e}") from e
+        return cls(framing.unpack_head(head), buffers, head)
+
+
+def as_message(enc: Any) -> StepMessage:
+    """`enc` as a session message, or a CodecError that says which format it is instead."""
+    if isinstance(enc, StepMessage):
+        return enc
+    if isinstance(enc, EncodedTensor):
+        raise CodecError(f"a session codec decodes session messages (binary head), got a self-describing header "
+                         f"for codec {str(enc.header.get('codec'))[:40]!r}; decode it with decode_any(enc)")
+    raise CodecError(f"decode expects a session message, got {type(enc).__name__}")

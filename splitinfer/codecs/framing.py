@@ -23,15 +23,15 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from splitinfer.codecs.base import DTYPES, MAX_NDIM, read_shape
-from splitinfer.codecs.encoded import MAX_HEADER_BYTES, Buffer, EncodedTensor
 from splitinfer.codecs.errors import CodecError
+from splitinfer.codecs.tensors import DTYPES, MAX_HEADER_BYTES, MAX_NDIM, Buffer, read_shape
 
 MAGIC = 0xB5
-FORMAT = 1
+FORMAT = 1  # the generic session codec (any preset's buffers behind the head)
+FORMAT_COMPILED = 2  # the adaptive ecNNg_s codecs since their entropy coder is constriction's ANS (entropy.py)
+FORMATS = (FORMAT, FORMAT_COMPILED)
 FLAG_KEY = 1
 _DTYPE_CODES = tuple(DTYPES)  # "float32", "float16", "bfloat16" -> 0, 1, 2
 _MAX_SEQ = 2**32 - 1
@@ -61,11 +61,11 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
 
 
 def pack_head(flags: int, dtype: str, seq: int, shape: Sequence[int], crc: int, meta: dict[str, Any],
-              code: int | None = None) -> bytes:
+              code: int | None = None, fmt: int = FORMAT) -> bytes:
     if not 0 <= seq <= _MAX_SEQ:
         raise CodecError(f"session step number {seq} does not fit 32 bits; open a new session")
     bits = _DTYPE_CODES.index(dtype) | (flags & FLAG_KEY) << 2 | (code is not None) << 3 | bool(meta) << 4
-    head = bytearray((MAGIC, bits | FORMAT << 5))
+    head = bytearray((MAGIC, bits | fmt << 5))
     head += _varint(seq)
     head.append(len(shape))
     for d in shape:
@@ -87,8 +87,9 @@ def unpack_head(frame: Buffer) -> dict[str, Any]:
         raise CodecError(f"not a session message head ({len(raw)} bytes, first byte "
                          f"{raw[0] if len(raw) else None!r}, expected {MAGIC} and >= 8 bytes)")
     bits = raw[1]
-    if bits >> 5 != FORMAT:
-        raise CodecError(f"session head format {bits >> 5} is not supported (expected {FORMAT})")
+    if bits >> 5 not in FORMATS:
+        raise CodecError(f"session head format {bits >> 5} is not supported (this peer reads {FORMATS}): the "
+                         "peer runs another splitinfer version; run the same version on both halves")
     dcode, flags, has_code, has_meta = bits & 3, (bits >> 2) & 1, (bits >> 3) & 1, (bits >> 4) & 1
     if dcode >= len(_DTYPE_CODES):
         raise CodecError(f"session head dtype code {dcode} is not one of 0..{len(_DTYPE_CODES) - 1}")
@@ -123,59 +124,12 @@ def unpack_head(frame: Buffer) -> dict[str, Any]:
         raise CodecError(f"session head has {len(raw) - pos} stray bytes after its checksum")
     read_shape({"shape": shape})  # the element-count limit
     return {"flags": flags, "dtype": _DTYPE_CODES[dcode], "seq": seq, "shape": shape, "crc": crc, "code": code,
-            "meta": meta, "session": True}
-
-
-@dataclass
-class StepMessage(EncodedTensor):
-    """A session message: `head` (the binary frame above) + buffers. `header` is the parsed head, a
-    dict with "shape" and "dtype" like a codec header (so links count tokens the same way); "session"
-    is True."""
-
-    head: bytes = b""
-
-    def header_bytes(self) -> bytes:
-        return self.head
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.head) + sum(memoryview(b).nbytes for b in self.buffers)
-
-    def to_frames(self) -> list[Buffer]:
-        return [self.head, *self.buffers]
-
-    @classmethod
-    def build(cls, flags: int, dtype: str, seq: int, shape: Sequence[int], crc: int, meta: dict[str, Any],
-              buffers: list[Buffer], code: int | None = None) -> StepMessage:
-        head = pack_head(flags, dtype, seq, shape, crc, meta, code)
-        header = {"flags": flags, "dtype": dtype, "seq": seq, "shape": list(shape), "crc": crc, "code": code,
-                  "meta": meta, "session": True}
-        return cls(header, list(buffers), head)
-
-    @classmethod
-    def from_frames(cls, frames: Sequence[Buffer]) -> StepMessage:
-        if len(frames) == 0:
-            raise CodecError("no frames: expected a session head frame followed by buffer frames")
-        try:
-            buffers: list[Buffer] = [memoryview(f).cast("B") for f in frames[1:]]
-            head = bytes(memoryview(frames[0]).cast("B"))
-        except TypeError as e:
-            raise CodecError(f"every frame must be bytes-like: {e}") from e
-        return cls(unpack_head(head), buffers, head)
+            "meta": meta, "session": True, "format": bits >> 5}
 
 
 def is_session_head(frame: Buffer) -> bool:
     raw = memoryview(frame).cast("B")
     return len(raw) > 0 and raw[0] == MAGIC
-
-
-def as_message(enc: Any) -> StepMessage:
-    if isinstance(enc, StepMessage):
-        return enc
-    if isinstance(enc, EncodedTensor):
-        raise CodecError(f"a session codec decodes session messages (binary head), got a self-describing header "
-                         f"for codec {str(enc.header.get('codec'))[:40]!r}; decode it with decode_any(enc)")
-    raise CodecError(f"decode expects a session message, got {type(enc).__name__}")
 
 
 def full_header(name: str, overrides: dict[str, Any], head: dict[str, Any], version: int) -> dict[str, Any]:

@@ -10,12 +10,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from splitinfer.codecs.entropy import CODERS
 from splitinfer.codecs.errors import CodecError
 from splitinfer.codecs.lossless import METHODS
 from splitinfer.codecs.quantize import GRANULARITIES, SCALE_FORMATS
 from splitinfer.codecs.stepquant import STEP_RANGE
+from splitinfer.codecs.tensors import WIRE_FLOATS
 
-FLOAT_DTYPES = ("fp32", "fp16", "bf16")
+FLOAT_DTYPES = tuple(WIRE_FLOATS)
 
 
 def _is_int(v: Any) -> bool:
@@ -39,6 +41,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "step": (lambda v: v is None or (type(v) in (int, float) and STEP_RANGE[0] <= v <= STEP_RANGE[1]),
              f"null or a number in {STEP_RANGE[0]}..{STEP_RANGE[1]} (step / row RMS)"),
     "rans_groups": (lambda v: _is_int(v) and 0 <= v <= 51, "an int in 0..51 (0: codes go to the lossless stage)"),
+    "coder": (lambda v: v in CODERS, f"one of {CODERS} (the compiled ANS coder, or the old plain-numpy rANS)"),
     "pack": (lambda v: type(v) is bool, "true or false"),
     "lossless": (lambda v: v is None or v in METHODS, f"null or one of {METHODS}"),
     "level": (lambda v: _is_int(v) and 1 <= v <= 22, "an int in 1..22 (zstd level)"),
@@ -65,6 +68,7 @@ class PipelineParams:
     center: bool = False  # subtract per-channel means (sent in fp16) when the message has >= 16 rows
     step: float | None = None  # entropy-coded quantization: round to step x row RMS (use with zstd)
     rans_groups: int = 0  # step codes: rANS with this many per-channel-group tables (0: off), see rans.py
+    coder: str = "ans"  # rans_groups' entropy coder: "ans" (constriction, entropy.py) or "rans_py" (rans.py)
     pack: bool = True  # bit-pack codes; False keeps one code per byte (helps zstd's entropy stage)
     lossless: str | None = None  # "lz4" or "zstd" on every buffer, kept only where it shrinks
     level: int = 1  # zstd level (higher is slower and, on quantized activations, barely smaller)

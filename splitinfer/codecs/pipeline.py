@@ -13,6 +13,9 @@ Buffers, in wire order (each only when its stage is on and has something to send
   scales | steps                                  see quantize.py / stepquant.py
   rans_side uint8, rans_tables uint8              rANS only: channel groups + predictors, tables (rans.py)
   codes (bit-packed) | codes (int8|int16) | rANS stream | values (float_dtype)
+The non-finite side channel, outlier tokens, centering and step quantization are the shared stages of
+stages.py (the session codecs run the same ones); its META is the header's meta vocabulary. A codec whose
+rANS stream comes from the compiled coder (entropy.py, coder="ans") writes header version 2.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from splitinfer.codecs import centering, rans, stepquant, tokens
-from splitinfer.codecs.base import Codec, check_input, saturate_for, seal
+from splitinfer.codecs import centering, entropy, rans, stages, stepquant, tokens
+from splitinfer.codecs.base import FORMAT_COMPILED, Codec, check_input, saturate_for, seal
 from splitinfer.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
-from splitinfer.codecs.encoded import Buffer, EncodedTensor
+from splitinfer.codecs.encoded import EncodedTensor
 from splitinfer.codecs.errors import CodecError
 from splitinfer.codecs.lossless import compress, decompress
 from splitinfer.codecs.outliers import (
@@ -40,42 +43,12 @@ from splitinfer.codecs.params import PipelineParams
 from splitinfer.codecs.quantize import QuantSpec, dequantize, quantize, scales_nbytes
 from splitinfer.codecs.rotation import rotate, unrotate
 from splitinfer.codecs.sparsify import kept_per_row, topk_merge, topk_split
+from splitinfer.codecs.stages import checked_index, float_dtype
+from splitinfer.codecs.tensors import WIRE_FLOATS, Buffer, from_bytes, rows_cols, to_bytes
 
-_WIRE_FLOAT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# data-dependent choices the encoder records (only when they differ from the default)
-_META = {
-    "nonfinite": int,  # count of NaN/Inf values
-    "outlier_rows": int,  # count of outlier tokens
-    "row_dtype": str,  # "float32" when an outlier token does not fit float16
-    "centered": bool,
-    "outlier_dtype": str,  # "float32" when an outlier channel value does not fit float16
-    "scale_dtype": str,  # "float32" when a float16 scale/step would over- or underflow
-    "code_dtype": str,  # "int16" when step-quantized integers do not fit int8
-    "value_dtype": str,  # "float32" when a finite value would overflow the float_dtype cast
-    "rans": list,  # [lo, hi, n_words] when step codes went through rANS (rans.py) instead of as bytes
-    "compressed": list,  # per buffer: 1 = lossless-compressed, 0 = stored (compression did not help)
-}
-
-
-def _to_bytes(t: torch.Tensor) -> bytes:
-    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
-def _from_bytes(buf: Buffer, dtype: torch.dtype) -> torch.Tensor:
-    if len(buf) == 0:
-        return torch.empty(0, dtype=dtype)
-    return torch.frombuffer(bytearray(buf), dtype=torch.uint8).view(dtype)
-
-
-def _rows_cols(shape: tuple[int, ...] | torch.Size) -> tuple[int, int]:
-    if len(shape) == 0:
-        return 1, 1
-    cols = shape[-1]
-    return (math.prod(shape) // cols if cols else 0), cols
-
-
-def _float_dtype_name(meta: dict[str, Any], key: str) -> torch.dtype:
-    return torch.float32 if meta.get(key) == "float32" else torch.float16
+# the header meta keys this codec may write (their types: stages.META)
+_META = ("nonfinite", "outlier_rows", "row_dtype", "centered", "outlier_dtype", "scale_dtype", "code_dtype",
+         "value_dtype", "rans", "compressed")
 
 
 class PipelineCodec(Codec):
@@ -93,6 +66,8 @@ class PipelineCodec(Codec):
         self._plain_cast = (p.bits is None and p.step is None and not p.rotate and p.topk is None
                             and p.outliers == 0 and p.outlier_token_ratio is None and not p.center)
         self._spec = QuantSpec(p.bits, p.granularity, p.block) if p.bits is not None else None
+        if p.rans_groups and p.coder == "ans":
+            self.format_version = FORMAT_COMPILED
 
     # ------------------------------------------------------------------ encode
     def encode(self, x: torch.Tensor) -> EncodedTensor:
@@ -106,41 +81,25 @@ class PipelineCodec(Codec):
             parts.append(self._cast_bytes(x, meta))
         else:
             parts = self._encode_stages(x, meta)
-        if p.lossless is not None:
-            parts, meta["compressed"] = self._compress(parts)
+        if p.lossless is not None:  # an entropy-coded stream (the last buffer) never shrinks: not tried
+            parts, meta["compressed"] = self._compress(parts, skip_last="rans" in meta)
         return seal(self._new_header(x, meta), parts)
 
     def _encode_stages(self, x: torch.Tensor, meta: dict[str, Any]) -> list[bytes]:
         p = self.params
-        rows, cols = _rows_cols(x.shape)
+        rows, cols = rows_cols(x.shape)
         v = x.reshape(rows, cols).to(torch.float32)
         owned = v.data_ptr() != x.data_ptr()  # stages below may write into v only if we own it
-        parts: list[bytes] = []
-
-        if not math.isfinite(float(v.sum())):  # cheap screen: a NaN or Inf makes the sum non-finite
-            finite = torch.isfinite(v)
-            bad = (~finite).reshape(-1).nonzero().reshape(-1)
-            if bad.numel():  # NaN/Inf travel exactly on a side channel, as zeros in the data
-                meta["nonfinite"] = bad.numel()
-                parts += [_to_bytes(bad), _to_bytes(v.reshape(-1)[bad])]
-                v, owned = torch.where(finite, v, torch.zeros((), dtype=v.dtype)), True
-
+        parts: list[Buffer] = []
+        v, new = stages.encode_nonfinite(v, meta, parts)
+        owned |= new
         if p.outlier_token_ratio is not None:
-            idx = tokens.find_outlier_rows(v, p.outlier_token_ratio)
-            if idx.numel():
-                vals = v[idx]
-                vdtype = tokens.row_value_dtype(vals)
-                meta["outlier_rows"] = idx.numel()
-                if vdtype == torch.float32:
-                    meta["row_dtype"] = "float32"
-                parts += [_to_bytes(idx.to(torch.int32)), _to_bytes(vals.to(vdtype))]
-                v, owned = tokens.without_rows(v, idx), True
-
+            n_before = v.shape[0]
+            v = stages.encode_outlier_rows(v, tokens.find_outlier_rows(v, p.outlier_token_ratio), meta, parts)
+            owned |= v.shape[0] != n_before
         if p.center and v.shape[0] >= centering.MIN_ROWS:
-            mean = centering.channel_means(v)
-            meta["centered"] = True
-            parts.append(_to_bytes(mean.to(torch.float16)))
-            v, owned = v - mean, True
+            v, _ = stages.encode_means(v, meta, parts)
+            owned = True
 
         if p.outliers:
             if not owned:
@@ -149,14 +108,14 @@ class PipelineCodec(Codec):
             vdtype = outlier_value_dtype(values)
             if vdtype == torch.float32:
                 meta["outlier_dtype"] = "float32"
-            parts += [_to_bytes(idx.to(index_dtype(cols))), _to_bytes(values.to(vdtype))]
+            parts += [to_bytes(idx.to(index_dtype(cols))), to_bytes(values.to(vdtype))]
 
         if p.rotate:
             v = rotate(v, p.seed, p.rot_block)
 
         if p.topk is not None:
             v, idx = topk_split(v, kept_per_row(p.topk, cols))
-            parts.append(_to_bytes(idx.to(index_dtype(cols))))
+            parts.append(to_bytes(idx.to(index_dtype(cols))))
 
         if self._spec is not None:
             codes, scale_bytes, stored = quantize(v, self._spec, p.scale_format)
@@ -164,25 +123,19 @@ class PipelineCodec(Codec):
                 meta["scale_dtype"] = "float32"  # float16 fallback: a scale over/underflowed
             parts += [scale_bytes, (pack_bits(codes, p.bits) if p.pack else codes).tobytes()]
         elif p.step is not None:
-            steps, stored = stepquant.row_steps(v, p.step)
-            codes, code_dtype = stepquant.quantize_steps(v, steps)
-            if stored == "float32":
-                meta["scale_dtype"] = "float32"
-            if code_dtype == "int16":
-                meta["code_dtype"] = "int16"
-            parts.append(_to_bytes(steps.to(_float_dtype_name(meta, "scale_dtype"))))
-            parts += self._entropy_code(codes, code_dtype, cols, meta)
+            codes = stages.step_quantize(v, p.step, meta, parts)
+            parts += self._entropy_code(codes, meta.get("code_dtype", "int8"), cols, meta)
         else:
             parts.append(self._cast_bytes(v, meta))
         return parts
 
-    def _entropy_code(self, codes: np.ndarray, code_dtype: str, cols: int, meta: dict[str, Any]) -> list[bytes]:
+    def _entropy_code(self, codes: np.ndarray, code_dtype: str, cols: int, meta: dict[str, Any]) -> list[Buffer]:
         """Step codes as bytes for the lossless stage, or through rANS when that is smaller (rans.py)."""
         p = self.params
-        plain = codes.tobytes()
+        plain = codes.astype(np.dtype(code_dtype)).tobytes()
         if not p.rans_groups or code_dtype != "int8" or codes.size < rans.MIN_VALUES or cols == 0:
             return [plain]
-        side, tables, stream, info = rans.encode(codes.reshape(-1, cols), p.rans_groups)
+        side, tables, stream, info = entropy.static_coder(p.coder)[0](codes.reshape(-1, cols), p.rans_groups)
         plain_size = len(compress(plain, p.lossless, p.level)) if p.lossless else len(plain)
         if len(side) + len(tables) + len(stream) >= plain_size:
             return [plain]
@@ -191,19 +144,23 @@ class PipelineCodec(Codec):
 
     def _cast_bytes(self, v: torch.Tensor, meta: dict[str, Any]) -> bytes:
         """v in float_dtype, or in float32 when that cast would turn a finite value into +-inf."""
-        wire = _WIRE_FLOAT[self.params.float_dtype]
+        wire = WIRE_FLOATS[self.params.float_dtype]
         w = v.to(wire)
         if wire != v.dtype and wire != torch.float32 and int(w.isinf().sum()) != int(v.isinf().sum()):
             meta["value_dtype"] = "float32"
             w = v.to(torch.float32)
-        return _to_bytes(w)
+        return to_bytes(w)
 
     def _value_dtype(self, meta: dict[str, Any]) -> torch.dtype:
-        return torch.float32 if meta.get("value_dtype") == "float32" else _WIRE_FLOAT[self.params.float_dtype]
+        return torch.float32 if meta.get("value_dtype") == "float32" else WIRE_FLOATS[self.params.float_dtype]
 
-    def _compress(self, parts: list[bytes]) -> tuple[list[bytes], list[int]]:
+    def _compress(self, parts: list[bytes], skip_last: bool = False) -> tuple[list[bytes], list[int]]:
         out, flags = [], []
-        for b in parts:
+        for i, b in enumerate(parts):
+            if skip_last and i == len(parts) - 1:
+                out.append(b)
+                flags.append(0)
+                continue
             c = compress(b, self.params.lossless, self.params.level)
             keep = len(c) < len(b)
             out.append(c if keep else b)
@@ -214,7 +171,7 @@ class PipelineCodec(Codec):
     def decode(self, enc: EncodedTensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         shape, in_dtype, meta = self._open(enc)
         out_dtype = dtype or in_dtype
-        rows, cols = _rows_cols(shape)
+        rows, cols = rows_cols(shape)
         numel = math.prod(shape)
         self._check_meta(meta, rows, numel)
         layout = self._layout(rows, cols, numel, meta)
@@ -223,7 +180,7 @@ class PipelineCodec(Codec):
             return torch.empty(shape, dtype=out_dtype)
         p = self.params
         if self._plain_cast:
-            v = _from_bytes(raws["values"], self._value_dtype(meta)).reshape(shape)
+            v = from_bytes(raws["values"], self._value_dtype(meta)).reshape(shape)
             return (saturate_for(v.float(), out_dtype) if "value_dtype" in meta else v).to(out_dtype)
 
         n_rows = rows - meta.get("outlier_rows", 0)  # rows that went through quantization
@@ -236,39 +193,34 @@ class PipelineCodec(Codec):
                 raise CodecError(f"codes buffer holds values >= 2**{p.bits}: corrupted data")
             v = dequantize(codes, raws["scales"], self._spec, self._scale_dtype(meta), n_rows, width)
         elif p.step is not None:
-            steps = _from_bytes(raws["steps"], _float_dtype_name(meta, "scale_dtype")).to(torch.float32)
-            if not bool(torch.isfinite(steps).all()) or bool((steps < 0).any()):
-                raise CodecError("step buffer holds negative or non-finite steps: corrupted data")
+            steps = stages.read_steps(raws["steps"], n_rows, meta)
             if meta.get("rans"):
-                codes = rans.decode(raws["rans_side"], raws["rans_tables"], raws["codes"], n_rows, width,
-                                    p.rans_groups, *meta["rans"]).reshape(-1)
+                codes = entropy.static_coder(p.coder)[1](raws["rans_side"], raws["rans_tables"], raws["codes"],
+                                                         n_rows, width, p.rans_groups, *meta["rans"]).reshape(-1)
             else:
                 codes = np.frombuffer(raws["codes"], dtype=np.dtype(meta.get("code_dtype", "int8")))
             v = stepquant.dequantize_steps(codes, steps, n_rows, width)
         else:
-            v = _from_bytes(raws["values"], self._value_dtype(meta)).to(torch.float32).reshape(n_rows, width)
+            v = from_bytes(raws["values"], self._value_dtype(meta)).to(torch.float32).reshape(n_rows, width)
 
         if p.topk is not None:
-            idx = _checked_index(_from_bytes(raws["topk_idx"], index_dtype(cols)), cols, "top-k")
+            idx = checked_index(from_bytes(raws["topk_idx"], index_dtype(cols)), cols, "top-k")
             v = topk_merge(v, idx.reshape(n_rows, width), cols)
         if p.rotate:
             v = unrotate(v, p.seed, p.rot_block)
         if p.outliers:
-            idx = _checked_index(_from_bytes(raws["outlier_idx"], index_dtype(cols)), cols, "outlier")
-            vals = _from_bytes(raws["outlier_val"], _float_dtype_name(meta, "outlier_dtype"))
+            idx = checked_index(from_bytes(raws["outlier_idx"], index_dtype(cols)), cols, "outlier")
+            vals = from_bytes(raws["outlier_val"], float_dtype(meta, "outlier_dtype"))
             v = merge_outliers(v, idx, vals.reshape(n_rows, -1))
         if meta.get("centered"):
-            v = v + _from_bytes(raws["means"], torch.float16).to(torch.float32)
+            v = v + stages.read_means(raws["means"], cols)
         if meta.get("outlier_rows"):
-            idx = _checked_index(_from_bytes(raws["row_idx"], torch.int32), rows, "outlier token")
-            if torch.unique(idx).numel() != idx.numel():
-                raise CodecError("outlier token indices repeat: corrupted data")
-            vals = _from_bytes(raws["row_val"], _float_dtype_name(meta, "row_dtype")).reshape(-1, cols)
-            v = tokens.with_rows(v, idx, vals)
+            v = stages.restore_outlier_rows(v, stages.read_outlier_rows(raws["row_idx"], raws["row_val"], meta, rows,
+                                                                        cols))
         v = saturate_for(v, out_dtype)
         if meta.get("nonfinite"):
-            bad = _checked_index(_from_bytes(raws["nonfinite_idx"], torch.int64), numel, "non-finite")
-            v = v.reshape(-1).index_put_((bad,), _from_bytes(raws["nonfinite_val"], torch.float32))
+            side = stages.read_nonfinite(raws["nonfinite_idx"], raws["nonfinite_val"], meta["nonfinite"], numel)
+            v = stages.restore_nonfinite(v, side)
         return v.reshape(shape).to(out_dtype)
 
     def _scale_dtype(self, meta: dict[str, Any]) -> str:
@@ -312,7 +264,7 @@ class PipelineCodec(Codec):
             if meta.get("rans"):
                 lo, hi, n_words = meta["rans"]
                 layout += [("rans_side", width), ("rans_tables", min(p.rans_groups, width) * (hi - lo + 1)),
-                           ("codes", rans.stream_nbytes(n, n_words))]
+                           ("codes", entropy.stream_nbytes(n, n_words, p.coder))]
             else:
                 layout.append(("codes", n * (2 if meta.get("code_dtype") == "int16" else 1)))
         else:
@@ -322,11 +274,10 @@ class PipelineCodec(Codec):
     def _check_meta(self, meta: dict[str, Any], rows: int, numel: int) -> None:
         """Every meta key must be known, well-typed, and possible for this codec's params."""
         p = self.params
-        for key, value in meta.items():
+        stages.check_types(meta)
+        for key in meta:
             if key not in _META:
-                raise CodecError(f"header meta has unknown key {key!r}; known: {sorted(_META)}")
-            if type(value) is not _META[key]:
-                raise CodecError(f"header meta {key}={value!r} must be a {_META[key].__name__}")
+                raise CodecError(f"header meta has unknown key {key!r} for codec {self.name!r}; known: {sorted(_META)}")
         allowed = {
             "nonfinite": not self._plain_cast and 0 < meta.get("nonfinite", 1) <= numel,
             "outlier_rows": p.outlier_token_ratio is not None and 0 < meta.get("outlier_rows", 1) <= rows,
@@ -364,8 +315,3 @@ class PipelineCodec(Codec):
                 raws[name] = buf
         return raws
 
-
-def _checked_index(idx: torch.Tensor, limit: int, what: str) -> torch.Tensor:
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limit):
-        raise CodecError(f"{what} indices fall outside 0..{limit - 1}: corrupted data")
-    return idx.long()

@@ -111,8 +111,7 @@ def group_channels(res: np.ndarray, lo: int, a: int, k: int, iters: int = 6) -> 
     hist = np.bincount((np.arange(cols)[None, :] * a + (res - lo)).reshape(-1), minlength=cols * a)
     hist = hist.reshape(cols, a).astype(np.float64)
     for _ in range(iters):
-        counts = np.zeros((k, a))
-        np.add.at(counts, groups, hist)
+        counts = (groups[None, :] == np.arange(k)[:, None]).astype(np.float64) @ hist  # exact: integer sums
         counts += 0.5  # a symbol unseen in a group still costs a finite number of bits
         bits = hist @ -np.log2(counts / counts.sum(axis=1, keepdims=True)).T  # (cols, k) code lengths
         new = bits.argmin(axis=1)
@@ -134,58 +133,83 @@ def _predict(prev: np.ndarray, k) -> np.ndarray:
     return (np.asarray(k, dtype=np.int64) * prev + 2) >> 2
 
 
-def encode(q: np.ndarray, n_groups: int) -> tuple[bytes, bytes, bytes, list[int]]:
-    """(rows, cols) integer codes in int8 range -> (side, tables, stream) bytes and meta [lo, hi, n_words].
-
-    Each code is first predicted from the previous token's code in its channel (weight k/4, k per
-    channel; hidden states drift slowly in most channels), and the residual is what gets coded."""
+def static_model(q: np.ndarray, n_groups: int) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """The static model of (rows, cols) int8-range codes (encoder side): each code is predicted from the
+    previous token's code in its channel (weight k/4, k per channel: hidden states drift slowly in most
+    channels), the residuals' channels are grouped, one table per group. -> (side bytes, groups (cols,),
+    residuals (rows, cols), table bytes (K, A), frequencies (K, A), lo, hi). Both coders (this module's and
+    the compiled one in entropy.py) code the residuals with exactly these frequencies."""
     rows, cols = q.shape
     q = q.astype(np.int64)
     ks = predict_weights(q)
     prev = np.vstack([np.zeros((1, cols), np.int64), q[:-1]])
     res = q - _predict(prev, ks)
-    flat = res.reshape(-1)
-    lo, hi = int(flat.min()), int(flat.max())
+    lo, hi = int(res.min()), int(res.max())
     a = hi - lo + 1
     k = max(1, min(n_groups, cols))
-    groups = group_channels(res, lo, a, k)
-    gi = np.tile(groups.astype(np.int64), rows)  # group of every code, row-major
-    sym = flat - lo
-    counts = np.bincount(gi * a + sym, minlength=k * a).reshape(k, a)
+    groups = group_channels(res, lo, a, k).astype(np.int64)
+    counts = np.bincount((groups[None, :] * a + (res - lo)).reshape(-1), minlength=k * a).reshape(k, a)
     tables = quantize_counts(counts)
     tables[counts.sum(axis=1) == 0, 0] = 1  # an empty group still needs a valid (unused) table
-    freq = frequencies(tables)
-    cum = cumulative(freq)
-    stream, n_words = encode_symbols(sym, gi, freq, cum)
-    return (groups * 5 + ks).astype(np.uint8).tobytes(), tables.tobytes(), stream, [lo, hi, n_words]
+    side = (groups * 5 + ks).astype(np.uint8).tobytes()
+    return side, groups, res, tables, frequencies(tables), lo, hi
+
+
+def read_static_model(side_buf, tables_buf, cols: int, n_groups: int, lo: int,
+                      hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decoder side of static_model -> (groups (cols,), prediction weights (cols,), frequencies (K, A))."""
+    side = np.frombuffer(side_buf, dtype=np.uint8).astype(np.int64)
+    groups, ks = side // 5, side % 5
+    k = max(1, min(n_groups, cols))
+    a = hi - lo + 1
+    if side.size != cols or (cols and int(groups.max()) >= k):
+        raise CodecError(f"rANS side data must be {cols} bytes 5 x group + weight, groups below {k}: "
+                         "corrupted data")
+    if memoryview(tables_buf).nbytes != k * a:
+        raise CodecError(f"rANS table buffer has {memoryview(tables_buf).nbytes} bytes, expected {k * a}: "
+                         "corrupted data")
+    return groups, ks, frequencies(np.frombuffer(tables_buf, dtype=np.uint8).reshape(k, a))
+
+
+def unpredict(res: np.ndarray, ks: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of the prediction: codes from (rows, cols) residuals, row by row (the rounding makes the
+    recursion sequential); a result outside int8 means corrupted data."""
+    p = np.zeros(res.shape[1], dtype=np.int64) if prev is None else prev
+    q = res.copy()  # k = 0: the prediction is 0
+    whole = ks == 4  # k = 4: the prediction is the previous code itself, a running sum
+    q[:, whole] = np.cumsum(res[:, whole], axis=0) + p[whole]
+    part = np.flatnonzero((ks > 0) & (ks < 4))  # k = 1..3: the rounding makes it sequential
+    if part.size:
+        r, k, pp = res[:, part], ks[part], p[part]
+        out = np.empty_like(r)
+        for t in range(res.shape[0]):
+            pp = out[t] = r[t] + ((k * pp + 2) >> 2)
+        q[:, part] = out
+    if q.size and (int(q.min()) < -128 or int(q.max()) > 127):
+        raise CodecError("rANS codes decode outside int8: corrupted data or a session out of step")
+    return q
+
+
+def encode(q: np.ndarray, n_groups: int) -> tuple[bytes, bytes, bytes, list[int]]:
+    """(rows, cols) integer codes in int8 range -> (side, tables, stream) bytes and meta [lo, hi, n_words]
+    (this module's interleaved rANS: the coder of wire format 1)."""
+    rows, cols = q.shape
+    side, groups, res, tables, freq, lo, hi = static_model(q, n_groups)
+    gi = np.tile(groups, rows)  # group of every code, row-major
+    stream, n_words = encode_symbols(res.reshape(-1) - lo, gi, freq, cumulative(freq))
+    return side, tables.tobytes(), stream, [lo, hi, n_words]
 
 
 def decode(groups_buf, tables_buf, stream_buf, rows: int, cols: int, n_groups: int, lo: int, hi: int,
            n_words: int) -> np.ndarray:
     """Inverse of encode -> (rows, cols) int8 codes; CodecError on anything inconsistent."""
-    n = rows * cols
-    a = hi - lo + 1
-    side = np.frombuffer(groups_buf, dtype=np.uint8).astype(np.int64)
-    groups, ks = side // 5, side % 5
-    k = max(1, min(n_groups, cols))
-    if side.size != cols or (cols and int(groups.max()) >= k):
-        raise CodecError(f"rANS side data must be {cols} bytes 5 x group + weight, groups below {k}: "
-                         "corrupted data")
-    tables = np.frombuffer(tables_buf, dtype=np.uint8).reshape(k, a)
-    freq = frequencies(tables)
-    cum = cumulative(freq)
-    out = decode_symbols(stream_buf, n_words, n, np.tile(groups, rows), freq, cum, slot_table(freq))
-    res = (out + lo).reshape(rows, cols)
-    q = np.empty_like(res)
-    prev = np.zeros(cols, dtype=np.int64)
-    for t in range(rows):
-        prev = q[t] = res[t] + _predict(prev, ks)
-    if q.size and (int(q.min()) < -128 or int(q.max()) > 127):
-        raise CodecError("rANS codes decode outside int8: corrupted data")
-    return q.astype(np.int8)
+    groups, ks, freq = read_static_model(groups_buf, tables_buf, cols, n_groups, lo, hi)
+    out = decode_symbols(stream_buf, n_words, rows * cols, np.tile(groups, rows), freq, cumulative(freq),
+                         slot_table(freq))
+    return unpredict((out + lo).reshape(rows, cols), ks).astype(np.int8)
 
 
-# -- the coder itself, for any model (static tables above, session-adaptive counts in adaptive.py) ---------
+# -- the coder itself, for any model (static tables above, the session-adaptive model in adaptive.py) ---------
 def cumulative(freq: np.ndarray) -> np.ndarray:
     return np.concatenate([np.zeros((freq.shape[0], 1), np.int64), np.cumsum(freq, axis=1)[:, :-1]], axis=1)
 

@@ -199,6 +199,19 @@ def codec_from_header(header: Mapping[str, Any]) -> Codec:
     return codec
 
 
+def wire_spec(codec: Any) -> dict[str, Any]:
+    """The spec a session sends at open: `codec.spec()`, plus the entropy coder of a codec that has one.
+
+    `coder` names the rANS stream format (entropy.py); a peer from before the compiled coder does not know
+    the param and refuses the session at open (`bad_codec`: "unknown codec params ['coder']") instead of
+    failing on the first step. A current peer builds the same codec from either form."""
+    spec = dict(codec.spec() if hasattr(codec, "spec") else {"name": codec.name})
+    params = getattr(codec, "params", None)
+    if isinstance(params, PipelineParams) and params.rans_groups:
+        spec.setdefault("coder", params.coder)
+    return spec
+
+
 def decode_any(enc: EncodedTensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Decode an EncodedTensor with whatever codec its header names."""
     if not isinstance(enc, EncodedTensor):

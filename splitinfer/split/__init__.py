@@ -9,6 +9,7 @@ sweep job (bandwidth, quality and latency inputs), the privacy evaluator (what t
 what the attacker sees), and the benchmarks. Bytes are counted once, by the link, as the frames it moved.
 """
 
+from splitinfer.codecs.raw import RawCodec
 from splitinfer.split.device import DeviceHalf, install_defense, install_server_entry
 from splitinfer.split.generator import (
     GenerationResult,
@@ -37,7 +38,7 @@ from splitinfer.split.speculative import (
     SpeculativeResult,
     parse_speculate,
 )
-from splitinfer.split.wire import RawCodec, codec_spec, resolve_codec
+from splitinfer.split.wire import codec_spec, resolve_codec
 
 __all__ = [
     "TOKEN_REPLY_BYTES",

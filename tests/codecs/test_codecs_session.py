@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from splitinfer.codecs import CodecError, EncodedTensor, build_codec
-from splitinfer.codecs.framing import StepMessage, unpack_head
+from splitinfer.codecs.encoded import StepMessage
+from splitinfer.codecs.framing import unpack_head
 from splitinfer.codecs.session import MODES, AdaptiveStepCodec, SessionCodec
 
 C = 576

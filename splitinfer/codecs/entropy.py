@@ -1,0 +1,122 @@
+"""The compiled entropy coder: constriction's ANS coder (Rust) under the same probability models as rans.py.
+
+Why: the plain-Python/numpy rANS loops of rans.py ran at ~20 MB/s and took most of a one-token step's
+~1 ms. constriction (https://bamler-lab.github.io/constriction/, used in neural-compression research)
+codes the same symbols with the same frequency tables in compiled code. Models:
+  - static (a prefill message, pipeline and session codecs): rans.static_model's per-channel prediction,
+    channel groups and log-quantized tables, sent as side data exactly as before;
+  - adaptive (a session step): the frequency tables both halves build from the session's counts (adaptive.py).
+Each group's symbols are coded as one run with that group's model (its channels' codes, row-major), group 0
+first, so the per-symbol work is one Rust loop per group instead of a Python loop per value; the order of
+symbols does not change what the model spends on them. Escaped residuals of the adaptive model (|r| > 31)
+follow in the same stream with a uniform model over -255..255.
+
+Wire: the stream is constriction's compressed words (uint32, little-endian); a static stream's word count is
+meta rans[2]. Messages coded this way carry format version 2 (base.FORMAT_COMPILED, framing.FORMAT_COMPILED)
+so a peer that knows only the old coder refuses them with a clear message; `coder="rans_py"` keeps the old
+coder (and wire format 1) for the benchmark and the decode-equality tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from splitinfer.codecs import rans
+from splitinfer.codecs.errors import CodecError
+
+CODERS = ("ans", "rans_py")  # the compiled coder (default), the plain-numpy one of rans.py
+_ESC_SPAN = 2 * rans._RES + 1  # escaped residuals -255..255 as symbols 0..510
+
+
+def _constriction():
+    try:
+        import constriction
+    except ImportError as e:  # a dependency since issue 28; only a broken install lacks it
+        raise CodecError("the entropy-coded codecs need the package constriction: pip install constriction==0.5.0 "
+                         "(or build the codec with coder='rans_py')") from e
+    return constriction
+
+
+def models(freq: np.ndarray) -> list:
+    """One constriction categorical model per group from (K, A) integer frequencies (same on both halves)."""
+    cat = _constriction().stream.model.Categorical
+    if freq.shape[1] == 1:  # constriction needs two symbols; the padding one has (nearly) zero probability
+        freq = np.concatenate([freq, np.zeros_like(freq)], axis=1)
+    return [cat(f.astype(np.float64), perfect=False) for f in freq]
+
+
+def group_channels(groups: np.ndarray, k: int) -> list[np.ndarray]:
+    """Channel indices of each group (the order symbols go on the stream)."""
+    order = np.argsort(groups, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(groups, minlength=k))[:-1])
+
+
+def encode_groups(sym: np.ndarray, chans: list[np.ndarray], group_models: list,
+                  escapes: np.ndarray | None = None) -> np.ndarray:
+    """(rows, cols) symbols, each column coded with its group's model -> compressed uint32 words."""
+    c = _constriction()
+    coder = c.stream.stack.AnsCoder()
+    if escapes is not None and escapes.size:  # a stack: pushed first, popped last
+        coder.encode_reverse((escapes + rans._RES).astype(np.int32), c.stream.model.Uniform(_ESC_SPAN))
+    for g in range(len(chans) - 1, -1, -1):
+        if chans[g].size:
+            coder.encode_reverse(np.ascontiguousarray(sym[:, chans[g]], dtype=np.int32).reshape(-1), group_models[g])
+    return coder.get_compressed()
+
+
+def decode_groups(words_buf, rows: int, cols: int, chans: list[np.ndarray], group_models: list,
+                  escape_symbol: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of encode_groups -> ((rows, cols) int64 symbols, escaped residuals in the order of the
+    symbols equal to `escape_symbol`); CodecError on a stream that does not decode exactly."""
+    c = _constriction()
+    raw = memoryview(words_buf).cast("B")
+    if raw.nbytes % 4:
+        raise CodecError(f"ANS stream of {raw.nbytes} bytes is not a whole number of 32-bit words: corrupted data")
+    words = np.frombuffer(raw, dtype="<u4").astype(np.uint32)
+    sym = np.empty((rows, cols), dtype=np.int64)
+    esc = np.zeros(0, dtype=np.int64)
+    try:
+        coder = c.stream.stack.AnsCoder(words)
+        for g, ch in enumerate(chans):
+            if ch.size:
+                sym[:, ch] = coder.decode(group_models[g], rows * ch.size).reshape(rows, ch.size)
+        if escape_symbol is not None:
+            n_esc = int((sym == escape_symbol).sum())
+            if n_esc:
+                esc = coder.decode(c.stream.model.Uniform(_ESC_SPAN), n_esc).astype(np.int64) - rans._RES
+        empty = coder.is_empty()
+    except (ValueError, RuntimeError, AssertionError) as e:
+        raise CodecError(f"ANS stream does not decode: corrupted data ({e})") from None
+    if not empty:
+        raise CodecError("ANS stream holds more data than its symbols: corrupted data")
+    return sym, esc
+
+
+def encode_static(q: np.ndarray, n_groups: int) -> tuple[bytes, bytes, bytes, list[int]]:
+    """rans.encode's model and wire layout with the compiled coder -> (side, tables, stream, [lo, hi, n_words])."""
+    side, groups, res, tables, freq, lo, hi = rans.static_model(q, n_groups)
+    words = encode_groups(res - lo, group_channels(groups, freq.shape[0]), models(freq))
+    return side, tables.tobytes(), words.astype("<u4").tobytes(), [lo, hi, int(words.size)]
+
+
+def decode_static(side_buf, tables_buf, stream_buf, rows: int, cols: int, n_groups: int, lo: int, hi: int,
+                  n_words: int) -> np.ndarray:
+    """Inverse of encode_static -> (rows, cols) int8 codes; CodecError on anything inconsistent."""
+    if memoryview(stream_buf).nbytes != 4 * n_words:
+        raise CodecError(f"ANS stream has {memoryview(stream_buf).nbytes} bytes, the header announces {n_words} "
+                         "32-bit words")
+    groups, ks, freq = rans.read_static_model(side_buf, tables_buf, cols, n_groups, lo, hi)
+    sym, _ = decode_groups(stream_buf, rows, cols, group_channels(groups, freq.shape[0]), models(freq))
+    if sym.size and int(sym.max()) > hi - lo:
+        raise CodecError(f"ANS stream decodes a residual above the header's range {lo}..{hi}: corrupted data")
+    return rans.unpredict(sym + lo, ks).astype(np.int8)
+
+
+def stream_nbytes(n: int, n_words: int, coder: str) -> int:
+    """Bytes of a static stream of n values and n_words words (meta rans[2]) for `coder`."""
+    return 4 * n_words if coder == "ans" else rans.stream_nbytes(n, n_words)
+
+
+def static_coder(coder: str):
+    """(encode, decode) of the static-table stream for `coder` (see CODERS)."""
+    return (encode_static, decode_static) if coder == "ans" else (rans.encode, rans.decode)
