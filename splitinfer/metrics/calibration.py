@@ -43,7 +43,7 @@ def time_device_stages(lm, cuts: list[int], prompt_tokens: int, context_tokens: 
         stage = split_model(lm, [cut])[0]
         prompt, ctx, nxt = ids[:, :prompt_tokens], ids[:, :context_tokens], ids[:, context_tokens:]
         stage(prompt)  # warm-up
-        out.append(Timing(cut, "prefill", _median_time(lambda: stage(prompt), repeats)))
+        out.append(Timing(cut, "prefill", _median_time(lambda stage=stage, prompt=prompt: stage(prompt), repeats)))
         cache = stage.new_cache()
         stage(ctx, cache=cache)
         pos = torch.tensor([[context_tokens]])

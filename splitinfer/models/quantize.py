@@ -12,7 +12,6 @@ bytes (`ModelShape.weight_bytes`).
 from __future__ import annotations
 
 import copy
-import logging
 
 import torch
 from torch import nn
@@ -20,9 +19,6 @@ from torch import nn
 from splitinfer.errors import ConfigError
 
 WEIGHT_BITS = (4, 8)
-# torchao logs a warning per optional GPU kernel library it cannot load on a CPU-only machine: not news here
-logging.getLogger("torchao").setLevel(logging.ERROR)
-logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao registers enums the old way
 
 
 def _torchao_config(bits: int, group_size: int):

@@ -225,14 +225,13 @@ def load_shape(spec: str) -> ModelShape:
         if isinstance(cfg.get("text_config"), dict) and cfg.get("model_type") == "gemma3":
             cfg = {"model_type": "gemma3_text", **cfg["text_config"]}
         return shape_from_config(cfg, name=path.parent.name, source=str(path))
-    from splitinfer.configs import CONF_DIR, load_node
+    from splitinfer.configs import available, load_node
 
-    entries = {p.stem: p for p in sorted((CONF_DIR / "model").glob("*.yaml"))}
-    for stem, p in entries.items():
-        node = load_node("model", stem)
-        if spec in (stem, node.get("name")) and isinstance(node.get("config"), dict):
+    nodes = {stem: load_node("model", stem) for stem in available("model")}
+    shapes = {stem: n for stem, n in nodes.items() if isinstance(n.get("config"), dict)}
+    for stem, node in shapes.items():
+        if spec in (stem, node.get("name")):
             return shape_from_config(node["config"], name=str(node.get("name", stem)),
                                      source=str(node.get("source", f"conf/model/{stem}.yaml")))
-    shapes = [s for s in entries if isinstance(load_node("model", s).get("config"), dict)]
-    raise ConfigError(f"unknown model shape {spec!r}: give one of {shapes} (conf/model entries with a config "
+    raise ConfigError(f"unknown model shape {spec!r}: give one of {list(shapes)} (conf/model entries with a config "
                       "block) or a folder holding a config.json")

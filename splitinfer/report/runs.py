@@ -10,11 +10,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from splitinfer.configs import CONF_DIR, available, load_node
+from splitinfer.configs import CONF_DIR, available, load_node  # noqa: F401 - CONF_DIR re-exported by report
 from splitinfer.errors import ConfigError, NotFoundError
 from splitinfer.metrics.latency import DeviceProfile, LinkProfile, estimate_latency
-
-
 
 
 class ReportError(ConfigError):
