@@ -22,6 +22,14 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
+def weight_mb(shape, comps, bits: int, group_size: int, keep_embeddings: bool) -> float:
+    """The device half's weights in the format's packed bytes (an unquantized embedding counted at fp16)."""
+    group = group_size if bits == 4 else 0
+    if keep_embeddings and bits < 32:
+        return (shape.weight_bytes(comps[:1], 16) + shape.weight_bytes(comps[1:], bits, group)) / 1e6
+    return shape.weight_bytes(comps, bits, group) / 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cuts", default="8,15,22")
@@ -30,6 +38,9 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--windows", type=int, default=24, help="corpus windows of 128 tokens")
     ap.add_argument("--seed", type=int, default=1, help="corpus seed (1: not the sweeps' default windows)")
+    ap.add_argument("--keep-embeddings", action="store_true",
+                    help="quantize the decoder layers only; the token embedding stays at full precision")
+    ap.add_argument("--name", default="results", help="output files NAME.csv / NAME.md")
     ap.add_argument("--out", default=str(HERE))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -51,15 +62,17 @@ def main() -> None:
     for cut in [int(c) for c in args.cuts.split(",")]:
         comps = shape.side(cut, "device")
         for bits in [32] + [int(b) for b in args.bits.split(",")]:
-            model = lm if bits == 32 else quantize_device_half(lm, cut, bits, args.group_size)
+            model = lm if bits == 32 else quantize_device_half(lm, cut, bits, args.group_size,
+                                                               embeddings=not args.keep_embeddings)
             for codec_name in args.codecs.split(","):
                 if bits == 32 and codec_name == "none":
                     continue  # the unsplit model itself
                 codec = None if codec_name == "none" else build_codec(codec_name)
                 m = evaluate_split(model, cut, codec, None, corpus, ref, opts, reuse_hidden=False)
                 row = {"cut": cut, "device_weights": "fp32" if bits == 32 else f"int{bits}" + (
-                    f"_g{args.group_size}" if bits == 4 else ""), "codec": codec_name,
-                       "device_weight_mb": shape.weight_bytes(comps, bits, args.group_size if bits == 4 else 0) / 1e6,
+                    f"_g{args.group_size}" if bits == 4 else "") + ("_layers_only" if args.keep_embeddings and bits < 32
+                                                                    else ""), "codec": codec_name,
+                       "device_weight_mb": weight_mb(shape, comps, bits, args.group_size, args.keep_embeddings),
                        **{k: m[k] for k in ("delta_ppl_pct", "delta_ppl_pct_ci_low", "delta_ppl_pct_ci_high",
                                             "kl_mean", "kl_mean_ci_low", "kl_mean_ci_high", "top1_agreement",
                                             "top1_agreement_ci_low", "top1_agreement_ci_high", "eval_tokens")}}
@@ -72,7 +85,7 @@ def main() -> None:
                       flush=True)
             del model
     out = Path(args.out)
-    with open(out / "results.csv", "w", newline="") as f:
+    with open(out / f"{args.name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -83,7 +96,7 @@ def main() -> None:
                      f"{r['delta_ppl_pct']:+.2f} [{r['delta_ppl_pct_ci_low']:+.2f}, {r['delta_ppl_pct_ci_high']:+.2f}] | "
                      f"{r['kl_mean']:.4f} [{r['kl_mean_ci_low']:.4f}, {r['kl_mean_ci_high']:.4f}] | "
                      f"{r['top1_agreement']:.3f} [{r['top1_agreement_ci_low']:.3f}, {r['top1_agreement_ci_high']:.3f}] |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -141,7 +141,8 @@ class ModelShape:
                      act_bits: int = 16, last_only: bool = False) -> Cost:
         """A prefill of `tokens` tokens through `c` (the LM head only for the last token when `last_only`)."""
         n = 1 if last_only else tokens
-        attended = sum(c.attended(p) for p in range(tokens)) if c.heads else 0
+        w = tokens if c.window is None else min(c.window, tokens)  # sum of attended(p) over p < tokens
+        attended = (w * (w + 1) // 2 + (tokens - w) * w) if c.heads else 0
         flops = 2.0 * c.matmul_params * n + 4.0 * c.heads * c.head_dim * attended
         weights = c.matmul_params * weight_bits / 8 + c.vector_params * 2
         if c.lookup_values:

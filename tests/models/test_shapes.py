@@ -96,3 +96,11 @@ def test_bad_shapes_are_one_clear_line(tmp_path):
 @pytest.mark.slow
 def test_smollm2_shape_is_the_loaded_model(real_model):
     assert load_shape("smollm2_135m").total_params == sum(p.numel() for p in real_model.model.parameters())
+
+
+def test_prefill_attention_counts_each_query_position_within_its_window():
+    s = load_shape("gemma3_1b")
+    for c in (s.components[1], s.components[6]):  # local (512) and global
+        for tokens in (1, 511, 512, 513, 1500):
+            direct = sum(c.attended(p) for p in range(tokens))
+            assert s.prefill_cost(c, tokens, 16).flops == 2.0 * c.matmul_params * tokens + 4.0 * c.heads * c.head_dim * direct
