@@ -19,7 +19,7 @@ from typing import Any
 from splitinfer.errors import ConfigError
 from splitinfer.metrics.hardware import HardwareProfile, modelled_timings
 from splitinfer.metrics.latency import TOKEN_ID_BYTES, LinkProfile
-from splitinfer.models.shapes import ModelShape, bits_of
+from splitinfer.models.shapes import ModelShape, bits_of, effective_bits
 
 COLUMNS = ("mode", "cut", "device_params", "device_weight_bytes", "device_kv_bytes", "device_act_bytes",
            "device_memory_bytes", "fits", "device_prefill_ms", "device_ms_per_token", "server_ms_per_token",
@@ -73,11 +73,12 @@ def plan_rows(shape: ModelShape, device: HardwareProfile, server: HardwareProfil
     up = shape.hidden_size * opts.codec_bits / 8 + WIRE_HEADER_BYTES
     rtt = link.rtt_ms / 1e3
     group = opts.group_size if opts.weight_bits < 16 else 0
+    dev_bits = effective_bits(opts.weight_bits, group)  # what a decode step streams, scales included
     rows = []
     for cut in range(shape.num_layers + 1):
         comps = shape.side(cut, "device")
         t = modelled_timings(shape, cut, device, server, prompt_tokens=T, context_tokens=C,
-                             device_weight_bits=opts.weight_bits, server_weight_bits=opts.server_weight_bits,
+                             device_weight_bits=dev_bits, server_weight_bits=opts.server_weight_bits,
                              kv_bits=opts.kv_bits, clients=opts.clients)
         dev_s, srv_s = t["model_device_decode_s_per_token"], t["model_server_decode_s_per_token"]
         e2e = dev_s + link.up_s(up) + rtt + srv_s + link.down_s(TOKEN_ID_BYTES)
@@ -85,13 +86,13 @@ def plan_rows(shape: ModelShape, device: HardwareProfile, server: HardwareProfil
                 + T * t["model_server_prefill_s_per_token"] + link.down_s(TOKEN_ID_BYTES))
         weights = shape.weight_bytes(comps, opts.weight_bits, group)
         kv = shape.kv_bytes(comps, C, opts.kv_bits)
-        dec = shape.decode_cost(comps[-1], C, opts.weight_bits, opts.kv_bits) if cut else None
+        dec = shape.decode_cost(comps[-1], C, dev_bits, opts.kv_bits) if cut else None
         rows.append(_row("split", cut, shape.params(comps), weights, kv, act_bytes, budget,
                          T * t["model_device_prefill_s_per_token"], dev_s, srv_s, up, ttft, e2e,
                          device.energy_j(dev_s) + link.radio_j(up, TOKEN_ID_BYTES),
                          device.bound(dec.flops, dec.bytes) if dec else "memory"))
     t = modelled_timings(shape, 0, device, server, prompt_tokens=T, context_tokens=C,
-                         device_weight_bits=opts.weight_bits, server_weight_bits=opts.server_weight_bits,
+                         device_weight_bits=dev_bits, server_weight_bits=opts.server_weight_bits,
                          kv_bits=opts.kv_bits, clients=opts.clients)
     srv = t["model_all_server_decode_s_per_token"]
     rows.append(_row("all_server", None, 0, 0.0, 0.0, 0.0, budget, 0.0, 0.0, srv, TOKEN_ID_BYTES,

@@ -5,7 +5,7 @@
 
 For each cut x device weight precision x activation codec: Δperplexity, KL(unsplit‖split) and top-1
 agreement against the unsplit model, each with its paired-bootstrap 95 % interval. Quantization: torchao's
-`IntxWeightOnlyConfig` (`splitinfer.models.quantize`; symmetric, int8 per row, int4 per group of 32) (the library's
+`IntxWeightOnlyConfig` (`splitinfer.models.quantize`: int8 symmetric per row, int4 asymmetric per group of 32) (the library's
 `QualityAccumulator`, through `experiment.evaluate_split`: the device half runs its quantized layers, an
 in-process link carries the codec's frames, the server half runs the original weights). Device weight
 bytes are the quantized format's (`ModelShape.weight_bytes`). Writes results.csv / results.md here.

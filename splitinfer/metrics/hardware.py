@@ -84,7 +84,7 @@ def load_hardware(name: str) -> HardwareProfile:
 
 
 def side_time(shape, comps: list, hw: HardwareProfile, phase: str, *, tokens: int, context: int,
-              weight_bits: int, kv_bits: int = 16, batch: int = 1, last_only: bool = False) -> dict[str, Any]:
+              weight_bits: float, kv_bits: int = 16, batch: int = 1, last_only: bool = False) -> dict[str, Any]:
     """Modelled seconds, FLOPs and bytes of `comps` (a `ModelShape.side`) on `hw` for one phase:
     'prefill' of `tokens` tokens, or 'decode' of one token per sequence for `batch` sequences at `context`."""
     flops = nbytes = seconds = 0.0
@@ -100,7 +100,7 @@ def side_time(shape, comps: list, hw: HardwareProfile, phase: str, *, tokens: in
 
 
 def modelled_timings(shape, cut: int, device: HardwareProfile, server: HardwareProfile, *, prompt_tokens: int,
-                     context_tokens: int, device_weight_bits: int = 16, server_weight_bits: int = 16,
+                     context_tokens: int, device_weight_bits: float = 16, server_weight_bits: float = 16,
                      kv_bits: int = 16, clients: int = 1) -> dict[str, float]:
     """Modelled seconds per token of each side at `cut` (and of the whole model on either side), the flat
     `model_*` keys `estimate_latency` prefers to measured ones. Prefill is per prompt token (a prefill of

@@ -1,8 +1,10 @@
 """Weight-only quantization of the device half with torchao: int8 per output row, int4 group-wise.
 
-Phones run the early layers with 4- or 8-bit weights. This applies torchao's `IntxWeightOnlyConfig`
-(symmetric; int8 with one scale per output row, int4 with one scale per `group_size` consecutive inputs,
-as llama.cpp's Q4_0 / Q8_0 formats) to every linear layer of layers 0..cut-1 and to the token embedding
+Phones run the early layers with 4- or 8-bit weights. This applies torchao's `IntxWeightOnlyConfig` to
+every linear layer: int8 symmetric with one scale per output row (as llama.cpp's Q8_0), int4 asymmetric
+with a scale and a zero point per `group_size` consecutive inputs (as torchao's own int4 weight-only
+format and llama.cpp's Q4_1; on SmolLM2 it loses far less than symmetric int4, see
+experiments/quantized_device_half), in layers 0..cut-1, and to the token embedding
 (on its own copy when the LM head is tied to it, so the server half keeps the original matrix). On this
 CPU torchao holds int4 codes unpacked in int8 storage and dequantizes in the matmul: the quality is the
 format's, the speed and resident bytes are not a phone's, so memory is accounted in the format's packed
@@ -24,10 +26,12 @@ WEIGHT_BITS = (4, 8)
 def _torchao_config(bits: int, group_size: int):
     from torchao.quantization import IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_primitives import MappingType
 
     if bits == 8:
         return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
-    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size))
+    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size),
+                                mapping_type=MappingType.ASYMMETRIC)
 
 
 @torch.no_grad()

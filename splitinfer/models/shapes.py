@@ -37,6 +37,12 @@ def bits_of(precision: str | int) -> int:
                       f"{sorted(set(PRECISION_BITS.values()))})")
 
 
+def effective_bits(bits: float, group_size: int = 0) -> float:
+    """Bits per weight a group-wise format stores: the codes plus a 16-bit scale and a 16-bit zero point per
+    `group_size` weights (int4 g32: 4 + 1 = 5 bits); 16 bits and wider carry no scales."""
+    return bits + (32 / group_size if bits < 16 and group_size else 0)
+
+
 @dataclass(frozen=True)
 class Component:
     """One stage-sized piece of a model: its parameters, its matmul weights and its attention."""
@@ -106,15 +112,11 @@ class ModelShape:
 
     def weight_bytes(self, comps: list[Component], weight_bits: int, group_size: int = 0) -> float:
         """Bytes the weights take: matmul weights (and the embedding table) at `weight_bits`, vectors in
-        16 bits; group-wise quantization adds one 16-bit scale per `group_size` weights. A server half
+        16 bits; group-wise quantization adds a 16-bit scale and zero point per `group_size` weights. A server half
         whose LM head is tied to the device's embedding holds its own copy of that matrix."""
-        total = 0.0
-        for c in comps:
-            own_matrix = max(c.params - c.vector_params, c.matmul_params)  # a tied head needs its copy
-            total += own_matrix * weight_bits / 8 + c.vector_params * 2
-            if weight_bits < 16 and group_size:
-                total += own_matrix / group_size * 2
-        return total
+        bits = effective_bits(weight_bits, group_size)
+        return sum(max(c.params - c.vector_params, c.matmul_params) * bits / 8 + c.vector_params * 2
+                   for c in comps)  # max(): a tied head needs its own copy of the matrix
 
     def kv_bytes_per_token(self, comps: list[Component], kv_bits: int = 16) -> float:
         return sum(c.kv_values_per_token() for c in comps) * kv_bits / 8
@@ -124,7 +126,7 @@ class ModelShape:
         return sum(c.kv_values_per_token() * (context if c.window is None else min(context, c.window))
                    for c in comps) * kv_bits / 8
 
-    def decode_cost(self, c: Component, context: int, weight_bits: int, kv_bits: int = 16,
+    def decode_cost(self, c: Component, context: int, weight_bits: float, kv_bits: int = 16,
                     act_bits: int = 16, batch: int = 1) -> Cost:
         """One decode step of `batch` sequences at `context` tokens of context through component `c`: the
         weights are read once per step, each sequence's KV cache once."""
@@ -137,7 +139,7 @@ class ModelShape:
         acts = batch * 2 * self.hidden_size * act_bits / 8
         return Cost(flops, weights + kv + acts)
 
-    def prefill_cost(self, c: Component, tokens: int, weight_bits: int, kv_bits: int = 16,
+    def prefill_cost(self, c: Component, tokens: int, weight_bits: float, kv_bits: int = 16,
                      act_bits: int = 16, last_only: bool = False) -> Cost:
         """A prefill of `tokens` tokens through `c` (the LM head only for the last token when `last_only`)."""
         n = 1 if last_only else tokens
