@@ -459,12 +459,17 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
 
 def _modelled(lm, cut: int, device: HardwareProfile, server: HardwareProfile, opts: MetricOptions) -> dict:
     """The roofline's stage times for this model's shape on each side's hardware (`model_*` keys)."""
-    from splitinfer.models.shapes import shape_from_config
+    from splitinfer.models.shapes import effective_bits, shape_from_config
 
     shape = shape_from_config(lm.config, name=lm.name)
-    return modelled_timings(shape, cut, device, server, prompt_tokens=opts.prompt_tokens,
-                            context_tokens=opts.context_tokens, device_weight_bits=opts.device_weight_bits,
-                            server_weight_bits=opts.server_weight_bits)
+    comps = shape.side(cut, "device")
+    bits = effective_bits(opts.device_weight_bits, 32)  # below 16 bits: groups of 32 with a scale and zero point
+    weights = shape.weight_bytes(comps, bits)  # at the modelled width, not this fp32 copy's
+    return {"model_device_weight_bytes": weights,
+            "model_device_memory_bytes": weights + shape.kv_bytes(comps, opts.context_tokens),
+            **modelled_timings(shape, cut, device, server, prompt_tokens=opts.prompt_tokens,
+                               context_tokens=opts.context_tokens, device_weight_bits=bits,
+                               server_weight_bits=opts.server_weight_bits)}
 
 
 def evaluate_attack(cfg, lm, cut: int, codec, defense, out_dir: Path | None = None) -> dict[str, Any]:
