@@ -9,28 +9,39 @@ figure it prints is checked on cuts it was not fitted on.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from splitinfer.metrics.compute import _median_time
 from splitinfer.metrics.hardware import HardwareProfile, side_time
 
 
 @dataclass(frozen=True)
 class Timing:
-    """One measured stage: its cut, phase, seconds (median) and the shape's FLOPs/bytes for it."""
+    """One measured stage: its cut, its phase and its seconds."""
 
     cut: int
     phase: str  # prefill (seconds for the whole prompt) | decode (seconds per step)
-    seconds: float
+    seconds: float  # fastest of the repeats
+
+
+def _best_time(fn, repeats: int) -> float:
+    """The fastest of `repeats` runs: on a shared machine the least-disturbed run is the closest to the
+    stage's own cost (a median still carries other processes' time when they hold the cores)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 @torch.no_grad()
 def time_device_stages(lm, cuts: list[int], prompt_tokens: int, context_tokens: int, repeats: int,
                        seed: int = 0) -> list[Timing]:
-    """Median seconds of the device stage at each cut: a prefill of `prompt_tokens`, and one decode step
+    """Seconds (fastest of `repeats`) of the device stage at each cut: a prefill of `prompt_tokens`, and one decode step
     at `context_tokens` of context (the cache cropped back after each step, so every step sees the same
     context)."""
     from splitinfer.models import split_model
@@ -42,7 +53,7 @@ def time_device_stages(lm, cuts: list[int], prompt_tokens: int, context_tokens: 
         stage = split_model(lm, [cut])[0]
         prompt, ctx, nxt = ids[:, :prompt_tokens], ids[:, :context_tokens], ids[:, context_tokens:]
         stage(prompt)  # warm-up
-        out.append(Timing(cut, "prefill", _median_time(lambda stage=stage, prompt=prompt: stage(prompt), repeats)))
+        out.append(Timing(cut, "prefill", _best_time(lambda stage=stage, prompt=prompt: stage(prompt), repeats)))
         cache = stage.new_cache()
         stage(ctx, cache=cache)
         pos = torch.tensor([[context_tokens]])
@@ -52,7 +63,7 @@ def time_device_stages(lm, cuts: list[int], prompt_tokens: int, context_tokens: 
             cache.crop(context_tokens)
 
         step()
-        out.append(Timing(cut, "decode", _median_time(step, repeats)))
+        out.append(Timing(cut, "decode", _best_time(step, repeats)))
     return out
 
 
