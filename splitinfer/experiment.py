@@ -59,11 +59,15 @@ class ModelSpec:
             return int(self.config["num_hidden_layers"])
         return num_layers_of(self.name)
 
-    def load(self, reuse: bool = True):
+    def require_weights(self) -> None:
+        """A ConfigError for a shape-only entry: it can be planned, not run."""
         if self.shape_only:
             raise ConfigError(f"model {self.name!r} is a shape only (its weights do not ship offline): plan it with "
                               "`splitinfer plan --model ...` or `python -m splitinfer.run job=plan`, or run a "
                               "local copy with model=local model.name=/path/to/its/folder")
+
+    def load(self, reuse: bool = True):
+        self.require_weights()
         if reuse and self.name in _MODELS:
             return _MODELS[self.name]
         from splitinfer.models import load_model
@@ -380,16 +384,19 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
     choices = _choices(cfg)
 
     # Validate everything cheap before any model loads.
+    if str(cfg.get("job", "split")) == "plan":  # every cut of a shape, modelled: no weights, no corpus
+        from splitinfer.plan import run_plan_job
+
+        return run_plan_job(cfg, out)
+    if str(cfg.get("job", "split")) != "split":
+        raise ConfigError(f"job={cfg.get('job')!r} is not one of ['split', 'plan']")
     model_spec: ModelSpec = instantiate(cfg.model)
+    model_spec.require_weights()
     num_layers = model_spec.num_layers()
     cut = check_cut(cfg.split.cut, num_layers)
     speculate, drafter = _speculation(cfg.split)
     corpus_spec: CorpusSpec = instantiate(cfg.data)
     corpus_spec.check()
-    if str(cfg.get("job", "split")) == "plan":
-        from splitinfer.plan import run_plan_job
-
-        return run_plan_job(cfg, out)
     link: LinkProfile = instantiate(cfg.link)
     hardware: HardwareProfile = instantiate(cfg.hardware)
     server_hardware = load_hardware(str(cfg.get("server_hardware", "h100")))

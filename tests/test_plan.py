@@ -80,3 +80,14 @@ def test_hydra_job_form_and_the_old_group_name(tmp_path):
 
     with pytest.raises(ConfigError, match="now `hardware`"):
         check_command_line(["device=phone"])
+
+
+def test_a_shape_only_model_is_refused_by_a_split_job(tmp_path):
+    from splitinfer.experiment import run_job
+    from tests.experiments.conftest import compose
+
+    with pytest.raises(ConfigError, match="'llama-3.1-8b' is a shape only"):
+        run_job(compose(["model=llama3_1_8b", "logger=jsonl"]), out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="job='serve' is not one of"):
+        run_job(compose(["job=serve", "logger=jsonl"]), out_dir=tmp_path)
+    assert not (tmp_path / "metrics.json").exists()
