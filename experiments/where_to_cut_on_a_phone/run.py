@@ -96,6 +96,12 @@ def figures(rows) -> None:
             cuts = [r["cut"] for r in sel]
             axes[0][col].plot(cuts, [r["e2e_ms_per_token"] for r in sel], label=link)
             axes[1][col].plot(cuts, [r["device_mj_per_token"] for r in sel], label=link)
+        base = {r["mode"]: r for r in rows if r["model"] == model and r["hardware"] == "snapdragon_8_gen3"
+                and r["link"] == "wifi" and r["mode"] != "split"}
+        axes[0][col].axhline(base["all_device"]["e2e_ms_per_token"], color="k", ls="--", lw=1,
+                             label="all on the phone")
+        axes[0][col].axhline(base["all_server"]["e2e_ms_per_token"], color="grey", ls=":", lw=1,
+                             label="all on the server")
         axes[0][col].set_title(f"{model}, Snapdragon 8 Gen 3 (int4) + H100 (modelled)")
         axes[0][col].set_ylabel("decode latency, ms/token")
         axes[1][col].set_ylabel("phone energy, mJ/token")
