@@ -24,7 +24,7 @@ from splitinfer.models.shapes import ModelShape, bits_of, effective_bits
 COLUMNS = ("mode", "cut", "device_params", "device_weight_bytes", "device_kv_bytes", "device_act_bytes",
            "device_memory_bytes", "fits", "device_prefill_ms", "device_ms_per_token", "server_ms_per_token",
            "up_bytes_per_token", "ttft_ms", "e2e_ms_per_token", "decode_tokens_per_s", "device_mj_per_token",
-           "device_bound")
+           "device_bound", "dppl_ub_pct")
 OBJECTIVES = ("latency", "energy")
 WIRE_HEADER_BYTES = 16  # per message: codec header (scale, shape), an order of magnitude
 
@@ -44,6 +44,8 @@ class PlanOptions:
     memory_budget_gb: float | None = None
     energy_budget_mj: float | None = None
     objective: str = "latency"
+    max_delta_ppl: float | None = None  # a quality bound: only cuts measured within it (needs quality_csv)
+    quality_csv: str | None = None  # measured quality per cut (experiments/quantized_device_half/results.csv)
 
     def __post_init__(self) -> None:
         for name in ("weight_bits", "server_weight_bits", "kv_bits"):
@@ -54,6 +56,10 @@ class PlanOptions:
         if self.prompt_tokens < 1 or self.context_tokens < self.prompt_tokens or self.clients < 1:
             raise ConfigError(f"prompt_tokens={self.prompt_tokens}, context_tokens={self.context_tokens}, clients="
                               f"{self.clients}: need 1 <= prompt_tokens <= context_tokens and clients >= 1")
+        if self.max_delta_ppl is not None and not self.quality_csv:
+            raise ConfigError("max_delta_ppl needs quality_csv: a CSV of measured quality per cut (columns cut, "
+                              "device_weights, delta_ppl_pct_ci_high; e.g. experiments/quantized_device_half/"
+                              "results.csv)")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective={self.objective!r} is not one of {list(OBJECTIVES)}")
 
@@ -62,6 +68,32 @@ def _max_context(shape_config_max: int | None, opts: PlanOptions, name: str) -> 
     if shape_config_max and opts.context_tokens > shape_config_max:
         raise ConfigError(f"context_tokens={opts.context_tokens} exceeds {name}'s max_position_embeddings "
                           f"({shape_config_max}); give a context of at most {shape_config_max} tokens")
+
+
+def measured_quality(path: str, weight_bits: int) -> dict[int, float]:
+    """Per cut, the largest upper end of the 95 % interval of |Δppl| measured at `weight_bits` device weights
+    (rows whose device_weights starts with int<bits>, or fp32/fp16 for 16+) in a quality CSV."""
+    import csv
+
+    from splitinfer.errors import NotFoundError
+
+    try:
+        rows = list(csv.DictReader(open(path, newline="")))
+    except OSError:
+        raise NotFoundError(f"quality_csv {path!r} cannot be read; give a CSV written by "
+                            "experiments/quantized_device_half/run.py") from None
+    prefix = (f"int{weight_bits}",) if weight_bits < 16 else ("fp",)
+    out: dict[int, float] = {}
+    for r in rows:
+        try:
+            cut = int(r["cut"])
+            bound = max(abs(float(r["delta_ppl_pct_ci_low"])), abs(float(r["delta_ppl_pct_ci_high"])))
+        except (KeyError, ValueError):
+            raise ConfigError(f"quality_csv {path!r} needs columns cut, device_weights, delta_ppl_pct_ci_low and "
+                              "delta_ppl_pct_ci_high") from None
+        if str(r.get("device_weights", "")).startswith(prefix):
+            out[cut] = max(out.get(cut, 0.0), bound)
+    return out
 
 
 def plan_rows(shape: ModelShape, device: HardwareProfile, server: HardwareProfile, link: LinkProfile,
@@ -118,27 +150,34 @@ def _row(mode, cut, params, weights, kv, act, budget, dev_prefill_s, dev_s, srv_
             "device_ms_per_token": dev_s * 1e3, "server_ms_per_token": srv_s * 1e3,
             "up_bytes_per_token": float(up), "ttft_ms": ttft_s * 1e3, "e2e_ms_per_token": e2e_s * 1e3,
             "decode_tokens_per_s": 1e3 / (e2e_s * 1e3) if e2e_s > 0 else float("inf"),
-            "device_mj_per_token": dev_j * 1e3, "device_bound": bound}
+            "device_mj_per_token": dev_j * 1e3, "device_bound": bound, "dppl_ub_pct": None}
 
 
 def recommend(rows: list[dict[str, Any]], opts: PlanOptions) -> tuple[dict[str, Any] | None, str]:
-    """The best split row under the constraints (fits the memory budget, within the energy budget) by the
-    objective, and one paragraph saying why (against the baselines)."""
+    """The best split row under the constraints (fits the memory budget, within the energy budget and, with
+    `max_delta_ppl`, measured within that quality bound) by the objective, and one paragraph saying why."""
     key = "e2e_ms_per_token" if opts.objective == "latency" else "device_mj_per_token"
     splits = [r for r in rows if r["mode"] == "split"]
     ok = [r for r in splits if r["fits"] and (opts.energy_budget_mj is None
-                                               or r["device_mj_per_token"] <= opts.energy_budget_mj)]
+                                               or r["device_mj_per_token"] <= opts.energy_budget_mj)
+          and (opts.max_delta_ppl is None or (r["dppl_ub_pct"] is not None
+                                              and r["dppl_ub_pct"] <= opts.max_delta_ppl))]
     base = {r["mode"]: r for r in rows if r["mode"] != "split"}
     if not ok:
-        why = (f"no cut fits: the smallest device side (cut 0) needs {splits[0]['device_memory_bytes'] / 1e9:.2f} GB"
+        why = (f"no cut meets the constraints: the smallest device side (cut 0) needs "
+               f"{splits[0]['device_memory_bytes'] / 1e9:.2f} GB"
                + (f" or more than {opts.energy_budget_mj} mJ/token" if opts.energy_budget_mj is not None else "")
+               + (f", or none measured within |Δppl| <= {opts.max_delta_ppl} %" if opts.max_delta_ppl is not None
+                  else "")
                + f"; all-server runs at {base['all_server']['e2e_ms_per_token']:.1f} ms/token")
         return None, why
     best = min(ok, key=lambda r: (r[key], r["cut"]))
     dev = base["all_device"]
-    why = (f"cut {best['cut']} minimises {key} ({best[key]:.2f}) among the {len(ok)} of {len(splits)} cuts that fit "
+    why = (f"cut {best['cut']} minimises {key} ({best[key]:.2f}) among the {len(ok)} of {len(splits)} cuts that meet the constraints "
            f"(device {best['device_memory_bytes'] / 1e9:.2f} GB"
            + (f", <= {opts.energy_budget_mj} mJ/token" if opts.energy_budget_mj is not None else "")
+           + (f", measured |Δppl| <= {best['dppl_ub_pct']:.2f} % (95 % upper bound; limit {opts.max_delta_ppl})"
+              if opts.max_delta_ppl is not None else "")
            + f"): {best['e2e_ms_per_token']:.1f} ms/token = device {best['device_ms_per_token']:.1f} + server "
            f"{best['server_ms_per_token']:.1f} + link; all-server {base['all_server']['e2e_ms_per_token']:.1f} "
            f"ms/token, all-on-device {dev['e2e_ms_per_token']:.1f} ms/token"
@@ -186,6 +225,9 @@ def make_plan(model: str, hardware: str, server_hardware: str, link: str,
     shape = load_shape(model)
     _max_context(shape.max_positions, opts, shape.name)
     rows = plan_rows(shape, dev, srv, lp, opts)
+    quality = measured_quality(opts.quality_csv, opts.weight_bits) if opts.quality_csv else {}
+    for r in rows:
+        r["dppl_ub_pct"] = quality.get(r["cut"]) if r["mode"] == "split" else None
     server_need = shape.weight_bytes(shape.components, opts.server_weight_bits) + \
         opts.clients * shape.kv_bytes(shape.components, opts.context_tokens, opts.kv_bits)
     if server_need > srv.memory_gb * 1e9 and not any(r["fits"] for r in rows if r["mode"] != "all_server"):

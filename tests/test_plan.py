@@ -91,3 +91,19 @@ def test_a_shape_only_model_is_refused_by_a_split_job(tmp_path):
     with pytest.raises(ConfigError, match="job='serve' is not one of"):
         run_job(compose(["job=serve", "logger=jsonl"]), out_dir=tmp_path)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_quality_bound_keeps_only_cuts_measured_within_it(tmp_path, capsys):
+    q = tmp_path / "q.csv"
+    q.write_text("cut,device_weights,codec,delta_ppl_pct_ci_low,delta_ppl_pct_ci_high\n"
+                 "8,int4_g32,none,1.7,5.7\n8,int4_g32,int8,1.7,5.6\n15,int4_g32,none,7.0,12.2\n"
+                 "15,int8,none,-0.6,0.1\n")
+    _, rows, best, why = make_plan("smollm2_135m", "snapdragon_8_gen3", "h100", "5g",
+                                   PlanOptions(weight_bits=4, max_delta_ppl=10, quality_csv=str(q)))
+    assert best["cut"] == 8 and best["dppl_ub_pct"] == 5.7 and "measured |Δppl| <= 5.70 %" in why
+    assert next(r for r in rows if r["cut"] == 15)["dppl_ub_pct"] == 12.2
+    _, _, best8, _ = make_plan("smollm2_135m", "snapdragon_8_gen3", "h100", "5g",
+                               PlanOptions(weight_bits=8, max_delta_ppl=1, quality_csv=str(q)))
+    assert best8["cut"] == 15
+    assert main(["plan", "--model", "smollm2_135m", "--max-delta-ppl", "1"]) == 2
+    assert "needs quality_csv" in capsys.readouterr().err

@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-budget-gb", type=float, default=None,
                    help="device memory budget (default: the profile's memory_gb)")
     p.add_argument("--energy-budget-mj", type=float, default=None, help="most device mJ per token allowed")
+    p.add_argument("--quality-csv", default=None,
+                   help="measured quality per cut (e.g. experiments/quantized_device_half/results.csv)")
+    p.add_argument("--max-delta-ppl", type=float, default=None,
+                   help="only cuts measured within this |Δppl| %% (95 %% upper bound) at --weight-bits; needs --quality-csv")
     p.add_argument("--objective", default="latency", choices=("latency", "energy"), help="what to minimise")
     p.add_argument("--format", default="table", choices=("table", "csv", "json"), help="output format")
 
@@ -39,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
                        kv_bits=args.kv_bits, prompt_tokens=args.prompt_tokens,
                        context_tokens=args.context_tokens, clients=args.clients,
                        memory_budget_gb=args.memory_budget_gb, energy_budget_mj=args.energy_budget_mj,
-                       objective=args.objective)
+                       objective=args.objective, max_delta_ppl=args.max_delta_ppl, quality_csv=args.quality_csv)
     shape, rows, best, why = make_plan(args.model, args.hardware, args.server_hardware, args.link, opts)
     if args.format == "table":
         print(f"{shape.name}: {shape.total_params / 1e9:.2f}B parameters, {shape.num_layers} layers; device "
