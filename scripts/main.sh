@@ -2,7 +2,7 @@
 # The main job: set up .venv, run the default sweep (all 31 cuts of SmolLM2-135M x fp16, int8 and the best
 # low-bit codec; bandwidth, quality, timing and latency metrics on the default corpus), then print the
 # table, the plot paths and a recommendation. Extra arguments are Hydra overrides, e.g.
-#   bash scripts/main.sh link=wifi device.slowdown=3
+#   bash scripts/main.sh link=wifi hardware=apple_a17_pro server_hardware=l4
 # W&B runs are written offline (WANDB_MODE=online to upload as you go; `wandb sync` uploads later).
 set -euo pipefail
 cd "$(dirname "$0")/.."

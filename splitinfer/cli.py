@@ -20,6 +20,8 @@ COMMANDS = {
     "sweep": "splitinfer.commands.sweep",
     "report": "splitinfer.commands.report",
     "recommend": "splitinfer.commands.recommend",
+    "plan": "splitinfer.commands.plan",
+    "calibrate": "splitinfer.commands.calibrate",
 }
 
 

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,13 @@ from splitinfer.data import Corpus, CorpusSpec
 from splitinfer.errors import ConfigError
 from splitinfer.metrics.bandwidth import bandwidth_metrics
 from splitinfer.metrics.compute import LayerProfile, memory_metrics, profile_layers
-from splitinfer.metrics.latency import DeviceProfile, LinkProfile, estimate_latency
+from splitinfer.metrics.hardware import HardwareProfile, load_hardware, modelled_timings
+from splitinfer.metrics.latency import LinkProfile, estimate_latency
 from splitinfer.metrics.quality import QualityAccumulator, first_mismatch, generation_metrics
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("model", "split", "codec", "defense", "attack", "link", "device", "data", "logger", "experiment")
+GROUPS = ("model", "split", "codec", "defense", "attack", "link", "hardware", "data", "logger", "experiment")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,14 +45,29 @@ GROUPS = ("model", "split", "codec", "defense", "attack", "link", "device", "dat
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model a job cuts (built from `conf/model/*.yaml`)."""
+    """Which model a job cuts (built from `conf/model/*.yaml`). An entry with a `config:` block also has a
+    shape (`splitinfer.models.shapes`); a `shape_only` one ships no weights: it is planned, never run."""
 
     name: str
+    shape_only: bool = False
+    published_params: float | None = None
+    source: str = ""
+    config: Any = field(default=None, compare=False, hash=False)
 
     def num_layers(self) -> int:
+        if self.config is not None:
+            return int(self.config["num_hidden_layers"])
         return num_layers_of(self.name)
 
+    def require_weights(self) -> None:
+        """A ConfigError for a shape-only entry: it can be planned, not run."""
+        if self.shape_only:
+            raise ConfigError(f"model {self.name!r} is a shape only (its weights do not ship offline): plan it with "
+                              "`splitinfer plan --model ...` or `python -m splitinfer.run job=plan`, or run a "
+                              "local copy with model=local model.name=/path/to/its/folder")
+
     def load(self, reuse: bool = True):
+        self.require_weights()
         if reuse and self.name in _MODELS:
             return _MODELS[self.name]
         from splitinfer.models import load_model
@@ -233,7 +249,9 @@ class MetricOptions:
     prompt_tokens: int = 128  # TTFT is for a prompt this long
     context_tokens: int = 512  # device memory and decode timing at this context length
     profile_repeats: int = 3
-    server_speedup: float = 1.0  # the server is this many times faster than this machine
+    server_speedup: float = 1.0  # measured path only (no shape): the server is this many times faster than here
+    device_weight_bits: int = 16  # the modelled device / server read their weights at these widths
+    server_weight_bits: int = 16
 
 
 def job_placements(cfg) -> tuple:
@@ -380,14 +398,22 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
     choices = _choices(cfg)
 
     # Validate everything cheap before any model loads.
+    if str(cfg.get("job", "split")) == "plan":  # every cut of a shape, modelled: no weights, no corpus
+        from splitinfer.plan import run_plan_job
+
+        return run_plan_job(cfg, out)
+    if str(cfg.get("job", "split")) != "split":
+        raise ConfigError(f"job={cfg.get('job')!r} is not one of ['split', 'plan']")
     model_spec: ModelSpec = instantiate(cfg.model)
+    model_spec.require_weights()
     num_layers = model_spec.num_layers()
     cut = check_cut(cfg.split.cut, num_layers)
     speculate, drafter = _speculation(cfg.split)
     corpus_spec: CorpusSpec = instantiate(cfg.data)
     corpus_spec.check()
     link: LinkProfile = instantiate(cfg.link)
-    device: DeviceProfile = instantiate(cfg.device)
+    hardware: HardwareProfile = instantiate(cfg.hardware)
+    server_hardware = load_hardware(str(cfg.get("server_hardware", "h100")))
     opts: MetricOptions = instantiate(cfg.metrics)
     placements = job_placements(cfg)  # checked before any weights load, like the rest
     reuse = bool(cfg.get("reuse", True))
@@ -426,9 +452,10 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
                                       profile=profile, seed=int(cfg.get("seed", 0)), placements=placements))
         if opts.latency and profile is not None and "up_bytes_per_token_decode" in metrics:
             metrics.update({"link_uplink_mbps": link.uplink_mbps, "link_downlink_mbps": link.downlink_mbps,
-                            "link_rtt_ms": link.rtt_ms, "device_slowdown": device.slowdown,
+                            "link_rtt_ms": link.rtt_ms, "server_hardware": server_hardware.name,
                             "latency_prompt_tokens": opts.prompt_tokens})
-            metrics.update(estimate_latency(metrics, link, device, opts.prompt_tokens, opts.server_speedup))
+            metrics.update(_modelled(lm, cut, hardware, server_hardware, opts))
+            metrics.update(estimate_latency(metrics, link, None, opts.prompt_tokens, opts.server_speedup))
         if speculate is not None and corpus.prompts.shape[0]:
             from splitinfer.metrics.latency import estimate_modes
             from splitinfer.split.speculative import evaluate_speculative
@@ -437,7 +464,7 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
                                                 drafter=drafter, codec=codec, link_profile=link,
                                                 reference=ref.gen_tokens))
             if "latency_prompt_tokens" in metrics:
-                metrics.update(estimate_modes(metrics, link, device, opts.prompt_tokens, opts.server_speedup))
+                metrics.update(estimate_modes(metrics, link, None, opts.prompt_tokens, opts.server_speedup))
         if choices["attack"] != "none" and _enabled(cfg.get("attack")):
             metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, out_dir=out))
         if cfg.get("search") is not None:  # a trial of a search (hparams_search=...): objectives, constraints
@@ -450,6 +477,21 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
     finally:
         logger.close()
     return metrics
+
+
+def _modelled(lm, cut: int, device: HardwareProfile, server: HardwareProfile, opts: MetricOptions) -> dict:
+    """The roofline's stage times for this model's shape on each side's hardware (`model_*` keys)."""
+    from splitinfer.models.shapes import effective_bits, shape_from_config
+
+    shape = shape_from_config(lm.config, name=lm.name)
+    comps = shape.side(cut, "device")
+    bits = effective_bits(opts.device_weight_bits, 32)  # below 16 bits: groups of 32 with a scale and zero point
+    weights = shape.weight_bytes(comps, bits)  # at the modelled width, not this fp32 copy's
+    return {"model_device_weight_bytes": weights,
+            "model_device_memory_bytes": weights + shape.kv_bytes(comps, opts.context_tokens),
+            **modelled_timings(shape, cut, device, server, prompt_tokens=opts.prompt_tokens,
+                               context_tokens=opts.context_tokens, device_weight_bits=bits,
+                               server_weight_bits=opts.server_weight_bits)}
 
 
 def evaluate_attack(cfg, lm, cut: int, codec, defense, out_dir: Path | None = None) -> dict[str, Any]:

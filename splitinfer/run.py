@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 
 CONFIG_MODULE = "splitinfer.conf"
 CONFIG_NAME = "config"
+# Groups that were renamed: an override of the old name gets this line instead of Hydra's "no match".
+RENAMED_GROUPS = {
+    "device": "the hardware-profile group `device` is now `hardware` (device/dtype name torch placement): use "
+              "hardware=<profile> for the device side and server_hardware=<profile> for the server "
+              "(profiles: conf/hardware/*.yaml, e.g. hardware=snapdragon_8_gen3 server_hardware=h100)",
+}
 # Groups that may be left empty (`experiment: null` in conf/config.yaml); every other group needs an option.
 NULLABLE_GROUPS = frozenset({"experiment", "hparams_search"})
 
@@ -110,6 +116,9 @@ def check_group_overrides(overrides: list[str], repo: Any) -> None:
 
     for override in OverridesParser.create().parse_overrides(overrides):
         group = override.key_or_group
+        renamed = RENAMED_GROUPS.get(group.split(".")[0].split("/")[0])
+        if renamed and not repo.group_exists(group.split(".")[0]):
+            raise ConfigError(renamed)
         if override.is_delete() or not repo.group_exists(group):
             continue
         values = _override_values(override)

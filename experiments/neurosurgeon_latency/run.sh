@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce the Neurosurgeon-style latency figure: every cut of SmolLM2-135M x 5 link profiles (int8 on the
-# wire, a phone 2x slower than this machine), then the table and plot into this folder's results/.
+# wire, stage times modelled by the roofline of a Snapdragon 8 Gen 3 phone and an H100 server), then the table
+# and plot into this folder's results/. (The committed figures predate the roofline: they used a phone 2x
+# slower than this machine's measured times; see the README.)
 #   bash experiments/neurosurgeon_latency/run.sh                 # ~3-5 min on 2 CPU cores
-#   bash experiments/neurosurgeon_latency/run.sh device.slowdown=4 metrics.server_speedup=10
+#   bash experiments/neurosurgeon_latency/run.sh hardware=raspberry_pi_5 server_hardware=l4
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/setup_env.sh

@@ -1,20 +1,24 @@
-"""Neurosurgeon-style latency and energy of a cut (Kang et al., ASPLOS 2017), from measured parts.
+"""Neurosurgeon-style latency and energy of a cut (Kang et al., ASPLOS 2017).
 
-    TTFT(cut) = T·(device_prefill(cut) + encode)·slowdown + T·up_bytes/uplink + RTT
-                + T·(server_prefill(cut) + decode)/server_speedup + reply_bytes/downlink
+    TTFT(cut) = T·(device_prefill(cut) + encode) + T·up_bytes/uplink + RTT
+                + T·(server_prefill(cut) + decode) + reply_bytes/downlink
     TPOT(cut) = the same for one token: every generated token makes a round trip, because the
                 device must run its layers on the token the server just picked.
 
-Baselines: all on the device (the whole model × slowdown, no network) and all on the server (token
-ids up once, the server decodes alone and streams ids back: no round trip per token).
-Energy on the device: compute FLOPs × pJ/FLOP + radio time × the Huang et al. (MobiSys 2012)
-power model P = α·throughput + β (tail energy ignored). All inputs are flat metric keys, so
-`report.py` can re-evaluate stored jobs for any link and device.
+Each side's stage time is *modelled* when the metrics carry the roofline keys `model_*`
+(`splitinfer.metrics.hardware.modelled_timings`: each side's hardware profile applied to the model's
+shape), else *measured* on this machine and scaled by a `DeviceProfile`'s slowdown (the server by
+`server_speedup`). `latency_source` says which. Baselines: all on the device (no network) and all on the
+server (token ids up once, the server decodes alone and streams ids back: no round trip per token).
+Energy on the device: modelled, the device's power × its compute time; measured, compute FLOPs ×
+pJ/FLOP; plus radio time × the Huang et al. (MobiSys 2012) power model P = α·throughput + β (tail
+energy ignored). All inputs are flat metric keys, so `report.py` can re-evaluate stored jobs for any link.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,9 @@ class LinkProfile:
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """The device against this machine: `slowdown` multiplies measured device time."""
+    """How measured device time scales when no roofline is given: `slowdown` multiplies this machine's
+    measured device time (`splitinfer report --slowdown`); hardware profiles (`metrics.hardware`) replace
+    it in every job."""
 
     name: str
     slowdown: float = 1.0
@@ -63,9 +69,33 @@ class DeviceProfile:
 TOKEN_ID_BYTES = 4
 
 
-def estimate_latency(m: dict, link: LinkProfile, device: DeviceProfile, prompt_tokens: int,
-                     server_speedup: float = 1.0, server_load=None) -> dict[str, float]:
-    """Latency/energy of one job's cut under `link` and `device`, from its flat metrics `m`.
+def side_times(m: dict, device: DeviceProfile | None = None, server_speedup: float = 1.0) -> dict[str, Any]:
+    """Seconds per token of each side and phase (dp, dd: device prefill/decode; sp, sd: server; adp, add:
+    the whole model on the device; asp, asd: on the server), the device's compute energy per decoded
+    token, and whether they are 'modelled' (roofline keys present) or 'measured'."""
+    if "model_device_decode_s_per_token" in m:
+        t = {k: m[f"model_{side}_{phase}_s_per_token"] for k, side, phase in (
+            ("dp", "device", "prefill"), ("dd", "device", "decode"), ("sp", "server", "prefill"),
+            ("sd", "server", "decode"), ("adp", "all_device", "prefill"), ("add", "all_device", "decode"),
+            ("asp", "all_server", "prefill"), ("asd", "all_server", "decode"))}
+        power = m.get("model_device_power_w", 0.0)
+        return {**t, "device_j": power * t["dd"], "all_device_j": power * t["add"], "source": "modelled"}
+    slow = device.slowdown if device is not None else 1.0
+    pj = (device.pj_per_flop if device is not None else 30.0) * 1e-12
+    return {"dp": m["device_prefill_s_per_token"] * slow, "dd": m["device_decode_s_per_token"] * slow,
+            "sp": m["server_prefill_s_per_token"] / server_speedup,
+            "sd": m["server_decode_s_per_token"] / server_speedup,
+            "adp": m["whole_prefill_s_per_token"] * slow, "add": m["whole_decode_s_per_token"] * slow,
+            "asp": m["whole_prefill_s_per_token"] / server_speedup,
+            "asd": m["whole_decode_s_per_token"] / server_speedup,
+            "device_j": m["device_flops_per_token"] * pj, "all_device_j": m["whole_flops_per_token"] * pj,
+            "source": "measured"}
+
+
+def estimate_latency(m: dict, link: LinkProfile, device: DeviceProfile | None, prompt_tokens: int,
+                     server_speedup: float = 1.0, server_load=None) -> dict[str, Any]:
+    """Latency/energy of one job's cut under `link`, from its flat metrics `m` (modelled stage times when
+    `m` has them, else measured ones scaled by `device`; see the module docstring).
 
     `server_load` (a `splitinfer.metrics.serving.ServerLoad`: clients per server and, for a batching
     server, a measured batched-step profile) makes `tpot_s` the per-token latency of one of those
@@ -76,23 +106,21 @@ def estimate_latency(m: dict, link: LinkProfile, device: DeviceProfile, prompt_t
     enc, dec = m.get("codec_encode_s_per_token", 0.0), m.get("codec_decode_s_per_token", 0.0)
     up_p, up_d = m["up_bytes_per_token_prefill"], m["up_bytes_per_token_decode"]
     down = m.get("down_bytes_per_token_decode", TOKEN_ID_BYTES)
-    pj = device.pj_per_flop * 1e-12
-    out = {
-        "ttft_s": T * (m["device_prefill_s_per_token"] + enc) * device.slowdown + link.up_s(T * up_p) + rtt
-        + T * (m["server_prefill_s_per_token"] + dec) / server_speedup + link.down_s(down),
-        "tpot_s": (m["device_decode_s_per_token"] + enc) * device.slowdown + link.up_s(up_d) + rtt
-        + (m["server_decode_s_per_token"] + dec) / server_speedup + link.down_s(down),
-        "ttft_all_device_s": T * m["whole_prefill_s_per_token"] * device.slowdown,
-        "tpot_all_device_s": m["whole_decode_s_per_token"] * device.slowdown,
-        "ttft_all_server_s": link.up_s(T * TOKEN_ID_BYTES) + rtt + T * m["whole_prefill_s_per_token"] / server_speedup
-        + link.down_s(TOKEN_ID_BYTES),
-        "tpot_all_server_s": m["whole_decode_s_per_token"] / server_speedup + link.down_s(TOKEN_ID_BYTES),
-        "energy_j_per_token": m["device_flops_per_token"] * pj + link.radio_j(up_d, down),
-        "energy_all_device_j_per_token": m["whole_flops_per_token"] * pj,
+    t = side_times(m, device, server_speedup)
+    out: dict[str, Any] = {
+        "ttft_s": T * (t["dp"] + enc) + link.up_s(T * up_p) + rtt + T * (t["sp"] + dec) + link.down_s(down),
+        "tpot_s": t["dd"] + enc + link.up_s(up_d) + rtt + t["sd"] + dec + link.down_s(down),
+        "ttft_all_device_s": T * t["adp"],
+        "tpot_all_device_s": t["add"],
+        "ttft_all_server_s": link.up_s(T * TOKEN_ID_BYTES) + rtt + T * t["asp"] + link.down_s(TOKEN_ID_BYTES),
+        "tpot_all_server_s": t["asd"] + link.down_s(TOKEN_ID_BYTES),
+        "energy_j_per_token": t["device_j"] + link.radio_j(up_d, down),
+        "energy_all_device_j_per_token": t["all_device_j"],
         "energy_all_server_j_per_token": link.radio_j(0, TOKEN_ID_BYTES),
+        "latency_source": t["source"],
     }
     if server_load is not None:
-        server_s = (m["server_decode_s_per_token"] + dec) / server_speedup
+        server_s = t["sd"] + dec
         out["tpot_unloaded_s"] = out["tpot_s"]
         out["tpot_s"] = server_load.tpot(out["tpot_s"], server_s)
         out["server_clients"] = server_load.clients
@@ -121,6 +149,7 @@ def estimate_modes(m: dict, link: LinkProfile, device: DeviceProfile, prompt_tok
     - all_device, all_server: as in `estimate_latency`.
     Keys: ttft_<mode>_s, tpot_<mode>_s, speedup_<mode>_vs_per_token."""
     base = estimate_latency(m, link, device, prompt_tokens, server_speedup)
+    t = side_times(m, device, server_speedup)
     T = prompt_tokens
     rtt = link.rtt_ms / 1e3
     enc, dec = m.get("codec_encode_s_per_token", 0.0), m.get("codec_decode_s_per_token", 0.0)
@@ -132,17 +161,15 @@ def estimate_modes(m: dict, link: LinkProfile, device: DeviceProfile, prompt_tok
     if per_round and per_round > 0:
         n = m.get("spec_positions_per_round", 1.0)
         up = m.get("spec_up_bytes_per_round", n * m["up_bytes_per_token_decode"])
-        round_s = (n * (m["device_decode_s_per_token"] + enc) * device.slowdown + link.up_s(up) + rtt
-                   + n * (m["server_decode_s_per_token"] + dec) / server_speedup + link.down_s(per_round * down))
+        round_s = (n * (t["dd"] + enc) + link.up_s(up) + rtt + n * (t["sd"] + dec) + link.down_s(per_round * down))
         out["tpot_speculative_split_s"] = round_s / per_round
     else:
         out["tpot_speculative_split_s"] = base["tpot_s"]
     out["ttft_speculative_split_s"] = base["ttft_s"]
     kv = m.get("device_kv_bytes_per_token", 0.0)
-    out["ttft_handoff_s"] = (T * (m["device_prefill_s_per_token"] + enc) * device.slowdown
-                             + link.up_s(T * (m["up_bytes_per_token_prefill"] + kv)) + rtt
-                             + T * (m["server_prefill_s_per_token"] + dec) / server_speedup + link.down_s(down))
-    out["tpot_handoff_s"] = m["whole_decode_s_per_token"] / server_speedup + link.down_s(TOKEN_ID_BYTES)
+    out["ttft_handoff_s"] = (T * (t["dp"] + enc) + link.up_s(T * (m["up_bytes_per_token_prefill"] + kv)) + rtt
+                             + T * (t["sp"] + dec) + link.down_s(down))
+    out["tpot_handoff_s"] = t["asd"] + link.down_s(TOKEN_ID_BYTES)
     for mode in MODES:
         out[f"speedup_{mode}_vs_per_token"] = base["tpot_s"] / out[f"tpot_{mode}_s"]
     return out

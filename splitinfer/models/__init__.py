@@ -1,5 +1,7 @@
 """Loading models and cutting them into stages."""
 
+import logging
+
 from splitinfer.models.loading import (
     BUNDLED_MODELS,
     DEFAULT_MODEL,
@@ -14,6 +16,12 @@ from splitinfer.models.loading import (
     tiny_model,
 )
 from splitinfer.models.partition import KVCache, Stage, causal_mask, run_chain, split_model, validate_cuts
+
+# transformers imports torchao (a dependency: splitinfer.models.quantize) when it loads a model; on a CPU-only
+# machine torchao then logs a warning per GPU kernel library it cannot load and torch one per enum it
+# registers the old way. Neither is news to a user: keep them to errors.
+for _noisy in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 __all__ = [
     "BUNDLED_MODELS",

@@ -53,7 +53,9 @@ CONFIG_KEYS = (
     "name",
     "model",
     "data",
-    "device",
+    "hardware",
+    "server_hardware",
+    "device",  # jobs written before the `device` group became `hardware`
     "device_slowdown",
     "link",
     "split",

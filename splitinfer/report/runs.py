@@ -10,25 +10,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from splitinfer.configs import CONF_DIR, available, load_node  # noqa: F401 - CONF_DIR re-exported by report
 from splitinfer.errors import ConfigError, NotFoundError
 from splitinfer.metrics.latency import DeviceProfile, LinkProfile, estimate_latency
-
-
-def _conf_dir() -> Path:
-    """The configs: the installed package `splitinfer.conf` when it has link/, else the checkout's conf/."""
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec("splitinfer.conf")
-    except ImportError:
-        spec = None
-    for location in (spec.submodule_search_locations or []) if spec is not None else []:
-        if (Path(location) / "link").is_dir():
-            return Path(location)
-    return Path(__file__).resolve().parents[2] / "conf"
-
-
-CONF_DIR = _conf_dir()
 
 
 class ReportError(ConfigError):
@@ -92,17 +76,14 @@ def load_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 def available_links() -> list[str]:
     """The link profiles in conf/link."""
-    return sorted(p.stem for p in (CONF_DIR / "link").glob("*.yaml"))
+    return available("link")
 
 
 def load_link(name: str) -> LinkProfile:
     """A link profile from conf/link/NAME.yaml."""
-    from omegaconf import OmegaConf
-
-    path = CONF_DIR / "link" / f"{name}.yaml"
-    if not path.is_file():
+    if name not in available("link"):
         raise ReportError(f"link {name!r} is not one of {available_links()} (conf/link/*.yaml)")
-    node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    node = load_node("link", name)
     node.pop("_target_", None)
     return LinkProfile(**node)
 

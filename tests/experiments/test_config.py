@@ -9,11 +9,12 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
 from splitinfer.data import CorpusSpec, EmptyCorpusError
-from splitinfer.metrics.latency import DeviceProfile, LinkProfile
+from splitinfer.metrics.hardware import HardwareProfile
+from splitinfer.metrics.latency import LinkProfile
 
 from .conftest import CONF, TINY, compose, run_cli
 
-GROUPS_OWNED = ("model", "split", "link", "device", "data", "metrics", "logger")
+GROUPS_OWNED = ("model", "split", "link", "hardware", "data", "metrics", "logger")
 
 
 def _options(group: str) -> list[str]:
@@ -23,7 +24,8 @@ def _options(group: str) -> list[str]:
 def test_default_config_composes():
     cfg = compose()
     assert cfg.model.name == "smollm2-135m-instruct"
-    assert cfg.split.cut == 15 and cfg.link.name == "4g_lte" and cfg.device.name == "phone"
+    assert cfg.split.cut == 15 and cfg.link.name == "4g_lte" and cfg.hardware.name == "snapdragon_8_gen3"
+    assert cfg.server_hardware == "h100" and cfg.job == "split"
     assert cfg.logger.wandb.mode in ("offline", "disabled", "online")
 
 
@@ -46,8 +48,9 @@ def test_every_option_of_every_group_instantiates(group, tmp_path):
         obj = instantiate(node)
         if group == "link":
             assert isinstance(obj, LinkProfile) and obj.source, f"link {option} must document its source"
-        if group == "device":
-            assert isinstance(obj, DeviceProfile) and obj.slowdown > 0
+        if group == "hardware":
+            assert isinstance(obj, HardwareProfile) and obj.source, f"hardware {option} must document its source"
+            assert obj.peak_flops() > 0 and obj.memory_bandwidth_gbs > 0
         if group == "data":
             assert isinstance(obj, CorpusSpec)
 

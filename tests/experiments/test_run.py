@@ -31,6 +31,10 @@ def test_one_job_writes_metrics(tmp_path):
     assert m["kl_mean"] < 1e-6 and m["top1_agreement"] == 1.0 and m["exact_match_rate"] == 1.0
     assert m["up_ratio_vs_fp32_decode"] > 1.0  # raw fp32 plus the codec's header
     assert m["device_memory_bytes"] == m["device_param_bytes"] + 32 * m["device_kv_bytes_per_token"]
+    # latency is modelled (the hardware profiles' roofline on the model's shape), the measured times stay beside it
+    assert m["latency_source"] == "modelled" and m["server_hardware"] == "h100"
+    assert m["tpot_s"] > m["model_device_decode_s_per_token"] + m["model_server_decode_s_per_token"]
+    assert m["model_device_memory_bytes"] < m["device_memory_bytes"]  # fp16 weights and KV, not fp32
     assert (tmp_path / "metrics.jsonl").exists()
 
 
