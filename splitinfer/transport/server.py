@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ from splitinfer.errors import ConfigError, NotFoundError
 from splitinfer.generation import SamplingConfig, ServerSession, sample_token
 from splitinfer.models import LoadedModel, split_model, validate_cuts
 from splitinfer.split.batch import forward_batch
-from splitinfer.split.server import StepError
+from splitinfer.split.scoring import target_logprobs
+from splitinfer.split.server import StepError, _all_position_logits
 from splitinfer.transport import payload as pl
 from splitinfer.transport import protocol as p
 from splitinfer.transport.protocol import ProtocolError
@@ -128,6 +130,7 @@ class StepJob:
     done: int = 0  # positions already computed (a chunked prefill in progress)
     draft: list[int] | None = None  # a speculative step's drafted tokens: it runs alone, unchunked (`_run_one`)
     draft_p: list[float] | None = None  # the drafter's probability of each drafted token (sampling only)
+    score: list[int] | None = None  # a scoring step's targets (`protocol.get_score`): it runs alone, unchunked
 
     @property
     def tokens(self) -> int:
@@ -506,10 +509,13 @@ class SplitServer:
             raise ProtocolError(p.BAD_SEQ, f"seq {seq} is neither the next step ({s.last_seq + 1}) nor a retry "
                                            f"of the last ({s.last_seq}); replay into a new session")
         draft, draft_p = p.get_draft(env, self.lm.vocab_size)
+        score = p.get_score(env, self.lm.vocab_size)
         hidden = pl.decode_hidden(s.codec, [f.buffer for f in payload], self.lm.hidden_size,
                                   self.limits.max_step_tokens)
         p.check_draft_positions(int(hidden.shape[1]), draft)
-        return StepJob(reply_to, env["rid"], s, seq, start, hidden, want_lp, draft=draft, draft_p=draft_p)
+        p.check_score_positions(int(hidden.shape[1]), score)
+        return StepJob(reply_to, env["rid"], s, seq, start, hidden, want_lp, draft=draft, draft_p=draft_p,
+                       score=score)
 
     def _run_steps(self, sock: zmq.Socket, jobs: list[StepJob]) -> None:
         """Run queued steps: with batching, the decode steps (T=1) of distinct sessions as batches of at
@@ -522,7 +528,7 @@ class SplitServer:
         batch, rest, seen = [], [], set()
         for job in jobs:
             sid = job.session.sid
-            if sid not in seen and job.tokens == 1 and job.draft is None:
+            if sid not in seen and job.tokens == 1 and job.draft is None and job.score is None:
                 batch.append(job)
             else:
                 rest.append(job)
@@ -530,7 +536,7 @@ class SplitServer:
         for i in range(0, len(batch), self.max_batch):
             self._run_batch(sock, batch[i:i + self.max_batch])
         for job in rest:
-            if job.tokens == 1 or job.draft is not None:
+            if job.tokens == 1 or job.draft is not None or job.score is not None:
                 self._run_one(sock, job)
             else:
                 self._queue_prefill(sock, job)
@@ -684,14 +690,20 @@ class SplitServer:
             return self._verify(job)
         t0 = time.perf_counter()
         try:
-            logits = s.state.forward(job.hidden, job.start)[0, -1]
+            with _all_position_logits(s.state.stages[-1]) if job.score is not None else nullcontext():
+                logits = s.state.forward(job.hidden, job.start)[0]
+            scored = None if job.score is None else target_logprobs(logits[len(logits) - len(job.score):], job.score)
+            logits = logits[-1]
         except Exception:
             s.state.rollback(job.start)
             raise
         finally:
             self.stats.compute_s += time.perf_counter() - t0
         self.stats.forwards += 1
-        return self._finish(job, logits)
+        reply = self._finish(job, logits)
+        if scored is not None:  # the same dict is kept for retries, so a resent step gets the scores too
+            reply["lps"], reply["greedy"] = scored
+        return reply
 
     def _verify(self, job: StepJob) -> dict:
         """A speculative step (already admitted): run [x, d1..dγ] in one forward, keep the longest
