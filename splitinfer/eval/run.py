@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from splitinfer.errors import ConfigError
@@ -46,9 +47,52 @@ class EvalSettings:
         return {k: v for k, v in asdict(self).items() if k != "batch_size"}
 
 
+def hf_checkpoint(lm) -> Path:
+    """A local Hugging Face folder holding `lm`'s weights, for lm-eval's own `hf` model (the outside
+    reference a split is checked against): the folder it was loaded from (a GGUF's conversion in the model
+    cache, or a local directory), else a `save_pretrained` copy under `cache_dir("eval")`. Never downloads."""
+    from splitinfer.models import cache_dir
+
+    src = Path(str(getattr(lm.model.config, "name_or_path", "") or ""))
+    if src.is_dir() and (src / "config.json").is_file() and (src / "tokenizer_config.json").is_file():
+        return src
+    target = cache_dir("eval") / f"hf-{lm.fingerprint}"
+    if not (target / "config.json").is_file():
+        if lm.tokenizer is None:
+            raise ConfigError(f"model {lm.name!r} has no tokenizer; lm-eval's hf model needs one")
+        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        lm.model.save_pretrained(tmp, safe_serialization=True)
+        lm.tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    return target
+
+
+_ENV_INFO: dict[str, Any] = {}
+
+
+def _env_info_once() -> None:
+    """lm-eval adds the environment (torch's collect_env: a `pip list` subprocess, ~2 s) to every result;
+    it cannot change within a process, so a sweep's jobs collect it once and copy it."""
+    import lm_eval.evaluator as ev
+
+    original = getattr(ev.add_env_info, "__wrapped__", ev.add_env_info)
+
+    def add_env_info(results: dict) -> None:
+        if not _ENV_INFO:
+            scratch: dict = {}
+            original(scratch)
+            _ENV_INFO.update(scratch)
+        results.update(_ENV_INFO)
+
+    add_env_info.__wrapped__ = original  # type: ignore[attr-defined]
+    ev.add_env_info = add_env_info
+
+
 def evaluate_model(model, tasks: TaskSet, settings: EvalSettings, built: list | None = None) -> dict:
     """`lm_eval.simple_evaluate` on `model` (a `SplitLM`) with per-example samples kept."""
     import lm_eval
+
+    _env_info_once()
 
     return lm_eval.simple_evaluate(
         model=model, tasks=built if built is not None else tasks.build(), num_fewshot=settings.num_fewshot,

@@ -185,7 +185,8 @@ def task_set(tasks: str | list[str], include: list[str | os.PathLike] | None = N
     names = parse_task_list(tasks)
     paths = include_paths(include)
     local = find_local_tasks(paths)
-    tm = TaskManager(include_path=[str(p) for p in paths])
+    # lm-eval's own task index (thousands of YAMLs, ~10 s to read) only when a name needs it
+    tm = TaskManager(include_path=[str(p) for p in paths], include_defaults=any(n not in local for n in names))
     for n in names:
         if n not in local and n not in tm.all_tasks:
             raise UnknownTaskError(f"task {n!r} is not in the include paths ({', '.join(map(str, paths))}) nor one of "
