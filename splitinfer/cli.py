@@ -20,6 +20,7 @@ COMMANDS = {
     "sweep": "splitinfer.commands.sweep",
     "report": "splitinfer.commands.report",
     "recommend": "splitinfer.commands.recommend",
+    "eval": "splitinfer.commands.eval",
 }
 
 

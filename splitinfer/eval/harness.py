@@ -81,8 +81,14 @@ class SplitLM(HFLM):
             raise ConfigError(f"model {lm.name!r}: lm-eval tasks need a causal LM with a tokenizer")
         if isinstance(batch_size, str) and batch_size.startswith("auto"):
             raise ConfigError(f"batch_size={batch_size!r}: give a number (auto-detection is for GPUs)")
-        super().__init__(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=int(batch_size),
-                         max_length=None if max_length is None else int(max_length), **kwargs)
+        hf_log = logging.getLogger("lm_eval.models.huggingface")
+        level = hf_log.level
+        hf_log.setLevel(logging.ERROR)  # its warnings about a pre-loaded model are what we mean to do
+        try:
+            super().__init__(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=int(batch_size),
+                             max_length=None if max_length is None else int(max_length), **kwargs)
+        finally:
+            hf_log.setLevel(level)
         self.lm = lm
         self.cuts = parse_cuts(_none(cut), lm.num_layers)
         self.codec = _none(codec) or "none"  # a preset name, a spec dict or a built codec (sweeps pass one)
