@@ -99,13 +99,15 @@ def format_table(rows: list[dict[str, Any]], label: str = "split") -> str:
 
 def flat_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Rows as flat keys for metrics.json and loggers: `task/<task>/<metric>` and its `_stderr`,
-    `_unsplit`, `_delta`, `_delta_ci_low`, `_delta_ci_high`, `_n` (the filter joins the metric name
-    when it is not `none`)."""
+    `_ci_low`/`_ci_high` (± 1.96 stderr), `_unsplit`, `_delta`, `_delta_ci_low`, `_delta_ci_high`, `_n`
+    (the filter joins the metric name when it is not `none`)."""
     out: dict[str, float] = {}
     for r in rows:
         key = f"task/{r['task']}/{r['metric']}" + ("" if r["filter"] == "none" else f"_{r['filter']}")
         out[key] = r["split"]
         out[f"{key}_stderr"] = r["split_stderr"]
+        out[f"{key}_ci_low"] = r["split"] - Z95 * r["split_stderr"]
+        out[f"{key}_ci_high"] = r["split"] + Z95 * r["split_stderr"]
         out[f"{key}_unsplit"] = r["unsplit"]
         for k in ("delta", "delta_ci_low", "delta_ci_high", "n"):
             out[f"{key}_{k}"] = r[k]

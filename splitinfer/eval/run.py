@@ -93,6 +93,8 @@ def evaluate_model(model, tasks: TaskSet, settings: EvalSettings, built: list | 
     import lm_eval
 
     _env_info_once()
+    if logging.getLogger("lm_eval").getEffectiveLevel() < logging.WARNING and not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its INFO lines would flood a sweep's job logs
 
     return lm_eval.simple_evaluate(
         model=model, tasks=built if built is not None else tasks.build(), num_fewshot=settings.num_fewshot,
@@ -182,3 +184,37 @@ def evaluate_tasks(lm, tasks: str | list[str] | TaskSet, *, cut: Any, codec: Any
                    seed=settings.seed)
     return TaskEvaluation(result, base, rows, seconds, model.description, model.traffic_bytes_up,
                           model.scored_tokens)
+
+
+_TASK_SETS: dict[tuple, TaskSet] = {}
+
+
+def job_task_set(tasks: Any, include: Any = ()) -> TaskSet:
+    """A sweep job's task set (`metrics.tasks`, `metrics.task_include`), resolved once per process and
+    checked (names, data files on disk) before any model loads."""
+    from splitinfer.eval import require_lm_eval
+    from splitinfer.eval.tasks import parse_task_list
+
+    require_lm_eval()
+    names = tuple(parse_task_list(list(tasks) if not isinstance(tasks, str) else tasks))
+    key = (names, tuple(str(p) for p in include or ()))
+    if key not in _TASK_SETS:
+        ts = task_set(list(names), list(key[1]))
+        for t in ts.local.values():
+            t.check()
+        _TASK_SETS[key] = ts
+    return _TASK_SETS[key]
+
+
+def job_task_metrics(lm, cut: int, codec: Any, defense: Any, opts) -> dict[str, Any]:
+    """The task metrics of one sweep job (`MetricOptions.tasks`): each metric with its stderr and 95 %
+    interval, the unsplit value and Δ with its paired interval (`compare.flat_metrics`), for metrics.json
+    and the loggers; the unsplit baseline is computed once per model and cached."""
+    from splitinfer.eval.compare import flat_metrics
+
+    ts = job_task_set(opts.tasks, opts.task_include)
+    settings = EvalSettings(num_fewshot=opts.task_num_fewshot, limit=opts.task_limit,
+                            batch_size=int(opts.task_batch_size))
+    ev = evaluate_tasks(lm, ts, cut=cut, codec=codec, defense=defense, settings=settings)
+    return {**flat_metrics(ev.rows), "tasks": ",".join(ts.names), "task_eval_s": ev.split_seconds,
+            "task_baseline_cached": bool(ev.baseline.get("cached")), "task_limit": settings.limit}

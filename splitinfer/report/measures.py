@@ -146,6 +146,31 @@ def privacy_columns(rows: Sequence[dict]) -> list[str]:
     return sorted(keys, key=lambda k: (min(rank[s] for s in LEAKAGE_SUFFIXES if k.endswith(s)), k))
 
 
+def task_columns(rows: Sequence[dict]) -> list[str]:
+    """Task metrics in `rows` (`task/<task>/<metric>` from splitinfer.eval: the split's value, with
+    `_ci_low/_ci_high`, `_unsplit` and `_delta` with its paired interval), in first-seen order."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k.startswith("task/") and f"{k}_delta" in r and k not in keys]
+    return keys
+
+
+def task_facts(row: dict) -> list[str]:
+    """One phrase per task metric of a job: `splitinfer_mc acc 0.650 [0.502, 0.798], Δ -0.025
+    [-0.075, +0.000] vs unsplit (paired 95 % CI)`."""
+    out = []
+    for k in task_columns([row]):
+        v, d = num(row.get(k)), num(row.get(f"{k}_delta"))
+        if v is None:
+            continue
+        iv, dv = ci(row, k), ci(row, f"{k}_delta")
+        text = f"{k.removeprefix('task/').replace('/', ' ')} {v:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
+        if d is not None:
+            text += f", Δ {d:+.3f}" + (f" [{dv[0]:+.3f}, {dv[1]:+.3f}]" if dv else "") + " vs unsplit (paired 95 % CI)"
+        out.append(text)
+    return out
+
+
 def config_key(row: dict) -> tuple:
     """What identifies a configuration apart from the attack: the config choices plus the job's Hydra
     overrides other than `attack...`."""

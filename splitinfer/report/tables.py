@@ -15,6 +15,7 @@ from splitinfer.report.measures import (
     ci,
     config_key,
     configurations,
+    task_columns,
 )
 from splitinfer.report.runs import num
 
@@ -52,6 +53,34 @@ def _bound(r: dict, key: str) -> str:
     if v is None:
         return ""
     return small(v) + ("" if r.get(QUALITY_BOUND_SOURCE) == "ci95" else " (point)")
+
+
+def _task_value(r: dict, key: str) -> str:
+    """A task metric and its 95 % interval, unsigned: `0.650 [0.502, 0.798]`."""
+    v = num(r.get(key))
+    if v is None:
+        return ""
+    interval = ci(r, key)
+    return f"{v:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def _task_delta(r: dict, key: str) -> str:
+    """Δ of a task metric and its paired 95 % interval, signed, 3 decimals: `-0.025 [-0.075, +0.000]`."""
+    v = num(r.get(key))
+    if v is None:
+        return ""
+    interval = ci(r, key)
+    return f"{v:+.3f}" + (f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else "")
+
+
+def task_table_columns(rows: Sequence[dict]) -> list[tuple[str, str, Callable[[dict, str], str]]]:
+    """Two columns per task metric: the split's value [95 % CI] and Δ vs unsplit [paired 95 % CI]."""
+    cols: list[tuple[str, str, Callable[[dict, str], str]]] = []
+    for k in task_columns(rows):
+        label = k.removeprefix("task/").replace("/", " ")
+        cols += [(k, f"{label} [95% CI]", _task_value),
+                 (f"{k}_delta", f"Δ {label} vs unsplit [95% CI]", _task_delta)]
+    return cols
 
 
 def _pct(r: dict, key: str) -> str:
@@ -161,6 +190,8 @@ def markdown_table(
         and (columns is None or c[0] in columns)
     ]
     cols += [(c, c.removeprefix("privacy/"), _fmt("{:.4g}")) for c in extra]
+    if columns is None:
+        cols += task_table_columns(rows)
     lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(cell(r, key) for key, _, cell in cols) + " |")
