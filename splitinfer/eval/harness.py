@@ -81,6 +81,7 @@ class SplitLM(HFLM):
             raise ConfigError(f"model {lm.name!r}: lm-eval tasks need a causal LM with a tokenizer")
         if isinstance(batch_size, str) and batch_size.startswith("auto"):
             raise ConfigError(f"batch_size={batch_size!r}: give a number (auto-detection is for GPUs)")
+        batch_size = 1 if batch_size is None else batch_size  # simple_evaluate passes None when not given
         hf_log = logging.getLogger("lm_eval.models.huggingface")
         level = hf_log.level
         hf_log.setLevel(logging.ERROR)  # its warnings about a pre-loaded model are what we mean to do
@@ -131,8 +132,8 @@ class SplitLM(HFLM):
         if self.cuts is None:
             return f"{self.lm.name} unsplit"
         where = self.server or "in process"
-        return (f"{self.lm.name} cut {','.join(map(str, self.cuts))} codec {self.codec_name}"
-                f"{f' defense {self.defense}' if self.defense else ''} ({where})")
+        defense = f" defense {getattr(self.defense, 'name', self.defense)}" if self.defense else ""
+        return f"{self.lm.name} cut {','.join(map(str, self.cuts))} codec {self.codec_name}{defense} ({where})"
 
     def close(self) -> None:
         """Close the link (a remote session and its socket)."""
@@ -190,7 +191,11 @@ class SplitLM(HFLM):
             end = min(n, start + per)
             first = max(start, n - k)  # scored positions form a suffix of the input
             want = targets[first - (n - k):end - (n - k)] if end > first else []
-            lp, gr = link.score(device.encode(hidden[:, start:end]), start, want)
+            enc = device.encode(hidden[:, start:end])
+            if not want:  # a chunk before the continuation: a plain step fills the server's cache
+                link.step(enc, start)
+                continue
+            lp, gr = link.score(enc, start, want)
             lps += lp
             greedy += gr
         self.traffic_bytes_up += link.traffic.bytes_up

@@ -155,18 +155,26 @@ def task_columns(rows: Sequence[dict]) -> list[str]:
     return keys
 
 
+def with_interval(row: dict, key: str, spec: str = ".3f") -> str:
+    """`row[key]` and its stored 95 % interval, e.g. `0.650 [0.502, 0.798]` (spec "+.3f": signed); "" without
+    a value."""
+    v = num(row.get(key))
+    if v is None:
+        return ""
+    iv = ci(row, key)
+    return format(v, spec) + (f" [{format(iv[0], spec)}, {format(iv[1], spec)}]" if iv else "")
+
+
 def task_facts(row: dict) -> list[str]:
     """One phrase per task metric of a job: `splitinfer_mc acc 0.650 [0.502, 0.798], Δ -0.025
     [-0.075, +0.000] vs unsplit (paired 95 % CI)`."""
     out = []
     for k in task_columns([row]):
-        v, d = num(row.get(k)), num(row.get(f"{k}_delta"))
-        if v is None:
+        if num(row.get(k)) is None:
             continue
-        iv, dv = ci(row, k), ci(row, f"{k}_delta")
-        text = f"{k.removeprefix('task/').replace('/', ' ')} {v:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
-        if d is not None:
-            text += f", Δ {d:+.3f}" + (f" [{dv[0]:+.3f}, {dv[1]:+.3f}]" if dv else "") + " vs unsplit (paired 95 % CI)"
+        text = f"{k.removeprefix('task/').replace('/', ' ')} {with_interval(row, k)}"
+        if num(row.get(f"{k}_delta")) is not None:
+            text += f", Δ {with_interval(row, f'{k}_delta', '+.3f')} vs unsplit (paired 95 % CI)"
         out.append(text)
     return out
 

@@ -16,6 +16,7 @@ from splitinfer.report.measures import (
     config_key,
     configurations,
     task_columns,
+    with_interval,
 )
 from splitinfer.report.runs import num
 
@@ -55,31 +56,13 @@ def _bound(r: dict, key: str) -> str:
     return small(v) + ("" if r.get(QUALITY_BOUND_SOURCE) == "ci95" else " (point)")
 
 
-def _task_value(r: dict, key: str) -> str:
-    """A task metric and its 95 % interval, unsigned: `0.650 [0.502, 0.798]`."""
-    v = num(r.get(key))
-    if v is None:
-        return ""
-    interval = ci(r, key)
-    return f"{v:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-
-
-def _task_delta(r: dict, key: str) -> str:
-    """Δ of a task metric and its paired 95 % interval, signed, 3 decimals: `-0.025 [-0.075, +0.000]`."""
-    v = num(r.get(key))
-    if v is None:
-        return ""
-    interval = ci(r, key)
-    return f"{v:+.3f}" + (f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else "")
-
-
 def task_table_columns(rows: Sequence[dict]) -> list[tuple[str, str, Callable[[dict, str], str]]]:
     """Two columns per task metric: the split's value [95 % CI] and Δ vs unsplit [paired 95 % CI]."""
     cols: list[tuple[str, str, Callable[[dict, str], str]]] = []
     for k in task_columns(rows):
         label = k.removeprefix("task/").replace("/", " ")
-        cols += [(k, f"{label} [95% CI]", _task_value),
-                 (f"{k}_delta", f"Δ {label} vs unsplit [95% CI]", _task_delta)]
+        cols += [(k, f"{label} [95% CI]", with_interval),
+                 (f"{k}_delta", f"Δ {label} vs unsplit [95% CI]", lambda r, key: with_interval(r, key, "+.3f"))]
     return cols
 
 

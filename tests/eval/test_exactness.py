@@ -108,8 +108,14 @@ SERVED = 4  # examples over the wire (a request at a time: the slowest path)
 
 
 def test_served_half_scores_exactly_and_lossy_equals_in_process(real_model, mc_tasks, hf_mc, lossy, served_url):
-    _assert_same_scores(_split_result(real_model, mc_tasks, SERVED, cut=15, codec="fp32", server=served_url),
-                        hf_mc, SERVED)
+    import lm_eval
+
+    # lm-eval's own route: the registered model name and a model_args string
+    served = lm_eval.simple_evaluate(model="splitinfer", model_args=f"cut=15,codec=fp32,server={served_url}",
+                                     tasks=mc_tasks.build(), task_manager=mc_tasks.task_manager, limit=SERVED,
+                                     batch_size=8, log_samples=True, bootstrap_iters=0)
+    assert served["config"]["model"] == "splitinfer"
+    _assert_same_scores(served, hf_mc, SERVED)
     ev = _evaluate(real_model, mc_tasks, SERVED, cut=15, codec="int4_b32", server=served_url)
     _assert_lossy(ev, hf_mc, SERVED)
     assert served_url in ev.description and ev.bytes_up > 0
