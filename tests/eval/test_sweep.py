@@ -26,8 +26,10 @@ def _compose(overrides: list[str]):
 
 def test_task_sweep_jobs_log_task_metrics_and_the_report_shows_them(real_model, tmp_path, monkeypatch):
     from splitinfer import experiment
+    from splitinfer.eval import run
     from splitinfer.report import build_report, load_runs, recommend
 
+    monkeypatch.setattr(run, "_BASELINES", {})  # computed by the first job, whatever other tests ran
     monkeypatch.setattr("splitinfer.models.cache_dir", lambda kind: (tmp_path / kind).mkdir(exist_ok=True) or
                         tmp_path / kind)
     monkeypatch.setitem(experiment._MODELS, "smollm2-135m-instruct", real_model)  # loaded once per session
