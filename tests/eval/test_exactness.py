@@ -104,7 +104,7 @@ def test_the_unsplit_baseline_is_cached_across_cuts_and_codecs(real_model, mc_ta
     assert base["cached"] and base["results"] == lossy.baseline["results"]
 
 
-SERVED = 4  # examples over the wire (a request at a time: the slowest path)
+SERVED = 2  # examples over the wire (a request at a time: the slowest path; 8 loglikelihoods)
 
 
 def test_served_half_scores_exactly_and_lossy_equals_in_process(real_model, mc_tasks, hf_mc, lossy, served_url):
