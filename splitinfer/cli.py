@@ -22,6 +22,7 @@ COMMANDS = {
     "recommend": "splitinfer.commands.recommend",
     "plan": "splitinfer.commands.plan",
     "calibrate": "splitinfer.commands.calibrate",
+    "eval": "splitinfer.commands.eval",
 }
 
 

@@ -252,6 +252,12 @@ class MetricOptions:
     server_speedup: float = 1.0  # measured path only (no shape): the server is this many times faster than here
     device_weight_bits: int = 16  # the modelled device / server read their weights at these widths
     server_weight_bits: int = 16
+    # lm-eval tasks run through each job's split (splitinfer.eval; needs the eval extra); None = none
+    tasks: Any = None  # a list of task names or a comma-separated string, e.g. [splitinfer_mc]
+    task_include: Any = ()  # extra folders of task YAMLs (the shipped splitinfer_mc is always found)
+    task_limit: float | None = None  # examples per task (the first ones); None = all
+    task_num_fewshot: int | None = None
+    task_batch_size: int = 8
 
 
 def job_placements(cfg) -> tuple:
@@ -416,6 +422,10 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
     server_hardware = load_hardware(str(cfg.get("server_hardware", "h100")))
     opts: MetricOptions = instantiate(cfg.metrics)
     placements = job_placements(cfg)  # checked before any weights load, like the rest
+    if opts.tasks:  # task names and their data files on disk, before any model loads
+        from splitinfer.eval.run import job_task_set
+
+        job_task_set(opts.tasks, opts.task_include)
     reuse = bool(cfg.get("reuse", True))
     threads = cfg.get("threads")
     if threads:
@@ -465,6 +475,10 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
                                                 reference=ref.gen_tokens))
             if "latency_prompt_tokens" in metrics:
                 metrics.update(estimate_modes(metrics, link, None, opts.prompt_tokens, opts.server_speedup))
+        if opts.tasks:
+            from splitinfer.eval.run import job_task_metrics
+
+            metrics.update(job_task_metrics(lm, cut, codec, defense, opts))
         if choices["attack"] != "none" and _enabled(cfg.get("attack")):
             metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, out_dir=out))
         if cfg.get("search") is not None:  # a trial of a search (hparams_search=...): objectives, constraints

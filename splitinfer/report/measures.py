@@ -148,6 +148,39 @@ def privacy_columns(rows: Sequence[dict]) -> list[str]:
     return sorted(keys, key=lambda k: (min(rank[s] for s in LEAKAGE_SUFFIXES if k.endswith(s)), k))
 
 
+def task_columns(rows: Sequence[dict]) -> list[str]:
+    """Task metrics in `rows` (`task/<task>/<metric>` from splitinfer.eval: the split's value, with
+    `_ci_low/_ci_high`, `_unsplit` and `_delta` with its paired interval), in first-seen order."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k.startswith("task/") and f"{k}_delta" in r and k not in keys]
+    return keys
+
+
+def with_interval(row: dict, key: str, spec: str = ".3f") -> str:
+    """`row[key]` and its stored 95 % interval, e.g. `0.650 [0.502, 0.798]` (spec "+.3f": signed); "" without
+    a value."""
+    v = num(row.get(key))
+    if v is None:
+        return ""
+    iv = ci(row, key)
+    return format(v, spec) + (f" [{format(iv[0], spec)}, {format(iv[1], spec)}]" if iv else "")
+
+
+def task_facts(row: dict) -> list[str]:
+    """One phrase per task metric of a job: `splitinfer_mc acc 0.650 [0.502, 0.798], Δ -0.025
+    [-0.075, +0.000] vs unsplit (paired 95 % CI)`."""
+    out = []
+    for k in task_columns([row]):
+        if num(row.get(k)) is None:
+            continue
+        text = f"{k.removeprefix('task/').replace('/', ' ')} {with_interval(row, k)}"
+        if num(row.get(f"{k}_delta")) is not None:
+            text += f", Δ {with_interval(row, f'{k}_delta', '+.3f')} vs unsplit (paired 95 % CI)"
+        out.append(text)
+    return out
+
+
 def config_key(row: dict) -> tuple:
     """What identifies a configuration apart from the attack: the config choices plus the job's Hydra
     overrides other than `attack...`."""

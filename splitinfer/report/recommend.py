@@ -31,6 +31,7 @@ from splitinfer.report.measures import (
     lower_bound,
     privacy_columns,
     quality_bound,
+    task_facts,
 )
 from splitinfer.report.runs import ReportError, load_link, num, with_latency
 from splitinfer.report.tables import small
@@ -301,6 +302,7 @@ def recommend(
             facts.append(f"{label} {fmt.format(best[k])}")
     if c.leakage_metric and num(best.get(c.leakage_metric)) is not None:
         facts.append(f"{c.leakage_metric} {best[c.leakage_metric]:.3g} (leakage)")
+    facts += task_facts(best)
     if facts:
         lines.append("Its figures: " + ", ".join(facts) + ".")
     lines += notes

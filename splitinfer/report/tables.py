@@ -15,6 +15,8 @@ from splitinfer.report.measures import (
     ci,
     config_key,
     configurations,
+    task_columns,
+    with_interval,
 )
 from splitinfer.report.runs import num
 
@@ -52,6 +54,16 @@ def _bound(r: dict, key: str) -> str:
     if v is None:
         return ""
     return small(v) + ("" if r.get(QUALITY_BOUND_SOURCE) == "ci95" else " (point)")
+
+
+def task_table_columns(rows: Sequence[dict]) -> list[tuple[str, str, Callable[[dict, str], str]]]:
+    """Two columns per task metric: the split's value [95 % CI] and Δ vs unsplit [paired 95 % CI]."""
+    cols: list[tuple[str, str, Callable[[dict, str], str]]] = []
+    for k in task_columns(rows):
+        label = k.removeprefix("task/").replace("/", " ")
+        cols += [(k, f"{label} [95% CI]", with_interval),
+                 (f"{k}_delta", f"Δ {label} vs unsplit [95% CI]", lambda r, key: with_interval(r, key, "+.3f"))]
+    return cols
 
 
 def _pct(r: dict, key: str) -> str:
@@ -161,6 +173,8 @@ def markdown_table(
         and (columns is None or c[0] in columns)
     ]
     cols += [(c, c.removeprefix("privacy/"), _fmt("{:.4g}")) for c in extra]
+    if columns is None:
+        cols += task_table_columns(rows)
     lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(cell(r, key) for key, _, cell in cols) + " |")

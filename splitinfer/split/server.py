@@ -17,6 +17,7 @@ import torch
 from splitinfer.errors import ConfigError
 from splitinfer.models import Stage
 from splitinfer.split.placement import Placement, place_stages
+from splitinfer.split.scoring import target_logprobs
 from splitinfer.split.wire import resolve_codec
 
 
@@ -200,6 +201,16 @@ class ServerSession:
             h = stage(h, position_ids=pos, cache=cache)
         self.position += n
         return h
+
+    def forward_scored(self, hidden: torch.Tensor, start: int,
+                       targets: Sequence[int]) -> tuple[torch.Tensor, tuple[list[float], list[bool]]]:
+        """`forward` with logits at every position (teacher forcing): the last position's logits (V,) to
+        sample from, and the log-probabilities of `targets` under the last len(targets) positions with
+        whether each is the argmax (`split.scoring.target_logprobs`, the in-process evaluator's computation)."""
+        with _all_position_logits(self.stages[-1]):
+            logits = self.forward(hidden, start)[0]
+        k = len(targets)
+        return logits[-1], target_logprobs(logits[len(logits) - k:], targets)
 
     def step(self, hidden: torch.Tensor, start: int) -> int:
         """Run one step and return the sampled next token id."""

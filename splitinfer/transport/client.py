@@ -109,6 +109,7 @@ class RemoteLink:
         self.history: list[tuple[int, list, int]] = []  # (start, encoded frames, token) of every step
         self.drafts: dict[int, tuple] = {}  # history index -> (draft, draft_p, toks) of speculative steps
         self.last_logprob: float | None = None
+        self.last_scores: tuple[list[float], list[bool]] = ([], [])  # of the last scoring step (`score`)
         self.server_limits: dict = {}
         self.bytes_up = self.bytes_down = self.messages = 0
         self.traffic = Traffic()  # step payloads by phase (bytes_up above also counts envelopes, retries)
@@ -140,6 +141,18 @@ class RemoteLink:
         toks = self._step_one(enc.to_frames(), start, tokens_of(enc), draft, draft_p)
         return toks
 
+    def score(self, enc, start: int, targets: list[int]) -> tuple[list[float], list[bool]]:
+        """A teacher-forced scoring step (`splitinfer.eval`): sends the message like `step` and gets back
+        the log-probabilities of `targets` — the tokens that follow the step's last len(targets)
+        positions — and whether each is the server's argmax. Retried and replayed like any step."""
+        targets = [int(t) for t in targets]
+        if len(targets) > tokens_of(enc):
+            raise ConfigError(f"a step carrying {tokens_of(enc)} positions cannot score {len(targets)} tokens")
+        if self.sid is None:
+            self._open_and_replay_until_open()
+        self._step_one(enc.to_frames(), start, tokens_of(enc), score=targets)
+        return self.last_scores
+
     def max_chunk_tokens(self, hidden: torch.Tensor) -> int:
         """How many positions one message may carry: the server's max_step_tokens, and its message cap
         (an fp32-sized estimate plus room for headers; codecs only make it smaller)."""
@@ -161,7 +174,7 @@ class RemoteLink:
                              "was being replayed; giving up")
 
     def _step_one(self, frames: list, start: int, tokens: int, draft: list[int] | None = None,
-                  draft_p: list[float] | None = None):
+                  draft_p: list[float] | None = None, score: list[int] | None = None):
         for attempt in itertools.count():
             if self.sid is None:
                 self._open_and_replay()
@@ -170,7 +183,7 @@ class RemoteLink:
                         raise TransportError(f"the server at {self.url} lost the session {attempt + 1} times "
                                              "while it was being replayed; giving up")
                     continue
-            rep = self._step_request(frames, start, draft, draft_p)
+            rep = self._step_request(frames, start, draft, draft_p, score)
             if rep["ok"]:
                 break
             if rep["code"] != p.UNKNOWN_SESSION or attempt >= self.max_replays:
@@ -254,9 +267,11 @@ class RemoteLink:
                                      "before; the server's model, codec or sampling is not what it was")
 
     def _step_request(self, frames: list, start: int, draft: list[int] | None = None,
-                      draft_p: list[float] | None = None) -> dict:
+                      draft_p: list[float] | None = None, score: list[int] | None = None) -> dict:
         seq = self.seq + 1
         env = p.request("step", next(self._rids), sid=self.sid, seq=seq, start=start)
+        if score is not None:
+            env["score"] = score
         if draft is not None:
             env["draft"] = draft
             if draft_p is not None:
@@ -267,6 +282,11 @@ class RemoteLink:
         if rep["ok"]:
             self.seq = seq
             self.last_logprob = rep.get("lp")
+            if score is not None:
+                try:
+                    self.last_scores = p.reply_scores(rep, len(score))
+                except ValueError as e:
+                    raise TransportError(f"malformed scoring reply from {self.url}: {e}") from None
         return rep
 
     def _tokens(self, rep: dict, start: int, draft: list[int] | None) -> list[int]:

@@ -165,7 +165,7 @@ def _short(v: Any) -> str:
 
 COMMON_KEYS = ("v", "op", "rid")
 OPEN_KEYS = (*COMMON_KEYS, "fingerprint", "cuts", "codec", "sampling", "hidden", "nonce")
-STEP_KEYS = (*COMMON_KEYS, "sid", "seq", "start", "logprob", "draft", "draft_p")
+STEP_KEYS = (*COMMON_KEYS, "sid", "seq", "start", "logprob", "draft", "draft_p", "score")
 MAX_DRAFT = 16  # drafted tokens one speculative step may carry (= splitinfer.split.server.MAX_DRAFT)
 CLOSE_KEYS = (*COMMON_KEYS, "sid")
 PLAIN_KEYS = COMMON_KEYS
@@ -201,6 +201,39 @@ def check_draft_positions(tokens: int, draft: list[int] | None) -> None:
     if draft is not None and tokens != len(draft) + 1:
         raise ProtocolError(BAD_TENSOR, f"a step with {len(draft)} drafted tokens carries {len(draft) + 1} hidden "
                                         f"states (the last accepted token, then the drafts), got {tokens}")
+
+
+def get_score(env: dict, vocab_size: int | None = None) -> list[int] | None:
+    """A step's optional `score`: the token ids that follow its last len(score) positions (teacher-forced
+    scoring, `splitinfer.eval`); the reply then carries their log-probabilities (`lps`) and whether each
+    is the argmax (`greedy`). None for a plain step; not with a draft."""
+    if "score" not in env:
+        return None
+    hi = MAX_INT if vocab_size is None else vocab_size - 1
+    score = env["score"]
+    if not isinstance(score, list) or any(type(t) is not int or not 0 <= t <= hi for t in score):
+        raise ProtocolError(BAD_FIELD, f"field 'score'={_short(score)} must be a list of token ids in [0, {hi}]")
+    if "draft" in env:
+        raise ProtocolError(BAD_FIELD, "a step carries 'score' or 'draft', not both")
+    return score
+
+
+def check_score_positions(tokens: int, score: list[int] | None) -> None:
+    """A scoring step scores at most the positions it carries (BAD_TENSOR otherwise)."""
+    if score is not None and len(score) > tokens:
+        raise ProtocolError(BAD_TENSOR, f"a step carrying {tokens} positions cannot score {len(score)} tokens")
+
+
+def reply_scores(rep: dict, k: int) -> tuple[list[float], list[bool]]:
+    """A scoring step's `lps` (k log-probabilities, finite, <= 0) and `greedy` (k booleans); anything
+    else is a malformed reply (ValueError)."""
+    lps, greedy = rep.get("lps"), rep.get("greedy")
+    if (not isinstance(lps, list) or len(lps) != k
+            or any(type(x) not in (int, float) or not math.isfinite(x) or x > 1e-4 for x in lps)):
+        raise ValueError(f"reply 'lps'={_short(lps)} must be {k} finite log-probabilities")
+    if not isinstance(greedy, list) or len(greedy) != k or any(type(g) is not bool for g in greedy):
+        raise ValueError(f"reply 'greedy'={_short(greedy)} must be {k} booleans")
+    return [float(x) for x in lps], greedy
 
 
 def reply_tokens(rep: dict, start: int, draft: list[int] | None, vocab_size: int | None = None) -> list[int]:

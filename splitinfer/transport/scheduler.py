@@ -14,7 +14,8 @@ batch, sample). It owns:
   prompts of other sessions whose rest is about as long (padded a little), so a burst of prompts shares
   forwards, every row of a forward finishes its prompt, and a long prompt does not stall the other
   sessions' decode steps;
-- verify steps (a speculative step carrying drafted tokens) run alone, unchunked.
+- verify steps (a speculative step carrying drafted tokens) and scoring steps (a step carrying `score`:
+  the log-probabilities of given tokens, for evaluation harnesses) run alone, unchunked.
 
 If a batched forward fails, its steps are rerun one by one, so one bad session fails alone. Without
 batching (`batching=False`) every step runs alone in arrival order, a prefill whole (the unbatched
@@ -64,6 +65,7 @@ class StepJob:
     done: int = 0  # positions already computed (a chunked prefill in progress)
     draft: list[int] | None = None  # a speculative step's drafted tokens: it runs alone, unchunked
     draft_p: list[float] | None = None  # the drafter's probability of each drafted token (sampling only)
+    score: list[int] | None = None  # a scoring step's targets (`protocol.get_score`): it runs alone, unchunked
 
     @property
     def tokens(self) -> int:
@@ -149,7 +151,7 @@ class Scheduler:
         batch, rest, seen = [], [], set()
         for job in jobs:
             sid = job.session.sid
-            if sid not in seen and job.tokens == 1 and job.draft is None:
+            if sid not in seen and job.tokens == 1 and job.draft is None and job.score is None:
                 batch.append(job)
             else:
                 rest.append(job)
@@ -157,7 +159,7 @@ class Scheduler:
         for i in range(0, len(batch), self.max_batch):
             yield self._run_decode_batch(batch[i:i + self.max_batch])
         for job in rest:
-            if job.tokens == 1 or job.draft is not None:
+            if job.tokens == 1 or job.draft is not None or job.score is not None:
                 yield [self._run_one(job)]
             else:
                 yield self._queue_prefill(job)
@@ -230,13 +232,20 @@ class Scheduler:
         s = job.session
         if job.draft is not None:
             return self._verify(job)
+        scored = None
         try:
-            logits = self._timed(s.state.forward, job.hidden, job.start)[0, -1]
+            if job.score is not None:  # logits at every position: the served half scores given tokens
+                logits, scored = self._timed(s.state.forward_scored, job.hidden, job.start, job.score)
+            else:
+                logits = self._timed(s.state.forward, job.hidden, job.start)[0, -1]
         except Exception:
             s.state.rollback(job.start)
             raise
         self.stats.forwards += 1
-        return self._finish(job, logits)
+        reply = self._finish(job, logits)
+        if scored is not None:  # the recorded reply gets them too, so a resent step is answered the same
+            reply["lps"], reply["greedy"] = scored
+        return reply
 
     def _run_decode_batch(self, jobs: list[StepJob]) -> list[Reply]:
         """Decode steps of distinct sessions as one forward; each is checked alone first, and if the

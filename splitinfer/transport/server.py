@@ -432,10 +432,13 @@ class SplitServer:
             raise ProtocolError(p.BAD_SEQ, f"seq {seq} is neither the next step ({s.last_seq + 1}) nor a retry "
                                            f"of the last ({s.last_seq}); replay into a new session")
         draft, draft_p = p.get_draft(env, self.lm.vocab_size)
+        score = p.get_score(env, self.lm.vocab_size)
         hidden = pl.decode_hidden(s.codec, [f.buffer for f in payload], self.lm.hidden_size,
                                   self.limits.max_step_tokens, decode=self.engine.decode)
         p.check_draft_positions(int(hidden.shape[1]), draft)
-        return StepJob(reply_to, env["rid"], s, seq, start, hidden, want_lp, draft=draft, draft_p=draft_p)
+        p.check_score_positions(int(hidden.shape[1]), score)
+        return StepJob(reply_to, env["rid"], s, seq, start, hidden, want_lp, draft=draft, draft_p=draft_p,
+                       score=score)
 
     def _advance(self, sock: zmq.Socket) -> None:
         """One scheduler turn of queued prompts; answer each forward's prompts as soon as it is done.
