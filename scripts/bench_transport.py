@@ -2,23 +2,19 @@
 
     python scripts/bench_transport.py                       # 20 prompts x 64 tokens, fp32 + default codec
     python scripts/bench_transport.py --prompts 5 --tokens 32 --codecs fp32 --csv results/transport.csv
-    python scripts/bench_transport.py --waits block,warm   # blocking waits and rehearsing busy polls only
 
 For every prompt it runs the unsplit model (transformers' own greedy `generate`), the split model in
 one process (an InProcessLink with raw frames, no network: what the cut itself costs), and then the
-split model through `splitinfer serve`-style servers (subprocesses by default), once per codec and wait mode, and reports: prompts
+split model through `splitinfer serve`-style servers (subprocesses by default), once per codec, and reports: prompts
 with identical tokens, decode latency per token (median over all tokens, and the split/unsplit
 ratio, also as the median of per-prompt ratios, which drift on a shared machine cannot bias),
 prefill latency (and ratio), and bytes per token each way. Figures, not a test.
 
-Wait modes (`WaitPolicy.mode`, each side alike): `block` sleeps in the kernel while the other side
-computes (the default of `splitinfer serve` and `generate`); `busy` spins (`--busy-poll-ms`,
-`--no-rehearse`), which keeps each side's core from idling; `warm` spins and rehearses the step path on
-a tiny shadow model (`splitinfer.transport.warm`); `early` sleeps and starts that rehearsing spin
-`--wake-early-ms` before the message is due. A half that waited computes its next step slower (README,
-Transport; `bench_idle_gap.py`), a cost of the machine rather than of the link, which rehearsal removes.
-`--idle-spinners` instead keeps every core busy with lowest-priority (SCHED_IDLE) spinner processes,
-which do no work for either side and yield at once: a diagnostic for that machine effect.
+Each side sleeps in poll while the other computes (the `block` wait; the busy-polling and rehearsing
+modes `busy`, `warm`, `early` were removed in issue 24, their measured cost is in the README's
+Transport section). A half that waited computes its next step slower, a cost of the machine rather than
+of the link; `--idle-spinners` keeps every core busy with lowest-priority (SCHED_IDLE) spinner
+processes, which do no work for either side and yield at once: a diagnostic for that machine effect.
 """
 
 from __future__ import annotations
@@ -81,29 +77,21 @@ def encode_prompts(lm, n: int) -> list[torch.Tensor]:
     return [torch.randint(3, lm.vocab_size, (1, 8 + len(p) // 8), generator=g) for p in PROMPTS[:n]]
 
 
-def wait_policy(args, mode: str):
-    """The WaitPolicy of a wait mode, with this run's spin window and head start."""
-    from splitinfer.transport.wait import WaitPolicy
-
-    return WaitPolicy.mode(mode, busy_poll_ms=args.busy_poll_ms, wake_early_ms=args.wake_early_ms)
-
-
 def start_server(args, lm, mode: str):
     """A server process (`python -m splitinfer serve`) or an in-thread SplitServer."""
     from splitinfer.transport.reliability.harness import free_port
 
-    wait = wait_policy(args, mode)
     if args.server == "thread":
         from splitinfer.transport import SplitServer
 
-        srv = SplitServer(lm, [args.cut], port=0, wait=wait).start()
+        srv = SplitServer(lm, [args.cut], port=0).start()
         return srv.url, srv.stop
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     proc = subprocess.Popen([sys.executable, "-m", "splitinfer", "serve", "--model", args.model,
-                             "--cut", str(args.cut), "--port", str(port), *wait.as_flags(),
+                             "--cut", str(args.cut), "--port", str(port),
                              *(["--threads", str(args.threads)] if args.threads else [])],
                             stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
@@ -138,14 +126,6 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt")
     ap.add_argument("--codecs", default="fp32,default", help="comma list; 'default' = the project's default")
     ap.add_argument("--server", choices=("process", "thread"), default="process")
-    ap.add_argument("--waits", default="block,busy,warm,early",
-                    help="comma list of wait modes: block (sleep in poll), busy (spin, see --busy-poll-ms), "
-                         "warm (spin and rehearse the step path on a shadow model), early (sleep, then spin "
-                         "and rehearse from --wake-early-ms before the message is due)")
-    ap.add_argument("--wake-early-ms", type=float, default=3.0,
-                    help="the early wait mode's head start before the expected message (default 3)")
-    ap.add_argument("--busy-poll-ms", type=float, default=500.0,
-                    help="spin window of the busy wait mode, on the client and the server")
     ap.add_argument("--idle-spinners", action="store_true",
                     help="keep every core busy with SCHED_IDLE spinners (a diagnostic; see the docstring)")
     ap.add_argument("--threads", type=int, default=1,
@@ -164,11 +144,8 @@ def main() -> int:
     from splitinfer.split import MeteredLink, timed_unsplit_generate
     from splitinfer.transport import RemoteLink, remote_generator
     from splitinfer.transport.payload import build_session_codec, default_codec
-    from splitinfer.transport.wait import WaitPolicy
 
-    waits = [w for w in args.waits.split(",") if w]
-    if not waits or set(waits) - set(WaitPolicy.MODES):
-        ap.error(f"--waits {args.waits!r}: choose from {', '.join(WaitPolicy.MODES)} (comma list)")
+    waits = ["block"]  # the one wait left (the table keeps its column, comparable with earlier runs)
     spinners = start_idle_spinners() if args.idle_spinners else []
     lm = load_model(args.model)
     inproc = in_process_generator(lm, [args.cut], codec="none")
@@ -191,8 +168,7 @@ def main() -> int:
             ping_ms = statistics.median(probe.ping() for _ in range(200)) * 1e3
         for w in waits:
             for name, codec in codecs.items():
-                gen = remote_generator(lm, [args.cut], servers[w][0], codec=codec, timeout_s=60,
-                                       wait=wait_policy(args, w))
+                gen = remote_generator(lm, [args.cut], servers[w][0], codec=codec, timeout_s=60)
                 gens[name, w] = gen
                 gen.link = MeteredLink(gen.link)
         # warm-up (first calls allocate and JIT-select kernels)
@@ -288,8 +264,7 @@ def main() -> int:
         })
     print(f"\nsplit over tcp://127.0.0.1 ({args.server} server) vs unsplit transformers generate: {lm.name}, "
           f"cut {args.cut}, greedy, {len(prompts)} prompts x {args.tokens} new tokens, "
-          f"torch threads {torch.get_num_threads()}, busy-poll window {args.busy_poll_ms:g} ms, "
-          f"wake early {args.wake_early_ms:g} ms, "
+          f"torch threads {torch.get_num_threads()}, "
           f"idle spinners {'on' if spinners else 'off'}; empty round trip (ping) {ping_ms:.3f} ms")
     cols = list(dict.fromkeys(k for row in table for k in row))
     widths = {c: max(len(c), *(len(str(row.get(c, ""))) for row in table)) for c in cols}
@@ -300,9 +275,7 @@ def main() -> int:
           "before the first difference;\n decode ms = median per-token latency; ratio = split / unsplit "
           "(median of all tokens; per_prompt = median over prompts of each prompt's ratio, with its bootstrap\n"
           " 95 % interval over prompts; mean);\n"
-          " wait = block (sleep in poll), busy (spin while the other side computes), warm (spin and "
-          "rehearse the step path on a shadow model) or early\n (sleep, then spin and rehearse from "
-          "--wake-early-ms before the message is due);\n"
+          " wait = block (sleep in poll);\n"
           " up B/token = encoded hidden state + envelope per decode step; down = the reply;\n link_overhead = mean "
           "time per step in the link that the server did not spend computing: encode, sockets, decode, wake-ups;\n"
           " cpu ms/token = CPU time of device + server processes (prefill included) per generated token: "

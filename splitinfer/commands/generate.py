@@ -33,18 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--defense-param", action="append", default=[], metavar="KEY=VALUE",
                    help="a defense parameter, repeatable: e.g. --defense gaussian --defense-param sigma=0.1 "
                         "--defense-param seed=3")
-    p.add_argument("--busy-poll-ms", type=float, default=0.0,
-                   help="with --server: spin this long waiting for each reply before sleeping (lower latency, "
-                        "a busy core; pair with `splitinfer serve --busy-poll-ms`)")
-    p.add_argument("--no-rehearse", action="store_true",
-                   help="with --busy-poll-ms: spin plainly instead of rehearsing the device step on a tiny "
-                        "shadow model while waiting")
-    p.add_argument("--wake-early-ms", type=float, default=0.0,
-                   help="with --busy-poll-ms: sleep while the server computes and spin from this many ms "
-                        "before the reply is due (the median of recent replies); default 0: spin at once")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on this side (default: torch's, all cores); 1 is steadier on a small "
-                        "shared CPU and lets --busy-poll-ms rehearse the device compute")
+                        "shared CPU")
     p.add_argument("--device", default="cpu",
                    help="torch device of the device half: cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--dtype", default="float32",
@@ -185,17 +176,13 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     defense = build_defense_arg(args)  # refused before the model loads, like the codec
-    if args.server:
-        from splitinfer.transport.wait import WaitPolicy
-
-        wait = WaitPolicy.from_args(args)
     placement, server_placement = placements(args)
     lm = load_model(args.model)
     if args.server:
         from splitinfer.transport.topology import connect
 
         gen = connect(lm, cuts, args.server, codec=codec, down_codec=args.down_codec, u_shape=args.u_shape,
-                      sampling=sampling, defense=defense, wait=wait, placement=placement)
+                      sampling=sampling, defense=defense, placement=placement)
     elif args.u_shape:
         from splitinfer.split.ushape import in_process_ushape_generator
 

@@ -231,7 +231,7 @@ def final_norm_and_head(lm) -> tuple[nn.Module, nn.Module]:
     return parts.norm, parts.head
 
 
-# -- shrinking a config (rehearsal shadows, verification) ------------------------------------------
+# -- shrinking a config (verification on a small random copy) ---------------------------------------
 def shrink_config(config, keep_layers: list[int], *, head_dim: int | None = None, heads: int | None = None,
                   mlp: int = 16, vocab: int = 64, window: int | None = None):
     """A copy of `config` for a small random model of the same classes: the layers `keep_layers` (their

@@ -110,6 +110,10 @@ class KVCache:
         """Bytes of the positions held (what the session's context costs at this dtype)."""
         return sum(t.numel() * t.element_size() for d in (self.keys, self.values) for t in d.values())
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The buffers holding the keys and values (what a freed cache must release)."""
+        return [*self._k.values(), *self._v.values()]
+
     def capacity_bytes(self) -> int:
         """Bytes allocated, spare room included (at most about twice `nbytes` once past MIN_CAPACITY)."""
         return sum(t.numel() * t.element_size() for d in (self._k, self._v) for t in d.values())

@@ -5,10 +5,10 @@
     link = SimulatedLink(gen.link, bandwidth_bps=10e6, rtt_s=0.05)   # a slower network, for experiments
 
 Modules: `protocol` (envelope, validation, error codes), `payload` (codecs on the wire), `sessions`
-(limits, eviction), `scheduler` (batching, chunked prefill; no sockets), `server` (SplitServer: the socket), `client`
-(RemoteLink, remote_generator), `simulated` (SimulatedLink), `keys` (CurveZMQ key folders), `wait`
-(WaitPolicy: how a side waits), `warm` (rehearsal of a waiting side's step path), `reliability` (the
-hostile-input, fault, load and auth harness behind tests/reliability and scripts/reliability_report.py).
+(limits, eviction), `scheduler` (admission, batching, chunked prefill; no sockets), `server` (SplitServer:
+the socket), `server_config` (ServerConfig: every setting, serve's flags), `serve_cmd` (`splitinfer serve`),
+`client` (RemoteLink, remote_generator), `keys` (CurveZMQ key folders), `reliability` (the hostile-input,
+fault, load and auth harness behind tests/reliability and scripts/reliability_report.py).
 
 Protocol, version 1
 -------------------
@@ -64,21 +64,15 @@ allowed folder connect, and a session only answers the client key that opened it
 
 Waiting for the other side
 --------------------------
-Each side waits while the other computes, as its `WaitPolicy` says (`wait=` on SplitServer, RemoteLink
-and remote_generator; protocol.Waiter carries it out). By default it sleeps in poll. With
-`busy_poll_ms` it spins instead and, unless `rehearse=False`, rehearses its own step path on a tiny
-random shadow of its stages between polls (`warm`), so the next real step starts warm; with
-`wake_early_ms` as well it sleeps and starts that spin only so long before the message is due (the
-median of its last 16 waits). `WaitPolicy.mode("block" | "busy" | "warm" | "early")` names the four
-that `scripts/bench_transport.py` compares (README, Transport).
+Each side sleeps in poll while the other computes. (Busy polling and rehearsing the step path on a
+shadow model, `WaitPolicy` / `warm`, were removed in issue 24: they bought 2-3 % of a decode step at
+about twice the CPU, README "Transport".)
 
 Command line
 ------------
     splitinfer serve --model smollm2-135m-instruct --cut 15 --port 5555     # or: splitinfer serve port=5555
     splitinfer generate --server tcp://127.0.0.1:5555 --cut 15 "What is the capital of France?"
-    # lowest latency at ~5 % more CPU: one thread a side, rehearsing spins from 3 ms before each message
-    splitinfer serve --threads 1 --busy-poll-ms 500 --wake-early-ms 3
-    splitinfer generate --server tcp://127.0.0.1:5555 --threads 1 --busy-poll-ms 500 --wake-early-ms 3 "Hi"
+    splitinfer serve --device cuda --dtype bfloat16 --port 5555    # the server half on a GPU in bf16
     python -m splitinfer serve --model tiny-llama --cut 2 --port 5555   # the same command, any Python
 
 Security
@@ -105,7 +99,6 @@ _EXPORTS = {
     "TransportTimeout": "splitinfer.transport.client",
     "remote_generator": "splitinfer.transport.client",
     "SimulatedLink": "splitinfer.split.simulated",
-    "WaitPolicy": "splitinfer.transport.wait",
     "RawCodec": "splitinfer.transport.payload",
     "PROTOCOL_VERSION": "splitinfer.transport.protocol",
     "ProtocolError": "splitinfer.transport.protocol",

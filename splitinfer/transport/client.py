@@ -38,7 +38,6 @@ from splitinfer.split import (
 from splitinfer.split.placement import Placement
 from splitinfer.transport import protocol as p
 from splitinfer.transport.payload import build_session_codec, codec_spec, default_codec
-from splitinfer.transport.wait import WaitPolicy
 
 CURVE_KEYS_ENV = "SPLITINFER_CURVE_KEYS"
 
@@ -85,14 +84,11 @@ class RemoteLink:
     def __init__(self, url: str, *, fingerprint: str, cuts, hidden_size: int, codec: Any = None,
                  sampling: SamplingConfig | None = None, timeout_s: float = 5.0, retries: int = 3,
                  max_replays: int = 3, want_logprob: bool = False, vocab_size: int | None = None,
-                 curve: tuple[bytes, bytes, bytes] | None = None, curve_keys: str | None = None,
-                 wait: WaitPolicy | dict | str | None = None) -> None:
+                 curve: tuple[bytes, bytes, bytes] | None = None, curve_keys: str | None = None) -> None:
         if not isinstance(url, str) or not url.startswith(("tcp://", "ipc://", "inproc://")):
             raise ConfigError(f"server url {url!r} must look like tcp://HOST:PORT")
         if not timeout_s > 0 or retries < 0:
             raise ConfigError(f"timeout_s={timeout_s!r} must be > 0 and retries={retries!r} >= 0")
-        self.wait = WaitPolicy.resolve(wait)  # how to wait for a reply: sleep, or spin (and rehearse)
-        self.waiter = p.Waiter(self.wait)
         self.url = url
         self.fingerprint = fingerprint
         self.cuts = list(cuts)
@@ -280,16 +276,6 @@ class RemoteLink:
         except ValueError as e:
             raise TransportError(f"malformed step reply from {self.url}: {e}") from None
 
-    @property
-    def rehearsal(self):
-        """A warm.Rehearsal of the device's step path, run while busy-polling (remote_generator sets it
-        when the link's WaitPolicy rehearses)."""
-        return self.waiter.rehearsal
-
-    @rehearsal.setter
-    def rehearsal(self, value) -> None:
-        self.waiter.rehearsal = value
-
     def _connect(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.linger = 0
@@ -321,9 +307,8 @@ class RemoteLink:
             self.bytes_up += size
             self.messages += 1
             deadline = time.monotonic() + timeout_s
-            self.waiter.begin()
             while (left := deadline - time.monotonic()) > 0:
-                if not self.waiter.wait(sock, left):
+                if not sock.poll(max(1, int(left * 1e3)), zmq.POLLIN):
                     break
                 reply = sock.recv_multipart()
                 self.bytes_down += sum(len(f) for f in reply)
@@ -357,20 +342,17 @@ def _send_frames(sock: zmq.Socket, frames: list) -> None:
 
 def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
                      sampling: SamplingConfig | None = None, *, defense: Any = None,
-                     wait: WaitPolicy | dict | str | None = None, placement: Placement | None = None,
-                     link_cls: type[RemoteLink] | None = None, **link_kwargs: Any) -> SplitGenerator:
+                     placement: Placement | None = None, link_cls: type[RemoteLink] | None = None,
+                     **link_kwargs: Any) -> SplitGenerator:
     """A SplitGenerator whose device half runs here and whose server half runs at `server_url`.
 
     `codec` None means the project's default codec; `"none"` sends raw fp32. `defense` (a
     `splitinfer.privacy` defense or its name) runs on the device before the codec; the server needs no
     change (a defense that does, `secret_permutation`, is refused). CURVE keys come from `curve_keys=DIR` or the SPLITINFER_CURVE_KEYS environment variable (a
-    `splitinfer keygen` folder). `wait` (a `WaitPolicy`, its settings as a dict, or a mode name) says
-    how the link waits for each reply; when it spins and rehearses, the device's step path is rehearsed
-    on a tiny shadow model meanwhile (`splitinfer.transport.warm`). `placement`: the device half's torch
-    device and dtype (the server's are its own). `link_cls`: the link class (`ReplicaLink` for a list of
-    replicas, `topology.RemoteHiddenLink` for a U-shape); `RemoteLink` by default.
+    `splitinfer keygen` folder). `placement`: the device half's torch device and dtype (the server's are
+    its own). `link_cls`: the link class (`ReplicaLink` for a list of replicas,
+    `topology.RemoteHiddenLink` for a U-shape); `RemoteLink` by default.
     """
-    wait = WaitPolicy.resolve(wait)
     cuts = validate_cuts(cuts, lm.num_layers)
     if "curve" not in link_kwargs and "curve_keys" not in link_kwargs and os.environ.get(CURVE_KEYS_ENV):
         link_kwargs["curve_keys"] = os.environ[CURVE_KEYS_ENV]
@@ -387,9 +369,5 @@ def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
     device = DeviceHalf(split_model(lm, cuts)[0], codec=codec, defense=bind_to(defense, lm, cuts[0]),
                         placement=placement)
     link = (link_cls or RemoteLink)(server_url, fingerprint=lm.fingerprint, cuts=cuts, hidden_size=lm.hidden_size,
-                      codec=device.codec, sampling=sampling, vocab_size=lm.vocab_size, wait=wait, **link_kwargs)
-    if wait.rehearses:
-        from splitinfer.transport.warm import device_rehearsal
-
-        link.rehearsal = device_rehearsal(lm, cuts, link.codec)
+                      codec=device.codec, sampling=sampling, vocab_size=lm.vocab_size, **link_kwargs)
     return SplitGenerator(lm, device, link)

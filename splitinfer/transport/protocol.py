@@ -1,5 +1,5 @@
-"""The wire protocol: envelope encoding, strict field validation, error codes, payload codecs; and
-`Waiter`, which waits for the next message as a `WaitPolicy` (splitinfer.transport.wait) says.
+"""The wire protocol: envelope encoding, strict field validation, error codes, payload codecs. No sockets
+here (the scheduler raises and answers with these codes without ZeroMQ).
 
 One message = ZeroMQ multipart frames: a msgpack envelope (a small map, see `splitinfer.transport`'s
 docstring for every field), then for a step the codec's frames (its JSON header, then raw buffers).
@@ -9,17 +9,10 @@ Everything a peer sends is checked here before use; nothing is ever unpickled.
 from __future__ import annotations
 
 import math
-import os
-import statistics
-import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import msgpack
-import zmq
-
-from splitinfer.transport.wait import WaitPolicy
 
 PROTOCOL_VERSION = 1
 MAX_ENVELOPE_BYTES = 4096  # real envelopes are ~60-200 bytes
@@ -94,86 +87,6 @@ def unpack(frame) -> dict[str, Any]:
         items = value.values() if isinstance(value, dict) else value
         stack.extend((v, depth + 1) for v in items if isinstance(v, dict | list))
     return env
-
-
-def spin_until_readable(sock, until: float, stop=None, rehearse=None) -> bool:
-    """Busy-poll `sock` until time.perf_counter() reaches `until` (or `stop` is set): True as soon as a
-    message waits. Yields the core between polls so ZeroMQ's I/O thread runs at once. `rehearse`
-    (a `warm.Rehearsal`) runs between polls and stops as soon as a message waits."""
-
-    def waiting() -> bool:
-        return bool(sock.poll(0, zmq.POLLIN))
-
-    while time.perf_counter() < until:
-        if sock.poll(0, zmq.POLLIN):
-            return True
-        if rehearse is not None:
-            rehearse(waiting)
-        os.sched_yield()
-        if stop is not None and stop.is_set():
-            return False
-    return False
-
-
-class Waiter:
-    """How one side waits for its next message (SplitServer: the next request; RemoteLink: the reply),
-    as its `WaitPolicy` says.
-
-    Without busy polling it sleeps in poll. With `busy_poll_ms` it spins that long from the start of
-    the wait (`begin()`), running `rehearsal` between polls. With `wake_early_ms` as well it first
-    sleeps and starts the spin `wake_early_ms` before the message is expected: the median of this
-    side's last 16 waits. A wait that began with no message expected (a server before its first
-    request) only sleeps.
-    """
-
-    HISTORY = 16
-    MIN_HISTORY = 4  # waits seen before the prediction is trusted; until then spin from the start
-
-    def __init__(self, policy: WaitPolicy | None = None, rehearsal=None) -> None:
-        self.policy = policy if policy is not None else WaitPolicy()
-        if not isinstance(self.policy, WaitPolicy):
-            raise TypeError(f"policy must be a WaitPolicy, got {type(policy).__name__}")
-        self.busy_poll_s = self.policy.busy_poll_s  # copied from the frozen policy: read on every wait
-        self.wake_early_s = self.policy.wake_early_s
-        self.rehearsal = rehearsal
-        self.since: float | None = None  # when the current wait began
-        self._waits: deque[float] = deque(maxlen=self.HISTORY)
-
-    def begin(self) -> None:
-        """A message is now expected (a request was sent, or a reply to one)."""
-        self.since = time.perf_counter()
-
-    def expected_s(self) -> float | None:
-        """The predicted length of a wait: the median of the recent ones (None before MIN_HISTORY)."""
-        if len(self._waits) < self.MIN_HISTORY:
-            return None
-        return statistics.median(self._waits)
-
-    def wait(self, sock, timeout_s: float, stop=None) -> bool:
-        """Wait up to timeout_s from now; True as soon as a message waits on `sock`."""
-        now = time.perf_counter()
-        deadline = now + timeout_s
-        if self.busy_poll_s > 0 and self.since is not None:
-            spin_from = self.since
-            expected = self.expected_s() if self.wake_early_s > 0 else None
-            if expected is not None:
-                spin_from = max(self.since, self.since + expected - self.wake_early_s)
-            spin_until = min(spin_from + self.busy_poll_s, deadline)
-            if spin_from - now >= 1e-3:  # sleep until the spin window (poll takes whole ms)
-                if sock.poll(int((min(spin_from, deadline) - now) * 1e3), zmq.POLLIN):
-                    return self._arrived()
-            if spin_until_readable(sock, spin_until, stop, self.rehearsal):
-                return self._arrived()
-        left = deadline - time.perf_counter()
-        if left > 0 and sock.poll(max(1, int(left * 1e3)), zmq.POLLIN):
-            return self._arrived()
-        return False
-
-    def _arrived(self) -> bool:
-        if self.since is not None:
-            self._waits.append(time.perf_counter() - self.since)
-            self.since = None
-        return True
 
 
 # -- field validation ----------------------------------------------------------------------------

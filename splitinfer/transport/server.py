@@ -30,13 +30,12 @@ from splitinfer.errors import ConfigError, NotFoundError
 from splitinfer.generation import SamplingConfig
 from splitinfer.models import LoadedModel, split_model, validate_cuts
 from splitinfer.split.placement import Placement
-from splitinfer.split.server import ServerHalf, head_on_last_position_only
+from splitinfer.split.server import ServerHalf
 from splitinfer.transport import payload as pl
 from splitinfer.transport import protocol as p
 from splitinfer.transport.protocol import ProtocolError
 from splitinfer.transport.scheduler import DEFAULT_STEP_TOKEN_BUDGET, Scheduler, ServerStats, StepJob
 from splitinfer.transport.sessions import Session, SessionLimits, SessionTable
-from splitinfer.transport.wait import WaitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +82,12 @@ def _peer_address(frame: zmq.Frame) -> str | None:
         return None
 
 
-# a hook other modules use (warm.py's rehearsal): the engine's head wrapper
-_head_on_last_position_only = head_on_last_position_only
-
-
 class SplitServer:
     """Serves the stages after the first cut of `lm` to many clients, one KV cache per session."""
 
     def __init__(self, lm: LoadedModel, cuts, *, host: str = "127.0.0.1", port: int = 0,
                  limits: SessionLimits | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 curve: CurveConfig | None = None, poll_ms: int = 100,
-                 wait: WaitPolicy | dict | str | None = None, batching: bool = True, max_batch: int = 64,
+                 curve: CurveConfig | None = None, poll_ms: int = 100, batching: bool = True, max_batch: int = 64,
                  batch_wait_ms: float = 0.0, step_token_budget: int = DEFAULT_STEP_TOKEN_BUDGET,
                  device: str | None = "cpu", dtype: str | None = "float32", engine=None) -> None:
         if not lm.is_causal_lm:
@@ -120,9 +114,6 @@ class SplitServer:
         self.poll_ms = poll_ms
         self.batch_wait_ms = float(batch_wait_ms)
         self._client: str | None = None  # who sent the message being handled (quotas)
-        self.wait = WaitPolicy.resolve(wait)  # how to wait for the next request (sleep, spin, rehearse)
-        self._rehearsal = None  # built in the serving thread when the policy rehearses (warm.py)
-        self._waiter = p.Waiter(self.wait)
         self.sessions = SessionTable(self.limits, self.engine.kv_bytes_per_token())
         self.stats = ServerStats()
         self._lock = threading.Lock()  # guards reads of the session table from other threads
@@ -150,14 +141,6 @@ class SplitServer:
         return self.scheduler.step_token_budget
 
     # -- what tests and operators look at ------------------------------------------------------
-    @property
-    def busy_poll_s(self) -> float:
-        return self.wait.busy_poll_s
-
-    @property
-    def rehearse(self) -> bool:
-        return self.wait.rehearse
-
     @property
     def url(self) -> str:
         return f"tcp://{self.host}:{self.port}"
@@ -255,11 +238,6 @@ class SplitServer:
                 sock.bind(self.url)
             log.info("serving %s cut %s on %s (curve %s)", self.lm.name, self.cuts, self.url,
                      "on" if self.curve else "off")
-            if self.wait.rehearses:  # built here, before serving: ~50 ms, once
-                from splitinfer.transport.warm import server_rehearsal
-
-                self._rehearsal = server_rehearsal(self.lm, self.cuts, pl.RawCodec(), _head_on_last_position_only)
-                self._waiter.rehearsal = self._rehearsal
             self._ready.set()
             self._loop(sock)
         finally:
@@ -271,20 +249,14 @@ class SplitServer:
     def _loop(self, sock: zmq.Socket) -> None:
         next_evict = time.monotonic() + 1.0
         while not self._stop.is_set():
-            # Busy polling (WaitPolicy.busy_poll_ms): the next step of a session usually follows within a
-            # device-compute time, and a core that never idles answers it without the wake-up (and, on
-            # a VM, the slower first milliseconds of a vCPU coming back from halt); see protocol.Waiter.
             self.scheduler.new_turn()
-            if self.scheduler.busy:  # a prefill is in progress: take what is queued, do not wait
-                ready = bool(sock.poll(0, zmq.POLLIN))
-            else:
-                ready = self._waiter.wait(sock, self.poll_ms / 1e3, self._stop)
+            # a prefill in progress: take what is queued, do not wait; else sleep in poll until a request
+            ready = bool(sock.poll(0 if self.scheduler.busy else self.poll_ms, zmq.POLLIN))
             if ready:
                 batch = self._receive(sock)
                 self._handle_batch(sock, batch)
-                self._waiter.begin()
             if self.scheduler.busy:
-                self._reply_all(sock, self.scheduler.advance())
+                self._advance(sock)
             if time.monotonic() >= next_evict:
                 with self._lock:
                     n = self.sessions.evict_idle()
@@ -318,12 +290,12 @@ class SplitServer:
                 pending.append(reply)
                 continue
             if pending:  # keep order: a close after a step of the same session must see the step
-                self._reply_all(sock, self.scheduler.submit(pending))
+                self._submit(sock, pending)
                 pending = []
             if reply_to is not None and reply is not None:  # None: a retry of a step still in progress
                 self._send(sock, reply_to, reply)
         if pending:
-            self._reply_all(sock, self.scheduler.submit(pending))
+            self._submit(sock, pending)
 
     def _prepare(self, frames: list[zmq.Frame]) -> tuple[list | None, dict | StepJob | None]:
         """Validate one message. Returns (routing prefix, reply dict or StepJob); never raises."""
@@ -389,7 +361,8 @@ class SplitServer:
 
     def _info_unlocked(self) -> dict:
         return {"protocol": p.PROTOCOL_VERSION, "model": self.lm.name, "fingerprint": self.lm.fingerprint,
-                "cuts": self.cuts, "topology": self.topology, **getattr(self.engine, "info", dict)(), "hidden": self.lm.hidden_size, "sessions": len(self.sessions),
+                "cuts": self.cuts, "topology": self.topology, **getattr(self.engine, "info", dict)(),
+                "hidden": self.lm.hidden_size, "sessions": len(self.sessions),
                 "kv_bytes": self.sessions.kv_bytes(), "curve": self.curve is not None,
                 "max_message_bytes": self.max_message_bytes, "limits": asdict(self.limits),
                 "steps": self.stats.steps, "compute_s": self.stats.compute_s, "cpu_s": time.process_time(),
@@ -402,11 +375,7 @@ class SplitServer:
                              "prefill_chunks": self.stats.prefill_chunks,
                              "batched_prefills": self.stats.batched_prefills},
                 "speculative": {"steps": self.stats.verify_steps, "drafted": self.stats.drafted,
-                                "accepted": self.stats.accepted},
-                "wait": self.wait.as_dict(),
-                "rehearsal": None if self._rehearsal is None else {
-                    "runs": self._rehearsal.runs, "interrupted": self._rehearsal.interrupted,
-                    "failed": self._rehearsal.failed}}
+                                "accepted": self.stats.accepted}}
 
     def _open(self, env: dict, owner: str | None) -> dict:
         p.check_keys(env, p.OPEN_KEYS, "open")
@@ -472,7 +441,7 @@ class SplitServer:
         start = p.get_int(env, "start", 0, 2**31)
         want_lp = p.get_bool(env, "logprob")
         s = self.sessions.get(sid, owner)
-        if self.scheduler.join_inflight(s, seq, start, (reply_to, s), env["rid"]):  # a retry of a prefill in
+        if self.scheduler.join_inflight(s, seq, start, reply_to, env["rid"]):  # a retry of a prefill in
             return None  # progress: its reply goes to the latest request
         if seq == s.last_seq and s.last_reply is not None:  # a retry of the step we already applied
             if start != s.last_start:
@@ -485,14 +454,23 @@ class SplitServer:
         hidden = pl.decode_hidden(s.codec, [f.buffer for f in payload], self.lm.hidden_size,
                                   self.limits.max_step_tokens, decode=self.engine.decode)
         p.check_draft_positions(int(hidden.shape[1]), draft)
-        return StepJob((reply_to, s), env["rid"], s, seq, start, hidden, want_lp, draft=draft, draft_p=draft_p)
+        return StepJob(reply_to, env["rid"], s, seq, start, hidden, want_lp, draft=draft, draft_p=draft_p)
+
+    def _advance(self, sock: zmq.Socket) -> None:
+        """One scheduler turn of queued prompts; answer each forward's prompts as soon as it is done.
+        (A method of its own so no reply, and no session through it, outlives the turn in `_loop`.)"""
+        for replies in self.scheduler.advance_groups():
+            self._reply_all(sock, replies)
+
+    def _submit(self, sock: zmq.Socket, jobs: list[StepJob]) -> None:
+        """Hand steps to the scheduler; answer each forward's steps as soon as it is done."""
+        for replies in self.scheduler.submit_groups(jobs):
+            self._reply_all(sock, replies)
 
     def _reply_all(self, sock: zmq.Socket, replies: list) -> None:
-        """Send the scheduler's replies (route = the request's routing frames and its session)."""
-        for (reply_to, session), reply in replies:
+        """Send the scheduler's replies (route = the request's routing frames)."""
+        for reply_to, reply in replies:
             self._send(sock, reply_to, reply)
-            if self._rehearsal is not None:  # after the reply: rehearse this session's codec from now on
-                self._rehearsal.use_codec(session.codec)
 
     def _send(self, sock: zmq.Socket, reply_to: list, reply: dict) -> None:
         frames = reply.get(p.FRAMES_KEY) or ()  # a U-shape's hidden state: raw frames after the envelope

@@ -76,20 +76,13 @@ class ServerConfig:
     max_message_bytes: int = opt(DEFAULT_MAX_MESSAGE_BYTES, "largest message (also ZeroMQ's MAXMSGSIZE)")
     threads: int | None = opt(None, "torch threads (default: all cores; 1 is faster on a small shared CPU)",
                               type=int)
-    # how to wait for the next request (splitinfer.transport.wait); `wait()` makes the WaitPolicy
-    busy_poll_ms: float = opt(0.0, "after each message, spin this many ms waiting for the next before "
-                                   "sleeping: lower per-step latency for a busy core")
-    rehearse: bool = opt(True, "while busy-polling, rehearse the step path on a tiny shadow model so the next "
-                               "step starts warm (--no-rehearse for a plain spin)")
-    wake_early_ms: float = opt(0.0, "with --busy-poll-ms: sleep between requests and start spinning this many "
-                                    "ms before the next one is due")
     # the scheduler (splitinfer.transport.scheduler)
     batching: bool = opt(True, "run the queued steps of different sessions as one forward (--no-batching runs "
                                "steps one after another)")
     max_batch: int = opt(64, "most sessions in one batched forward")
     batch_wait_ms: float = opt(0.0, "after the first queued step, wait this long for more to batch (0: batch "
                                     "what is queued, never wait)")
-    step_token_budget: int = opt(256, "tokens one scheduler turn computes: queued decode steps, then prefill "
+    step_token_budget: int = opt(512, "tokens one scheduler turn computes: queued decode steps, then prefill "
                                       "chunks (batched across sessions)")
     # topologies (splitinfer.transport.relay, splitinfer.transport.topology)
     next: str | None = opt(None, "tcp://HOST:PORT of the next hop (a comma list of replicas): with --cut A,B this "
@@ -100,11 +93,6 @@ class ServerConfig:
                                flag="--hop-timeout")
     u_shape: bool = opt(False, "with --cut a,b: a U-shaped split: run layers [a, b) only and return the hidden "
                                "state (the device runs the rest and the head, and samples)")
-
-    def wait(self):
-        from splitinfer.transport.wait import WaitPolicy
-
-        return WaitPolicy.from_config(self)
 
     def limits(self):
         from splitinfer.transport.sessions import SessionLimits
@@ -161,7 +149,7 @@ class ServerConfig:
         next_info = self.check_topology()  # a chain that does not fit is refused before the weights load
         lm = lm or load_model(self.model)
         return SplitServer(lm, self.cuts(), host=self.host, port=int(self.port), limits=self.limits(),
-                           max_message_bytes=int(self.max_message_bytes), curve=curve, wait=self.wait(),
+                           max_message_bytes=int(self.max_message_bytes), curve=curve,
                            batching=bool(self.batching), max_batch=int(self.max_batch),
                            batch_wait_ms=float(self.batch_wait_ms), step_token_budget=int(self.step_token_budget),
                            device=placement.device, dtype=placement.dtype,

@@ -102,7 +102,6 @@ def connect(lm, cuts, servers: str, *, codec=None, down_codec=None, u_shape: boo
     """The generator `splitinfer generate --server ...` drives: a chain (one server, a relay's first hop,
     or replicas of either) or a U-shape, always through a `ReplicaLink` (per-hop figures, failover)."""
     if u_shape:
-        kwargs.pop("wait", None)
         return remote_ushape_generator(lm, cuts, servers, codec, down_codec, sampling, defense=defense,
                                        placement=placement, **kwargs)
     if down_codec is not None:

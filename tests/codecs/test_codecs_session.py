@@ -198,21 +198,6 @@ def test_adaptive_session_through_a_restarted_server_replays_to_the_same_tokens(
             s.stop()
 
 
-def test_a_rehearsal_on_the_live_session_codec_leaves_the_session_alone():
-    """warm.py rehearses a session's codec on a zero state with codec.encode / decode_hidden: those are
-    key messages, so the session's adaptive state on both sides is untouched."""
-    from splitinfer.transport.warm import _wire_steps
-
-    enc, dec = build_codec("ec37g_s"), build_codec("ec37g_s")
-    parts = stream(seed=4, steps=6)
-    for x in parts[:3]:
-        send(enc, dec, x)
-    for step in _wire_steps(dec, C, server=True) + _wire_steps(enc, C, server=False):
-        step()
-    for x in parts[3:]:
-        assert torch.equal(send(enc, dec, x)[1], same(dec, x))
-
-
 def test_licenses_corpus_is_deterministic_english_text():
     from splitinfer.data import license_texts, load_texts
 

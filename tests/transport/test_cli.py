@@ -31,24 +31,38 @@ def test_flags_win_over_config():
     assert (cfg.port, cfg.model, cfg.cuts()) == (7000, "tiny-llama", [3])
 
 
-def test_rehearse_and_wake_early_settings_from_config_override_and_flag():
+def test_every_server_setting_has_a_config_key_and_a_generated_flag():
+    """ServerConfig is the one definition: each field is a key of conf/server/default.yaml and a flag of
+    `splitinfer serve`; a key=value override and a flag reach the built server, the flag winning."""
+    import argparse
+    import dataclasses
+
+    import yaml
+
     from splitinfer.cli import build_parser
-    from splitinfer.transport.server_config import config_from_args
+    from splitinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES
+    from splitinfer.transport.server_config import DEFAULT_MAX_MESSAGE_BYTES as CONFIG_MAX
+    from splitinfer.transport.server_config import ServerConfig, add_server_arguments, config_from_args
+    from splitinfer.transport.sessions import SessionLimits
+
+    fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    keys = set(yaml.safe_load((CONF_DIR / "default.yaml").read_text())) - {"_target_"}
+    assert keys == fields
+    assert ServerConfig().limits() == SessionLimits() and CONFIG_MAX == DEFAULT_MAX_MESSAGE_BYTES
 
     def cfg_of(*argv):
         args = build_parser().parse_args(["serve", *argv])
         return config_from_args(args, compose_config(args.config_dir, args.config_name, args.overrides))
 
-    assert cfg_of().rehearse is True  # conf/server/default.yaml
-    assert cfg_of("rehearse=false").rehearse is False
-    assert cfg_of("--no-rehearse", "rehearse=true").rehearse is False  # the flag wins
-    assert cfg_of("--rehearse", "rehearse=false").rehearse is True
-    srv = cfg_of("--model", "tiny-llama", "--cut", "2", "--port", "0", "--busy-poll-ms", "5",
-                 "--no-rehearse", "wake_early_ms=2").build()
-    assert (srv.rehearse, srv.busy_poll_s, srv._waiter.wake_early_s) == (False, 0.005, 0.002)
-    args = build_parser().parse_args(["generate", "hi", "--server", "tcp://127.0.0.1:1", "--no-rehearse",
-                                      "--wake-early-ms", "3"])
-    assert (args.no_rehearse, args.wake_early_ms) == (True, 3.0)
+    parser = argparse.ArgumentParser()
+    add_server_arguments(parser)
+    assert {a.dest for a in parser._actions} - {"help"} == fields
+    assert cfg_of().batching is True and cfg_of("batching=false").batching is False
+    assert cfg_of("--batching", "batching=false").batching is True  # the flag wins
+    srv = cfg_of("--model", "tiny-llama", "--cut", "2", "--port", "0", "--no-batching", "step_token_budget=64",
+                 "--dtype", "bfloat16", "--max-tokens", "99").build()
+    assert (srv.batching, srv.step_token_budget, srv.limits.max_tokens_per_session) == (False, 64, 99)
+    assert srv.info()["placement"] == {"device": "cpu", "dtype": "bfloat16"}
 
 
 def test_keygen_command(tmp_path):

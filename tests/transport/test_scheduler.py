@@ -153,6 +153,12 @@ def test_the_scheduler_module_has_no_sockets_and_the_server_no_model_work():
                {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
 
     assert not any("zmq" in m for m in imports(scheduler_mod.__file__))
+    import subprocess
+    import sys
+
+    code = "import sys, splitinfer.transport.scheduler; print('zmq' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          check=True).stdout.strip() == "False"  # nor anything it imports
     server_src = Path(scheduler_mod.__file__).with_name("server.py").read_text()
     for name in ("sample_token", "forward_batch", ".forward(", "argmax", "log_softmax", "multinomial"):
         assert name not in server_src, name

@@ -251,8 +251,7 @@ def run_client_killed(lm, idle_timeout_s: float = 1.0, prefill: int = 128) -> Ev
             time.sleep(0.01)
         with srv._lock:  # weak references only: holding the objects would keep them alive
             session_ref = [weakref.ref(s) for s in srv.sessions]
-            tensor_refs = [weakref.ref(t) for s in srv.sessions for c in s.state.caches
-                           for t in (*c.keys.values(), *c.values.values())]
+            tensor_refs = [weakref.ref(t) for s in srv.sessions for c in s.state.caches for t in c.tensors()]
         res.kv_bytes_before = srv.session_kv_bytes
         res.tensors_tracked = len(tensor_refs)
         client.kill()  # SIGKILL: no close, no goodbye
