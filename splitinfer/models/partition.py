@@ -8,7 +8,7 @@ the unsplit model exactly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
 import torch
 from torch import nn
@@ -41,13 +41,39 @@ def validate_cuts(cuts: object, num_layers: int) -> list[int]:
     return out
 
 
+class _LayerTensors(MutableMapping):
+    """`KVCache.keys` / `.values`: layer -> the filled part of its buffer (a view). Setting a layer's tensor
+    adopts it as that layer's content without copying; the cache copies it before it ever writes."""
+
+    def __init__(self, cache: KVCache, bufs: dict[int, torch.Tensor]) -> None:
+        self._cache, self._bufs = cache, bufs
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        return self._bufs[layer][..., :self._cache._len[layer], :]
+
+    def __setitem__(self, layer: int, t: torch.Tensor) -> None:
+        self._bufs[layer] = t
+        self._cache._len[layer] = int(t.shape[-2])
+        self._cache._borrowed.add(layer)
+
+    def __delitem__(self, layer: int) -> None:
+        del self._bufs[layer]
+
+    def __iter__(self):
+        return iter(self._bufs)
+
+    def __len__(self) -> int:
+        return len(self._bufs)
+
+
 class KVCache:
     """Keys and values of one stage's layers, duck-typed to what transformers' attention calls.
 
     Each layer's keys and values live in a buffer with room to spare, grown geometrically (doubled), so
     a decode step writes its one position in place instead of copying the whole cache (`torch.cat` every
     step made a long answer's copying quadratic). `update` returns views of the filled part; `crop`
-    only moves the length back. `keys` / `values` give those views as dicts (and accept dicts).
+    only moves the length back. `keys` / `values` map each layer to those views; a tensor set there (a
+    hand-off upload, a shared prefix) is used as it is until the first write, which copies it.
     """
 
     MIN_CAPACITY = 16  # positions allocated for a layer's first update at least
@@ -56,16 +82,19 @@ class KVCache:
         self._k: dict[int, torch.Tensor] = {}
         self._v: dict[int, torch.Tensor] = {}
         self._len: dict[int, int] = {}
+        self._borrowed: set[int] = set()  # layers whose tensors were set from outside: copy before writing
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         n = self._len.get(layer_idx, 0)
         t = key_states.shape[-2]
         k_buf, v_buf = self._k.get(layer_idx), self._v.get(layer_idx)
-        if (k_buf is None or k_buf.shape[-2] < n + t or k_buf.shape[:-2] != key_states.shape[:-2]
-                or k_buf.dtype != key_states.dtype or k_buf.device != key_states.device):
+        if (k_buf is None or layer_idx in self._borrowed or k_buf.shape[-2] < n + t
+                or k_buf.shape[:-2] != key_states.shape[:-2] or k_buf.dtype != key_states.dtype
+                or k_buf.device != key_states.device):
             k_buf = self._grow(k_buf, key_states, n, n + t)
             v_buf = self._grow(v_buf, value_states, n, n + t)
             self._k[layer_idx], self._v[layer_idx] = k_buf, v_buf
+            self._borrowed.discard(layer_idx)
         k_buf[..., n:n + t, :] = key_states
         v_buf[..., n:n + t, :] = value_states
         self._len[layer_idx] = n + t
@@ -80,25 +109,25 @@ class KVCache:
             new[..., :keep, :] = buf[..., :keep, :]
         return new
 
-    def _views(self, bufs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        return {i: b[..., :self._len[i], :] for i, b in bufs.items()}
-
     @property
-    def keys(self) -> dict[int, torch.Tensor]:
-        return self._views(self._k)
+    def keys(self) -> MutableMapping[int, torch.Tensor]:
+        return _LayerTensors(self, self._k)
 
     @keys.setter
     def keys(self, d: dict[int, torch.Tensor]) -> None:
-        self._k = {i: t.clone() for i, t in d.items()}
-        self._len = {i: int(t.shape[-2]) for i, t in d.items()}
+        self._k, self._len = {}, {}
+        for i, t in d.items():
+            self.keys[i] = t
 
     @property
-    def values(self) -> dict[int, torch.Tensor]:
-        return self._views(self._v)
+    def values(self) -> MutableMapping[int, torch.Tensor]:
+        return _LayerTensors(self, self._v)
 
     @values.setter
     def values(self, d: dict[int, torch.Tensor]) -> None:
-        self._v = {i: t.clone() for i, t in d.items()}
+        self._v = {}
+        for i, t in d.items():
+            self.values[i] = t
 
     @property
     def seq_len(self) -> int:

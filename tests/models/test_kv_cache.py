@@ -25,3 +25,16 @@ def test_kv_cache_grows_geometrically_and_returns_what_concatenation_would():
     assert cache.seq_len == 10 and torch.equal(cache.keys[0], ref_k[..., :10, :])
     out_k, _ = cache.update(torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 4), 0)
     assert torch.equal(out_k[..., :10, :], ref_k[..., :10, :]) and out_k.shape[-2] == 11
+
+
+def test_a_tensor_set_from_outside_is_used_as_is_and_never_written():
+    """A hand-off upload or a shared prefix (privacy.attacks.whitebox expands one) goes in without a copy;
+    the first append copies it, so the caller's tensor keeps its values even after a crop."""
+    prefix = torch.randn(1, 2, 6, 4)
+    cache = KVCache()
+    cache.keys[0], cache.values[0] = prefix.expand(3, -1, -1, -1), prefix.expand(3, -1, -1, -1)
+    assert cache.seq_len == 6 and cache.keys[0].data_ptr() == prefix.data_ptr()
+    before = prefix.clone()
+    cache.crop(4)
+    k, _ = cache.update(torch.zeros(3, 2, 1, 4), torch.zeros(3, 2, 1, 4), 0)
+    assert torch.equal(prefix, before) and k.shape == (3, 2, 5, 4) and torch.equal(k[1, :, :4], prefix[0, :, :4])
