@@ -103,6 +103,7 @@ class SplitServer:
         self.engine = engine or ServerHalf(split_model(lm, self.cuts)[1:], placement=placement,
                                            last_position_only=True)
         self.topology = getattr(self.engine, "topology", "chain")
+        self.cuts = list(getattr(self.engine, "cuts", self.cuts))  # a relay hop: the whole chain's [A, *next cuts]
         batching = batching and getattr(self.engine, "batches", True)
         self.stages = self.engine.stages
         self.host = host

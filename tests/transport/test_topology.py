@@ -48,6 +48,21 @@ def test_relay_chain_gives_the_in_process_chain_text_and_per_hop_bytes(tiny_lm, 
     assert relay["steps"] == 48 and relay["next_cuts"] == [3] and relay["bytes_up"] > 0
 
 
+def test_two_relays_chain_four_parties(tiny_lm, make_server, one_torch_thread):
+    cloud = make_server(tiny_lm, [3])
+    edge2 = make_server(tiny_lm, [2, 3], engine=RelayEngine(tiny_lm, [2, 3], cloud.url, ask_info(cloud.url)))
+    edge1 = make_server(tiny_lm, [1, 2], engine=RelayEngine(tiny_lm, [1, 2], edge2.url, ask_info(edge2.url)))
+    assert edge1.info()["cuts"] == [1, 2, 3]  # the chain's cuts, advertised by its first hop
+    gen = connect(tiny_lm, [1, 2, 3], edge1.url, codec="none")
+    try:
+        ids = _prompt(2)
+        out = gen.generate(ids, 5, stop_at_eos=False)
+    finally:
+        gen.link.close()
+    assert out.token_ids == in_process_generator(tiny_lm, [1, 2, 3]).generate(ids, 5, stop_at_eos=False).token_ids
+    assert len(gen.link.hops) == 2 and all(h["steps"] == 5 and h["bytes_up"] > 0 for h in gen.link.hops)
+
+
 def test_each_hop_has_its_own_codec(tiny_lm, make_server, one_torch_thread):
     cloud = make_server(tiny_lm, [3])
     edge = make_server(tiny_lm, [1, 3], engine=RelayEngine(tiny_lm, [1, 3], cloud.url, ask_info(cloud.url),
