@@ -5,11 +5,15 @@
 #    over tcp equals the same engine in-process, greedy and seeded sampling);
 # 2. SmolLM2 split vs unsplit generation on CUDA in bf16 and fp16, per prompt (scripts/check_half_precision.py);
 # 3. the serving benchmark at N = 1, 8, 32, 64 with both servers on CUDA in bf16 (scripts/bench_serving.py).
-# Without a visible CUDA GPU it says so in one line and exits 2 before doing anything.
+# Without a visible CUDA GPU it says so in one line and exits 2 before doing anything. It runs in the active
+# virtual environment, else in .venv: that environment needs a CUDA build of torch (scripts/setup_env.sh
+# installs the CPU wheel; on a GPU machine install the matching CUDA wheel of the same torch version).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh >/dev/null
-. .venv/bin/activate
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -d .venv ] || bash scripts/setup_env.sh >/dev/null
+  . .venv/bin/activate
+fi
 card=$(python - <<'PY'
 import re, sys, torch
 if not torch.cuda.is_available():
@@ -25,7 +29,8 @@ mkdir -p "$out"
   python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } > "$out/card.txt"
 echo "[gpu_check] card $card -> $out"
 SPLITINFER_TEST_SERVER_DEVICE=cuda SPLITINFER_TEST_SERVER_DTYPES=bfloat16,float16 \
-  bash scripts/test.sh -q tests/transport/test_placement_served.py tests/split/test_placement.py 2>&1 | tee "$out/exactness_tests.txt"
+  python -m pytest -q -p no:cacheprovider tests/transport/test_placement_served.py tests/split/test_placement.py \
+  2>&1 | tee "$out/exactness_tests.txt"
 for dt in bfloat16 float16; do
   python scripts/check_half_precision.py --device cuda --dtype "$dt" --out "$out/split_vs_unsplit_${dt}.md"
 done

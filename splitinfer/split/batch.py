@@ -5,17 +5,19 @@ A decoder's decode step (one token) is bound by reading the weights: running B s
 sampling settings and random stream (`sample_token` is seeded by (seed, position), so what else is in
 the batch never changes a session's draw).
 
-Ragged lengths: padding + mask. For each stage a `BatchedKVCache` wraps the sessions' own `KVCache`s.
-When a layer hands it the batch's new keys/values, each row is appended to its session's cache (so the
-session's cache is exactly what an unbatched step leaves) and the layer gets a left-padded (B, heads,
-max_len + T, head_dim) copy plus a padding mask. Left padding keeps every row's query and its keys at
-the same relative distances as in the unbatched step, so causal masks and sliding windows stay right,
-and `LastPositionHead` (h[:, -1:]) reads each row's real last position.
+Ragged lengths: padding + mask. Steps of different lengths (decode steps, prompt chunks) are
+right-aligned in a left-padded (B, T, H) batch. For each stage a `BatchedKVCache` wraps the sessions' own
+`KVCache`s. When a layer hands it the batch's new keys/values, each row's real positions are appended to
+its session's cache (so the session's cache is exactly what an unbatched step leaves) and the layer gets
+a left-padded (B, heads, max_len + T, head_dim) copy (each row's past and new keys right-aligned) plus a
+padding mask. Left padding keeps every row's queries and its keys at the same relative distances as in
+the unbatched step, so causal masks and sliding windows stay right, padded queries never reach a real
+row's attention, and `LastPositionHead` (h[:, -1:]) reads each row's real last position.
 
 Why not a concatenated (paged) cache: the layers are the model family's own Hugging Face modules,
 which take one dense (B, heads, L, d) key tensor and an additive mask; a paged cache would need our
-own attention kernel per family. The padded copy costs one more pass over the sessions' KV bytes per
-step (`KVCache.update` already copies the cache once per step when it appends); with SmolLM2-135M at
+own attention kernel per family. The padded copy costs one pass over the sessions' KV bytes per step
+(the sessions' own caches append in place, `KVCache`); with SmolLM2-135M at
 cut 15 that is ~23 KB per cached token (15 layers x 2 x 3 KV heads x 64 x 4 B), small next to the
 ~330 MB of server weights a step reads while contexts stay at a few hundred tokens (measured in
 experiments/serving_throughput/).
