@@ -6,7 +6,8 @@ with no state anywhere else; a broker would be one more process to keep alive (a
 failure unless it is replicated too) and one more hop on every decode step. Each client starts on a
 random replica (spreading a fleet's load) and moves on when its replica stops answering: the Lazy
 Pirate gives up on it (`timeout_s` x (retries + 1)), the link connects to the next replica, opens a
-session and replays its history there (sampling is seeded by position, so the text is the same).
+session and replays its history there (sampling is seeded by position, so the text is the same). A
+replica that refuses for lack of room (`session_limit`, `memory_limit`) is moved past the same way.
 
 `ReplicaLink` is a `RemoteLink` with a list of addresses; with one address it is a `RemoteLink` that
 also sums the per-hop figures a relay chain reports in its replies (`hops`).
@@ -19,7 +20,11 @@ import time
 from typing import Any
 
 from splitinfer.errors import ConfigError
-from splitinfer.transport.client import RemoteLink, TransportTimeout
+from splitinfer.transport import protocol as p
+from splitinfer.transport.client import RemoteError, RemoteLink, TransportTimeout
+
+# a replica that answers these is full, not broken: the session moves to the next one too
+SPILL_CODES = (p.SESSION_LIMIT, p.MEMORY_LIMIT)
 
 
 def parse_urls(text: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -56,8 +61,9 @@ class ReplicaLink(RemoteLink):
         while True:
             try:
                 out = fn(*args)
-            except TransportTimeout:
-                if len(self.urls) == 1 or moved >= self.max_failovers:
+            except (TransportTimeout, RemoteError) as e:
+                full = isinstance(e, RemoteError) and e.code in SPILL_CODES
+                if len(self.urls) == 1 or moved >= self.max_failovers or not (full or isinstance(e, TransportTimeout)):
                     raise
                 self._fail_over()
                 moved += 1

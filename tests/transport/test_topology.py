@@ -179,6 +179,25 @@ def test_replicas_fail_over_by_replay(tiny_lm, make_server, one_torch_thread):
     assert 0.3 <= gen.link.failover_s[0] < 10
 
 
+def test_a_full_replica_is_moved_past(tiny_lm, make_server, one_torch_thread):
+    from splitinfer.transport.sessions import SessionLimits
+
+    full, free = make_server(tiny_lm, [2], limits=SessionLimits(max_sessions=1)), make_server(tiny_lm, [2])
+    holder = connect(tiny_lm, [2], full.url, codec="none")
+    gen = connect(tiny_lm, [2], f"{full.url},{free.url}", codec="none", start=0)
+    try:
+        holder.generate(_prompt(0), 2, stop_at_eos=False)  # holds the full replica's only session
+        out = gen.generate(_prompt(1), 4, stop_at_eos=False)
+        assert gen.link.url == free.url and gen.link.failovers == 1 and len(out.token_ids) == 4
+        alone = connect(tiny_lm, [2], full.url, codec="none")  # one replica only: the refusal is the answer
+        with pytest.raises(RemoteError, match="session_limit"):
+            alone.generate(_prompt(1), 2, stop_at_eos=False)
+        alone.link.close()
+    finally:
+        holder.link.close()
+        gen.link.close()
+
+
 @pytest.mark.parametrize(("argv", "says"), [
     (["serve", "--cut", "2", "--u-shape"], "needs two cuts"),
     (["serve", "--cut", "1,4", "--u-shape"], "leaves no layers on the device"),
