@@ -179,6 +179,25 @@ def test_replicas_fail_over_by_replay(tiny_lm, make_server, one_torch_thread):
     assert 0.3 <= gen.link.failover_s[0] < 10
 
 
+def test_ushape_session_moves_to_another_replica_by_replay(tiny_lm, make_server, one_torch_thread):
+    a = make_server(tiny_lm, [1, 3], engine=UShapeEngine(tiny_lm, [1, 3]))
+    b = make_server(tiny_lm, [1, 3], engine=UShapeEngine(tiny_lm, [1, 3]))
+    ids = _prompt(5)
+    expected = in_process_generator(tiny_lm, [tiny_lm.num_layers]).generate(ids, 10, stop_at_eos=False).token_ids
+    gen = connect(tiny_lm, [1, 3], f"{a.url},{b.url}", codec="none", u_shape=True, timeout_s=0.3, retries=0,
+                  start=0)
+
+    def stop_a(tokens: list[int]) -> None:
+        if len(tokens) == 4:
+            a.stop()
+
+    try:
+        out = gen.generate(ids, 10, stop_at_eos=False, on_token=stop_a)
+    finally:
+        gen.link.close()
+    assert out.token_ids == expected and gen.link.failovers == 1 and gen.link.replays == 1
+
+
 def test_a_full_replica_is_moved_past(tiny_lm, make_server, one_torch_thread):
     from splitinfer.transport.sessions import SessionLimits
 
