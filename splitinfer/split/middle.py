@@ -168,3 +168,66 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def _relay_in_process(session: MiddleSession, want_logprob: bool) -> dict[str, Any]:
+    """An in-process relay step: each chunk's output, encoded with the hop's codec, goes through the
+    session's `InProcessLink` to the next half; its token comes back."""
+    link = session.extra["link"]
+    codec = link.server.codec
+    tok = -1
+    for start, h in session.pending:
+        tok = link.step(codec.encode_step(h) if hasattr(codec, "encode_step") else codec.encode(h), start)
+    return {"tok": tok}
+
+
+class _ChainSession(MiddleSession):
+    def step(self, hidden: torch.Tensor, start: int) -> int:
+        """Forward and reply in one go (what an `InProcessLink` asks of a session)."""
+        self.forward(hidden, start)
+        return self.reply_fields()["tok"]
+
+
+class ChainHop(MiddleHalf):
+    """A relay hop in one process: its slice, then an `InProcessLink` to the next half per session
+    (the next half decodes with its own codec: the hop's)."""
+
+    def __init__(self, stage: Stage, codec, next_half) -> None:
+        super().__init__([stage], _relay_in_process, codec=codec)
+        self.next_half = next_half
+
+    def session(self, sampling: SamplingConfig | None = None, max_tokens: int | None = None) -> MiddleSession:
+        from splitinfer.split.link import InProcessLink
+
+        s = _ChainSession(self.stages, self.placement, sampling or SamplingConfig(), max_tokens or self.max_tokens,
+                          self.finish)
+        s.extra["link"] = InProcessLink(self.next_half)
+        return s
+
+
+def in_process_chain(lm, cuts: Sequence[int], codecs: Sequence[Any], sampling: SamplingConfig | None = None):
+    """A relay chain in one process with a codec per hop: device [0, c0) -codecs[0]-> [c0, c1) -codecs[1]->
+    ... -> [ck, L) + head. Returns (DeviceHalf, the link to the first hop, `hop_links`): `hop_links()` lists
+    the current generation's links, hop 1 first, each counting its own traffic. The served chain
+    (`splitinfer serve --next`) gives the same tokens with the same codecs."""
+    from splitinfer.models import split_model
+    from splitinfer.split.device import DeviceHalf
+    from splitinfer.split.link import InProcessLink
+
+    stages = split_model(lm, list(cuts))
+    if len(codecs) != len(cuts):
+        raise ConfigError(f"a chain with cuts {list(cuts)} has {len(cuts)} hops: give one codec per hop, "
+                          f"got {len(codecs)}")
+    nxt: Any = ServerHalf(stages[-1:], codec=codecs[-1], sampling=sampling)
+    for stage, codec in zip(reversed(stages[1:-1]), reversed(codecs[:-1]), strict=True):
+        nxt = ChainHop(stage, codec, nxt)
+    first = InProcessLink(nxt)
+
+    def hop_links() -> list:
+        links, link = [first], first
+        while "link" in getattr(link.session, "extra", {}):
+            link = link.session.extra["link"]
+            links.append(link)
+        return links
+
+    return DeviceHalf(stages[0], codec=codecs[0]), first, hop_links

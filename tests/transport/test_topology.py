@@ -11,7 +11,8 @@ import torch
 import zmq
 
 from splitinfer.codecs.encoded import EncodedTensor
-from splitinfer.split import in_process_generator
+from splitinfer.split import SamplingConfig, SplitGenerator, in_process_generator
+from splitinfer.split.middle import in_process_chain
 from splitinfer.transport.client import RemoteError
 from splitinfer.transport.relay import RelayEngine, ask_info
 from splitinfer.transport.topology import UShapeEngine, connect
@@ -67,13 +68,20 @@ def test_each_hop_has_its_own_codec(tiny_lm, make_server, one_torch_thread):
     cloud = make_server(tiny_lm, [3])
     edge = make_server(tiny_lm, [1, 3], engine=RelayEngine(tiny_lm, [1, 3], cloud.url, ask_info(cloud.url),
                                                            codec="int8"))
-    gen = connect(tiny_lm, [1, 3], edge.url, codec="none")
+    gen = connect(tiny_lm, [1, 3], edge.url, codec="none", sampling=SamplingConfig(0.8, 40, seed=3))
+    device, link, hop_links = in_process_chain(tiny_lm, [1, 3], ["none", "int8"], SamplingConfig(0.8, 40, seed=3))
+    in_process = SplitGenerator(tiny_lm, device, link)
     try:
-        out = gen.generate(_prompt(1), 4, stop_at_eos=False)
+        for seed in range(3):  # sampled: a skipped or doubled step would show; int8 on hop 2 in both
+            ids = _prompt(seed)
+            out = gen.generate(ids, 8, stop_at_eos=False)
+            assert out.token_ids == in_process.generate(ids, 8, stop_at_eos=False).token_ids, seed
     finally:
         gen.link.close()
     hop1_up = gen.link.traffic.bytes_up
-    assert len(out.token_ids) == 4 and gen.link.hops[0]["bytes_up"] < hop1_up / 2  # int8 on hop 2, fp32 on hop 1
+    assert gen.link.hops[0]["bytes_up"] < 0.6 * hop1_up  # int8 on hop 2, fp32 on hop 1 (64-wide: headers weigh)
+    hops = hop_links()
+    assert len(hops) == 2 and hops[1].traffic.bytes_up < 0.6 * hops[0].traffic.bytes_up  # per hop in-process too
 
 
 class RecordingProxy:
