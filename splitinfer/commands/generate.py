@@ -18,7 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="layer index k to cut at (device runs layers 0..k-1); a comma list gives a chain")
     p.add_argument("--codec", default=None, help="activation codec for the uplink (default: none in-process, "
                    "the default codec with --server)")
-    p.add_argument("--server", default=None, help="tcp://HOST:PORT of a `splitinfer serve` process")
+    p.add_argument("--server", default=None, help="tcp://HOST:PORT of a `splitinfer serve` process (the first hop of "
+                   "a relay chain), or a comma list of replicas of it: a session moves to the next when one dies")
+    p.add_argument("--u-shape", action="store_true",
+                   help="with --cut a,b: a U-shaped split: this side runs layers [0, a) and [b, L) with the head and "
+                        "samples; the server (serve --u-shape) runs [a, b) and returns the hidden state")
+    p.add_argument("--down-codec", default=None,
+                   help="with --u-shape: the codec of the hidden state coming back (default: the uplink's --codec)")
     p.add_argument("--defense", default=None,
                    help="privacy defense run on the device before the codec (the server needs no change): "
                         "gaussian, dchi, fisher_noise, nopeek or secret_adapter (the last three are fitted "
@@ -78,16 +84,42 @@ def check_arguments(args: argparse.Namespace) -> list[int]:
         raise ConfigError(f"--threads {args.threads}: give a number of threads >= 1 (or leave it out)")
     cuts = parse_cuts(args.cut)
     placements(args)
+    check_topology_arguments(args)
     from splitinfer.split.speculative import parse_speculate
 
     parse_speculate(getattr(args, "speculate", None))  # a bad value is refused before the model loads
     num_layers = peek_num_layers(args.model)
     try:
-        return validate_cuts(cuts, num_layers)
+        cuts = validate_cuts(cuts, num_layers)
     except ConfigError:
         raise
     except ValueError as e:  # validate_cuts' plain ValueError: bad input here, so a UserError
         raise ConfigError(f"--cut {args.cut}: {e}") from None
+    if getattr(args, "u_shape", False):
+        from splitinfer.split.ushape import check_ushape_cuts
+
+        check_ushape_cuts(cuts, num_layers)
+    return cuts
+
+
+def check_topology_arguments(args: argparse.Namespace) -> None:
+    """--server's addresses, and what --u-shape / --down-codec need, checked before the model loads."""
+    if getattr(args, "server", None):
+        from splitinfer.transport.replicas import parse_urls
+
+        parse_urls(args.server)
+    if not getattr(args, "u_shape", False):
+        if getattr(args, "down_codec", None):
+            raise ConfigError("--down-codec is the U-shape's downlink codec; add --u-shape (a chain returns tokens)")
+        return
+    if getattr(args, "speculate", "off") not in (None, "off"):
+        raise ConfigError("--u-shape samples on the device: --speculate (server-side verification) does not apply; "
+                          "drop one of them")
+    if args.down_codec:
+        from splitinfer.codecs import build_codec
+        from splitinfer.split.ushape import check_downlink_codec
+
+        check_downlink_codec(build_codec(args.down_codec))
 
 
 def placements(args: argparse.Namespace):
@@ -147,10 +179,15 @@ def main(args: argparse.Namespace) -> int:
     placement, server_placement = placements(args)
     lm = load_model(args.model)
     if args.server:
-        from splitinfer.transport.client import remote_generator
+        from splitinfer.transport.topology import connect
 
-        gen = remote_generator(lm, cuts, args.server, codec=codec, sampling=sampling, defense=defense,
-                               placement=placement)
+        gen = connect(lm, cuts, args.server, codec=codec, down_codec=args.down_codec, u_shape=args.u_shape,
+                      sampling=sampling, defense=defense, placement=placement)
+    elif args.u_shape:
+        from splitinfer.split.ushape import in_process_ushape_generator
+
+        gen = in_process_ushape_generator(lm, cuts, codec=codec, down_codec=args.down_codec, sampling=sampling,
+                                          defense=defense, placement=placement, server_placement=server_placement)
     else:
         gen = in_process_generator(lm, cuts, codec=codec, sampling=sampling, defense=defense, placement=placement,
                                    server_placement=server_placement)
@@ -179,6 +216,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"[{res.prompt_tokens} prompt tokens, {n} new; uplink {res.bytes_up} B, downlink {res.bytes_down} B; "
               f"prefill {res.prefill_s * 1e3:.1f} ms, decode {res.decode_s_per_token * 1e3:.1f} ms/token]",
               file=sys.stderr)
+        for i, hop in enumerate(getattr(gen.link, "hops", [])):
+            print(f"[hop {i + 2} (relay -> next server): uplink {hop['bytes_up']} B, downlink {hop['bytes_down']} B, "
+                  f"{hop['seconds'] * 1e3:.1f} ms over {hop['steps']} steps]", file=sys.stderr)
         if hasattr(res, "rounds"):
             print(f"[speculative ({args.drafter}): {res.rounds} decode round trips for {n - 1} tokens, "
                   f"{res.accepted}/{res.drafted} drafts accepted]", file=sys.stderr)

@@ -115,6 +115,7 @@ class RemoteLink:
         self.traffic = Traffic()  # step payloads by phase (bytes_up above also counts envelopes, retries)
         self.resends = 0  # requests sent again after a timeout
         self.replays = 0  # sessions rebuilt from the kept hidden states
+        self.open_extra: dict[str, Any] = {}  # more fields of every open (a U-shape's topology, downlink codec)
 
     # -- the Link interface ----------------------------------------------------------------------
     def step(self, enc, start: int) -> int:
@@ -246,7 +247,7 @@ class RemoteLink:
             self.replays += 1
         env = p.request("open", next(self._rids), fingerprint=self.fingerprint, cuts=self.cuts,
                         codec=codec_spec(self.codec), sampling=p.sampling_to_wire(self.sampling),
-                        hidden=self.hidden_size, nonce=secrets.token_hex(8))
+                        hidden=self.hidden_size, nonce=secrets.token_hex(8), **self.open_extra)
         rep = self._request(env, ())
         if not rep["ok"]:
             raise RemoteError(rep.get("code"), rep.get("msg"))
@@ -340,6 +341,8 @@ class RemoteLink:
                 if not isinstance(rep.get("ok"), bool) or (not rep["ok"] and not isinstance(rep.get("code"), str)):
                     raise TransportError(f"malformed reply from {self.url}: {str(rep)[:200]}")
                 rep.setdefault("msg", "")
+                if len(reply) > 1:  # raw frames after the envelope (a U-shape's hidden state)
+                    rep[p.FRAMES_KEY] = reply[1:]
                 return rep
             self._disconnect()  # Lazy Pirate: the socket may hold a half-sent request; start clean
         raise TransportTimeout(f"no reply from {self.url} to {env['op']!r} after {retries + 1} tries of "
@@ -359,14 +362,16 @@ def _send_frames(sock: zmq.Socket, frames: list) -> None:
 
 def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
                      sampling: SamplingConfig | None = None, *, defense: Any = None,
-                     placement: Placement | None = None, **link_kwargs: Any) -> SplitGenerator:
+                     placement: Placement | None = None, link_cls: type[RemoteLink] | None = None,
+                     **link_kwargs: Any) -> SplitGenerator:
     """A SplitGenerator whose device half runs here and whose server half runs at `server_url`.
 
     `codec` None means the project's default codec; `"none"` sends raw fp32. `defense` (a
     `splitinfer.privacy` defense or its name) runs on the device before the codec; the server needs no
     change (a defense that does, `secret_permutation`, is refused). CURVE keys come from `curve_keys=DIR` or the SPLITINFER_CURVE_KEYS environment variable (a
     `splitinfer keygen` folder). `placement`: the device half's torch device and dtype (the server's are
-    its own).
+    its own). `link_cls`: the link class (`ReplicaLink` for a list of replicas,
+    `topology.RemoteHiddenLink` for a U-shape); `RemoteLink` by default.
     """
     cuts = validate_cuts(cuts, lm.num_layers)
     if "curve" not in link_kwargs and "curve_keys" not in link_kwargs and os.environ.get(CURVE_KEYS_ENV):
@@ -383,6 +388,6 @@ def remote_generator(lm: LoadedModel, cuts, server_url: str, codec: Any = None,
     codec = bind_to(resolve_codec(default_codec() if codec is None else codec), lm, cuts[0])
     device = DeviceHalf(split_model(lm, cuts)[0], codec=codec, defense=bind_to(defense, lm, cuts[0]),
                         placement=placement)
-    link = RemoteLink(server_url, fingerprint=lm.fingerprint, cuts=cuts, hidden_size=lm.hidden_size,
+    link = (link_cls or RemoteLink)(server_url, fingerprint=lm.fingerprint, cuts=cuts, hidden_size=lm.hidden_size,
                       codec=device.codec, sampling=sampling, vocab_size=lm.vocab_size, **link_kwargs)
     return SplitGenerator(lm, device, link)

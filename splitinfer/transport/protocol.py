@@ -164,7 +164,9 @@ def _short(v: Any) -> str:
 # -- requests and replies (the client builds these; the server validates them) -------------------
 
 COMMON_KEYS = ("v", "op", "rid")
-OPEN_KEYS = (*COMMON_KEYS, "fingerprint", "cuts", "codec", "sampling", "hidden", "nonce")
+OPEN_KEYS = (*COMMON_KEYS, "fingerprint", "cuts", "codec", "sampling", "hidden", "nonce", "topology", "down_codec")
+TOPOLOGIES = ("chain", "u")  # open's `topology`: the server returns tokens (a chain), or hidden states (u)
+FRAMES_KEY = "_frames"  # a reply dict's raw frames, sent after its envelope (a U-shape's hidden state)
 STEP_KEYS = (*COMMON_KEYS, "sid", "seq", "start", "logprob", "draft", "draft_p", "score")
 MAX_DRAFT = 16  # drafted tokens one speculative step may carry (= splitinfer.split.server.MAX_DRAFT)
 CLOSE_KEYS = (*COMMON_KEYS, "sid")

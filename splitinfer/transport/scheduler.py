@@ -394,12 +394,17 @@ class Scheduler:
         """Sample the step's token from its last position's logits (the engine's session samples) and
         remember the reply (retries)."""
         s = job.session
-        try:
-            token, lp = self._timed(s.state.sample, logits, job.want_logprob)
+        reply_fields = getattr(s.state, "reply_fields", None)  # a middle slice (relay hop, U-shape) replies
+        try:  # with what its topology says (the next hop's token, the hidden state), not a sampled token
+            if reply_fields is not None:
+                fields, lp = self._timed(reply_fields, job.want_logprob), None
+            else:
+                token, lp = self._timed(s.state.sample, logits, job.want_logprob)
+                fields = {"tok": token}
         except Exception:
             s.state.rollback(job.start)
             raise
-        reply = p.ok_reply(job.rid, tok=token, pos=s.state.position, seq=job.seq)
+        reply = p.ok_reply(job.rid, **fields, pos=s.state.position, seq=job.seq)
         if lp is not None:
             reply["lp"] = lp
         return self._record(job, reply)

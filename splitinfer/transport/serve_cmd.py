@@ -92,11 +92,14 @@ def check_config(cfg: ServerConfig) -> list[int]:
         raise ConfigError(str(e)) from None
     num_layers = peek_num_layers(cfg.model)
     try:
-        return validate_cuts(cuts, num_layers)
+        cuts = validate_cuts(cuts, num_layers)
     except ConfigError:
         raise
     except ValueError as e:  # validate_cuts' plain ValueError: bad input here
         raise ConfigError(f"cut {cfg.cut}: {e}") from None
+    if cfg.u_shape or cfg.codec is not None:  # --next is checked (the next hop asked) when the server builds
+        cfg.check_topology(num_layers)
+    return cuts
 
 
 def run_server(cfg: ServerConfig) -> int:

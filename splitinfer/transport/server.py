@@ -89,17 +89,22 @@ class SplitServer:
                  limits: SessionLimits | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  curve: CurveConfig | None = None, poll_ms: int = 100, batching: bool = True, max_batch: int = 64,
                  batch_wait_ms: float = 0.0, step_token_budget: int = DEFAULT_STEP_TOKEN_BUDGET,
-                 device: str | None = "cpu", dtype: str | None = "float32") -> None:
+                 device: str | None = "cpu", dtype: str | None = "float32", engine=None) -> None:
         if not lm.is_causal_lm:
             raise ConfigError(f"model {lm.name!r} is an encoder ({lm.family}); the split server serves causal LMs")
         self.lm = lm
-        self.cuts = validate_cuts(cuts, lm.num_layers)
+        self.cuts = validate_cuts(cuts, lm.num_layers)  # what a client's open must name (a relay: the chain's)
         if not isinstance(batch_wait_ms, int | float) or not 0 <= batch_wait_ms <= 1000:
             raise ConfigError(f"batch_wait_ms={batch_wait_ms!r}: must be a number of milliseconds in [0, 1000] "
                               "(0 = batch what is queued, never wait)")
         placement = Placement.of(device, dtype)
-        # the engine: the same server half in-process links use, placed on its device and dtype
-        self.engine = ServerHalf(split_model(lm, self.cuts)[1:], placement=placement, last_position_only=True)
+        # the engine: the same server half in-process links use, placed on its device and dtype; or a
+        # middle slice (a relay hop, a U-shape: splitinfer.split.middle) built by the caller
+        self.engine = engine or ServerHalf(split_model(lm, self.cuts)[1:], placement=placement,
+                                           last_position_only=True)
+        self.topology = getattr(self.engine, "topology", "chain")
+        self.cuts = list(getattr(self.engine, "cuts", self.cuts))  # a relay hop: the whole chain's [A, *next cuts]
+        batching = batching and getattr(self.engine, "batches", True)
         self.stages = self.engine.stages
         self.host = host
         self.port = int(port)
@@ -357,7 +362,8 @@ class SplitServer:
 
     def _info_unlocked(self) -> dict:
         return {"protocol": p.PROTOCOL_VERSION, "model": self.lm.name, "fingerprint": self.lm.fingerprint,
-                "cuts": self.cuts, "hidden": self.lm.hidden_size, "sessions": len(self.sessions),
+                "cuts": self.cuts, "topology": self.topology, **getattr(self.engine, "info", dict)(),
+                "hidden": self.lm.hidden_size, "sessions": len(self.sessions),
                 "kv_bytes": self.sessions.kv_bytes(), "curve": self.curve is not None,
                 "max_message_bytes": self.max_message_bytes, "limits": asdict(self.limits),
                 "steps": self.stats.steps, "compute_s": self.stats.compute_s, "cpu_s": time.process_time(),
@@ -382,6 +388,9 @@ class SplitServer:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or len(spec) > 32:
             raise ProtocolError(p.BAD_FIELD, f"field 'codec'={str(spec)[:60]} must be a map with a 'name' string")
         sampling_map = p.get_map(env, "sampling", required=False) or {}
+        topology = env.get("topology", "chain")
+        if topology not in p.TOPOLOGIES:
+            raise ProtocolError(p.BAD_FIELD, f"field 'topology'={str(topology)[:40]!r} must be one of {list(p.TOPOLOGIES)}")
         if fp != self.lm.fingerprint:
             raise ProtocolError(p.MODEL_MISMATCH, f"client model fingerprint {fp!r} differs from this server's "
                                                   f"{self.lm.fingerprint!r} ({self.lm.name}); load the same "
@@ -390,6 +399,14 @@ class SplitServer:
             raise ProtocolError(p.CUT_MISMATCH, f"client cuts {cuts} differ from this server's {self.cuts}; "
                                                 f"run the device with --cut {','.join(map(str, self.cuts))} "
                                                 "or restart the server with the client's cut")
+        if topology != self.topology:
+            raise ProtocolError(p.CUT_MISMATCH, f"client asks for a {'U-shaped split' if topology == 'u' else 'chain'} "
+                                                f"but this server runs a {'U-shape' if self.topology == 'u' else 'chain'}"
+                                                " (cuts " + ",".join(map(str, self.cuts)) + "); "
+                                                + ("add --u-shape to the device" if self.topology == "u" else
+                                                   "start the server with --u-shape, or drop it on the device"))
+        if "down_codec" in env and topology != "u":
+            raise ProtocolError(p.BAD_FIELD, "field 'down_codec' is for a U-shaped split (topology 'u') only")
         if hidden != self.lm.hidden_size:
             raise ProtocolError(p.MODEL_MISMATCH, f"client hidden size {hidden} differs from the server's "
                                                   f"{self.lm.hidden_size}")
@@ -408,7 +425,10 @@ class SplitServer:
                 codec.bind(self.lm, self.cuts[0], fit=False)
             except Exception as e:  # never fit on a client's request (minutes of CPU)
                 raise ProtocolError(p.BAD_CODEC, f"codec {spec['name'][:60]!r}: {str(e)[:400]}") from None
-        s = self.sessions.open(lambda: self.engine.session(sampling), codec, nonce, owner, self._client)
+        make = self.engine.session
+        if hasattr(self.engine, "open_session"):  # a middle slice: its own per-session parts (downlink codec,
+            make = self.engine.open_session(env, spec)  # link to the next hop), checked before the session opens
+        s = self.sessions.open(lambda: make(sampling), codec, nonce, owner, self._client)
         return self._open_reply(env["rid"], s)
 
     def _open_reply(self, rid: int, s: Session) -> dict:
@@ -457,10 +477,11 @@ class SplitServer:
             self._send(sock, reply_to, reply)
 
     def _send(self, sock: zmq.Socket, reply_to: list, reply: dict) -> None:
-        data = p.pack(reply)
-        self.stats.bytes_out += len(data)
+        frames = reply.get(p.FRAMES_KEY) or ()  # a U-shape's hidden state: raw frames after the envelope
+        data = p.pack({k: v for k, v in reply.items() if k != p.FRAMES_KEY} if frames else reply)
+        self.stats.bytes_out += len(data) + sum(memoryview(f).nbytes for f in frames)
         try:
-            sock.send_multipart([*reply_to, data], zmq.NOBLOCK)
+            sock.send_multipart([*reply_to, data, *frames], zmq.NOBLOCK)
         except zmq.ZMQError as e:  # peer gone or its queue full: drop this reply, keep serving
             log.warning("could not reply to a client: %s", e)
 

@@ -84,6 +84,15 @@ class ServerConfig:
                                     "what is queued, never wait)")
     step_token_budget: int = opt(512, "tokens one scheduler turn computes: queued decode steps, then prefill "
                                       "chunks (batched across sessions)")
+    # topologies (splitinfer.transport.relay, splitinfer.transport.topology)
+    next: str | None = opt(None, "tcp://HOST:PORT of the next hop (a comma list of replicas): with --cut A,B this "
+                                 "server runs layers [A, B) and forwards to it (it must serve from B)", type=str)
+    codec: str | None = opt(None, "with --next: the codec of the hop to the next server (default: the one the "
+                                  "device opened with)", type=str)
+    hop_timeout_s: float = opt(5.0, "with --next: seconds to wait for the next hop's reply before resending",
+                               flag="--hop-timeout")
+    u_shape: bool = opt(False, "with --cut a,b: a U-shaped split: run layers [a, b) only and return the hidden "
+                               "state (the device runs the rest and the head, and samples)")
 
     def limits(self):
         from splitinfer.transport.sessions import SessionLimits
@@ -137,12 +146,58 @@ class ServerConfig:
 
         curve = self.curve_config()
         placement = self.placement()  # refused before the weights load
+        next_info = self.check_topology()  # a chain that does not fit is refused before the weights load
         lm = lm or load_model(self.model)
         return SplitServer(lm, self.cuts(), host=self.host, port=int(self.port), limits=self.limits(),
                            max_message_bytes=int(self.max_message_bytes), curve=curve,
                            batching=bool(self.batching), max_batch=int(self.max_batch),
                            batch_wait_ms=float(self.batch_wait_ms), step_token_budget=int(self.step_token_budget),
-                           device=placement.device, dtype=placement.dtype)
+                           device=placement.device, dtype=placement.dtype,
+                           engine=self.engine(lm, next_info, placement))
+
+    def check_topology(self, num_layers: int | None = None) -> dict | None:
+        """Refuse a topology that cannot work, before any weights load: --u-shape needs two cuts a < b < L,
+        --next needs --cut A,B and a next server (asked now) that serves from B. Returns its `info`."""
+        if num_layers is None:
+            from splitinfer.models import peek_num_layers
+
+            num_layers = peek_num_layers(self.model)
+        cuts = self.cuts()
+        if self.u_shape:
+            if self.next:
+                raise ConfigError("--u-shape and --next together: a U-shape server returns the hidden state to the "
+                                  "device; give one of them")
+            from splitinfer.split.ushape import check_ushape_cuts
+
+            check_ushape_cuts(cuts, num_layers)
+            return None
+        if self.codec is not None and not self.next:
+            raise ConfigError(f"--codec {self.codec} sets the codec of the hop to --next; without --next the device "
+                              "names the codec (generate --codec)")
+        if not self.next:
+            return None
+        from splitinfer.transport.relay import ask_info, check_next
+
+        if self.codec is not None:
+            from splitinfer.codecs import build_codec
+
+            build_codec(self.codec)
+        info = ask_info(self.next, timeout_s=min(float(self.hop_timeout_s), 5.0))
+        check_next(cuts, info, num_layers, self.next)
+        return info
+
+    def engine(self, lm, next_info: dict | None, placement):
+        """The server's engine for its topology: None (the usual server half), a relay hop or a U-shape."""
+        if self.u_shape:
+            from splitinfer.transport.topology import UShapeEngine
+
+            return UShapeEngine(lm, self.cuts(), placement=placement)
+        if self.next:
+            from splitinfer.transport.relay import RelayEngine
+
+            return RelayEngine(lm, self.cuts(), self.next, next_info, codec=self.codec, placement=placement,
+                               timeout_s=float(self.hop_timeout_s))
+        return None
 
 
 def _flag(f: dataclasses.Field) -> str:

@@ -191,6 +191,9 @@ class SessionTable:
         if s.nonce and self._by_nonce.get(s.nonce) == sid:
             del self._by_nonce[s.nonce]
         s.state.caches = []  # free the KV tensors now, not when the last reference goes
+        close = getattr(s.state, "close", None)  # a relay hop's session closes its link to the next hop
+        if callable(close):
+            close()
         return True
 
     def evict_idle(self, now: float | None = None) -> int:

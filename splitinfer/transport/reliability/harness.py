@@ -52,15 +52,20 @@ def reap():
         except ChildProcessError:
             threading.Event().wait(0.05)
             continue
-        print("exit", pid, -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status), flush=True)
+        say("exit", pid, -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+say_lock = threading.Lock()  # two threads print: without it an "exit" line can split a "child" line
+def say(*words):
+    with say_lock:
+        print(*words, flush=True)
 threading.Thread(target=reap, daemon=True).start()
-print("zygote ready", flush=True)
+say("zygote ready")
 for line in sys.stdin:
     argv = line.split()
-    pid = os.fork()
+    with say_lock:  # no print in flight while forking (the child never inherits a held stdout lock)
+        pid = os.fork()
     if pid == 0:
         os._exit(main(["serve", *argv]))
-    print("child", pid, flush=True)
+    say("child", pid)
 """
 
 
