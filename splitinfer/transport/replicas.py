@@ -93,8 +93,8 @@ class ReplicaLink(RemoteLink):
         return self._with_failover(super().info)
 
     # -- per-hop figures of a relay chain ------------------------------------------------------
-    def _step_request(self, frames, start, draft=None, draft_p=None) -> dict:
-        rep = super()._step_request(frames, start, draft, draft_p)
+    def _step_request(self, frames, start, draft=None, draft_p=None, score=None) -> dict:
+        rep = super()._step_request(frames, start, draft, draft_p, score)
         hops = rep.get("hops") if rep.get("ok") else None
         if isinstance(hops, list):
             for i, hop in enumerate(hops[:16]):
