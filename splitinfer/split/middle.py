@@ -19,7 +19,7 @@ import torch
 from splitinfer.errors import ConfigError
 from splitinfer.models import Stage
 from splitinfer.split.placement import Placement, place_stages
-from splitinfer.split.server import SamplingConfig, ServerHalf, StepError
+from splitinfer.split.server import SamplingConfig, ServerHalf, StepError, run_session_stages
 from splitinfer.split.wire import resolve_codec
 
 # what a step's output becomes: (session, want_logprob) -> the reply's fields
@@ -53,21 +53,9 @@ class MiddleSession:
     @torch.no_grad()
     def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         """Run the slice on positions start..start+T-1; returns its output (1, T, H) and keeps it."""
-        if hidden.dim() != 3 or hidden.shape[0] != 1 or hidden.shape[-1] != self.hidden_size:
-            raise StepError(f"hidden states must have shape (1, T, {self.hidden_size}), got {tuple(hidden.shape)}")
-        if start != self.position:
-            raise StepError(f"step starts at position {start} but the session is at {self.position}; "
-                            "resend from the session's position or replay the session")
-        n = hidden.shape[1]
-        if self.max_tokens is not None and start + n > self.max_tokens:
-            raise StepError(f"session would hold {start + n} tokens, over its limit of {self.max_tokens}")
+        h = run_session_stages(self, hidden, start)
         if self.pending and self.pending[-1][0] + self.pending[-1][1].shape[1] != start:
             self.pending = []  # a new step: what an abandoned one kept is stale
-        pos = torch.arange(start, start + n, device=self.placement.device)[None]
-        h = hidden.to(self.placement.device, self.placement.dtype)
-        for stage, cache in zip(self.stages, self.caches, strict=True):
-            h = stage(h, position_ids=pos, cache=cache)
-        self.position += n
         out = h.to("cpu", torch.float32)
         self.pending.append((start, out))
         return out

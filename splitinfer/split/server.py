@@ -161,6 +161,30 @@ def _all_position_logits(stage):
         stage.lm_head = head
 
 
+@torch.no_grad()
+def run_session_stages(session, hidden: torch.Tensor, start: int) -> torch.Tensor:
+    """A session's step through its stages: check it against the session (shape, position, token limit),
+    run positions start..start+T-1 on the session's device and dtype through its KV caches, and move the
+    session on. `session`: a `ServerSession`, or a middle slice's `MiddleSession` (stages, caches,
+    placement, position, max_tokens, hidden_size)."""
+    if hidden.dim() != 3 or hidden.shape[0] != 1 or hidden.shape[-1] != session.hidden_size:
+        raise StepError(f"hidden states must have shape (1, T, {session.hidden_size}), got {tuple(hidden.shape)}")
+    if start != session.position:
+        raise StepError(f"step starts at position {start} but the session is at {session.position}; "
+                        "resend from the session's position or replay the session")
+    n = hidden.shape[1]
+    if n == 0:
+        raise StepError("a step must carry at least one position")
+    if session.max_tokens is not None and start + n > session.max_tokens:
+        raise StepError(f"session would hold {start + n} tokens, over its limit of {session.max_tokens}")
+    pos = torch.arange(start, start + n, device=session.placement.device)[None]
+    h = hidden.to(session.placement.device, session.placement.dtype)
+    for stage, cache in zip(session.stages, session.caches, strict=True):
+        h = stage(h, position_ids=pos, cache=cache)
+    session.position += n
+    return h
+
+
 class ServerSession:
     """The server side of one generation: the remaining stages, their KV caches and the sampler."""
 
@@ -185,22 +209,7 @@ class ServerSession:
     @torch.no_grad()
     def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         """Run the chain on hidden states for positions start..start+T-1; returns logits (1, T, V)."""
-        if hidden.dim() != 3 or hidden.shape[0] != 1 or hidden.shape[-1] != self.hidden_size:
-            raise StepError(f"hidden states must have shape (1, T, {self.hidden_size}), got {tuple(hidden.shape)}")
-        if start != self.position:
-            raise StepError(f"step starts at position {start} but the session is at {self.position}; "
-                            "resend from the session's position or replay the session")
-        n = hidden.shape[1]
-        if n == 0:
-            raise StepError("a step must carry at least one position")
-        if self.max_tokens is not None and start + n > self.max_tokens:
-            raise StepError(f"session would hold {start + n} tokens, over its limit of {self.max_tokens}")
-        pos = torch.arange(start, start + n, device=self.placement.device)[None]
-        h = hidden.to(self.placement.device, self.placement.dtype)
-        for stage, cache in zip(self.stages, self.caches, strict=True):
-            h = stage(h, position_ids=pos, cache=cache)
-        self.position += n
-        return h
+        return run_session_stages(self, hidden, start)
 
     def forward_scored(self, hidden: torch.Tensor, start: int,
                        targets: Sequence[int]) -> tuple[torch.Tensor, tuple[list[float], list[bool]]]:
