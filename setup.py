@@ -8,7 +8,9 @@ users and Hydra's docs expect it); this maps it into the wheel so an installed c
 from setuptools import find_packages, setup
 
 setup(
-    packages=[*find_packages(include=["splitinfer", "splitinfer.*"]), "splitinfer.conf"],
+    # splitinfer_testing: the test harness (needs the dev extra); the runtime package never imports it
+    packages=[*find_packages(include=["splitinfer", "splitinfer.*", "splitinfer_testing", "splitinfer_testing.*"]),
+              "splitinfer.conf"],
     package_dir={"splitinfer.conf": "conf"},
     package_data={"splitinfer.conf": ["*.yaml", "**/*.yaml"]},
 )

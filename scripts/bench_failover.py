@@ -4,7 +4,7 @@
     python scripts/bench_failover.py --timeout-s 0.25 --retries 0 --csv experiments/topologies/failover.csv
 
 Each round forks fresh replica processes (tiny-llama, cut 2, loopback, random ports), runs the clients
-(`splitinfer.transport.reliability.topologies.run_replica_failover`: the code tests/reliability runs),
+(`splitinfer_testing.reliability.topologies.run_replica_failover`: the code tests/reliability runs),
 SIGKILLs replica 0 a third of the way through, and checks that every client ends with its in-process
 text. A failover time is, per session that moved, how long its interrupted step took until the new
 replica answered it: the client's silence detection (timeout_s x (retries + 1)) + reconnect + open +
@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     import torch
 
     from splitinfer.models import tiny_model
-    from splitinfer.transport.reliability.harness import Zygote, percentile
-    from splitinfer.transport.reliability.topologies import run_replica_failover
+    from splitinfer_testing.reliability.harness import Zygote, percentile
+    from splitinfer_testing.reliability.topologies import run_replica_failover
 
     torch.set_num_threads(1)
     lm = tiny_model("llama")

@@ -167,7 +167,7 @@ def load_generator(url: str, fields: dict, trajs: list[dict], session_ids: list[
 # -- servers ---------------------------------------------------------------------------------------
 class Server:
     def __init__(self, model: str, cut: int, batching: bool, threads: int, extra: list[str]) -> None:
-        from splitinfer.transport.reliability.harness import free_port
+        from splitinfer_testing.reliability.harness import free_port
 
         self.port = free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"

@@ -79,7 +79,7 @@ def encode_prompts(lm, n: int) -> list[torch.Tensor]:
 
 def start_server(args, lm, mode: str):
     """A server process (`python -m splitinfer serve`) or an in-thread SplitServer."""
-    from splitinfer.transport.reliability.harness import free_port
+    from splitinfer_testing.reliability.harness import free_port
 
     if args.server == "thread":
         from splitinfer.transport import SplitServer

@@ -3,7 +3,7 @@
     python scripts/reliability_report.py                                   # the sizes of tests/reliability
     python scripts/reliability_report.py --messages 50000 --clients 64 --csv results/reliability.csv
 
-Runs the same scenarios as `tests/reliability/` (`splitinfer.transport.reliability`; loopback only,
+Runs the same scenarios as `tests/reliability/` (`splitinfer_testing.reliability`; loopback only,
 tiny-llama cut 2, every process it starts is killed on exit) and prints one table. Exit status 1 if any
 check failed.
 """
@@ -50,8 +50,8 @@ def main(argv=None) -> int:
     import torch
 
     from splitinfer.models import tiny_model
-    from splitinfer.transport.reliability import scenarios as sc
-    from splitinfer.transport.reliability.harness import Zygote
+    from splitinfer_testing.reliability import scenarios as sc
+    from splitinfer_testing.reliability.harness import Zygote
 
     torch.set_num_threads(1)  # on a small shared CPU one thread is several times faster
     lm = tiny_model("llama")

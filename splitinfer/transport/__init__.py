@@ -7,8 +7,8 @@
 Modules: `protocol` (envelope, validation, error codes), `payload` (codecs on the wire), `sessions`
 (limits, eviction), `scheduler` (admission, batching, chunked prefill; no sockets), `server` (SplitServer:
 the socket), `server_config` (ServerConfig: every setting, serve's flags), `serve_cmd` (`splitinfer serve`),
-`client` (RemoteLink, remote_generator), `keys` (CurveZMQ key folders), `reliability` (the hostile-input,
-fault, load and auth harness behind tests/reliability and scripts/reliability_report.py).
+`client` (RemoteLink, remote_generator), `keys` (CurveZMQ key folders). The hostile-input, fault, load and
+auth harness behind tests/reliability is `splitinfer_testing.reliability` (outside this package).
 
 Protocol, version 1
 -------------------

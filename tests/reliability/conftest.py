@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from splitinfer.transport.reliability.harness import Zygote
-from splitinfer.transport.reliability.scenarios import SERVER_ARGS
+from splitinfer_testing.reliability.common import SERVER_ARGS
+from splitinfer_testing.reliability.harness import Zygote
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitinfer.transport.reliability.scenarios import run_abuse
+from splitinfer_testing.reliability.load import run_abuse
 
 pytestmark = pytest.mark.reliability
 

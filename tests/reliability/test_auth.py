@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitinfer.transport.reliability.scenarios import run_auth
+from splitinfer_testing.reliability.auth import run_auth
 
 pytestmark = pytest.mark.reliability
 

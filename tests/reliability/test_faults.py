@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitinfer.transport.reliability.scenarios import run_client_killed, run_kill_restart
+from splitinfer_testing.reliability.faults import run_client_killed, run_kill_restart
 
 pytestmark = pytest.mark.reliability
 

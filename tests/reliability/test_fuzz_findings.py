@@ -10,7 +10,7 @@ import pytest
 
 from splitinfer.transport import SplitServer
 from splitinfer.transport import protocol as p
-from splitinfer.transport.reliability.harness import Dealer
+from splitinfer_testing.reliability.harness import Dealer
 
 pytestmark = pytest.mark.reliability
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitinfer.transport.reliability.scenarios import run_hostile, run_hostile_authenticated
+from splitinfer_testing.reliability.hostile import run_hostile, run_hostile_authenticated
 
 pytestmark = pytest.mark.reliability
 

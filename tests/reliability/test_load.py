@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitinfer.transport.reliability.scenarios import run_load
+from splitinfer_testing.reliability.load import run_load
 
 pytestmark = pytest.mark.reliability
 

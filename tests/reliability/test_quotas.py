@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from splitinfer.transport.reliability.scenarios import run_fair_share
 from splitinfer.transport.sessions import QUOTA
+from splitinfer_testing.reliability.load import run_fair_share
 
 pytestmark = pytest.mark.reliability
 

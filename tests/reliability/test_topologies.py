@@ -8,13 +8,13 @@ import torch
 
 from splitinfer.generation import in_process_generator
 from splitinfer.transport.relay import ask_info
-from splitinfer.transport.reliability.topologies import (
+from splitinfer.transport.topology import connect
+from splitinfer_testing.reliability.topologies import (
     EDGE_CUTS,
     run_relay_kill,
     run_replica_failover,
     spawn_chain,
 )
-from splitinfer.transport.topology import connect
 
 
 def test_relay_chain_in_three_processes_survives_kill_9_of_the_edge_and_of_the_cloud(lm, zygote):

@@ -10,11 +10,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from splitinfer.generation import in_process_generator
+from splitinfer.split import in_process_generator
 from splitinfer.transport.client import TransportError
-from splitinfer.transport.reliability.harness import ForkedServer, Zygote, percentile
-from splitinfer.transport.reliability.scenarios import prompt, sampling
 from splitinfer.transport.topology import connect
+from splitinfer_testing.reliability.common import prompt, sampling
+from splitinfer_testing.reliability.harness import ForkedServer, Zygote, percentile
 
 EDGE_CUTS = [1, 3]  # tiny-llama has 4 layers: the device runs [0, 1), the edge [1, 3), the cloud [3, 4) + head
 

@@ -11,11 +11,10 @@ which libzmq answers by dropping the connection (ignored by design; we watch for
 from __future__ import annotations
 
 import json
-import math
-import struct
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgpack
 import zmq
@@ -24,108 +23,22 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
+from splitinfer.transport import SplitServer, remote_generator
 from splitinfer.transport import protocol as p
-from splitinfer.transport.reliability.harness import Dealer
+from splitinfer.transport.client import load_client_curve_keys
+from splitinfer_testing.reliability.common import CUT, MAX_MESSAGE_BYTES, prompt, reference_tokens, sampling
+from splitinfer_testing.reliability.harness import Dealer, ForkedServer
+from splitinfer_testing.reliability.hostile_plans import (
+    REAL_CODECS,
+    bomb,
+    float_values,
+    json_value,
+    plans,
+    to_bytes,
+)
 
 REPLY_TIMEOUT_MS = 10_000  # generous: a busy shared CPU can stall the server process for seconds
 BATCH = 10  # plans per hypothesis example: per-example overhead dominates, so draw them in tens
-
-NAN, INF = float("nan"), float("inf")
-
-# -- strategies ------------------------------------------------------------------------------------
-
-_small = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=12),
-                   st.binary(max_size=12))
-WRONG = st.one_of(
-    _small,
-    st.sampled_from([-1, 0, 1, 2**31, 2**62, 2**62 + 1, 2**63 - 1, 2**64 - 1, -(2**63), NAN, INF, -INF, 1e308,
-                     -0.0, True, False, "", "1", "none", "x" * 300]),
-    st.lists(_small, max_size=4),
-    st.dictionaries(st.text(max_size=8), _small, max_size=4),
-)
-ANY_VALUE = st.recursive(_small, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c,
-                                                                                     max_size=4), max_leaves=10)
-ALL_KEYS = sorted({*p.OPEN_KEYS, *p.STEP_KEYS, *p.SAMPLING_KEYS, "ok", "code", "msg", "tok"})
-KEY = st.one_of(st.sampled_from(ALL_KEYS), st.text(max_size=10))
-MUTATION = st.one_of(st.tuples(st.just("set"), KEY, WRONG), st.tuples(st.just("del"), st.sampled_from(ALL_KEYS)),
-                     st.tuples(st.just("add"), st.text(min_size=1, max_size=10), WRONG))
-HEADER_KEYS = ["codec", "v", "params", "dtype", "shape", "meta"]
-HEADER_MUTATION = st.one_of(
-    st.tuples(st.just("set"), st.sampled_from(HEADER_KEYS), WRONG),
-    st.tuples(st.just("del"), st.sampled_from(HEADER_KEYS)),
-    st.tuples(st.just("add"), st.text(min_size=1, max_size=10), WRONG),
-    st.tuples(st.just("dtype"), st.sampled_from(["float16", "bfloat16", "float64", "int8", "int32", "uint8", "bool",
-                                                 "complex64", ""])),
-    st.tuples(st.just("shape"), st.lists(st.one_of(st.integers(-3, 5), st.sampled_from([2**31, 2**63 - 1, 10**9]),
-                                                   st.floats(0, 4), st.text(max_size=3)), max_size=5)),
-    st.tuples(st.just("hidden_delta"), st.sampled_from([-64, -1, 1, 64])),
-    st.tuples(st.just("codec_name"), st.sampled_from(["fp16", "int8", "NONE", "none ", "../none", "", "pickle"])),
-)
-
-
-# Real codecs (the client's default is int8): their encodings, corrupted and then re-signed with a valid
-# CRC, as an attacker would, so the decoders' parsing is reached, not only the checksum.
-REAL_CODECS = ["int8", "int4_b32_outlier_lz4", "int8_b32_outlier_zstd", "int3_b32_outlier_rot_log8_tc",
-               "petals_blockwise8", "ec30", "top10_fp16", "int4_token_lz4", "fp16_lz4", "top25_int8_token"]
-BUFFER_OP = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 7), st.integers(0, 2**16), st.integers(0, 7)),
-    st.tuples(st.just("trunc"), st.integers(0, 7), st.integers(1, 64)),
-    st.tuples(st.just("extend"), st.integers(0, 7), st.binary(min_size=1, max_size=64)),
-    st.tuples(st.just("drop"), st.integers(0, 7)),
-    st.tuples(st.just("dup"), st.integers(0, 7)),
-    st.tuples(st.just("fill"), st.integers(0, 7), st.sampled_from([0x00, 0xFF, 0x7F, 0x80])),
-    st.tuples(st.just("bomb"), st.integers(0, 7), st.sampled_from(["lz4", "zstd"])),
-)
-CODED_HEADER_OP = st.one_of(
-    st.tuples(st.just("meta"), st.integers(0, 7), WRONG),
-    st.tuples(st.just("meta_del"), st.integers(0, 7)),
-    st.tuples(st.just("meta_add"), st.text(min_size=1, max_size=10), WRONG),
-    st.tuples(st.just("top"), st.sampled_from([*HEADER_KEYS, "crc"]), WRONG),
-    st.tuples(st.just("compressed"), st.lists(st.sampled_from([0, 1, 2, -1, True]), max_size=6)),
-)
-
-
-@st.composite
-def plans(draw):
-    kind = draw(st.sampled_from(["frames"] * 3 + ["msgpack"] * 3 + ["envelope"] * 6 + ["codec"] * 8
-                                + ["coded"] * 6 + ["deep", "deep_json", "many_frames", "too_large", "req",
-                                                   "oversize"]))
-    if kind == "frames":
-        return kind, draw(st.lists(st.binary(max_size=300), min_size=1, max_size=4))
-    if kind == "msgpack":
-        value = draw(st.one_of(ANY_VALUE, st.dictionaries(KEY, WRONG, max_size=6)))
-        return kind, value, draw(st.lists(st.binary(max_size=40), max_size=2))
-    if kind == "envelope":
-        op = draw(st.one_of(st.sampled_from(p.OPS), st.text(max_size=12)))
-        return kind, op, draw(st.lists(MUTATION, min_size=1, max_size=3))
-    if kind == "codec":
-        return (kind, draw(st.sampled_from(["next"] * 6 + ["retry", "skip", "zero", "huge"])),
-                draw(st.sampled_from(["right"] * 3 + ["wrong"])), draw(st.integers(1, 4)),
-                draw(st.sampled_from(["float32"] * 3 + ["float16", "bfloat16"])),
-                draw(st.lists(HEADER_MUTATION, max_size=2)),
-                draw(st.sampled_from(["exact"] * 6 + ["truncate", "extend", "empty", "extra", "none", "garbage_header",
-                                                     "json_array", "header_nan"])),
-                draw(st.integers(1, 64)),
-                draw(st.sampled_from(["normal"] * 4 + ["nan", "inf", "huge", "subnormal", "zeros", "neg_huge"])))
-    if kind == "coded":
-        return (kind, draw(st.sampled_from(REAL_CODECS)), draw(st.integers(1, 3)),
-                draw(st.sampled_from(["normal"] * 4 + ["nan", "inf", "huge", "zeros"])),
-                draw(st.lists(CODED_HEADER_OP, max_size=2)), draw(st.lists(BUFFER_OP, max_size=2)),
-                draw(st.sampled_from([True] * 4 + [False])),  # re-sign the CRC
-                draw(st.sampled_from(["right"] * 4 + ["wrong"])), draw(st.integers(1, 64)))
-    if kind == "deep":
-        return kind, draw(st.sampled_from(["v", "op", "rid", "sid", "codec", "sampling", "cuts", "x"])), \
-            draw(st.one_of(st.integers(1, 2000), st.integers(990, 1030))), draw(st.sampled_from(["list", "map"]))
-    if kind == "deep_json":
-        return kind, draw(st.sampled_from(["shape", "params", "codec", "meta", "dtype"])), \
-            draw(st.one_of(st.integers(1, 30000), st.integers(980, 1030)))
-    if kind == "many_frames":
-        return kind, draw(st.integers(p.MAX_FRAMES + 1, p.MAX_FRAMES + 40))
-    if kind == "too_large":
-        return kind, draw(st.integers(2, 4))
-    if kind == "req":
-        return kind, draw(st.lists(st.binary(max_size=60), min_size=0, max_size=2))
-    return kind, draw(st.integers(1, 4096))  # oversize: bytes over the per-frame cap
 
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -154,59 +67,6 @@ class HostileResult:
 
 class ServerGone(RuntimeError):
     pass
-
-
-def _json(v):
-    """A hostile value as JSON data (bytes become text; NaN/inf stay, json.dumps writes them)."""
-    if isinstance(v, bytes):
-        return v.decode("latin-1")
-    if isinstance(v, list):
-        return [_json(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _json(x) for k, x in v.items()}
-    return v
-
-
-def _floats(n: int, mode: str, seed: int) -> list[float]:
-    special = {"nan": NAN, "inf": INF, "huge": 3.0e38, "neg_huge": -3.0e38, "subnormal": 1e-45, "zeros": 0.0}
-    vals = [math.sin(seed * 7.1 + i * 0.37) for i in range(n)]
-    if mode in ("huge", "neg_huge", "zeros", "subnormal"):
-        return [special[mode]] * n
-    if mode in special:
-        vals[seed % n] = special[mode]
-    return vals
-
-
-def _to_bytes(vals: list[float], dtype: str) -> bytes:
-    if dtype == "float32":
-        return struct.pack(f"<{len(vals)}f", *vals)
-    if dtype == "float16":
-        out = []
-        for v in vals:
-            try:
-                out.append(struct.pack("<e", v))
-            except OverflowError:
-                out.append(struct.pack("<e", math.copysign(INF, v)))
-        return b"".join(out)
-    # bfloat16: the top two bytes of the float32
-    return b"".join(struct.pack("<f", v)[2:] for v in vals)
-
-
-_BOMBS: dict[str, bytes] = {}
-
-
-def _bomb(method: str) -> bytes:
-    if method not in _BOMBS:
-        data = b"\0" * 64 * 2**20
-        if method == "lz4":
-            import lz4.block
-
-            _BOMBS[method] = lz4.block.compress(data, store_size=False)[: 60 * 1024]
-        else:
-            import zstandard
-
-            _BOMBS[method] = zstandard.ZstdCompressor().compress(data)
-    return _BOMBS[method]
 
 
 class HostileDriver:
@@ -312,11 +172,11 @@ class HostileDriver:
         header = {"codec": "none", "v": 1, "params": {}, "dtype": dtype, "shape": shape, "meta": {}}
         for m in header_mutations:
             if m[0] == "set":
-                header[m[1]] = _json(m[2])
+                header[m[1]] = json_value(m[2])
             elif m[0] == "del":
                 header.pop(m[1], None)
             elif m[0] == "add":
-                header[m[1]] = _json(m[2])
+                header[m[1]] = json_value(m[2])
             elif m[0] == "dtype":
                 header["dtype"] = m[1]
             elif m[0] == "shape":
@@ -326,7 +186,7 @@ class HostileDriver:
             elif m[0] == "codec_name":
                 header["codec"] = m[1]
         n = t * self.hidden
-        buf = _to_bytes(_floats(n, values, k), dtype if dtype in ("float32", "float16", "bfloat16") else "float32")
+        buf = to_bytes(float_values(n, values, k), dtype if dtype in ("float32", "float16", "bfloat16") else "float32")
         hdr = json.dumps(header, allow_nan=True).encode()
         if buffers == "garbage_header":
             hdr = bytes((k * 37 + i * 11) % 256 for i in range(k))
@@ -356,7 +216,7 @@ class HostileDriver:
         _, name, t, values, header_ops, buffer_ops, resign, start_mode, k = plan
         sid, seq, pos = self.coded.get(name) or self._open_coded(name)
         codec = self._codecs.get(name) or self._codecs.setdefault(name, build_codec(name))
-        x = torch.tensor(_floats(t * self.hidden, values, k), dtype=torch.float32).view(1, t, self.hidden)
+        x = torch.tensor(float_values(t * self.hidden, values, k), dtype=torch.float32).view(1, t, self.hidden)
         try:
             with warnings.catch_warnings():  # NaN cast to int codes: that is the point here
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -369,13 +229,13 @@ class HostileDriver:
         for op in header_ops:
             keys = sorted(meta)
             if op[0] == "meta" and keys:
-                meta[keys[op[1] % len(keys)]] = _json(op[2])
+                meta[keys[op[1] % len(keys)]] = json_value(op[2])
             elif op[0] == "meta_del" and keys:
                 meta.pop(keys[op[1] % len(keys)])
             elif op[0] == "meta_add":
-                meta[op[1]] = _json(op[2])
+                meta[op[1]] = json_value(op[2])
             elif op[0] == "top":
-                header[op[1]] = _json(op[2])
+                header[op[1]] = json_value(op[2])
             elif op[0] == "compressed":
                 meta["compressed"] = op[1]
         for op in buffer_ops:
@@ -392,7 +252,7 @@ class HostileDriver:
             elif op[0] == "fill":
                 b[:] = bytes([op[2]]) * len(b)
             elif op[0] == "bomb":  # a small buffer that inflates to 64 MiB
-                b = bytearray(_bomb(op[2]))
+                b = bytearray(bomb(op[2]))
                 meta["compressed"] = [1] * len(buffers)
             if op[0] == "drop":
                 del buffers[i]
@@ -473,7 +333,7 @@ class HostileDriver:
             text = json.dumps(header).replace(json.dumps({key: header[key]})[1:-1],
                                               f'"{key}": ' + "[" * depth + "]" * depth)
             env = p.pack(p.request("step", self._next_rid(), sid=self.victim, seq=self.v_seq + 1, start=self.v_pos))
-            buf = _to_bytes(_floats(self.hidden, "normal", depth), "float32")
+            buf = to_bytes(float_values(self.hidden, "normal", depth), "float32")
             return [env, text.encode()[: 64 * 1024 + 100], buf], None, "none"
         if kind == "many_frames":
             rid = self._next_rid()
@@ -607,3 +467,55 @@ class HostileDriver:
         r.server_alive = r.server_alive and self.is_alive()
         r.rss.append((r.tried, self.rss_of()))
         return r
+
+
+# -- the scenarios ----------------------------------------------------------------------------------
+
+def run_hostile(lm, server: ForkedServer, n_messages: int, seed: int | None = None,
+                time_limit_s: float = 600.0) -> tuple[HostileResult, bool, bool]:
+    """(tally, victim session still consistent, a good generation afterwards equals its reference)."""
+    from splitinfer_testing.reliability.hostile import HostileDriver  # needs hypothesis
+
+    driver = HostileDriver(server.url, lm.fingerprint, [CUT], lm.hidden_size, MAX_MESSAGE_BYTES,
+                           rss_of=server.rss, is_alive=server.alive)
+    try:
+        result = driver.run(n_messages, seed=seed, time_limit_s=time_limit_s)
+        consistent = result.server_alive and driver.victim_still_consistent()
+    finally:
+        driver.close()
+    good = False
+    if server.alive():
+        gen = remote_generator(lm, [CUT], server.url, codec="none", sampling=sampling(0), timeout_s=15, retries=0)
+        try:
+            good = gen.generate(prompt(0, lm.vocab_size), 12, stop_at_eos=False).token_ids == \
+                reference_tokens(lm, 0, 12)
+        finally:
+            gen.link.close()
+    return result, consistent, good
+
+
+def run_hostile_authenticated(lm, key_dir: str | Path, n_messages: int = 1000,
+                              time_limit_s: float = 120.0) -> tuple[HostileResult, bool, bool, int]:
+    """The same hostile plans from an allowed CurveZMQ client (the session-owner checks run on every
+    message). Returns (tally, sessions consistent, server alive, `forbidden` replies)."""
+    from splitinfer.transport.keys import make_key_folder
+    from splitinfer.transport.server import CurveConfig
+    from splitinfer_testing.reliability.hostile import HostileDriver  # needs hypothesis
+
+    keys = make_key_folder(Path(key_dir) / "keys", ("client",))
+    srv = SplitServer(lm, [CUT], port=0, poll_ms=20, max_message_bytes=MAX_MESSAGE_BYTES,
+                      curve=CurveConfig(str(keys / "server.key_secret"), str(keys / "allowed_clients"))).start()
+    try:
+        def alive() -> bool:
+            return srv.serving
+
+        driver = HostileDriver(srv.url, lm.fingerprint, [CUT], lm.hidden_size, MAX_MESSAGE_BYTES, is_alive=alive,
+                               curve=load_client_curve_keys(keys))
+        try:
+            result = driver.run(n_messages, time_limit_s=time_limit_s)
+            consistent = result.server_alive and driver.victim_still_consistent()
+        finally:
+            driver.close()
+        return result, consistent, alive(), srv.info()["errors"].get(p.FORBIDDEN, 0)
+    finally:
+        srv.stop()
