@@ -13,9 +13,11 @@ states it kept; sampling is seeded by position, so the replayed session is in ex
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ from splitinfer.split import (
 from splitinfer.split.placement import Placement
 from splitinfer.transport import protocol as p
 from splitinfer.transport.payload import build_session_codec, codec_spec, default_codec
+
+log = logging.getLogger(__name__)
 
 CURVE_KEYS_ENV = "SPLITINFER_CURVE_KEYS"
 
@@ -116,6 +120,8 @@ class RemoteLink:
         self.resends = 0  # requests sent again after a timeout
         self.replays = 0  # sessions rebuilt from the kept hidden states
         self.open_extra: dict[str, Any] = {}  # more fields of every open (a U-shape's topology, downlink codec)
+        # called before each resend with (this try, all tries): a seam for progress and for tests that wait on it
+        self.on_retry: Callable[[int, int], None] | None = None
 
     # -- the Link interface ----------------------------------------------------------------------
     def step(self, enc, start: int) -> int:
@@ -323,6 +329,11 @@ class RemoteLink:
             sock = self._sock or self._connect()
             if attempt:
                 self.resends += 1
+                # said as it happens: against a dead address the tries add up to retries x timeout in silence
+                log.warning("no reply from %s to %r within %g s; retry %d/%d", self.url, env["op"], timeout_s,
+                            attempt + 1, retries + 1)
+                if self.on_retry is not None:
+                    self.on_retry(attempt + 1, retries + 1)
             _send_frames(sock, frames)
             self.bytes_up += size
             self.messages += 1

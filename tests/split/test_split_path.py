@@ -88,18 +88,19 @@ def test_in_process_payload_equals_the_privacy_evaluators(lm):
 def test_served_payload_equals_the_privacy_evaluators(lm):
     """A real SplitServer on a loopback socket decodes exactly the payload the evaluator attacks, for the
     same seed, defense and codec; the server needs no change for a defense."""
+    from splitinfer.split import ServerHalf
     from splitinfer.transport import SplitServer, remote_generator
 
     seen = []
 
-    class Recording(SplitServer):
-        def _prepare_step(self, env, payload, owner, reply_to):
-            job = super()._prepare_step(env, payload, owner, reply_to)
-            if hasattr(job, "hidden"):
-                seen.append(job.hidden.clone())
-            return job
+    class Recording(ServerHalf):  # the engine seam (SplitServer(engine=...)): what the server decoded
+        def decode(self, enc, codec=None):
+            hidden = super().decode(enc, codec)
+            seen.append(hidden.clone())
+            return hidden
 
-    srv = Recording(lm, [2], port=0, poll_ms=20).start()
+    engine = Recording(split_model(lm, [2])[1:], last_position_only=True)
+    srv = SplitServer(lm, [2], port=0, poll_ms=20, engine=engine).start()
     try:
         ids = torch.randint(3, 256, (1, 9))
         defense = GaussianNoise(sigma=0.2, seed=11)

@@ -189,7 +189,7 @@ _FUZZ = {}
 def _fuzz_server(make_server, lm):
     # one server for all hypothesis examples (make_server is function-scoped; keep the first one alive)
     srv = _FUZZ.get("srv")
-    if srv is None or srv._thread is None:
+    if srv is None or not srv.serving:
         from splitinfer.transport import SplitServer
 
         srv = _FUZZ["srv"] = SplitServer(lm, [2], port=0, poll_ms=20).start()
