@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 from splitinfer.errors import ConfigError
 
@@ -34,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a defense parameter, repeatable: e.g. --defense gaussian --defense-param sigma=0.1 "
                         "--defense-param seed=3")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads on this side (default: torch's, all cores); 1 is steadier on a small "
-                        "shared CPU")
+                   help="torch threads on this side (default: half the cores, at most 4, at least 1: on a busy "
+                        "2-core machine torch's all-cores default decoded ~20x slower than 1 thread)")
     p.add_argument("--device", default="cpu",
                    help="torch device of the device half: cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--dtype", default="float32",
@@ -51,7 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-chat", action="store_true", help="send the prompt raw, without the chat template")
-    p.add_argument("--stats", action="store_true", help="print bytes and timings after the answer")
+    p.add_argument("--stats", action="store_true",
+                   help="print bytes, timings, the defense, the codec and the threads after the answer")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="say on stderr what runs before the first token (importing torch, loading, splitting, "
+                        "connecting: seconds to tens of seconds on a busy small machine); default: when stderr is "
+                        "a terminal")
     p.add_argument("--speculate", default="off", metavar="auto|N|off",
                    help="speculative split decoding: the device drafts tokens and the server verifies them in "
                         "one round trip (same greedy text, fewer round trips); auto picks the number of drafts "
@@ -161,8 +168,11 @@ def build_defense_arg(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from splitinfer.generation import SamplingConfig, in_process_generator
+    say = progress_printer(sys.stderr.isatty() if args.progress is None else args.progress)
+    t0 = time.monotonic()
+    say("importing torch, checking the arguments ...")  # torch's import alone is seconds on a busy machine
     from splitinfer.models import load_model
+    from splitinfer.split import SamplingConfig, in_process_generator
 
     cuts = check_arguments(args)
     codec = None
@@ -170,14 +180,17 @@ def main(args: argparse.Namespace) -> int:
         from splitinfer.codecs import build_codec
 
         codec = build_codec(args.codec)  # an unknown codec is refused before the model loads, too
-    if args.threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     defense = build_defense_arg(args)  # refused before the model loads, like the codec
     placement, server_placement = placements(args)
+    say(f"{time.monotonic() - t0:.1f} s: loading {args.model} ({threads} torch thread{'s' * (threads > 1)}) ...")
     lm = load_model(args.model)
+    say(f"{time.monotonic() - t0:.1f} s: splitting at cut {','.join(map(str, cuts))}"
+        + (f", connecting to {args.server}" if args.server else " (both halves in this process)") + " ...")
     if args.server:
         from splitinfer.transport.topology import connect
 
@@ -192,6 +205,7 @@ def main(args: argparse.Namespace) -> int:
         gen = in_process_generator(lm, cuts, codec=codec, sampling=sampling, defense=defense, placement=placement,
                                    server_placement=server_placement)
     gen = speculative_wrap(gen, lm, cuts, args)
+    say(f"{time.monotonic() - t0:.1f} s: generating ...")
     printed = ""
 
     def stream(token_ids: list[int]) -> None:
@@ -216,6 +230,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"[{res.prompt_tokens} prompt tokens, {n} new; uplink {res.bytes_up} B, downlink {res.bytes_down} B; "
               f"prefill {res.prefill_s * 1e3:.1f} ms, decode {res.decode_s_per_token * 1e3:.1f} ms/token]",
               file=sys.stderr)
+        print(f"[defense: {describe_defense(defense)}; codec: {codec_name(gen)}; {threads} torch thread"
+              f"{'s' * (threads > 1)}]", file=sys.stderr)
         for i, hop in enumerate(getattr(gen.link, "hops", [])):
             print(f"[hop {i + 2} (relay -> next server): uplink {hop['bytes_up']} B, downlink {hop['bytes_down']} B, "
                   f"{hop['seconds'] * 1e3:.1f} ms over {hop['steps']} steps]", file=sys.stderr)
@@ -223,6 +239,39 @@ def main(args: argparse.Namespace) -> int:
             print(f"[speculative ({args.drafter}): {res.rounds} decode round trips for {n - 1} tokens, "
                   f"{res.accepted}/{res.drafted} drafts accepted]", file=sys.stderr)
     return 0
+
+
+def default_threads() -> int:
+    """Half the cores, at most 4, at least 1. Torch's default (every core) oversubscribes a busy small
+    machine: on a loaded 2-core box `generate` decoded at 1,937 ms/token against 80.6 ms with 1 thread
+    (issue 29); a 135M model gains little past 4 threads."""
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
+
+
+def progress_printer(on: bool):
+    """say(line): a progress line on stderr (stdout is the answer) when `on` (--progress; by default when
+    stderr is a terminal, so in a pipe a refusal stays one line)."""
+
+    def say(line: str) -> None:
+        if on:
+            print(f"splitinfer generate: {line}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def describe_defense(defense) -> str:
+    """What --stats says about the defense that ran: its name and parameters, or none."""
+    if defense is None:
+        return "none"
+    params = {k: v for k, v in defense.describe().items() if k != "name"}
+    params["seed"] = defense.seed
+    return f"{defense.name} (" + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in params.items()) + ")"
+
+
+def codec_name(gen) -> str:
+    codec = getattr(getattr(gen, "device", None), "codec", None)
+    return "none" if codec is None else getattr(codec, "name", None) or type(codec).__name__
 
 
 def speculative_wrap(gen, lm, cuts: list[int], args: argparse.Namespace):

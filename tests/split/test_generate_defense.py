@@ -56,3 +56,22 @@ def test_a_model_dependent_defense_is_bound_in_process_and_over_zeromq(tmp_path,
         assert remote.device.defense.bound
         assert remote.generate(ids, 4, stop_at_eos=False).token_ids == noisy  # same seed, same noise
         remote.link.close()
+
+
+@pytest.mark.slow
+def test_stats_say_which_defense_ran_and_progress_comes_before_the_answer(capsys, real_model):
+    from splitinfer.commands.generate import default_threads
+
+    args = ["generate", "--cut", "15", "--max-new-tokens", "4", "--stats", "What is the capital of France?"]
+    assert main([*args, "--defense", "gaussian", "--defense-param", "sigma=0.5", "--defense-param", "seed=3",
+                 "--progress"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    progress = [line for line in err if line.startswith("splitinfer generate: ")]
+    assert [line.rsplit(": ", 1)[-1].split(" ")[0] for line in progress] == \
+        ["importing", "loading", "splitting", "generating"], progress  # in order, before any token
+    assert "sigma=0.5" in err[-1] and "seed=3" in err[-1] and err[-1].startswith("[defense: gaussian ("), err[-1]
+    assert f"codec: none; {default_threads()} torch thread" in err[-1]
+    assert main(args) == 0  # not a terminal and no --progress: no progress lines; no defense: says so
+    err = capsys.readouterr().err.splitlines()
+    assert not any(line.startswith("splitinfer generate: ") for line in err)
+    assert err[-1].startswith("[defense: none; codec: none;"), err[-1]
