@@ -21,7 +21,7 @@ SEARCH = [
 ]
 
 
-def test_search_runs_then_resumes_on_local_ray(tmp_path):
+def test_search_runs_then_resumes_on_local_ray(tmp_path, plot_check):
     """One search end to end: 2 trials with the basic launcher, stopped; resumed in the same folder with a
     constraint and W&B (offline) as one batch of 4 trials = a 4-job multirun on a local Ray cluster."""
     import optuna
@@ -58,7 +58,8 @@ def test_search_runs_then_resumes_on_local_ray(tmp_path):
     assert len(refs) == 1
     rep = build_report(sweep)
     assert rep.search is not None and len(rep.search.trials) == 6 and rep.search.front
-    assert "## Search" in rep.markdown.read_text() and (rep.out_dir / "search_front.png").is_file()
+    assert "## Search" in rep.markdown.read_text()
+    plot_check(rep.out_dir / "search_front.png")
 
 
 def test_unknown_objective_is_refused_before_any_job(tmp_path):

@@ -16,7 +16,7 @@ def _plot_module():
     return mod
 
 
-def test_saved_runs_parse_and_the_figure_is_written(tmp_path):
+def test_saved_runs_parse_and_the_figure_is_written(tmp_path, plot_check):
     mod = _plot_module()
     runs = sorted(HERE.glob("run_*.csv"))
     assert len(runs) >= 3
@@ -28,4 +28,4 @@ def test_saved_runs_parse_and_the_figure_is_written(tmp_path):
         assert (path.with_suffix(".txt")).is_file()  # the printed table next to each CSV
     out = tmp_path / "ratio.png"
     assert mod.main(["--out", str(out)]) == 0
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot_check(out)

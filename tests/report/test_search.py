@@ -97,14 +97,14 @@ def test_constraints_filter_the_pareto_set(tmp_path):
     assert [r["feasible"] for r in s.trials] == [True, True, False, True, False, False]
 
 
-def test_report_and_recommend_on_a_search_folder(tmp_path, capsys):
+def test_report_and_recommend_on_a_search_folder(tmp_path, capsys, plot_check):
     from splitinfer.cli import main as cli
 
     sweep = _search_folder(tmp_path)
     rep = build_report(sweep)
     md = (sweep / "report" / "report.md").read_text()
     assert "## Search" in md and "**Pareto set** (4 configurations" in md and "**Trials in order**" in md
-    assert (sweep / "report" / "search_front.png").stat().st_size > 0
+    plot_check(sweep / "report" / "search_front.png")
     assert rep.search is not None and (sweep / "report" / "search_trials.csv").read_text().count("\n") == 7
     assert cli(["recommend", str(sweep), "--objective", "bytes", "--max-delta-ppl", "2"]) == 0
     assert "Recommended: cut" in capsys.readouterr().out
