@@ -145,14 +145,18 @@ def run_client_killed(lm, idle_timeout_s: float = 1.0, prefill: int = 128) -> Ev
     client = subprocess.Popen([sys.executable, "-c", _CLIENT, srv.url, lm.fingerprint, str(lm.hidden_size),
                                str(prefill)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        lines = []
-        reader = threading.Thread(target=lambda: lines.extend(iter(client.stdout.readline, "")), daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 30
-        while not any(line.startswith("step 5") for line in lines) and time.monotonic() < deadline:
-            if client.poll() is not None:
-                raise RuntimeError(f"client exited early: {''.join(lines)[-500:]}")
-            time.sleep(0.01)
+        lines, stepping = [], threading.Event()  # set at "step 5", or when the client's output ends
+
+        def read() -> None:
+            for line in iter(client.stdout.readline, ""):
+                lines.append(line)
+                if line.startswith("step 5"):
+                    stepping.set()
+            stepping.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not stepping.wait(30) or not any(line.startswith("step 5") for line in lines):
+            raise RuntimeError(f"client did not reach step 5 (exit {client.poll()}): {''.join(lines)[-500:]}")
         with srv._lock:  # weak references only: holding the objects would keep them alive
             session_ref = [weakref.ref(s) for s in srv.sessions]
             tensor_refs = [weakref.ref(t) for s in srv.sessions for c in s.state.caches for t in c.tensors()]
