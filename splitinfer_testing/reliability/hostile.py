@@ -6,6 +6,10 @@ frames, oversized messages). The driver turns it into frames against the server'
 session, so corrupted steps reach the payload decoder with the right sequence number), sends it from a
 DEALER, and checks the answer: every message gets a well-formed reply, except a frame over ZMQ_MAXMSGSIZE,
 which libzmq answers by dropping the connection (ignored by design; we watch for the disconnect).
+
+The plans themselves (hypothesis strategies) are in `hostile_plans`. ~520 lines: the driver is one piece
+of state (the victim session, one session per real codec, the reply tally) that every method reads; split
+further, each part would need all of it.
 """
 
 from __future__ import annotations
