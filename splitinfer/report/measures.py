@@ -58,6 +58,8 @@ CONFIG_KEYS = (
     "device",  # jobs written before the `device` group became `hardware`
     "device_slowdown",
     "link",
+    "topology",  # single / relay / ushape (conf/topology); jobs from before it have none
+    "topology_cuts",
     "split",
     "defense",
     "codec",

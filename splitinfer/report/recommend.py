@@ -142,8 +142,27 @@ def _value(v: float, unit: str) -> str:
     return f"{v:.4f} s" if unit == "s" else f"{v:.0f} B" if unit == "B" else f"{v:.3g} {unit}"
 
 
+def topology_label(r: dict) -> str:
+    """'cut 8' for a single cut (and jobs from before topologies), 'relay 8,20' / 'U-shape 8,26' otherwise."""
+    kind = str(r.get("topology") or "single")
+    if kind in ("single", "None"):
+        return f"cut {r.get('cut')}"
+    return f"{'U-shape' if kind == 'ushape' else kind} {r.get('topology_cuts', r.get('cut'))}"
+
+
+def topology_statement(rows: list[dict], key: str, what: str, unit: str) -> str | None:
+    """With several topologies among `rows` (one link): the best of each by `key`, on the same device link."""
+    best: dict[str, dict] = {}
+    for r in sorted(rows, key=lambda r: (r[key], tie_key(r))):
+        best.setdefault(str(r.get("topology") or "single"), r)
+    if len(best) < 2:
+        return None
+    parts = [f"{topology_label(r)} + {r.get('codec')} {_value(r[key], unit)}" for r in best.values()]
+    return f"By topology, the lowest {what} of each on this link: " + "; ".join(parts) + "."
+
+
 def _describe(r: dict) -> str:
-    return f"cut {r.get('cut')} + {r.get('codec')}" + (
+    return f"{topology_label(r)} + {r.get('codec')}" + (
         f" + {r['defense']}" if str(r.get("defense", "none")) not in ("none", "None") else ""
     )
 
@@ -261,6 +280,8 @@ def recommend(
         if best["cut"] == 1
         else f"embeddings + layers 0..{best['cut'] - 1}"
     )
+    if str(best.get("topology") or "single") not in ("single", "None"):
+        runs += f", then {topology_label(best)} (splitinfer.topologies)"
     lines = [
         f"Recommended: cut {best['cut']} (the device runs {runs}) with codec {best['codec']}"
         + (f", defense {best['defense']}" if str(best.get("defense", "none")) not in ("none", "None") else "")
@@ -355,6 +376,8 @@ def recommend(
     )
     if rest:
         lines.append(f"Runner-up: {_describe(rest[0])} ({_value(rest[0][key], unit)}).")
+    if topology_statement(feasible, key, what, unit):
+        lines.append(topology_statement(feasible, key, what, unit))
     return Recommendation(best, "\n".join(lines), len(feasible), len(scored), lowest, notes)
 
 
