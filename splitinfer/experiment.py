@@ -491,7 +491,12 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
 
             metrics.update(job_task_metrics(lm, cut, codec, defense, opts))
         if choices["attack"] != "none" and _enabled(cfg.get("attack")):
-            metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, out_dir=out))
+            from splitinfer.topologies import downlink_privacy, is_downlink_attack
+
+            if is_downlink_attack(cfg.attack):  # what a U-shape server returns (checked: topology=ushape)
+                metrics.update(downlink_privacy(cfg.attack, lm, cuts, codec, topology, corpus))
+            else:  # the uplink payload at `cut`: a single cut's, a relay's first hop, a U-shape's uplink
+                metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, out_dir=out))
         if cfg.get("search") is not None:  # a trial of a search (hparams_search=...): objectives, constraints
             from splitinfer.search import trial_metrics
 

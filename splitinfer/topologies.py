@@ -95,6 +95,11 @@ def job_topology(cfg, cut: int, num_layers: int, *, codec, defense, speculate, t
 
     node = cfg.get("topology")
     spec = instantiate(node) if node is not None else TopologySpec()
+    if is_downlink_attack(cfg.get("attack")):
+        if spec.kind != "ushape":
+            raise ConfigError(f"attack=downlink attacks what a U-shape server returns; this job's topology is "
+                              f"{spec.kind}: add topology=ushape (or pick an uplink attack, e.g. attack=logit_lens)")
+        downlink_attack(cfg.attack)  # its options, checked before any weights load
     if spec.kind == "single":
         return spec, [cut]
     for on, what in ((defense is not None, "a defense (use defense=none)"),
@@ -109,6 +114,34 @@ def job_topology(cfg, cut: int, num_layers: int, *, codec, defense, speculate, t
         load_node("link", str(spec.hop_link))
         load_node("hardware", str(spec.edge_hardware))
     return spec, spec.cuts(cut, num_layers)
+
+
+def is_downlink_attack(node) -> bool:
+    """Whether the job's `attack` node is conf/attack/downlink.yaml's kind (`privacy.downlink.DownlinkAttack`)."""
+    return hasattr(node, "get") and str(node.get("_target_", "")).endswith("downlink.DownlinkAttack")
+
+
+def downlink_attack(node):
+    """The `DownlinkAttack` of an attack node (built directly: its ConfigError stays one line)."""
+    from omegaconf import OmegaConf
+
+    from splitinfer.privacy.downlink import DownlinkAttack
+
+    fields = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+    return DownlinkAttack(**{**fields, "attacks": tuple(fields.get("attacks", ()))})
+
+
+def downlink_privacy(attack_node, lm, cuts: list[int], codec, spec: TopologySpec, corpus) -> dict[str, Any]:
+    """A U-shape job's downlink rows (`privacy.evaluate.evaluate_downlink`) on its corpus prompts, with the
+    job's uplink codec and its downlink codec: flat `privacy/downlink/<attack>/answer_token_acc` (+ interval)."""
+    from splitinfer.privacy.evaluate import evaluate_downlink
+
+    prompts = [corpus.prompts[p:p + 1] for p in range(corpus.prompts.shape[0])]
+    if not prompts:
+        raise ConfigError("attack=downlink needs generation prompts: give data.num_prompts >= 1")
+    result = evaluate_downlink(lm, cuts, prompts, downlink_attack(attack_node), up_codec=codec,
+                               down_codec=build_codec(spec.down_codec, codec), max_new_tokens=corpus.gen_tokens)
+    return {f"privacy/{k}": v for k, v in result.items()}
 
 
 def _roundtrip(codec, h: torch.Tensor) -> torch.Tensor:

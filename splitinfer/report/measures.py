@@ -46,7 +46,10 @@ PRIVACY_NOT_MEASURED = (
 
 # Leakage metrics of splitinfer.privacy (`privacy/<attack>/<metric>`, `privacy/dcor`), most telling first;
 # utility, timing and bookkeeping columns under privacy/ are not leakage.
-LEAKAGE_SUFFIXES = ("/token_acc", "/content_token_acc", "/rouge_l", "/pii_recovery", "/exact_match", "dcor")
+# (a U-shape's downlink rows, `privacy/downlink/<attack>/answer_token_acc`, are the answer's leakage: a column,
+# never the prompt's headline leakage, which reads `privacy/<attack>/token_acc` only)
+LEAKAGE_SUFFIXES = ("/token_acc", "/content_token_acc", "/rouge_l", "/pii_recovery", "/exact_match", "dcor",
+                    "/answer_token_acc")
 
 # Fields that identify a configuration, apart from the attack run against it.
 CONFIG_KEYS = (
