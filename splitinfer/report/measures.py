@@ -186,6 +186,14 @@ def task_facts(row: dict) -> list[str]:
     return out
 
 
+def topology_label(r: dict) -> str:
+    """'cut 8' for a single cut (and jobs from before topologies), 'relay 8,20' / 'U-shape 8,26' otherwise."""
+    kind = str(r.get("topology") or "single")
+    if kind in ("single", "None"):
+        return f"cut {r.get('cut')}"
+    return f"{'U-shape' if kind == 'ushape' else kind} {r.get('topology_cuts', r.get('cut'))}"
+
+
 def config_key(row: dict) -> tuple:
     """What identifies a configuration apart from the attack: the config choices plus the job's Hydra
     overrides other than `attack...`."""

@@ -32,6 +32,7 @@ from splitinfer.report.measures import (
     privacy_columns,
     quality_bound,
     task_facts,
+    topology_label,
 )
 from splitinfer.report.runs import ReportError, load_link, num, with_latency
 from splitinfer.report.tables import small
@@ -140,14 +141,6 @@ def choose(rows: list[dict], key: str, tol: float = TIE_TOLERANCE) -> tuple[dict
 def _value(v: float, unit: str) -> str:
     """An objective value with its unit: 0.2003 s, 650 B, 0.0123 J."""
     return f"{v:.4f} s" if unit == "s" else f"{v:.0f} B" if unit == "B" else f"{v:.3g} {unit}"
-
-
-def topology_label(r: dict) -> str:
-    """'cut 8' for a single cut (and jobs from before topologies), 'relay 8,20' / 'U-shape 8,26' otherwise."""
-    kind = str(r.get("topology") or "single")
-    if kind in ("single", "None"):
-        return f"cut {r.get('cut')}"
-    return f"{'U-shape' if kind == 'ushape' else kind} {r.get('topology_cuts', r.get('cut'))}"
 
 
 def topology_statement(rows: list[dict], key: str, what: str, unit: str) -> str | None:

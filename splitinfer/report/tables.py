@@ -16,6 +16,7 @@ from splitinfer.report.measures import (
     config_key,
     configurations,
     task_columns,
+    topology_label,
     with_interval,
 )
 from splitinfer.report.runs import num
@@ -74,6 +75,7 @@ def _pct(r: dict, key: str) -> str:
 # (column, header, cell formatter) for the Markdown tables; missing columns are skipped.
 TABLE_COLUMNS: list[tuple[str, str, Callable[[dict, str], str]]] = [
     ("cut", "cut", _fmt("{:d}")),
+    ("topology", "topology", lambda r, _k: topology_label(r)),  # single cut, relay A,B or U-shape a,b
     ("codec", "codec", _fmt("{}")),
     ("defense", "defense", _fmt("{}")),
     ("attack", "attack", _fmt("{}")),
@@ -81,6 +83,8 @@ TABLE_COLUMNS: list[tuple[str, str, Callable[[dict, str], str]]] = [
     ("up_bytes_per_token_prefill", "up B/tok prefill", _fmt("{:.0f}")),
     ("up_bytes_per_token_decode", "up B/tok decode", _fmt("{:.0f}")),
     ("up_ratio_vs_fp32_decode", "vs fp32", _fmt("{:.3f}")),
+    ("hop2_up_bytes_per_token_decode", "hop 2 B/tok decode", _fmt("{:.0f}")),  # a relay's edge -> server
+    ("downlink_bytes_per_token_decode", "downlink B/tok decode", _fmt("{:.0f}")),  # a U-shape's return
     ("delta_ppl_pct", "Δppl % [95% CI]", _with_ci),
     (QUALITY_BOUND, "abs Δppl ≤ % (95%)", _bound),  # no "|" in a Markdown header
     ("kl_mean", "KL nats/tok", _fmt("{:.2g}")),
@@ -97,7 +101,7 @@ TABLE_COLUMNS: list[tuple[str, str, Callable[[dict, str], str]]] = [
     (LEAK, "tokens recovered %", _pct),
     ("pareto", "Pareto", _fmt("{}")),
 ]
-_ONLY_IF_VARYING = ("defense", "attack", "link")
+_ONLY_IF_VARYING = ("defense", "attack", "link", "topology")
 
 
 def pareto_front(

@@ -105,6 +105,11 @@ def test_report_compares_topologies_on_one_link(tmp_path):
     assert rec.fastest["topology"] == fastest["topology"]
     with pytest.raises(ReportError, match="cannot be re-evaluated"):
         with_latency(rows, load_link("wifi"))
+    from splitinfer.report.tables import markdown_table
+
+    table = markdown_table(rows)  # the report's table tells the three apart, with each crossing's bytes
+    assert "| topology |" in table and "| relay 1,3 |" in table and "| U-shape 1,3 |" in table
+    assert "hop 2 B/tok decode" in table and "downlink B/tok decode" in table
 
 
 def test_every_topology_option_builds_and_documents_its_command():
