@@ -199,8 +199,10 @@ def latency_pivot(rows: Sequence[dict]) -> str:
     best cut per link (Neurosurgeon's table)."""
     by_link = _series(rows, "link")
     links = list(by_link)
-    cuts = sorted({r["cut"] for r in rows})
-    cell = {(str(r.get("link")), r["cut"]): r for r in rows}
+    # one row per cut, or per topology at a cut (a relay and a U-shape start at the same first cut)
+    labels = sorted({(r["cut"], topology_label(r)) for r in rows})
+    cell = {(str(r.get("link")), topology_label(r)): r for r in rows}
+    several = len({str(r.get("topology") or "single") for r in rows}) > 1
 
     def fmt(r: dict[str, Any] | None, key: str) -> str:
         v = num(r.get(key)) if r else None
@@ -208,10 +210,10 @@ def latency_pivot(rows: Sequence[dict]) -> str:
 
     head = ["cut"] + [f"{link} s/token" for link in links] + [f"{link} TTFT s" for link in links]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for c in cuts:
-        vals = [fmt(cell.get((link, c)), "tpot_s") for link in links]
-        vals += [fmt(cell.get((link, c)), "ttft_s") for link in links]
-        lines.append(f"| {c} | " + " | ".join(vals) + " |")
+    for c, label in labels:
+        vals = [fmt(cell.get((link, label)), "tpot_s") for link in links]
+        vals += [fmt(cell.get((link, label)), "ttft_s") for link in links]
+        lines.append(f"| {label if several else c} | " + " | ".join(vals) + " |")
     for label, key in (("all on device", "all_device"), ("all on server", "all_server")):
         vals = [fmt(by_link[link][0], f"tpot_{key}_s") for link in links]
         vals += [fmt(by_link[link][0], f"ttft_{key}_s") for link in links]
@@ -219,6 +221,6 @@ def latency_pivot(rows: Sequence[dict]) -> str:
     best = []
     for link in links:
         timed = [r for r in by_link[link] if num(r.get("tpot_s")) is not None]
-        best.append(f"cut {min(timed, key=lambda r: r['tpot_s'])['cut']}" if timed else "")
+        best.append(topology_label(min(timed, key=lambda r: r["tpot_s"])) if timed else "")
     lines.append("| best split (s/token) | " + " | ".join(best) + " |" + " |" * len(links))
     return "\n".join(lines)

@@ -110,6 +110,10 @@ def test_report_compares_topologies_on_one_link(tmp_path):
     table = markdown_table(rows)  # the report's table tells the three apart, with each crossing's bytes
     assert "| topology |" in table and "| relay 1,3 |" in table and "| U-shape 1,3 |" in table
     assert "hop 2 B/tok decode" in table and "downlink B/tok decode" in table
+    from splitinfer.report.tables import latency_pivot
+
+    pivot = latency_pivot(rows)  # one line per topology, not the last one's figures under "cut 1"
+    assert all(f"| {label} | " in pivot for label in ("cut 1", "relay 1,3", "U-shape 1,3")), pivot
 
 
 def test_every_topology_option_builds_and_documents_its_command():
