@@ -172,8 +172,32 @@ def _dppl_text(r: dict) -> str | None:
     return f"Δppl {small(v, sign=True)} % (95 % CI {lo} to {hi}; |Δppl| ≤ {small(bound)} %)"
 
 
+def downlink_statement(r: dict) -> str | None:
+    """A U-shape job's downlink rows (attack=downlink): how much of the ANSWER its server recovers, measured."""
+    parts = []
+    for attack in ("public_tail", "logit_lens"):
+        key = f"privacy/downlink/{attack}/answer_token_acc"
+        if num(r.get(key)) is not None:
+            lo, hi = num(r.get(f"{key}_ci_low")), num(r.get(f"{key}_ci_high"))
+            span = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and hi is not None else ""
+            parts.append(f"{attack.replace('_', ' ')} {100 * r[key]:.1f} %{span}")
+    if not parts:
+        return None
+    return ("Downlink (measured, attack=downlink): from the hidden states it returns, the U-shape's server "
+            "recovers this share of the answer's tokens (95 % Wilson interval): " + "; ".join(parts) + ".")
+
+
 def privacy_statement(best: dict, attacked_any: bool, constraints: Constraints) -> str:
     """What the sweep measured about the recommended configuration's privacy, and nothing more."""
+    down = downlink_statement(best)
+    text = _prompt_privacy(best, attacked_any, constraints)
+    if down is None:
+        return text
+    return f"{down} As for the prompt: " + text.replace("no attack ran in this sweep", "no attack on the uplink (the "
+                                                        "prompt's payload) ran in this sweep")
+
+
+def _prompt_privacy(best: dict, attacked_any: bool, constraints: Constraints) -> str:
     acc = num(best.get(LEAK))
     if acc is not None:
         pii = num(best.get(LEAK_PII))

@@ -56,6 +56,11 @@ def test_downlink_rows_in_the_privacy_pipeline(tmp_path, one_torch_thread):
     annotate(rows)
     assert "privacy/downlink/public_tail/answer_token_acc" in privacy_columns(rows)
     assert LEAK not in rows[0]  # the answer's leakage is not the prompt's
+    from splitinfer.report.recommend import recommend
+
+    text = recommend([m], "bytes").explanation  # the recommendation quotes the downlink rows, measured
+    assert "Downlink (measured, attack=downlink)" in text and "no attack on the uplink" in text
+    assert f"public tail {100 * m['privacy/downlink/public_tail/answer_token_acc']:.1f} %" in text
 
 
 def test_downlink_attack_needs_a_ushape_job(tmp_path):
