@@ -24,7 +24,7 @@ from splitinfer.models.shapes import ModelShape, bits_of, effective_bits
 COLUMNS = ("mode", "cut", "device_params", "device_weight_bytes", "device_kv_bytes", "device_act_bytes",
            "device_memory_bytes", "fits", "device_prefill_ms", "device_ms_per_token", "server_ms_per_token",
            "up_bytes_per_token", "ttft_ms", "e2e_ms_per_token", "decode_tokens_per_s", "device_mj_per_token",
-           "device_bound", "dppl_ub_pct")
+           "device_bound", "dppl_ub_pct", "edge_memory_bytes", "edge_fits")  # edge_*: a relay row's edge
 OBJECTIVES = ("latency", "energy")
 WIRE_HEADER_BYTES = 16  # per message: codec header (scale, shape), an order of magnitude
 
@@ -150,7 +150,8 @@ def _row(mode, cut, params, weights, kv, act, budget, dev_prefill_s, dev_s, srv_
             "device_ms_per_token": dev_s * 1e3, "server_ms_per_token": srv_s * 1e3,
             "up_bytes_per_token": float(up), "ttft_ms": ttft_s * 1e3, "e2e_ms_per_token": e2e_s * 1e3,
             "decode_tokens_per_s": 1e3 / (e2e_s * 1e3) if e2e_s > 0 else float("inf"),
-            "device_mj_per_token": dev_j * 1e3, "device_bound": bound, "dppl_ub_pct": None}
+            "device_mj_per_token": dev_j * 1e3, "device_bound": bound, "dppl_ub_pct": None,
+            "edge_memory_bytes": None, "edge_fits": None}
 
 
 def topology_rows(shape: ModelShape, device: HardwareProfile, server: HardwareProfile, link: LinkProfile,
@@ -196,6 +197,11 @@ def topology_rows(shape: ModelShape, device: HardwareProfile, server: HardwarePr
                                                                                         group),
                          shape.kv_bytes(on_device, C, opts.kv_bits), act_bytes, budget, dev_pre, dev_s, srv_s, up,
                          t["ttft_s"], t["tpot_s"], t["energy_j_per_token"], device.bound(dec.flops, dec.bytes)))
+        if kind == "relay":  # the edge holds its slice too: its weights (server bits) and KV per client
+            comps = topo.segments[1].components(shape)
+            rows[-1]["edge_memory_bytes"] = int(shape.weight_bytes(comps, opts.server_weight_bits)
+                                                + opts.clients * shape.kv_bytes(comps, C, opts.kv_bits))
+            rows[-1]["edge_fits"] = rows[-1]["edge_memory_bytes"] <= edge.memory_gb * 1e9
     return rows
 
 
@@ -206,7 +212,9 @@ def topology_comparison(rows: list[dict[str, Any]], best: dict[str, Any] | None)
         return None
     parts = [f"{'U-shape' if r['mode'] == 'ushape' else 'relay'} {r['cut']}: {r['e2e_ms_per_token']:.1f} ms/token, "
              f"TTFT {r['ttft_ms']:.0f} ms, device {r['device_memory_bytes'] / 1e9:.2f} GB, "
-             f"{r['device_mj_per_token']:.1f} mJ/token" for r in others]
+             f"{r['device_mj_per_token']:.1f} mJ/token"
+             + (f", edge {r['edge_memory_bytes'] / 1e9:.2f} GB ({'fits' if r['edge_fits'] else 'does NOT fit'})"
+                if r["edge_memory_bytes"] is not None else "") for r in others]
     head = (f"the recommended cut {best['cut']}: {best['e2e_ms_per_token']:.1f} ms/token, TTFT {best['ttft_ms']:.0f} "
             f"ms; " if best is not None else "")
     return "topologies on the same device link (modelled): " + head + "; ".join(parts)

@@ -128,6 +128,10 @@ def test_plan_costs_a_relay_and_a_ushape_beside_every_cut(capsys):
                                 hop_link="metro_fiber")
     assert "topologies on the same device link (modelled)" in why and "relay 8,20" in why and "U-shape 8,26" in why
     assert best["mode"] == "split"  # the recommendation is still a cut; the topologies are set beside it
+    assert "edge 0.09 GB (fits)" in why  # 12 layers of a 135M model on a 6 GB Jetson
+    *_, why8b = make_plan("llama3_1_8b", "snapdragon_8_gen3", "h100", "5g", PlanOptions(), relay=[4, 24],
+                          edge_hardware="jetson_orin_nano", hop_link="metro_fiber")
+    assert "edge 8.81 GB (does NOT fit)" in why8b  # 20 fp16 layers of an 8B model: more than the edge holds
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -257,7 +257,13 @@ def recommend(
             )
         if c.leakage_metric is not None and c.leakage_metric not in priv + [LEAK]:
             raise ReportError(f"leakage metric {c.leakage_metric!r} is not one of {[LEAK, *priv]}")
-    if link is not None or slowdown is not None:
+    costed = [r for r in rows if str(r.get("topology") or "single") not in ("single", "None")]
+    if costed and link is not None and slowdown is None:  # relay / U-shape jobs: costed per hop when they ran
+        rows = [r for r in rows if str(r.get("link")) == link]
+        if not rows:
+            raise ReportError(f"no job of this sweep ran on link {link!r}; relay and U-shape jobs are costed per hop "
+                              f"when they run, not re-costed here: sweep with link={link}")
+    elif link is not None or slowdown is not None:
         lp = load_link(link) if link else None
         if lp is None:
             links = {str(r.get("link")) for r in rows}

@@ -168,8 +168,9 @@ def markdown_table(
     rows: Sequence[dict], extra: Iterable[str] = (), columns: Sequence[str] | None = None
 ) -> str:
     """A Markdown table of `rows`: the TABLE_COLUMNS they have (or only `columns`), then `extra` columns."""
-    varying = {k for k in _ONLY_IF_VARYING
-               if len({topology_label(r) if k == "topology" else str(r.get(k)) for r in rows}) > 1}
+    varying = {k for k in _ONLY_IF_VARYING if len({str(r.get(k)) for r in rows}) > 1}
+    if any(str(r.get("topology") or "single") not in ("single", "None") for r in rows):
+        varying.add("topology")  # a relay or U-shape: say which (and at which cuts) on every row
     cols = [
         c
         for c in TABLE_COLUMNS

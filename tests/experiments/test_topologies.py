@@ -5,7 +5,6 @@ modelled per hop, the report comparing topologies; bad topologies are one line b
 from __future__ import annotations
 
 import pytest
-import torch
 
 from splitinfer.errors import ConfigError
 
@@ -21,7 +20,6 @@ def _job(tmp_path, *overrides):
 
 
 def test_relay_job_meters_each_hop_with_its_codec(tmp_path):
-    torch.set_num_threads(1)
     m = _job(tmp_path, "topology=relay", "codec=fp32", "topology.hop_codec=int8")
     assert m["topology"] == "relay" and m["topology_cuts"] == "1,3" and m["hops"] == 2
     assert m["codec_ran"] == "fp32" and m["hop2_codec"] == "int8"
@@ -42,7 +40,6 @@ def test_relay_job_meters_each_hop_with_its_codec(tmp_path):
 
 
 def test_lossless_relay_and_ushape_match_the_unsplit_model(tmp_path):
-    torch.set_num_threads(1)
     for kind in ("relay", "ushape"):
         m = _job(tmp_path / kind, f"topology={kind}", "codec=fp32")
         assert m["exact_match_rate"] == 1.0, kind
@@ -50,7 +47,6 @@ def test_lossless_relay_and_ushape_match_the_unsplit_model(tmp_path):
 
 
 def test_ushape_job_meters_the_downlink_and_the_device_tail(tmp_path):
-    torch.set_num_threads(1)
     m = _job(tmp_path, "topology=ushape", "codec=int8", "topology.down_codec=fp32")
     hidden = m["hidden_size"]
     assert m["topology"] == "ushape" and m["down_codec"] == "fp32"
@@ -86,11 +82,9 @@ def test_bad_topologies_are_one_line_before_the_model_loads(tmp_path, monkeypatc
 
 def test_report_compares_topologies_on_one_link(tmp_path):
     """The recommendation names the best of each topology; re-costing a relay for another link is refused."""
+    from splitinfer.experiment import run_job
     from splitinfer.report.recommend import recommend
     from splitinfer.report.runs import ReportError, load_link, with_latency
-
-    torch.set_num_threads(1)
-    from splitinfer.experiment import run_job
 
     rows = []
     for kind in ("single", "relay", "ushape"):
@@ -105,6 +99,9 @@ def test_report_compares_topologies_on_one_link(tmp_path):
     assert rec.fastest["topology"] == fastest["topology"]
     with pytest.raises(ReportError, match="cannot be re-evaluated"):
         with_latency(rows, load_link("wifi"))
+    assert recommend(rows, "latency", link="4g_lte").best["link"] == "4g_lte"  # the jobs' own link: as they ran
+    with pytest.raises(ReportError, match="no job of this sweep ran on link 'wifi'"):
+        recommend(rows, "latency", link="wifi")
     from splitinfer.report.tables import markdown_table
 
     table = markdown_table(rows)  # the report's table tells the three apart, with each crossing's bytes
