@@ -138,6 +138,7 @@ def test_plan_costs_a_relay_and_a_ushape_beside_every_cut(capsys):
     (["--relay", "8"], "--relay '8': give two cuts A,B"),
     (["--u-shape", "8,30"], "--u-shape 8,30: give two cuts 1 <= A < B < 30"),
     (["--relay", "8,20", "--hop-link", "tin_can"], "link 'tin_can' is not one of"),
+    (["--hop-link", "wifi"], "add --relay A,B"),
 ])
 def test_bad_topology_plans_are_one_line(capsys, argv, words):
     assert main(["plan", "--model", "smollm2_135m", *argv]) == 2
