@@ -457,7 +457,7 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
         corpus = get_corpus(lm, corpus_spec, reuse)
         ref = get_reference(lm, corpus, reuse, disk=bool(cfg.get("disk_cache", False)))
         profile = (get_profile(lm, opts.prompt_tokens, opts.context_tokens, opts.profile_repeats, reuse)
-                   if opts.timing or opts.latency else None)
+                   if (opts.timing or opts.latency) and topology.kind == "single" else None)
         metrics: dict[str, Any] = {
             "name": cfg.name, **choices, "cut": cut, "num_layers": num_layers, "hidden_size": lm.hidden_size,
             "model_fingerprint": lm.fingerprint, "corpus_digest": corpus.digest, "job_num": job_num,

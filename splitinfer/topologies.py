@@ -16,6 +16,7 @@ the same in-process pieces `splitinfer serve`/`generate` use (`split.middle.in_p
 - latency and device energy modelled per segment and crossing (`metrics.hops`): the job's `hardware`
   (device), `topology.edge_hardware` (a relay's middle hop), `server_hardware`, the job's `link` for the
   device's hop and `topology.hop_link` for the relay's edge -> server hop. Codec compute is not in it.
+`metrics.timing` (this machine's measured per-layer profile) is a single cut's figure: not run here.
 """
 
 from __future__ import annotations
