@@ -37,7 +37,8 @@ from splitinfer.metrics.quality import QualityAccumulator, first_mismatch, gener
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("model", "split", "codec", "defense", "attack", "link", "hardware", "data", "logger", "experiment")
+GROUPS = ("model", "split", "codec", "defense", "attack", "link", "hardware", "data", "logger", "experiment",
+          "topology")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,6 +438,10 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
     # Built before the logger: a bad codec or defense leaves no half-written job folder behind.
     codec = instantiate(cfg.codec) if cfg.get("codec") is not None else None
     defense = instantiate(cfg.defense) if choices["defense"] != "none" and _enabled(cfg.get("defense")) else None
+    from splitinfer.topologies import job_topology  # single cut, relay or U-shape (conf/topology)
+
+    topology, cuts = job_topology(cfg, cut, num_layers, codec=codec, defense=defense, speculate=speculate,
+                                  tasks=opts.tasks)
     # Built in two steps: the resolved config must reach the logger as plain data, not be instantiated.
     make_logger = instantiate(cfg.logger, _partial_=True, _convert_="all")
     logger = make_logger(out_dir=str(out), group=group, job_type=str(cfg.get("job_type", "sweep")),
@@ -452,15 +457,21 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
         corpus = get_corpus(lm, corpus_spec, reuse)
         ref = get_reference(lm, corpus, reuse, disk=bool(cfg.get("disk_cache", False)))
         profile = (get_profile(lm, opts.prompt_tokens, opts.context_tokens, opts.profile_repeats, reuse)
-                   if opts.timing or opts.latency else None)
+                   if (opts.timing or opts.latency) and topology.kind == "single" else None)
         metrics: dict[str, Any] = {
             "name": cfg.name, **choices, "cut": cut, "num_layers": num_layers, "hidden_size": lm.hidden_size,
             "model_fingerprint": lm.fingerprint, "corpus_digest": corpus.digest, "job_num": job_num,
             "reuse": reuse, "torch_threads": torch.get_num_threads(), "group": group,
         }
-        metrics.update(evaluate_split(lm, cut, codec, defense, corpus, ref, opts, reuse_hidden=reuse,
-                                      profile=profile, seed=int(cfg.get("seed", 0)), placements=placements))
-        if opts.latency and profile is not None and "up_bytes_per_token_decode" in metrics:
+        if topology.kind == "single":
+            metrics.update(evaluate_split(lm, cut, codec, defense, corpus, ref, opts, reuse_hidden=reuse,
+                                          profile=profile, seed=int(cfg.get("seed", 0)), placements=placements))
+        else:  # a relay or U-shape: per-hop bytes measured, latency modelled per hop (splitinfer.topologies)
+            from splitinfer.topologies import evaluate_topology
+
+            metrics.update(evaluate_topology(topology, lm, cuts, codec, corpus, ref, opts, hardware=hardware,
+                                             server_hardware=server_hardware, link=link, seed=int(cfg.get("seed", 0))))
+        if topology.kind == "single" and opts.latency and profile is not None and "up_bytes_per_token_decode" in metrics:
             metrics.update({"link_uplink_mbps": link.uplink_mbps, "link_downlink_mbps": link.downlink_mbps,
                             "link_rtt_ms": link.rtt_ms, "server_hardware": server_hardware.name,
                             "latency_prompt_tokens": opts.prompt_tokens})
@@ -480,7 +491,12 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
 
             metrics.update(job_task_metrics(lm, cut, codec, defense, opts))
         if choices["attack"] != "none" and _enabled(cfg.get("attack")):
-            metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, out_dir=out))
+            from splitinfer.topologies import downlink_privacy, is_downlink_attack
+
+            if is_downlink_attack(cfg.attack):  # what a U-shape server returns (checked: topology=ushape)
+                metrics.update(downlink_privacy(cfg.attack, lm, cuts, codec, topology, corpus))
+            else:  # the uplink payload at `cut`: a single cut's, a relay's first hop, a U-shape's uplink
+                metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, out_dir=out))
         if cfg.get("search") is not None:  # a trial of a search (hparams_search=...): objectives, constraints
             from splitinfer.search import trial_metrics
 

@@ -24,7 +24,7 @@ from splitinfer.models.shapes import ModelShape, bits_of, effective_bits
 COLUMNS = ("mode", "cut", "device_params", "device_weight_bytes", "device_kv_bytes", "device_act_bytes",
            "device_memory_bytes", "fits", "device_prefill_ms", "device_ms_per_token", "server_ms_per_token",
            "up_bytes_per_token", "ttft_ms", "e2e_ms_per_token", "decode_tokens_per_s", "device_mj_per_token",
-           "device_bound", "dppl_ub_pct")
+           "device_bound", "dppl_ub_pct", "edge_memory_bytes", "edge_fits")  # edge_*: a relay row's edge
 OBJECTIVES = ("latency", "energy")
 WIRE_HEADER_BYTES = 16  # per message: codec header (scale, shape), an order of magnitude
 
@@ -150,7 +150,74 @@ def _row(mode, cut, params, weights, kv, act, budget, dev_prefill_s, dev_s, srv_
             "device_ms_per_token": dev_s * 1e3, "server_ms_per_token": srv_s * 1e3,
             "up_bytes_per_token": float(up), "ttft_ms": ttft_s * 1e3, "e2e_ms_per_token": e2e_s * 1e3,
             "decode_tokens_per_s": 1e3 / (e2e_s * 1e3) if e2e_s > 0 else float("inf"),
-            "device_mj_per_token": dev_j * 1e3, "device_bound": bound, "dppl_ub_pct": None}
+            "device_mj_per_token": dev_j * 1e3, "device_bound": bound, "dppl_ub_pct": None,
+            "edge_memory_bytes": None, "edge_fits": None}
+
+
+def topology_rows(shape: ModelShape, device: HardwareProfile, server: HardwareProfile, link: LinkProfile,
+                  opts: PlanOptions, *, relay: list[int] | None = None, ushape: list[int] | None = None,
+                  edge: HardwareProfile | None = None, hop_link: LinkProfile | None = None) -> list[dict[str, Any]]:
+    """A row (mode `relay` / `ushape`, cut "A,B") for a relay hop at `relay` = [A, B] (edge `edge`, edge ->
+    server over `hop_link`) and a U-shape at `ushape` = [a, b]: the same columns as a cut's, modelled by
+    `metrics.hops` with `codec_bits` per value on every crossing (the device's link carries hop 1 / both
+    U-shape crossings)."""
+    from splitinfer.metrics import hops
+
+    T, C = opts.prompt_tokens, opts.context_tokens
+    budget = (opts.memory_budget_gb if opts.memory_budget_gb is not None else device.memory_gb) * 1e9
+    act_bytes = T * shape.hidden_size * 2 * 4
+    up = shape.hidden_size * opts.codec_bits / 8 + WIRE_HEADER_BYTES
+    group = opts.group_size if opts.weight_bits < 16 else 0
+    dev_bits = effective_bits(opts.weight_bits, group)
+    L, rows = shape.num_layers, []
+    for kind, cuts in (("relay", relay), ("ushape", ushape)):
+        if cuts is None:
+            continue
+        a, b = cuts
+        if not 1 <= a < b < L:
+            raise ConfigError(f"--{kind.replace('ushape', 'u-shape')} {a},{b}: give two cuts 1 <= A < B < {L} for "
+                              f"{shape.name} ({L} layers)")
+        if kind == "relay":
+            if edge is None or hop_link is None:
+                raise ConfigError("a relay plan needs the edge's hardware profile and the edge -> server link "
+                                  "(--edge-hardware, --hop-link)")
+            topo = hops.chain([a, b], [device, edge, server], [dev_bits, opts.server_weight_bits,
+                                                               opts.server_weight_bits],
+                              [link, hop_link], [(up, up), (up, up)], L)
+        else:
+            topo = hops.ushape([a, b], device, server, dev_bits, opts.server_weight_bits, link, (up, up), (up, up), L)
+        t = hops.topology_latency(shape, topo, prompt_tokens=T, context_tokens=C, kv_bits=opts.kv_bits,
+                                  clients=opts.clients)
+        on_device = [c for seg in topo.segments if seg.where.startswith("device") for c in seg.components(shape)]
+        dev_s = sum(v for k, v in t.items() if k.startswith("device") and k.endswith("_decode_s"))
+        dev_pre = sum(v for k, v in t.items() if k.startswith("device") and k.endswith("_prefill_s"))
+        srv_s = sum(t[f"{seg.where}_decode_s"] for seg in topo.segments if not seg.where.startswith("device"))
+        dec = shape.decode_cost(on_device[-1], C, dev_bits, opts.kv_bits)
+        rows.append(_row(kind, f"{a},{b}", shape.params(on_device), shape.weight_bytes(on_device, opts.weight_bits,
+                                                                                        group),
+                         shape.kv_bytes(on_device, C, opts.kv_bits), act_bytes, budget, dev_pre, dev_s, srv_s, up,
+                         t["ttft_s"], t["tpot_s"], t["energy_j_per_token"], device.bound(dec.flops, dec.bytes)))
+        if kind == "relay":  # the edge holds its slice too: its weights (server bits) and KV per client
+            comps = topo.segments[1].components(shape)
+            rows[-1]["edge_memory_bytes"] = int(shape.weight_bytes(comps, opts.server_weight_bits)
+                                                + opts.clients * shape.kv_bytes(comps, C, opts.kv_bits))
+            rows[-1]["edge_fits"] = rows[-1]["edge_memory_bytes"] <= edge.memory_gb * 1e9
+    return rows
+
+
+def topology_comparison(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> str | None:
+    """One line setting the relay / U-shape rows beside the recommended cut, on the same device link."""
+    others = [r for r in rows if r["mode"] in ("relay", "ushape")]
+    if not others:
+        return None
+    parts = [f"{'U-shape' if r['mode'] == 'ushape' else 'relay'} {r['cut']}: {r['e2e_ms_per_token']:.1f} ms/token, "
+             f"TTFT {r['ttft_ms']:.0f} ms, device {r['device_memory_bytes'] / 1e9:.2f} GB, "
+             f"{r['device_mj_per_token']:.1f} mJ/token"
+             + (f", edge {r['edge_memory_bytes'] / 1e9:.2f} GB ({'fits' if r['edge_fits'] else 'does NOT fit'})"
+                if r["edge_memory_bytes"] is not None else "") for r in others]
+    head = (f"the recommended cut {best['cut']}: {best['e2e_ms_per_token']:.1f} ms/token, TTFT {best['ttft_ms']:.0f} "
+            f"ms; " if best is not None else "")
+    return "topologies on the same device link (modelled): " + head + "; ".join(parts)
 
 
 def recommend(rows: list[dict[str, Any]], opts: PlanOptions) -> tuple[dict[str, Any] | None, str]:
@@ -213,9 +280,11 @@ def format_table(rows: list[dict[str, Any]], fmt: str = "table") -> str:
     return "\n".join(lines)
 
 
-def make_plan(model: str, hardware: str, server_hardware: str, link: str,
-              opts: PlanOptions) -> tuple[ModelShape, list[dict[str, Any]], dict[str, Any] | None, str]:
-    """Load the shape and profiles by name, check the context, and plan every cut."""
+def make_plan(model: str, hardware: str, server_hardware: str, link: str, opts: PlanOptions, *,
+              relay: list[int] | None = None, ushape: list[int] | None = None, edge_hardware: str | None = None,
+              hop_link: str | None = None) -> tuple[ModelShape, list[dict[str, Any]], dict[str, Any] | None, str]:
+    """Load the shape and profiles by name, check the context, and plan every cut (and, when given, a relay
+    hop at `relay` = [A, B] via `edge_hardware` and `hop_link`, and a U-shape at `ushape` = [a, b])."""
     from splitinfer.configs import build
     from splitinfer.metrics.hardware import load_hardware
     from splitinfer.models.shapes import load_shape
@@ -225,6 +294,10 @@ def make_plan(model: str, hardware: str, server_hardware: str, link: str,
     shape = load_shape(model)
     _max_context(shape.max_positions, opts, shape.name)
     rows = plan_rows(shape, dev, srv, lp, opts)
+    if relay is not None or ushape is not None:
+        rows += topology_rows(shape, dev, srv, lp, opts, relay=relay, ushape=ushape,
+                              edge=load_hardware(edge_hardware) if relay is not None else None,
+                              hop_link=build("link", hop_link, LinkProfile) if relay is not None else None)
     quality = measured_quality(opts.quality_csv, opts.weight_bits) if opts.quality_csv else {}
     for r in rows:
         r["dppl_ub_pct"] = quality.get(r["cut"]) if r["mode"] == "split" else None
@@ -235,7 +308,8 @@ def make_plan(model: str, hardware: str, server_hardware: str, link: str,
                           f"{dev.name} ({dev.memory_gb} GB) nor {srv.name} ({srv.memory_gb} GB, needs "
                           f"{server_need / 1e9:.1f} GB); give a shorter context, fewer clients or fewer weight bits")
     best, why = recommend(rows, opts)
-    return shape, rows, best, why
+    compared = topology_comparison(rows, best)
+    return shape, rows, best, why + (f"\n{compared}" if compared else "")
 
 
 def run_plan_job(cfg, out: Path) -> dict[str, Any]:
@@ -248,7 +322,8 @@ def run_plan_job(cfg, out: Path) -> dict[str, Any]:
     opts = PlanOptions(**{k: v for k, v in dict(cfg.plan).items()})
     hw = str(cfg.hardware.name)
     link = str(cfg.link.name)
-    shape, rows, best, why = make_plan(model, hw, str(cfg.get("server_hardware", "h100")), link, opts)
+    shape, rows, best, why = make_plan(model, hw, str(cfg.get("server_hardware", "h100")), link, opts,
+                                       **_topology_args(cfg))
     (out / "plan.csv").write_text(format_table(rows, "csv"))
     metrics: dict[str, Any] = {"name": cfg.name, "job": "plan", "model": shape.name, "hardware": hw,
                                "server_hardware": str(cfg.get("server_hardware")), "link": link,
@@ -261,6 +336,22 @@ def run_plan_job(cfg, out: Path) -> dict[str, Any]:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str) + "\n")
     print(why)
     return metrics
+
+
+def _topology_args(cfg) -> dict[str, Any]:
+    """make_plan's relay / U-shape arguments from the job's `topology` node (cuts [split.cut, cut_b])."""
+    topo = cfg.get("topology")
+    kind = str(topo.get("kind", "single")) if topo is not None else "single"
+    if kind == "single":
+        return {}
+    for key in ("hop_codec", "down_codec"):
+        if topo.get(key) is not None:
+            raise ConfigError(f"topology.{key}={topo.get(key)!r} with job=plan: a plan models every crossing at "
+                              "plan.codec_bits; leave it null and set plan.codec_bits")
+    cuts = [int(cfg.split.cut), int(topo.cut_b)]
+    if kind == "relay":
+        return {"relay": cuts, "edge_hardware": str(topo.edge_hardware), "hop_link": str(topo.hop_link)}
+    return {"ushape": cuts}
 
 
 def _model_choice(cfg) -> str:

@@ -107,3 +107,52 @@ def test_a_quality_bound_keeps_only_cuts_measured_within_it(tmp_path, capsys):
     assert best8["cut"] == 15
     assert main(["plan", "--model", "smollm2_135m", "--max-delta-ppl", "1"]) == 2
     assert "needs quality_csv" in capsys.readouterr().err
+
+
+def test_plan_costs_a_relay_and_a_ushape_beside_every_cut(capsys):
+    """`--relay A,B` and `--u-shape a,b` add a row each (modelled, on the same device link) and a line
+    comparing them with the recommended cut; the relay's device side is the cut at A's."""
+    assert main(["plan", "--model", "smollm2_135m", "--link", "4g_lte", "--relay", "8,20", "--u-shape", "8,26",
+                 "--format", "csv"]) == 0
+    rows = {r["mode"] + r["cut"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    relay, ushape, cut8 = rows["relay8,20"], rows["ushape8,26"], rows["split8"]
+    assert relay["device_memory_bytes"] == cut8["device_memory_bytes"]  # the device runs [0, 8) in both
+    assert relay["device_mj_per_token"] == cut8["device_mj_per_token"]
+    # a relay adds the edge -> server hop (10 ms fibre RTT) and a slower edge for 12 layers
+    assert float(relay["e2e_ms_per_token"]) > float(cut8["e2e_ms_per_token"]) + 10
+    # a U-shape keeps [26, 30) + head on the phone: more device memory and energy than the cut at 8
+    assert int(ushape["device_memory_bytes"]) > int(cut8["device_memory_bytes"])
+    assert float(ushape["device_mj_per_token"]) > float(cut8["device_mj_per_token"])
+    _, _, best, why = make_plan("smollm2_135m", "snapdragon_8_gen3", "h100", "4g_lte", PlanOptions(),
+                                relay=[8, 20], ushape=[8, 26], edge_hardware="jetson_orin_nano",
+                                hop_link="metro_fiber")
+    assert "topologies on the same device link (modelled)" in why and "relay 8,20" in why and "U-shape 8,26" in why
+    assert best["mode"] == "split"  # the recommendation is still a cut; the topologies are set beside it
+    assert "edge 0.09 GB (fits)" in why  # 12 layers of a 135M model on a 6 GB Jetson
+    *_, why8b = make_plan("llama3_1_8b", "snapdragon_8_gen3", "h100", "5g", PlanOptions(), relay=[4, 24],
+                          edge_hardware="jetson_orin_nano", hop_link="metro_fiber")
+    assert "edge 8.81 GB (does NOT fit)" in why8b  # 20 fp16 layers of an 8B model: more than the edge holds
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--relay", "8"], "--relay '8': give two cuts A,B"),
+    (["--u-shape", "8,30"], "--u-shape 8,30: give two cuts 1 <= A < B < 30"),
+    (["--relay", "8,20", "--hop-link", "tin_can"], "link 'tin_can' is not one of"),
+    (["--hop-link", "wifi"], "add --relay A,B"),
+])
+def test_bad_topology_plans_are_one_line(capsys, argv, words):
+    assert main(["plan", "--model", "smollm2_135m", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1, err
+
+
+def test_hydra_plan_job_costs_the_topology(tmp_path):
+    from tests.experiments.conftest import run_cli
+
+    r = run_cli(["job=plan", "model=smollm2_135m", "topology=relay", "split.cut=8", "logger=jsonl",
+                 "hydra.run.dir=out"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert 'relay,"8,20",' in (tmp_path / "out" / "plan.csv").read_text()
+    r = run_cli(["job=plan", "model=smollm2_135m", "topology=ushape", "topology.down_codec=int8", "logger=jsonl",
+                 "hydra.run.dir=out2"], tmp_path)
+    assert r.returncode == 2 and "plan.codec_bits" in r.stderr

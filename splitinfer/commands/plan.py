@@ -31,6 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measured quality per cut (e.g. experiments/quantized_device_half/results.csv)")
     p.add_argument("--max-delta-ppl", type=float, default=None,
                    help="only cuts measured within this |Δppl| %% (95 %% upper bound) at --weight-bits; needs --quality-csv")
+    p.add_argument("--relay", default=None, metavar="A,B",
+                   help="also cost a relay hop: device [0,A) -> edge [A,B) -> server [B,L) (--edge-hardware, --hop-link)")
+    p.add_argument("--u-shape", default=None, metavar="A,B",
+                   help="also cost a U-shape: device [0,A) -> server [A,B) -> device [B,L) + head, over --link")
+    p.add_argument("--edge-hardware", default=None,
+                   help="a relay's edge: a conf/hardware profile (with --relay; default jetson_orin_nano)")
+    p.add_argument("--hop-link", default=None,
+                   help="a relay's edge -> server conf/link profile (with --relay; default metro_fiber)")
     p.add_argument("--objective", default="latency", choices=("latency", "energy"), help="what to minimise")
     p.add_argument("--format", default="table", choices=("table", "csv", "json"), help="output format")
 
@@ -44,7 +52,14 @@ def main(args: argparse.Namespace) -> int:
                        context_tokens=args.context_tokens, clients=args.clients,
                        memory_budget_gb=args.memory_budget_gb, energy_budget_mj=args.energy_budget_mj,
                        objective=args.objective, max_delta_ppl=args.max_delta_ppl, quality_csv=args.quality_csv)
-    shape, rows, best, why = make_plan(args.model, args.hardware, args.server_hardware, args.link, opts)
+    if args.relay is None and (args.edge_hardware or args.hop_link):
+        from splitinfer.errors import ConfigError
+
+        raise ConfigError("--edge-hardware and --hop-link describe a relay's edge and second hop: add --relay A,B")
+    shape, rows, best, why = make_plan(args.model, args.hardware, args.server_hardware, args.link, opts,
+                                       relay=_cuts(args.relay, "--relay"), ushape=_cuts(args.u_shape, "--u-shape"),
+                                       edge_hardware=args.edge_hardware or "jetson_orin_nano",
+                                       hop_link=args.hop_link or "metro_fiber")
     if args.format == "table":
         print(f"{shape.name}: {shape.total_params / 1e9:.2f}B parameters, {shape.num_layers} layers; device "
               f"{args.hardware} ({args.weight_bits}-bit weights), server {args.server_hardware}, link {args.link}, "
@@ -53,3 +68,16 @@ def main(args: argparse.Namespace) -> int:
     if args.format == "table":
         print(f"\nrecommended: {why}")
     return 0
+
+
+def _cuts(text: str | None, flag: str) -> list[int] | None:
+    """'8,20' -> [8, 20]; a ConfigError naming the flag for anything else."""
+    if text is None:
+        return None
+    from splitinfer.errors import ConfigError
+
+    try:
+        a, b = (int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: give two cuts A,B (e.g. {flag} 8,20)") from None
+    return [a, b]

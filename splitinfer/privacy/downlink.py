@@ -31,6 +31,24 @@ from splitinfer.split.wire import resolve_codec
 ATTACKS = ("public_tail", "logit_lens")
 
 
+@dataclass(frozen=True)
+class DownlinkAttack:
+    """conf/attack/downlink.yaml: the attacks on what a U-shape server returns, run by a `topology=ushape`
+    sweep job on its corpus prompts (`privacy.evaluate.evaluate_downlink`); the uplink is attacked as a
+    single cut's payload by the other attack options."""
+
+    name: str = "downlink"
+    attacks: tuple[str, ...] = ATTACKS
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.attacks if a not in ATTACKS]
+        if bad or not self.attacks:
+            from splitinfer.errors import ConfigError
+
+            raise ConfigError(f"attack.attacks={list(self.attacks)}: each must be one of {list(ATTACKS)} "
+                              "(the downlink attacks of splitinfer.privacy.downlink)")
+
+
 @dataclass
 class DownlinkRow:
     """One (cuts, codec, attack) row: answer tokens the attack recovered out of those the device emitted."""
@@ -81,12 +99,12 @@ def attack_logits(lm: LoadedModel, cuts, hidden: torch.Tensor, attack: str) -> t
 
 
 def downlink_leakage(lm: LoadedModel, cuts, prompts, max_new_tokens: int = 16, *, up_codec=None,
-                     down_codec=None) -> list[DownlinkRow]:
+                     down_codec=None, attacks=ATTACKS) -> list[DownlinkRow]:
     """For each attack, the answer tokens it recovers from the downlink over `prompts` (texts or ids)."""
     a, b = check_ushape_cuts(cuts, lm.num_layers)
     gen = in_process_ushape_generator(lm, [a, b], codec=up_codec, down_codec=down_codec)
     down = gen.link.down_codec
-    counts = dict.fromkeys(ATTACKS, 0)
+    counts = dict.fromkeys(attacks, 0)
     total = 0
     for prompt in prompts:
         res = gen.generate(prompt, max_new_tokens, stop_at_eos=False)
@@ -95,9 +113,9 @@ def downlink_leakage(lm: LoadedModel, cuts, prompts, max_new_tokens: int = 16, *
         hidden = downlink_payload(lm, [a, b], full, gen.device.codec, down)
         answer = torch.tensor(res.token_ids)
         first = ids.shape[1] - 1  # the position whose output is the first answer token
-        for attack in ATTACKS:
+        for attack in attacks:
             pred = attack_logits(lm, [a, b], hidden, attack)[0, first:].argmax(-1)
             counts[attack] += int((pred == answer).sum())
         total += len(res.token_ids)
     name = getattr(down, "name", "none")
-    return [DownlinkRow(a, b, name, attack, counts[attack], total) for attack in ATTACKS]
+    return [DownlinkRow(a, b, name, attack, counts[attack], total) for attack in attacks]

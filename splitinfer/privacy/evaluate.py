@@ -364,3 +364,20 @@ def evaluate_privacy(
     final = metrics(results, partial)
     files.finish(final, partial=partial)
     return final
+
+
+def evaluate_downlink(lm: LoadedModel, cuts, prompts, attack, *, up_codec=None, down_codec=None,
+                      max_new_tokens: int = 16) -> dict[str, float]:
+    """What a U-shape server infers about the answer from the hidden states it returns (`privacy.downlink`),
+    as flat metrics beside the uplink's: `downlink/<attack>/answer_token_acc` with its Wilson interval
+    (`_ci_low`, `_ci_high`) and `downlink/<attack>/answer_tokens`. `attack` is a `DownlinkAttack`."""
+    from splitinfer.privacy.downlink import downlink_leakage
+
+    out: dict[str, float] = {}
+    for row in downlink_leakage(lm, cuts, prompts, max_new_tokens, up_codec=up_codec, down_codec=down_codec,
+                                attacks=tuple(attack.attacks)):
+        d = row.as_dict()
+        key = f"downlink/{row.attack}/answer_token_acc"
+        out.update({key: d["accuracy"], f"{key}_ci_low": d["ci_low"], f"{key}_ci_high": d["ci_high"],
+                    f"downlink/{row.attack}/answer_tokens": d["tokens"]})
+    return out

@@ -129,6 +129,12 @@ def _markdown(
             if attacked
             else "not measured (no attack ran), so this report says nothing about how much of the prompt the "
             "server can rebuild; a split alone does not protect it (see the recommendation)."
+        )
+        + (
+            " Columns `downlink/<attack>/answer_token_acc` (U-shape jobs, attack=downlink) are the share of the "
+            "ANSWER's tokens its server recovers from the hidden states it returns (intervals in report.csv)."
+            if any(k.startswith("privacy/downlink/") for r in rows for k in r)
+            else ""
         ),
         "",
     ]

@@ -46,7 +46,10 @@ PRIVACY_NOT_MEASURED = (
 
 # Leakage metrics of splitinfer.privacy (`privacy/<attack>/<metric>`, `privacy/dcor`), most telling first;
 # utility, timing and bookkeeping columns under privacy/ are not leakage.
-LEAKAGE_SUFFIXES = ("/token_acc", "/content_token_acc", "/rouge_l", "/pii_recovery", "/exact_match", "dcor")
+# (a U-shape's downlink rows, `privacy/downlink/<attack>/answer_token_acc`, are the answer's leakage: a column,
+# never the prompt's headline leakage, which reads `privacy/<attack>/token_acc` only)
+LEAKAGE_SUFFIXES = ("/token_acc", "/content_token_acc", "/rouge_l", "/pii_recovery", "/exact_match", "dcor",
+                    "/answer_token_acc")
 
 # Fields that identify a configuration, apart from the attack run against it.
 CONFIG_KEYS = (
@@ -58,6 +61,8 @@ CONFIG_KEYS = (
     "device",  # jobs written before the `device` group became `hardware`
     "device_slowdown",
     "link",
+    "topology",  # single / relay / ushape (conf/topology); jobs from before it have none
+    "topology_cuts",
     "split",
     "defense",
     "codec",
@@ -179,6 +184,14 @@ def task_facts(row: dict) -> list[str]:
             text += f", Δ {with_interval(row, f'{k}_delta', '+.3f')} vs unsplit (paired 95 % CI)"
         out.append(text)
     return out
+
+
+def topology_label(r: dict) -> str:
+    """'cut 8' for a single cut (and jobs from before topologies), 'relay 8,20' / 'U-shape 8,26' otherwise."""
+    kind = str(r.get("topology") or "single")
+    if kind in ("single", "None"):
+        return f"cut {r.get('cut')}"
+    return f"{'U-shape' if kind == 'ushape' else kind} {r.get('topology_cuts', r.get('cut'))}"
 
 
 def config_key(row: dict) -> tuple:

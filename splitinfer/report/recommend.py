@@ -32,6 +32,7 @@ from splitinfer.report.measures import (
     privacy_columns,
     quality_bound,
     task_facts,
+    topology_label,
 )
 from splitinfer.report.runs import ReportError, load_link, num, with_latency
 from splitinfer.report.tables import small
@@ -142,8 +143,19 @@ def _value(v: float, unit: str) -> str:
     return f"{v:.4f} s" if unit == "s" else f"{v:.0f} B" if unit == "B" else f"{v:.3g} {unit}"
 
 
+def topology_statement(rows: list[dict], key: str, what: str, unit: str) -> str | None:
+    """With several topologies among `rows` (one link): the best of each by `key`, on the same device link."""
+    best: dict[str, dict] = {}
+    for r in sorted(rows, key=lambda r: (r[key], tie_key(r))):
+        best.setdefault(str(r.get("topology") or "single"), r)
+    if len(best) < 2:
+        return None
+    parts = [f"{topology_label(r)} + {r.get('codec')} {_value(r[key], unit)}" for r in best.values()]
+    return f"By topology, the lowest {what} of each on this link: " + "; ".join(parts) + "."
+
+
 def _describe(r: dict) -> str:
-    return f"cut {r.get('cut')} + {r.get('codec')}" + (
+    return f"{topology_label(r)} + {r.get('codec')}" + (
         f" + {r['defense']}" if str(r.get("defense", "none")) not in ("none", "None") else ""
     )
 
@@ -160,8 +172,32 @@ def _dppl_text(r: dict) -> str | None:
     return f"Δppl {small(v, sign=True)} % (95 % CI {lo} to {hi}; |Δppl| ≤ {small(bound)} %)"
 
 
+def downlink_statement(r: dict) -> str | None:
+    """A U-shape job's downlink rows (attack=downlink): how much of the ANSWER its server recovers, measured."""
+    parts = []
+    for attack in ("public_tail", "logit_lens"):
+        key = f"privacy/downlink/{attack}/answer_token_acc"
+        if num(r.get(key)) is not None:
+            lo, hi = num(r.get(f"{key}_ci_low")), num(r.get(f"{key}_ci_high"))
+            span = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and hi is not None else ""
+            parts.append(f"{attack.replace('_', ' ')} {100 * r[key]:.1f} %{span}")
+    if not parts:
+        return None
+    return ("Downlink (measured, attack=downlink): from the hidden states it returns, the U-shape's server "
+            "recovers this share of the answer's tokens (95 % Wilson interval): " + "; ".join(parts) + ".")
+
+
 def privacy_statement(best: dict, attacked_any: bool, constraints: Constraints) -> str:
     """What the sweep measured about the recommended configuration's privacy, and nothing more."""
+    down = downlink_statement(best)
+    text = _prompt_privacy(best, attacked_any, constraints)
+    if down is None:
+        return text
+    return f"{down} As for the prompt: " + text.replace("no attack ran in this sweep", "no attack on the uplink (the "
+                                                        "prompt's payload) ran in this sweep")
+
+
+def _prompt_privacy(best: dict, attacked_any: bool, constraints: Constraints) -> str:
     acc = num(best.get(LEAK))
     if acc is not None:
         pii = num(best.get(LEAK_PII))
@@ -221,7 +257,13 @@ def recommend(
             )
         if c.leakage_metric is not None and c.leakage_metric not in priv + [LEAK]:
             raise ReportError(f"leakage metric {c.leakage_metric!r} is not one of {[LEAK, *priv]}")
-    if link is not None or slowdown is not None:
+    costed = [r for r in rows if str(r.get("topology") or "single") not in ("single", "None")]
+    if costed and link is not None and slowdown is None:  # relay / U-shape jobs: costed per hop when they ran
+        rows = [r for r in rows if str(r.get("link")) == link]
+        if not rows:
+            raise ReportError(f"no job of this sweep ran on link {link!r}; relay and U-shape jobs are costed per hop "
+                              f"when they run, not re-costed here: sweep with link={link}")
+    elif link is not None or slowdown is not None:
         lp = load_link(link) if link else None
         if lp is None:
             links = {str(r.get("link")) for r in rows}
@@ -261,6 +303,8 @@ def recommend(
         if best["cut"] == 1
         else f"embeddings + layers 0..{best['cut'] - 1}"
     )
+    if str(best.get("topology") or "single") not in ("single", "None"):
+        runs += f", then {topology_label(best)} (splitinfer.topologies)"
     lines = [
         f"Recommended: cut {best['cut']} (the device runs {runs}) with codec {best['codec']}"
         + (f", defense {best['defense']}" if str(best.get("defense", "none")) not in ("none", "None") else "")
@@ -355,6 +399,8 @@ def recommend(
     )
     if rest:
         lines.append(f"Runner-up: {_describe(rest[0])} ({_value(rest[0][key], unit)}).")
+    if topology_statement(feasible, key, what, unit):
+        lines.append(topology_statement(feasible, key, what, unit))
     return Recommendation(best, "\n".join(lines), len(feasible), len(scored), lowest, notes)
 
 

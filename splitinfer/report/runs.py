@@ -94,6 +94,11 @@ def with_latency(
     """Rows re-evaluated for another link/device slowdown (from their stored bytes and timings)."""
     out = []
     for r in rows:
+        if str(r.get("topology") or "single") not in ("single", "None"):
+            raise ReportError(
+                f"a {r['topology']} job's latency is modelled per hop when it runs (splitinfer.topologies) and "
+                "cannot be re-evaluated for another link here; run the sweep with that link (link=...) instead"
+            )
         if "device_decode_s_per_token" not in r or "up_bytes_per_token_decode" not in r:
             raise ReportError(
                 "these jobs have no timing/bandwidth metrics (metrics.timing / generation were "

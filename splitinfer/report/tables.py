@@ -16,6 +16,7 @@ from splitinfer.report.measures import (
     config_key,
     configurations,
     task_columns,
+    topology_label,
     with_interval,
 )
 from splitinfer.report.runs import num
@@ -74,6 +75,7 @@ def _pct(r: dict, key: str) -> str:
 # (column, header, cell formatter) for the Markdown tables; missing columns are skipped.
 TABLE_COLUMNS: list[tuple[str, str, Callable[[dict, str], str]]] = [
     ("cut", "cut", _fmt("{:d}")),
+    ("topology", "topology", lambda r, _k: topology_label(r)),  # single cut, relay A,B or U-shape a,b
     ("codec", "codec", _fmt("{}")),
     ("defense", "defense", _fmt("{}")),
     ("attack", "attack", _fmt("{}")),
@@ -81,6 +83,8 @@ TABLE_COLUMNS: list[tuple[str, str, Callable[[dict, str], str]]] = [
     ("up_bytes_per_token_prefill", "up B/tok prefill", _fmt("{:.0f}")),
     ("up_bytes_per_token_decode", "up B/tok decode", _fmt("{:.0f}")),
     ("up_ratio_vs_fp32_decode", "vs fp32", _fmt("{:.3f}")),
+    ("hop2_up_bytes_per_token_decode", "hop 2 B/tok decode", _fmt("{:.0f}")),  # a relay's edge -> server
+    ("downlink_bytes_per_token_decode", "downlink B/tok decode", _fmt("{:.0f}")),  # a U-shape's return
     ("delta_ppl_pct", "Δppl % [95% CI]", _with_ci),
     (QUALITY_BOUND, "abs Δppl ≤ % (95%)", _bound),  # no "|" in a Markdown header
     ("kl_mean", "KL nats/tok", _fmt("{:.2g}")),
@@ -97,7 +101,7 @@ TABLE_COLUMNS: list[tuple[str, str, Callable[[dict, str], str]]] = [
     (LEAK, "tokens recovered %", _pct),
     ("pareto", "Pareto", _fmt("{}")),
 ]
-_ONLY_IF_VARYING = ("defense", "attack", "link")
+_ONLY_IF_VARYING = ("defense", "attack", "link", "topology")
 
 
 def pareto_front(
@@ -165,6 +169,8 @@ def markdown_table(
 ) -> str:
     """A Markdown table of `rows`: the TABLE_COLUMNS they have (or only `columns`), then `extra` columns."""
     varying = {k for k in _ONLY_IF_VARYING if len({str(r.get(k)) for r in rows}) > 1}
+    if any(str(r.get("topology") or "single") not in ("single", "None") for r in rows):
+        varying.add("topology")  # a relay or U-shape: say which (and at which cuts) on every row
     cols = [
         c
         for c in TABLE_COLUMNS
@@ -195,8 +201,10 @@ def latency_pivot(rows: Sequence[dict]) -> str:
     best cut per link (Neurosurgeon's table)."""
     by_link = _series(rows, "link")
     links = list(by_link)
-    cuts = sorted({r["cut"] for r in rows})
-    cell = {(str(r.get("link")), r["cut"]): r for r in rows}
+    # one row per cut, or per topology at a cut (a relay and a U-shape start at the same first cut)
+    labels = sorted({(r["cut"], topology_label(r)) for r in rows})
+    cell = {(str(r.get("link")), topology_label(r)): r for r in rows}
+    several = len({str(r.get("topology") or "single") for r in rows}) > 1
 
     def fmt(r: dict[str, Any] | None, key: str) -> str:
         v = num(r.get(key)) if r else None
@@ -204,10 +212,10 @@ def latency_pivot(rows: Sequence[dict]) -> str:
 
     head = ["cut"] + [f"{link} s/token" for link in links] + [f"{link} TTFT s" for link in links]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for c in cuts:
-        vals = [fmt(cell.get((link, c)), "tpot_s") for link in links]
-        vals += [fmt(cell.get((link, c)), "ttft_s") for link in links]
-        lines.append(f"| {c} | " + " | ".join(vals) + " |")
+    for c, label in labels:
+        vals = [fmt(cell.get((link, label)), "tpot_s") for link in links]
+        vals += [fmt(cell.get((link, label)), "ttft_s") for link in links]
+        lines.append(f"| {label if several else c} | " + " | ".join(vals) + " |")
     for label, key in (("all on device", "all_device"), ("all on server", "all_server")):
         vals = [fmt(by_link[link][0], f"tpot_{key}_s") for link in links]
         vals += [fmt(by_link[link][0], f"ttft_{key}_s") for link in links]
@@ -215,6 +223,6 @@ def latency_pivot(rows: Sequence[dict]) -> str:
     best = []
     for link in links:
         timed = [r for r in by_link[link] if num(r.get("tpot_s")) is not None]
-        best.append(f"cut {min(timed, key=lambda r: r['tpot_s'])['cut']}" if timed else "")
+        best.append(topology_label(min(timed, key=lambda r: r["tpot_s"])) if timed else "")
     lines.append("| best split (s/token) | " + " | ".join(best) + " |" + " |" * len(links))
     return "\n".join(lines)

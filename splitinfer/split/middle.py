@@ -137,6 +137,16 @@ class MiddleHalf:
     def kv_bytes_per_token(self) -> int:
         return sum(s.kv_bytes_per_token(self.placement.dtype.itemsize) for s in self.stages)
 
+    def refuse_step(self, *, score=None, want_logprob: bool = False) -> str | None:
+        """Why this slice cannot run a step asking for these (None = it can): the socket server answers
+        `bad_field` with it before the step runs. A scoring step needs the head's logits at every position,
+        which no middle slice has: score against a single-cut server."""
+        if score is not None:
+            return (f"score: this server runs the middle slice [{self.layers[0]}, {self.layers[1]}) of a relay or "
+                    "U-shape and has no head to score with; score against a single-cut server "
+                    "(splitinfer serve --cut K) or drop `score` from the step")
+        return None
+
     def decode(self, enc, codec=None) -> torch.Tensor:
         return ServerHalf.decode(self, enc, codec)  # the same decode as every server half
 

@@ -134,12 +134,15 @@ class InProcessMiddleLink:
         hidden = self.middle.decode(EncodedTensor.from_frames(frames), self.up_codec)
         self.session.forward(hidden, start)
         down = self.session.reply_fields()["_frames"]
-        self.traffic.down_bytes += sum(memoryview(f).nbytes for f in down)
+        nbytes = sum(memoryview(f).nbytes for f in down)
+        self.traffic.down_bytes += nbytes
+        self.down_by_phase[phase_of(start, tokens_of(enc))] += nbytes
         return down
 
     def reset(self) -> None:
         self.session = self.middle.session()
         self.traffic = Traffic()
+        self.down_by_phase = {"prefill": 0, "decode": 0}  # the downlink's bytes, as `traffic` counts the uplink's
 
     def close(self) -> None:
         pass

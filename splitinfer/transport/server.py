@@ -453,6 +453,9 @@ class SplitServer:
                                            f"of the last ({s.last_seq}); replay into a new session")
         draft, draft_p = p.get_draft(env, self.lm.vocab_size)
         score = p.get_score(env, self.lm.vocab_size)
+        refusal = getattr(self.engine, "refuse_step", None)  # a middle slice: what its steps cannot ask for
+        if refusal is not None and (why := refusal(score=score, want_logprob=want_lp)):
+            raise ProtocolError(p.BAD_FIELD, why)
         hidden = pl.decode_hidden(s.codec, [f.buffer for f in payload], self.lm.hidden_size,
                                   self.limits.max_step_tokens, decode=self.engine.decode)
         p.check_draft_positions(int(hidden.shape[1]), draft)

@@ -40,6 +40,12 @@ class UShapeEngine(MiddleHalf):
         self.cuts = check_ushape_cuts(cuts, lm.num_layers)
         super().__init__([split_model(lm, self.cuts)[1]], ushape_finisher(None), placement=placement)
 
+    def refuse_step(self, *, score=None, want_logprob: bool = False) -> str | None:
+        if want_logprob:
+            return ("logprob: a U-shape server returns hidden states and the device samples, so it has no "
+                    "log-probabilities; drop `logprob` (the device's tail computes them)")
+        return super().refuse_step(score=score, want_logprob=want_logprob)
+
     def open_session(self, env: dict, spec: dict):
         """Each session's downlink codec: `down_codec` from the open (the uplink's by default), stateless."""
         down_spec = env.get("down_codec", spec)

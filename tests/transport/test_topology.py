@@ -267,3 +267,37 @@ def test_chains_whose_cuts_do_not_match_the_hops_are_one_line(tiny_lm, make_serv
         finally:
             gen.link.close()
         assert says in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("u_shape", [False, True])
+def test_middle_slices_refuse_score_and_logprob_steps_as_bad_field(tiny_lm, make_server, raw_client, u_shape):
+    """A scoring step (lm-eval) to a relay hop or a U-shape server, and `logprob` to a U-shape, are one
+    `bad_field` line naming what to do, not `internal`; the session is untouched and steps on after."""
+    from splitinfer.transport import protocol as p
+    from splitinfer.transport.payload import RawCodec
+
+    from .conftest import open_fields
+
+    if u_shape:
+        srv = make_server(tiny_lm, [1, 3], engine=UShapeEngine(tiny_lm, [1, 3]))
+        fields = open_fields(tiny_lm, (1, 3), topology="u")
+    else:
+        cloud = make_server(tiny_lm, [3])
+        srv = make_server(tiny_lm, [1, 3], engine=RelayEngine(tiny_lm, [1, 3], cloud.url, ask_info(cloud.url)))
+        fields = open_fields(tiny_lm, (1, 3))
+    c = raw_client(srv.url)
+    sid = c.call("open", **fields)["sid"]
+    frames = RawCodec().encode(torch.randn(1, 2, tiny_lm.hidden_size)).to_frames()
+    rep = c.call("step", frames, sid=sid, seq=1, start=0, score=[5, 7])
+    assert rep["ok"] is False and rep["code"] == p.BAD_FIELD and "single-cut server" in rep["msg"], rep
+    rep = c.call("step", frames, sid=sid, seq=1, start=0, logprob=True)
+    if u_shape:
+        assert rep["ok"] is False and rep["code"] == p.BAD_FIELD and "log-probabilities" in rep["msg"], rep
+        c.rid += 1  # a U-shape's reply carries the hidden state after its envelope: read the envelope
+        c.send([p.pack(p.request("step", c.rid, sid=sid, seq=1, start=0)), *frames])
+        reply = c.sock.recv_multipart()
+        rep = p.unpack(reply[0])
+        assert len(reply) > 1, rep
+    else:  # a relay passes logprob on to the next hop, which samples
+        assert rep["ok"] and isinstance(rep["lp"], float), rep
+    assert rep["ok"] and rep["pos"] == 2, rep
