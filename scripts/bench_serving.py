@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from splitinfer.stats import p50, p99
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -47,15 +49,6 @@ PROMPTS = [  # mixed lengths: short questions to a long paragraph (~20 to ~260 t
     "Who wrote Romeo and Juliet?",
     "Describe a cat in five words.",
 ]
-
-
-def _percentile(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    k = (len(xs) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 # -- the recorded trajectories -----------------------------------------------------------------------
@@ -225,18 +218,17 @@ def run_one(server: Server, fields: dict, trajs: list[dict], n: int, generators:
     return {"clients": n, "tokens": sum(o["tokens"] for o in outs), "wall_s": wall,
             "tok_per_s": sum(o["tokens"] for o in outs) / wall,
             "decode_tok_per_s": decode_tps,
-            "step_p50_ms": _percentile(lat, 50) * 1e3, "step_p99_ms": _percentile(lat, 99) * 1e3,
-            "ttft_p50_ms": _percentile(ttft, 50) * 1e3, "ttft_p99_ms": _percentile(ttft, 99) * 1e3,
+            "step_p50_ms": p50(lat) * 1e3, "step_p99_ms": p99(lat) * 1e3,
+            "ttft_p50_ms": p50(ttft) * 1e3, "ttft_p99_ms": p99(ttft) * 1e3,
             "server_cpu": (cpu1 - cpu0) / wall, "server_cpu_ms_per_tok": (cpu1 - cpu0) * 1e3 / sum(o["tokens"] for o in outs),
             "server_rss_mb": server.rss_mb(),
             "mismatched": sum(o["mismatched"] for o in outs)}
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from splitinfer.report.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -26,8 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from splitinfer.stats import bootstrap_interval, bootstrap_ratio
 
 PROMPTS = [  # (kind, text): chat requests and input-grounded ones (the answer reuses the input)
     ("chat", "What are three simple tips for staying healthy?"),
@@ -58,16 +59,6 @@ HELDOUT_PROMPTS = [  # the n-gram study's held-out set: never used to choose a s
 MODES = ("per_token", "spec_ngram", "spec_early_exit", "handoff", "all_server", "all_device")
 
 
-def bootstrap_ratio(num: list[float], den: list[float], seed: int = 0) -> tuple[float, float, float]:
-    """sum(num)/sum(den) and its 95 % paired bootstrap interval over prompts."""
-    from splitinfer.metrics.quality import BOOTSTRAP_SAMPLES, _interval
-
-    a, b = np.asarray(num, float), np.asarray(den, float)
-    pick = np.random.default_rng(seed).integers(0, len(a), size=(BOOTSTRAP_SAMPLES, len(a)))
-    lo, hi = _interval(a[pick].sum(1) / b[pick].sum(1))
-    return float(a.sum() / b.sum()), lo, hi
-
-
 def row_of(res, mode, link_name, delays=None) -> dict:
     """Timing and traffic of one generation. Network seconds come from the link's own accounting."""
     n = len(res.token_ids)
@@ -91,9 +82,9 @@ def adapter_study(args) -> int:
     installed packages' license files: not the pydoc text the adapters are fitted on), Wilson 95 %
     intervals, and the MLP-minus-ridge difference with a paired bootstrap interval over 128-token windows."""
     from splitinfer.data import load_texts, tokenize
-    from splitinfer.metrics.quality import wilson_interval
     from splitinfer.models import load_model
     from splitinfer.split.drafters import cuts_and_final_hidden, fit_adapters, load_or_train_mlp_adapters
+    from splitinfer.stats import wilson_interval
 
     lm = load_model(args.model)
     out = Path(args.out)
@@ -133,11 +124,9 @@ def adapter_study(args) -> int:
             lo, hi = wilson_interval(k, m)
             rows.append({"cut": cut, "head": name, "agree": k, "tokens": m, "agreement": k / m, "lo": lo, "hi": hi})
         diff = (hits["mlp"] - hits["ridge"]).reshape(n, window).sum(1).numpy()
-        rng = np.random.default_rng(0)
-        boots = diff[rng.integers(0, n, size=(2000, n))].sum(1) / (n * window)
+        lo, hi = bootstrap_interval(diff / window, "mean", seed=0)  # over 128-token windows
         rows.append({"cut": cut, "head": "mlp_minus_ridge", "agree": int(diff.sum()), "tokens": n * window,
-                     "agreement": float(diff.sum()) / (n * window), "lo": float(np.quantile(boots, 0.025)),
-                     "hi": float(np.quantile(boots, 0.975))})
+                     "agreement": float(diff.sum()) / (n * window), "lo": lo, "hi": hi})
         for r in rows[-4:]:
             print(r, flush=True)
     with open(out / "adapter_agreement.csv", "w", newline="") as f:
@@ -392,8 +381,8 @@ def summarize(rows, cuts, links) -> list[dict]:
 def acceptance_table(lm, cuts, adapters, texts) -> list[dict]:
     """Teacher-forced top-1 agreement with the full model of the bare logit lens and of the fitted adapter
     at each cut, on the benchmark's own prompts + per-token-split continuations (not the fitting text)."""
-    from splitinfer.metrics.quality import wilson_interval
     from splitinfer.split.drafters import EarlyExitDrafter, cuts_and_final_hidden
+    from splitinfer.stats import wilson_interval
 
     out = []
     for cut in cuts:
@@ -430,10 +419,9 @@ def print_tables(summary, acc) -> None:
 
 
 def plot(summary, links, path: Path) -> None:
-    import matplotlib
+    from splitinfer.report.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cuts = sorted({r["cut"] for r in summary})
     fig, axes = plt.subplots(1, len(cuts), figsize=(4.2 * len(cuts), 3.6), sharey=True, squeeze=False)

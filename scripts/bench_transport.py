@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from splitinfer.stats import bootstrap_interval
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -56,16 +58,6 @@ PROMPTS = [
     "How do I make a cup of tea?",
     "What is the largest planet in our solar system?",
 ]
-
-
-def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % interval of the median of `values` (per-prompt ratios), resampling prompts with replacement."""
-    if len(values) < 2:
-        return (float("nan"), float("nan"))
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(values), (n, len(values)), generator=g)
-    meds = sorted(statistics.median(values[i] for i in row) for row in idx.tolist())
-    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
 
 
 def encode_prompts(lm, n: int) -> list[torch.Tensor]:
@@ -235,7 +227,7 @@ def main() -> int:
                       "decode_ms_unsplit": round(med(ref_all) * 1e3, 2), "decode_ms_split": round(med(inproc_dec) * 1e3, 2),
                       "decode_ratio_median": round(med(inproc_dec) / med(ref_all), 3),
                       "decode_ratio_per_prompt": round(med(inproc_ratio), 3),
-                      "per_prompt_ci95": "[{:.3f}, {:.3f}]".format(*bootstrap_ci(inproc_ratio))})
+                      "per_prompt_ci95": "[{:.3f}, {:.3f}]".format(*bootstrap_interval(inproc_ratio, "median"))})
     for (name, wait), r in rows.items():
         label = codecs[name].name if name != "default" else f"default ({codecs[name].name})"
         if r["err"]:
@@ -250,7 +242,7 @@ def main() -> int:
             "decode_ms_unsplit": round(d_ref * 1e3, 2), "decode_ms_split": round(d * 1e3, 2),
             "decode_ratio_median": round(d / d_ref, 3),
             "decode_ratio_per_prompt": round(med(r["prompt_ratio"]), 3),
-            "per_prompt_ci95": "[{:.3f}, {:.3f}]".format(*bootstrap_ci(r["prompt_ratio"])),
+            "per_prompt_ci95": "[{:.3f}, {:.3f}]".format(*bootstrap_interval(r["prompt_ratio"], "median")),
             "decode_ratio_mean": round(statistics.fmean(r["dec"]) / statistics.fmean(r["ref_dec"]), 3),
             "prefill_ms_unsplit": round(p_ref * 1e3, 1), "prefill_ms_split": round(pre * 1e3, 1),
             "prefill_ratio": round(pre / p_ref, 3),
