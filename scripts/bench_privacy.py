@@ -208,10 +208,9 @@ def load_rows(out: Path) -> list[dict]:
 
 
 def plot(out: Path, rows: list[dict]) -> None:
-    import matplotlib
+    from splitinfer.report.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cut_rows = [r for r in rows if r["part"] == "cut"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

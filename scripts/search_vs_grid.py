@@ -179,9 +179,9 @@ def main() -> None:
 
 
 def plot(rows: list[dict], path: Path, budget: int, n_grid: int, n_front: int) -> None:
-    from splitinfer.report.plots import _plt
+    from splitinfer.report.plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     styles = {"replay-nsga2": ("C0", "-"), "replay-motpe": ("C2", "-"), "replay-random": ("grey", "--"),
               "hydra-search": ("C3", "-")}

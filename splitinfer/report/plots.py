@@ -48,7 +48,9 @@ PLOT_METRICS: list[tuple[str, str, float]] = [
 ]
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use: the one
+    way scripts and report code get it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +169,7 @@ def save(fig, path: Path | None) -> Path | None:
     if fig is None:
         return None
     fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -192,7 +194,7 @@ def draw_metrics_vs_cut(rows: Sequence[dict], title: str = ""):
     metrics = [m for m in PLOT_METRICS if any(num(r.get(m[0])) is not None for r in rows)]
     if not metrics:
         return None
-    plt = _plt()
+    plt = pyplot()
     ncol = min(3, len(metrics))
     nrow = math.ceil(len(metrics) / ncol)
     fig, axes = plt.subplots(
@@ -416,7 +418,7 @@ def draw_tradeoff(rows: Sequence[dict]):
     front_keys = {
         config_key(usable[i]) for i in pareto_front(usable, objectives, tradeoff_tolerances(objectives))
     }
-    plt = _plt()
+    plt = pyplot()
     panels = 2 if leak else 1
     fig, axes = plt.subplots(
         1,
@@ -540,7 +542,7 @@ def draw_latency_by_link(rows: Sequence[dict], title: str = ""):
         return None
     from matplotlib.lines import Line2D
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained", dpi=DPI)
     by_link: dict[str, list[dict]] = {}
     for r in rows:
