@@ -25,13 +25,13 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 from splitinfer.stats import bootstrap_interval
+from splitinfer.transport.loadgen import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -70,36 +70,17 @@ def encode_prompts(lm, n: int) -> list[torch.Tensor]:
 
 
 def start_server(args, lm, mode: str):
-    """A server process (`python -m splitinfer serve`) or an in-thread SplitServer."""
-    from splitinfer.transport.reliability.harness import free_port
-
+    """A server process (`python -m splitinfer serve`) or an in-thread SplitServer: its url and its stop."""
     if args.server == "thread":
         from splitinfer.transport import SplitServer
 
         srv = SplitServer(lm, [args.cut], port=0).start()
         return srv.url, srv.stop
-    port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-    proc = subprocess.Popen([sys.executable, "-m", "splitinfer", "serve", "--model", args.model,
-                             "--cut", str(args.cut), "--port", str(port),
-                             *(["--threads", str(args.threads)] if args.threads else [])],
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    line = {}
-    t = threading.Thread(target=lambda: line.setdefault("l", proc.stdout.readline()), daemon=True)
-    t.start()
-    t.join(120)
-    if "tcp://" not in line.get("l", ""):
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line.get('l', '')!r}")
-
-    def stop():
-        proc.terminate()
-        proc.wait(20)
-
-    return f"tcp://127.0.0.1:{port}", stop
+    proc = ServeProcess(args.model, args.cut, ["--threads", str(args.threads)] if args.threads else [], env=env)
+    return proc.url, proc.close
 
 
 def start_idle_spinners() -> list[subprocess.Popen]:
