@@ -34,7 +34,7 @@ def test_every_frontier_file_sweeps_options_that_exist(name):
     cfg = compose([f"experiment={name}"], hydra_cfg=True)
     params = cfg.hydra.sweeper.params
     sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
-    assert sweep == {"dir": "multirun/${name}", "subdir": "${hydra.job.override_dirname}"}  # a rerun finds its jobs
+    assert sweep == {"dir": "multirun/privacy_frontier", "subdir": "${hydra.job.override_dirname}"}  # reruns resume
     assert "defense" in params, "the defense must name each job folder"
     assert params["split.cut"] == "4,8,15"
     for attack in params["attack"].split(","):  # each attack composes with the experiment's victims
