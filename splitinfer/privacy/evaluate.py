@@ -109,7 +109,7 @@ def utility_cost(lm: LoadedModel, cut: int, observe, victims: list[Victim], defe
     clean_srv = split_model(lm, [cut])[1]
     install_server_entry(srv, defense)
     res = split_quality(lambda ids: clean_srv(dev(ids)), lambda ids: srv(observe(ids)), [v.ids for v in victims])
-    return {f"privacy/utility/{_VICTIM_UTILITY_KEYS.get(k, k)}": v for k, v in res.items()}
+    return {f"privacy/utility/{_VICTIM_UTILITY_KEYS.get(k, k)}": float(v) for k, v in res.items()}  # flat floats
 
 
 _UTILITY_REF: dict = {}
