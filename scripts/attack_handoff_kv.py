@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from splitinfer.metrics.quality import wilson_interval
+from splitinfer.stats import wilson_interval
 
 
 def main(argv=None) -> int:

@@ -21,13 +21,21 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from splitinfer.report.speculative import (
+    load_results,
+    plot_tokens_per_s,
+    print_tables,
+    row_of,
+    summarize,
+    write_csv,
+)
+from splitinfer.stats import bootstrap_interval
 
 PROMPTS = [  # (kind, text): chat requests and input-grounded ones (the answer reuses the input)
     ("chat", "What are three simple tips for staying healthy?"),
@@ -55,35 +63,6 @@ HELDOUT_PROMPTS = [  # the n-gram study's held-out set: never used to choose a s
     ("grounded", "Turn this list into one sentence: apples, two loaves of bread, a litre of milk, six eggs, "
                  "butter, and a bag of rice."),
 ]
-MODES = ("per_token", "spec_ngram", "spec_early_exit", "handoff", "all_server", "all_device")
-
-
-def bootstrap_ratio(num: list[float], den: list[float], seed: int = 0) -> tuple[float, float, float]:
-    """sum(num)/sum(den) and its 95 % paired bootstrap interval over prompts."""
-    from splitinfer.metrics.quality import BOOTSTRAP_SAMPLES, _interval
-
-    a, b = np.asarray(num, float), np.asarray(den, float)
-    pick = np.random.default_rng(seed).integers(0, len(a), size=(BOOTSTRAP_SAMPLES, len(a)))
-    lo, hi = _interval(a[pick].sum(1) / b[pick].sum(1))
-    return float(a.sum() / b.sum()), lo, hi
-
-
-def row_of(res, mode, link_name, delays=None) -> dict:
-    """Timing and traffic of one generation. Network seconds come from the link's own accounting."""
-    n = len(res.token_ids)
-    if delays is not None:  # the simulated network seconds of each round trip (the first is the prefill's)
-        network, first = sum(delays), delays[0]
-    else:
-        network, first = res.network_s, res.first_network_s
-    ttft = res.prefill_s + first
-    decode = sum(res.decode_s) + network - first
-    return {"mode": mode, "link": link_name, "tokens": n, "ttft_s": ttft, "decode_s": decode,
-            "total_s": ttft + decode, "decode_tok_s": (n - 1) / decode if decode > 0 and n > 1 else float("nan"),
-            "up_bytes_per_token": res.bytes_up / n, "down_bytes_per_token": res.bytes_down / n,
-            "round_trips": 1 + getattr(res, "rounds", n - 1),
-            "drafted": getattr(res, "drafted", 0), "accepted": getattr(res, "accepted", 0),
-            "acceptance": getattr(res, "acceptance_rate", float("nan")),
-            "mean_accepted": getattr(res, "mean_accepted", float("nan"))}
 
 
 def adapter_study(args) -> int:
@@ -91,9 +70,9 @@ def adapter_study(args) -> int:
     installed packages' license files: not the pydoc text the adapters are fitted on), Wilson 95 %
     intervals, and the MLP-minus-ridge difference with a paired bootstrap interval over 128-token windows."""
     from splitinfer.data import load_texts, tokenize
-    from splitinfer.metrics.quality import wilson_interval
     from splitinfer.models import load_model
     from splitinfer.split.drafters import cuts_and_final_hidden, fit_adapters, load_or_train_mlp_adapters
+    from splitinfer.stats import wilson_interval
 
     lm = load_model(args.model)
     out = Path(args.out)
@@ -133,11 +112,9 @@ def adapter_study(args) -> int:
             lo, hi = wilson_interval(k, m)
             rows.append({"cut": cut, "head": name, "agree": k, "tokens": m, "agreement": k / m, "lo": lo, "hi": hi})
         diff = (hits["mlp"] - hits["ridge"]).reshape(n, window).sum(1).numpy()
-        rng = np.random.default_rng(0)
-        boots = diff[rng.integers(0, n, size=(2000, n))].sum(1) / (n * window)
+        lo, hi = bootstrap_interval(diff / window, "mean", seed=0)  # over 128-token windows
         rows.append({"cut": cut, "head": "mlp_minus_ridge", "agree": int(diff.sum()), "tokens": n * window,
-                     "agreement": float(diff.sum()) / (n * window), "lo": float(np.quantile(boots, 0.025)),
-                     "hi": float(np.quantile(boots, 0.975))})
+                     "agreement": float(diff.sum()) / (n * window), "lo": lo, "hi": hi})
         for r in rows[-4:]:
             print(r, flush=True)
     with open(out / "adapter_agreement.csv", "w", newline="") as f:
@@ -317,7 +294,7 @@ def main(argv=None) -> int:
     acc = acceptance_table(lm, args.cuts, adapters, texts) if adapters else []
     write_csv(out / "acceptance.csv", acc)
     print_tables(summary, acc)
-    plot(summary, links, out / "tokens_per_s_vs_rtt.png")
+    plot_tokens_per_s(summary, links, out / "tokens_per_s_vs_rtt.png")
     print(f"wrote {out}/results.csv, summary.csv, acceptance.csv, tokens_per_s_vs_rtt.png in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     return 0
@@ -326,74 +303,23 @@ def main(argv=None) -> int:
 def rebuild(out: Path, link_names) -> int:
     from splitinfer.report.runs import load_link
 
-    with (out / "results.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k, v in r.items():
-            if k in ("kind", "mode", "link"):
-                continue
-            r[k] = v == "True" if v in ("True", "False") else (int(v) if v.lstrip("-").isdigit() else float(v))
+    rows = load_results(out / "results.csv")
     links = {n: load_link(n) for n in link_names if any(r["link"] == n for r in rows)}
     cuts = sorted({r["cut"] for r in rows})
     summary = summarize(rows, cuts, list(links))
     write_csv(out / "summary.csv", summary)
     print_tables(summary, [])
-    plot(summary, links, out / "tokens_per_s_vs_rtt.png")
+    plot_tokens_per_s(summary, links, out / "tokens_per_s_vs_rtt.png")
     print(f"rebuilt {out}/summary.csv and the figure from {len(rows)} rows")
     return 0
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-
-
-def summarize(rows, cuts, links) -> list[dict]:
-    """Per cut x link x mode x prompt kind: decode tokens/s (all prompts' tokens over their time), TTFT,
-    bytes/token, acceptance; speed-up over per-token split with a paired bootstrap interval over prompts."""
-    out = []
-    for cut in cuts:
-        for link in links:
-            base = {(r["prompt"]): r for r in rows if r["cut"] == cut and r["link"] == link and r["mode"] == "per_token"}
-            for mode in MODES:
-                for kind in ("all", "chat", "grounded"):
-                    sel = [r for r in rows if r["cut"] == cut and r["link"] == link and r["mode"] == mode
-                           and (kind == "all" or r["kind"] == kind)]
-                    if not sel:
-                        continue
-                    tok = sum(r["tokens"] - 1 for r in sel)
-                    dec = sum(r["decode_s"] for r in sel)
-                    sp, lo, hi = bootstrap_ratio([base[r["prompt"]]["decode_s"] / max(1, base[r["prompt"]]["tokens"] - 1)
-                                                  for r in sel], [r["decode_s"] / max(1, r["tokens"] - 1) for r in sel])
-                    drafted = sum(r["drafted"] for r in sel)
-                    out.append({"cut": cut, "link": link, "mode": mode, "kind": kind, "prompts": len(sel),
-                                "decode_tok_s": tok / dec, "speedup_vs_per_token": sp, "speedup_ci_low": lo,
-                                "speedup_ci_high": hi, "ttft_s": statistics.median(r["ttft_s"] for r in sel),
-                                "up_bytes_per_token": sum(r["up_bytes_per_token"] * r["tokens"] for r in sel)
-                                / sum(r["tokens"] for r in sel),
-                                "down_bytes_per_token": sum(r["down_bytes_per_token"] * r["tokens"] for r in sel)
-                                / sum(r["tokens"] for r in sel),
-                                "round_trips_per_token": sum(r["round_trips"] for r in sel)
-                                / sum(r["tokens"] for r in sel),
-                                "acceptance": sum(r["accepted"] for r in sel) / drafted if drafted else float("nan"),
-                                "drafted": drafted,
-                                "mean_accepted": (statistics.mean(r["mean_accepted"] for r in sel)
-                                                  if mode.startswith("spec") else float("nan")),
-                                "same_text": f"{sum(bool(r['same_text']) for r in sel)}/{len(sel)}"})
-    return out
 
 
 @torch.no_grad()
 def acceptance_table(lm, cuts, adapters, texts) -> list[dict]:
     """Teacher-forced top-1 agreement with the full model of the bare logit lens and of the fitted adapter
     at each cut, on the benchmark's own prompts + per-token-split continuations (not the fitting text)."""
-    from splitinfer.metrics.quality import wilson_interval
     from splitinfer.split.drafters import EarlyExitDrafter, cuts_and_final_hidden
+    from splitinfer.stats import wilson_interval
 
     out = []
     for cut in cuts:
@@ -414,44 +340,6 @@ def acceptance_table(lm, cuts, adapters, texts) -> list[dict]:
             out.append({"cut": cut, "drafter": name, "tokens": n, "top1_agreement": k / n, "ci_low": lo,
                         "ci_high": hi})
     return out
-
-
-def print_tables(summary, acc) -> None:
-    print("\ncut link      mode             kind      tok/s  speedup [95% CI]     TTFT s  up B/tok  RT/tok  accept  same")
-    for r in summary:
-        print(f"{r['cut']:>3} {r['link']:<9} {r['mode']:<16} {r['kind']:<8} {r['decode_tok_s']:6.1f}  "
-              f"{r['speedup_vs_per_token']:5.2f} [{r['speedup_ci_low']:.2f}, {r['speedup_ci_high']:.2f}]  "
-              f"{r['ttft_s']:6.3f}  {r['up_bytes_per_token']:8.0f}  {r['round_trips_per_token']:6.2f}  "
-              f"{r['acceptance']:6.3f}  {r['same_text']}")
-    print("\nearly-exit top-1 agreement with the full model (teacher-forced, benchmark texts)")
-    for r in acc:
-        print(f"cut {r['cut']:>2} {r['drafter']:<11} {r['top1_agreement']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
-              f"({r['tokens']} tokens)")
-
-
-def plot(summary, links, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cuts = sorted({r["cut"] for r in summary})
-    fig, axes = plt.subplots(1, len(cuts), figsize=(4.2 * len(cuts), 3.6), sharey=True, squeeze=False)
-    rtt = {name: p.rtt_ms for name, p in links.items()}
-    for ax, cut in zip(axes[0], cuts, strict=True):
-        for mode in MODES:
-            pts = sorted((rtt[r["link"]], r["decode_tok_s"]) for r in summary
-                         if r["cut"] == cut and r["mode"] == mode and r["kind"] == "all")
-            if pts:
-                ax.plot([max(p[0], 0.05) for p in pts], [p[1] for p in pts], marker="o", label=mode)
-        ax.set_xscale("log")
-        ax.set_title(f"cut {cut}")
-        ax.set_xlabel("round-trip time (ms, log)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("decode tokens/s")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,13 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
+
+from splitinfer.stats import bootstrap_interval
+from splitinfer.transport.loadgen import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,16 +60,6 @@ PROMPTS = [
 ]
 
 
-def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % interval of the median of `values` (per-prompt ratios), resampling prompts with replacement."""
-    if len(values) < 2:
-        return (float("nan"), float("nan"))
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(values), (n, len(values)), generator=g)
-    meds = sorted(statistics.median(values[i] for i in row) for row in idx.tolist())
-    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
-
-
 def encode_prompts(lm, n: int) -> list[torch.Tensor]:
     """The first n prompts as token ids; a model without a tokenizer (tiny-llama, for a smoke run) gets
     seeded random ids of similar lengths instead."""
@@ -78,36 +70,17 @@ def encode_prompts(lm, n: int) -> list[torch.Tensor]:
 
 
 def start_server(args, lm, mode: str):
-    """A server process (`python -m splitinfer serve`) or an in-thread SplitServer."""
-    from splitinfer_testing.reliability.harness import free_port
-
+    """A server process (`python -m splitinfer serve`) or an in-thread SplitServer: its url and its stop."""
     if args.server == "thread":
         from splitinfer.transport import SplitServer
 
         srv = SplitServer(lm, [args.cut], port=0).start()
         return srv.url, srv.stop
-    port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-    proc = subprocess.Popen([sys.executable, "-m", "splitinfer", "serve", "--model", args.model,
-                             "--cut", str(args.cut), "--port", str(port),
-                             *(["--threads", str(args.threads)] if args.threads else [])],
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    line = {}
-    t = threading.Thread(target=lambda: line.setdefault("l", proc.stdout.readline()), daemon=True)
-    t.start()
-    t.join(120)
-    if "tcp://" not in line.get("l", ""):
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line.get('l', '')!r}")
-
-    def stop():
-        proc.terminate()
-        proc.wait(20)
-
-    return f"tcp://127.0.0.1:{port}", stop
+    proc = ServeProcess(args.model, args.cut, ["--threads", str(args.threads)] if args.threads else [], env=env)
+    return proc.url, proc.close
 
 
 def start_idle_spinners() -> list[subprocess.Popen]:
@@ -235,7 +208,7 @@ def main() -> int:
                       "decode_ms_unsplit": round(med(ref_all) * 1e3, 2), "decode_ms_split": round(med(inproc_dec) * 1e3, 2),
                       "decode_ratio_median": round(med(inproc_dec) / med(ref_all), 3),
                       "decode_ratio_per_prompt": round(med(inproc_ratio), 3),
-                      "per_prompt_ci95": "[{:.3f}, {:.3f}]".format(*bootstrap_ci(inproc_ratio))})
+                      "per_prompt_ci95": "[{:.3f}, {:.3f}]".format(*bootstrap_interval(inproc_ratio, "median"))})
     for (name, wait), r in rows.items():
         label = codecs[name].name if name != "default" else f"default ({codecs[name].name})"
         if r["err"]:
@@ -250,7 +223,7 @@ def main() -> int:
             "decode_ms_unsplit": round(d_ref * 1e3, 2), "decode_ms_split": round(d * 1e3, 2),
             "decode_ratio_median": round(d / d_ref, 3),
             "decode_ratio_per_prompt": round(med(r["prompt_ratio"]), 3),
-            "per_prompt_ci95": "[{:.3f}, {:.3f}]".format(*bootstrap_ci(r["prompt_ratio"])),
+            "per_prompt_ci95": "[{:.3f}, {:.3f}]".format(*bootstrap_interval(r["prompt_ratio"], "median")),
             "decode_ratio_mean": round(statistics.fmean(r["dec"]) / statistics.fmean(r["ref_dec"]), 3),
             "prefill_ms_unsplit": round(p_ref * 1e3, 1), "prefill_ms_split": round(pre * 1e3, 1),
             "prefill_ratio": round(pre / p_ref, 3),

@@ -24,69 +24,15 @@ import csv
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-OBJECTIVES = ["bytes", "dppl_ub", "latency"]
-
-
-def grid_values(grid: Path) -> dict[tuple[int, str], list[float]]:
-    from splitinfer.report import load_runs
-    from splitinfer.search import OBJECTIVES as FN
-
-    out = {}
-    for r in load_runs(grid):
-        vals = [FN[o][0](r) for o in OBJECTIVES]
-        if all(v is not None for v in vals):
-            out[(int(r["cut"]), str(r["codec"]))] = vals
-    return out
-
-
-def search_settings() -> dict:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(REPO / "conf" / "hparams_search" / "split_optuna.yaml")
-    sw = cfg.hydra.sweeper
-    codecs = str(sw.params.codec).removeprefix("choice(").removesuffix(")").split(",")
-    return {"population": int(sw.sampler.population_size), "batch": int(sw.n_jobs), "codecs": codecs}
-
-
-def replay(values: dict, sampler_name: str, seed: int, n_trials: int, population: int, batch: int,
-           codecs: list[str]) -> list[tuple[int, str]]:
-    """The configurations a sampler picks, in order, told the grid's stored objectives (Hydra's loop: ask a
-    batch, run it, tell it)."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution, IntUniformDistribution
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cuts = sorted({c for c, _ in values})
-    if sampler_name == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
-    elif sampler_name == "motpe":
-        sampler = optuna.samplers.MOTPESampler(seed=seed)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    study = optuna.create_study(directions=["minimize"] * len(OBJECTIVES), sampler=sampler)
-    space = {"split.cut": IntUniformDistribution(min(cuts), max(cuts)), "codec": CategoricalDistribution(codecs)}
-    picked: list[tuple[int, str]] = []
-    while len(picked) < n_trials:
-        trials = [study.ask() for _ in range(min(batch, n_trials - len(picked)))]
-        for t in trials:
-            for name, dist in space.items():
-                t._suggest(name, dist)
-        for t in trials:
-            key = (int(t.params["split.cut"]), str(t.params["codec"]))
-            picked.append(key)
-            study.tell(t, values[key])
-    return picked
-
-
-def hv_ratio_curve(picked: list[tuple[int, str]], values: dict, lo, hi, full: float) -> list[float]:
-    from splitinfer.report.search import hypervolume_curve
-
-    return [v / full for v in hypervolume_curve([values[k] for k in picked], lo, hi)]
-
-
-def first_reaching(curve: list[float], level: float) -> int | None:
-    return next((i + 1 for i, v in enumerate(curve) if v >= level), None)
+from splitinfer.report.search_replay import (
+    OBJECTIVES,
+    first_reaching,
+    grid_values,
+    hv_ratio_curve,
+    plot_hv_vs_trials,
+    replay,
+    search_settings,
+)
 
 
 def main() -> None:
@@ -172,45 +118,10 @@ def main() -> None:
         "grid_jobs": len(grid), "objectives": OBJECTIVES, "lo": lo, "hi": hi, "grid_hypervolume": full,
         "front": [{"cut": k[0], "codec": k[1], **dict(zip(OBJECTIVES, grid[k], strict=True))} for k in front],
         "search_settings": settings}, indent=1) + "\n")
-    plot(rows, out / "hv_vs_trials.png", args.trials, len(grid), len(front))
+    plot_hv_vs_trials(rows, out / "hv_vs_trials.png", len(grid), len(front))
     for s_ in summary:
         print(s_)
     print(f"grid: {len(grid)} jobs, {len(front)} on its front; figure {out / 'hv_vs_trials.png'}")
-
-
-def plot(rows: list[dict], path: Path, budget: int, n_grid: int, n_front: int) -> None:
-    from splitinfer.report.plots import _plt
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    styles = {"replay-nsga2": ("C0", "-"), "replay-motpe": ("C2", "-"), "replay-random": ("grey", "--"),
-              "hydra-search": ("C3", "-")}
-    done = set()
-    for (src, seed) in dict.fromkeys((r["source"], r["seed"]) for r in rows):
-        rs = [r for r in rows if r["source"] == src and r["seed"] == seed]
-        color, ls = styles.get(src, ("k", ":"))
-        label = None
-        if src not in done:
-            label = {"replay-nsga2": "NSGA-II replayed on the grid (3 seeds)",
-                     "replay-random": "random sampler replayed (3 seeds)",
-                     "replay-motpe": "MOTPE replayed (3 seeds)",
-                     "hydra-search": "real Hydra search (Optuna sweeper)"}.get(src, src)
-            done.add(src)
-        ax.plot([r["trials"] for r in rs], [r["hv_ratio"] for r in rs], color=color, ls=ls,
-                lw=2.0 if src == "hydra-search" else 1.2, alpha=0.9, label=label)
-    ax.axhline(0.95, color="k", lw=0.8, ls=":")
-    ax.axvline(n_grid / 3, color="k", lw=0.8, ls=":")
-    ax.text(n_grid / 3, 0.02, f" 1/3 of the grid ({n_grid / 3:.0f} jobs)", fontsize=8)
-    ax.text(1, 0.955, "95 %", fontsize=8)
-    ax.set_xlabel("trials (jobs run)")
-    ax.set_ylabel("hypervolume / grid's hypervolume")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"search vs the full grid ({n_grid} jobs, {n_front} on its front)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ from typing import Any
 
 import numpy as np
 
-BOOTSTRAP_SAMPLES = 2000
-CI_LEVEL = 0.95
-Z95 = 1.959964
+from splitinfer.stats import Z_95, interval, resample_indices
 
 
 def metric_names(task_results: dict) -> list[str]:
@@ -47,9 +45,7 @@ def paired_delta(split: dict[int, float], base: dict[int, float], seed: int = 0)
     if not ids:
         return {"delta": math.nan, "delta_ci_low": math.nan, "delta_ci_high": math.nan, "n": 0}
     d = np.array([split[i] - base[i] for i in ids], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(BOOTSTRAP_SAMPLES, len(d)))].mean(1)
-    lo, hi = np.quantile(means, [(1 - CI_LEVEL) / 2, 1 - (1 - CI_LEVEL) / 2])
+    lo, hi = interval(d[resample_indices(len(d), seed)].mean(1))
     return {"delta": float(d.mean()), "delta_ci_low": float(lo), "delta_ci_high": float(hi), "n": len(ids),
             "changed": int(np.count_nonzero(d))}
 
@@ -80,7 +76,7 @@ def _num(v: Any) -> float:
 def _pm(value: float, stderr: float) -> str:
     if math.isnan(value):
         return "—"
-    return f"{value:.4f}" + ("" if math.isnan(stderr) else f" ± {Z95 * stderr:.4f}")
+    return f"{value:.4f}" + ("" if math.isnan(stderr) else f" ± {Z_95 * stderr:.4f}")
 
 
 def format_table(rows: list[dict[str, Any]], label: str = "split") -> str:
@@ -106,8 +102,8 @@ def flat_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
         key = f"task/{r['task']}/{r['metric']}" + ("" if r["filter"] == "none" else f"_{r['filter']}")
         out[key] = r["split"]
         out[f"{key}_stderr"] = r["split_stderr"]
-        out[f"{key}_ci_low"] = r["split"] - Z95 * r["split_stderr"]
-        out[f"{key}_ci_high"] = r["split"] + Z95 * r["split_stderr"]
+        out[f"{key}_ci_low"] = r["split"] - Z_95 * r["split_stderr"]
+        out[f"{key}_ci_high"] = r["split"] + Z_95 * r["split_stderr"]
         out[f"{key}_unsplit"] = r["unsplit"]
         for k in ("delta", "delta_ci_low", "delta_ci_high", "n"):
             out[f"{key}_{k}"] = r[k]

@@ -6,7 +6,8 @@ Pure functions over tensors, byte counts and timings; nothing here loads models 
 
 from splitinfer.metrics.bandwidth import bandwidth_metrics
 from splitinfer.metrics.latency import DeviceProfile, LinkProfile, estimate_latency
-from splitinfer.metrics.quality import QualityAccumulator, first_mismatch, generation_metrics, wilson_interval
+from splitinfer.metrics.quality import QualityAccumulator, first_mismatch, generation_metrics
+from splitinfer.stats import wilson_interval
 
 __all__ = [
     "DeviceProfile",

@@ -4,24 +4,22 @@
 interval is a paired bootstrap over blocks of `BLOCK_TOKENS` consecutive tokens (paired: the split and
 the unsplit model are scored on the same tokens, so what varies is the codec's effect, not the text's
 difficulty; blocks keep neighbouring tokens' correlation inside one resampling unit). Greedy exact
-match comes from generated continuations, with a Wilson score interval over prompts.
+match comes from generated continuations, with a Wilson score interval over prompts. `split_quality`
+is the one evaluator of a split path the privacy utilities use; a sweep job (`experiment.evaluate_split`)
+feeds the same accumulator from its cached reference. The intervals themselves: `splitinfer.stats`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
+from splitinfer.stats import interval, resample_indices, wilson_interval
+
 BLOCK_TOKENS = 32
-BOOTSTRAP_SAMPLES = 2000
-CI_LEVEL = 0.95
-
-
-def _interval(values: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.quantile(values, [(1 - CI_LEVEL) / 2, 1 - (1 - CI_LEVEL) / 2])
-    return float(lo), float(hi)
 
 
 class QualityAccumulator:
@@ -65,25 +63,12 @@ class QualityAccumulator:
             "eval_tokens": int(n),
             "eval_blocks": len(self.blocks),
         }
-        rng = np.random.default_rng(self.seed)
-        pick = rng.integers(0, len(b), size=(BOOTSTRAP_SAMPLES, len(b)))
-        s = b[pick].sum(1)  # (samples, 5)
+        s = b[resample_indices(len(b), self.seed)].sum(1)  # (samples, 5)
         stats = {"delta_ppl_pct": 100.0 * np.expm1((s[:, 2] - s[:, 1]) / s[:, 0]),
                  "kl_mean": s[:, 3] / s[:, 0], "top1_agreement": s[:, 4] / s[:, 0]}
         for name, values in stats.items():
-            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = _interval(values)
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = interval(values)
         return out
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a proportion (sensible at 0 and 1, unlike the normal approximation)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def first_mismatch(pred: list[int] | torch.Tensor, ref: list[int] | torch.Tensor) -> int:
@@ -110,3 +95,36 @@ def generation_metrics(matched_prefix: list[int], gen_tokens: int) -> dict[str, 
         "gen_prefix_match": sum(matched_prefix) / (n * gen_tokens),
         "gen_prompts": n,
     }
+
+
+Logits = Callable[[torch.Tensor], torch.Tensor]  # token ids (1, T) -> logits (1, T, V)
+
+
+@torch.no_grad()
+def split_quality(unsplit: Logits, split: Logits, windows: Iterable[torch.Tensor], *, seed: int = 0,
+                  prompts: Sequence[torch.Tensor] = (), continuations: Sequence[Sequence[int]] = (),
+                  gen_tokens: int = 0) -> dict[str, float]:
+    """The quality figures of a split path against the unsplit model, each with its 95 % interval.
+
+    Teacher-forced on `windows` (token ids (1, T)): Δperplexity %, KL and top-1 agreement with their paired
+    block-bootstrap intervals (`QualityAccumulator`). For each prompt (1, P) with the unsplit model's greedy
+    continuation: whether the split, replayed teacher-forced along it, picks every one of its first
+    `gen_tokens` tokens (exact-match rate with its Wilson interval; a continuation that stopped early at an
+    end-of-sequence token is not comparable and is left out). Keys as `QualityAccumulator.result` and
+    `generation_metrics`."""
+    acc = QualityAccumulator(seed=seed)
+    for ids in windows:
+        if ids.shape[1] < 2:
+            continue
+        ref = torch.log_softmax(unsplit(ids).float()[0, :-1], -1)
+        acc.add(ref, split(ids).float()[0, :-1], ids[0, 1:])
+    out = acc.result()
+    matched = []
+    for prompt, want in zip(prompts, continuations, strict=True):
+        if len(want) < gen_tokens:
+            continue
+        want = torch.as_tensor(list(want[:gen_tokens]), dtype=torch.long)
+        pred = split(torch.cat([prompt, want[None, :-1]], 1))[0, prompt.shape[1] - 1:].argmax(-1)
+        matched.append(first_mismatch(pred, want))
+    out.update(generation_metrics(matched, gen_tokens))
+    return out

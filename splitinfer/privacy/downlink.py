@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 
 from splitinfer.codecs.encoded import EncodedTensor
-from splitinfer.metrics.quality import wilson_interval
 from splitinfer.models import LoadedModel, split_model
 from splitinfer.split.ushape import check_downlink_codec, check_ushape_cuts, in_process_ushape_generator
 from splitinfer.split.wire import resolve_codec
+from splitinfer.stats import wilson_interval
 
 ATTACKS = ("public_tail", "logit_lens")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -93,34 +92,24 @@ def _aux_ids(lm: LoadedModel, aux_texts: Sequence[str] | None, seed: int, seq_le
     return [out[i] for i in order]
 
 
+# split_quality's keys -> utility_cost's (the names the privacy sweeps' saved rows use)
+_VICTIM_UTILITY_KEYS = {"ppl_unsplit": "ppl_clean", "ppl_split": "ppl"}
+
+
 @torch.no_grad()
 def utility_cost(lm: LoadedModel, cut: int, observe, victims: list[Victim], defense=None) -> dict[str, float]:
-    """What the defense + codec cost the model on the victims' own text: perplexity with and without
-    them, Δperplexity in percent of the clean perplexity (the unit the sweeps use) and top-1 agreement.
+    """What the defense + codec cost the model on the victims' own text (`metrics.quality.split_quality`):
+    perplexity with and without them, Δperplexity in percent of the clean perplexity (the unit the sweeps
+    use), KL and top-1 agreement, each with its 95 % interval. Keys `privacy/utility/<metric>`.
     `defense`: the one behind `observe`, for a defense the server's weights are folded with."""
+    from splitinfer.metrics.quality import split_quality
     from splitinfer.split import install_server_entry
 
     dev, srv = split_model(lm, [cut])
     clean_srv = split_model(lm, [cut])[1]
     install_server_entry(srv, defense)
-    nll_clean = nll_def = agree = n = 0.0
-    for v in victims:
-        ids = v.ids
-        if ids.shape[1] < 2:
-            continue
-        clean = clean_srv(dev(ids)).float()[0, :-1]
-        noisy = srv(observe(ids)).float()[0, :-1]
-        tgt = ids[0, 1:]
-        nll_clean += float(torch.nn.functional.cross_entropy(clean, tgt, reduction="sum"))
-        nll_def += float(torch.nn.functional.cross_entropy(noisy, tgt, reduction="sum"))
-        agree += float((clean.argmax(-1) == noisy.argmax(-1)).sum())
-        n += len(tgt)
-    if not n:
-        return {}
-    ppl_clean, ppl_def = math.exp(nll_clean / n), math.exp(nll_def / n)
-    return {"privacy/utility/ppl_clean": ppl_clean, "privacy/utility/ppl": ppl_def,
-            "privacy/utility/delta_ppl_pct": 100.0 * (ppl_def / ppl_clean - 1.0),
-            "privacy/utility/top1_agreement": agree / n}
+    res = split_quality(lambda ids: clean_srv(dev(ids)), lambda ids: srv(observe(ids)), [v.ids for v in victims])
+    return {f"privacy/utility/{_VICTIM_UTILITY_KEYS.get(k, k)}": float(v) for k, v in res.items()}  # flat floats
 
 
 _UTILITY_REF: dict = {}
@@ -131,11 +120,11 @@ def defense_utility(lm: LoadedModel, cut: int, defense=None, codec=None, *, wind
                     prompts: int = 8, prompt_tokens: int = 24, gen_tokens: int = 16, seed: int = 0) -> dict:
     """Utility of a defense (+ codec) on held-out public text, through the split path (`DeviceHalf`):
     Δperplexity % vs the unsplit model, KL(unsplit ‖ defended) per token and top-1 agreement, each with
-    its paired-bootstrap 95 % interval (`splitinfer.metrics.quality`), and greedy exact match of
-    `gen_tokens`-token continuations (teacher-forced replay, Wilson interval). Held-out text: the fifth of
+    its paired-bootstrap 95 % interval, and greedy exact match of `gen_tokens`-token continuations
+    (teacher-forced replay, Wilson interval): `metrics.quality.split_quality`. Held-out text: the fifth of
     the auxiliary corpus the trained defenses never see (`trained.public_sequences(split="heldout")`).
     Keys: `utility/<metric>`."""
-    from splitinfer.metrics.quality import QualityAccumulator, first_mismatch, generation_metrics
+    from splitinfer.metrics.quality import split_quality
     from splitinfer.privacy.trained import public_sequences
     from splitinfer.split import DeviceHalf, install_server_entry
     from splitinfer.split.generator import unsplit_generate
@@ -146,26 +135,13 @@ def defense_utility(lm: LoadedModel, cut: int, defense=None, codec=None, *, wind
     install_server_entry(srv, defense)
     half = DeviceHalf(dev, codec=codec, defense=defense.with_noise_seed(seed + 1))
     seqs = public_sequences(lm, windows + prompts, seq_len, split="heldout", seed=seed)
+    starts = [ids[:, :prompt_tokens] for ids in seqs[windows:]]
     memo = (lm.fingerprint, windows, prompts, seq_len, prompt_tokens, gen_tokens, seed)
     if memo not in _UTILITY_REF:  # the unsplit model's greedy continuations, once per model and set-up
-        _UTILITY_REF[memo] = [unsplit_generate(lm, ids[:, :prompt_tokens], gen_tokens) for ids in seqs[windows:]]
-    wants = _UTILITY_REF[memo]
-    acc = QualityAccumulator(seed=seed)
-    for ids in seqs[:windows]:
-        ref = torch.log_softmax(lm.model(ids).logits.float()[0, :-1], -1)
-        acc.add(ref, srv(half.observe(ids)).float()[0, :-1], ids[0, 1:])
-    out = {f"utility/{k}": v for k, v in acc.result().items()}
-    matched = []
-    for ids, want in zip(seqs[windows:], wants, strict=True):
-        prompt = ids[:, :prompt_tokens]
-        want = torch.tensor(want[:gen_tokens], dtype=torch.long)
-        if len(want) < gen_tokens:  # stopped at an end-of-sequence token: not comparable
-            continue
-        seq = torch.cat([prompt, want[None, :-1]], 1)
-        pred = srv(half.observe(seq))[0, prompt_tokens - 1:].argmax(-1)
-        matched.append(first_mismatch(pred, want))
-    out.update({f"utility/{k}": v for k, v in generation_metrics(matched, gen_tokens).items()})
-    return out
+        _UTILITY_REF[memo] = [unsplit_generate(lm, p, gen_tokens) for p in starts]
+    res = split_quality(lambda ids: lm.model(ids).logits, lambda ids: srv(half.observe(ids)), seqs[:windows],
+                        seed=seed, prompts=starts, continuations=_UTILITY_REF[memo], gen_tokens=gen_tokens)
+    return {f"utility/{k}": v for k, v in res.items()}
 
 
 def _hydra_output_dir() -> Path | None:

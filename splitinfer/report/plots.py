@@ -48,7 +48,9 @@ PLOT_METRICS: list[tuple[str, str, float]] = [
 ]
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use: the one
+    way scripts and report code get it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +169,7 @@ def save(fig, path: Path | None) -> Path | None:
     if fig is None:
         return None
     fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -192,7 +194,7 @@ def draw_metrics_vs_cut(rows: Sequence[dict], title: str = ""):
     metrics = [m for m in PLOT_METRICS if any(num(r.get(m[0])) is not None for r in rows)]
     if not metrics:
         return None
-    plt = _plt()
+    plt = pyplot()
     ncol = min(3, len(metrics))
     nrow = math.ceil(len(metrics) / ncol)
     fig, axes = plt.subplots(
@@ -416,7 +418,7 @@ def draw_tradeoff(rows: Sequence[dict]):
     front_keys = {
         config_key(usable[i]) for i in pareto_front(usable, objectives, tradeoff_tolerances(objectives))
     }
-    plt = _plt()
+    plt = pyplot()
     panels = 2 if leak else 1
     fig, axes = plt.subplots(
         1,
@@ -540,7 +542,7 @@ def draw_latency_by_link(rows: Sequence[dict], title: str = ""):
         return None
     from matplotlib.lines import Line2D
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained", dpi=DPI)
     by_link: dict[str, list[dict]] = {}
     for r in rows:
@@ -583,3 +585,45 @@ def draw_latency_by_link(rows: Sequence[dict], title: str = ""):
     handles += [Line2D([], [], color="k", ls="--", lw=1), Line2D([], [], color="0.4", ls=":", lw=1)]
     labels += ["all on device", "all on server (dotted, colour of its link)"]
     return _finish(fig, handles, labels, title or "latency at each cut per link", ncols=4)
+
+
+def plot_serving(rows: list[dict], path: Path,
+                 title: str = "SmolLM2-135M, cut 15, one server process (replayed device halves)") -> None:
+    """Aggregate tokens/s and decode-step latency against concurrent sessions, batching off and on
+    (the rows of scripts/bench_serving.py, from `transport.loadgen.run_load`)."""
+    plt = pyplot()
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = {"off": "tab:blue", "on": "tab:orange"}
+    for mode in ("off", "on"):
+        rs = [r for r in rows if r["batching"] == mode]
+        ns = [int(r["clients"]) for r in rs]
+        c = colors[mode]
+        a.plot(ns, [float(r["tok_per_s"]) for r in rs], "o-", color=c, label=f"batching {mode}: all tokens")
+        a.plot(ns, [float(r["decode_tok_per_s"]) for r in rs], "s--", color=c, alpha=0.6,
+               label=f"batching {mode}: decode phase")
+        b.plot(ns, [float(r["step_p99_ms"]) for r in rs], "o-", color=c, label=f"batching {mode}: p99")
+        b.plot(ns, [float(r["step_p50_ms"]) for r in rs], "s--", color=c, alpha=0.6, label=f"batching {mode}: p50")
+    ns = sorted({int(r["clients"]) for r in rows})
+    for ax, title in ((a, "aggregate tokens/s"), (b, "decode-step latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(ns))
+        ax.xaxis.set_minor_locator(NullLocator())
+        for axis in (ax.xaxis, ax.yaxis):
+            fmt = ScalarFormatter()
+            fmt.set_scientific(False)
+            axis.set_major_formatter(fmt)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        lo, hi = ax.get_ylim()
+        ax.yaxis.set_major_locator(FixedLocator([m * 10 ** e for e in range(-1, 6) for m in (1, 2, 5)
+                                                 if lo <= m * 10 ** e <= hi]))
+        ax.set_xlabel("concurrent sessions")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

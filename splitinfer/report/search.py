@@ -240,13 +240,13 @@ def search_markdown(s: Search) -> str:
 def plot_search(s: Search, path: Path) -> Path | None:
     """Left: every trial on the first two objectives, coloured by trial number, the Pareto set ringed.
     Right: the normalised hypervolume after each trial."""
-    from splitinfer.report.plots import _plt, save
+    from splitinfer.report.plots import pyplot, save
 
     pts = [(r, values(r, s.objectives)) for r in s.trials]
     pts = [(r, v) for r, v in pts if v is not None]
     if not pts or len(s.objectives) < 2:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     xo, yo = s.objectives[0], s.objectives[1]
     sc = ax.scatter([v[0] for _, v in pts], [v[1] for _, v in pts], c=[r["trial"] for r, _ in pts],

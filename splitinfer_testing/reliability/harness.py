@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq
 
 import splitinfer
+from splitinfer.stats import percentile  # noqa: F401 - scenarios, topologies and bench_failover take it from here
 from splitinfer.transport import protocol as p
 
 PACKAGE_ROOT = Path(splitinfer.__file__).resolve().parents[1]  # the folder holding `splitinfer`
@@ -307,10 +308,3 @@ class TcpRelay:
         self.close()
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100]); nan for no values."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
-    return s[k]

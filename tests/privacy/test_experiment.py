@@ -1,7 +1,6 @@
 """The saved privacy experiment: one Δppl unit (percent), and READMEs that say what its CSVs hold."""
 
 import csv
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -13,10 +12,9 @@ EXP = ROOT / "experiments" / "privacy_leakage_vs_cut"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_privacy", ROOT / "scripts" / "bench_privacy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from splitinfer.report import privacy_leakage
+
+    return privacy_leakage
 
 
 def test_saved_rows_report_delta_ppl_in_percent_of_their_own_perplexities():

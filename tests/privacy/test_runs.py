@@ -43,6 +43,8 @@ def test_utility_cost_is_percent_of_clean_perplexity(tiny_llama):
     ppl, clean = m["privacy/utility/ppl"], m["privacy/utility/ppl_clean"]
     assert abs(ppl - clean) > 1e-3  # the noise changes the perplexity (a random model: either way)
     assert m["privacy/utility/delta_ppl_pct"] == pytest.approx(100 * (ppl / clean - 1))
+    for k in ("delta_ppl_pct", "kl_mean", "top1_agreement"):  # each figure with its interval
+        assert m[f"privacy/utility/{k}_ci_low"] <= m[f"privacy/utility/{k}"] <= m[f"privacy/utility/{k}_ci_high"], k
 
 
 def test_a_line_per_finished_victim(tiny_llama, caplog):
