@@ -12,11 +12,13 @@ that differ from the reference. `ServeProcess` is a `splitinfer serve` process t
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from splitinfer.stats import p50, p99
 
@@ -129,11 +131,12 @@ def replay_sessions(url: str, fields: dict, trajs: list[dict], session_ids: list
 
 
 class ServeProcess:
-    """`python -m splitinfer serve` on a free loopback port, with its CPU time and RSS (psutil)."""
+    """`python -m splitinfer serve` on a free loopback port, with its CPU time and RSS.
+
+    Both are read from /proc (Linux), so the runtime package needs no psutil (tests/test_runtime_imports.py);
+    elsewhere psutil is used when installed (the `dev` extra)."""
 
     def __init__(self, model: str, cut: int, flags: Sequence[str] = (), env: dict | None = None) -> None:
-        import psutil
-
         cmd = [sys.executable, "-m", "splitinfer", "serve", "--model", model, "--cut", str(cut), "--port", "0",
                *flags]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -143,14 +146,30 @@ class ServeProcess:
             if not line:
                 raise RuntimeError(f"server did not start: {''.join(seen)[-2000:]}")
         self.url = re.search(r" on (tcp://[\d.]+:\d+)", line).group(1)
-        self.ps = psutil.Process(self.proc.pid)
+        self.proc_dir = Path(f"/proc/{self.proc.pid}")
+        self.ps = None
+        if not self.proc_dir.is_dir():
+            try:
+                import psutil
+            except ImportError as e:
+                raise RuntimeError("ServeProcess reads the server's CPU time and RSS from /proc or psutil; "
+                                   "this system has no /proc: pip install psutil (the `dev` extra)") from e
+            self.ps = psutil.Process(self.proc.pid)
 
     def cpu_s(self) -> float:
-        t = self.ps.cpu_times()
-        return t.user + t.system
+        """User + system CPU seconds of the server process so far."""
+        if self.ps is not None:
+            t = self.ps.cpu_times()
+            return t.user + t.system
+        fields = (self.proc_dir / "stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
     def rss_mb(self) -> float:
-        return self.ps.memory_info().rss / 2**20
+        """Resident set size of the server process, MiB."""
+        if self.ps is not None:
+            return self.ps.memory_info().rss / 2**20
+        kb = re.search(r"VmRSS:\s+(\d+) kB", (self.proc_dir / "status").read_text())
+        return int(kb.group(1)) / 1024 if kb else float("nan")
 
     def close(self) -> None:
         self.proc.terminate()
