@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from splitinfer.cli import is_user_error
-from splitinfer.errors import ConfigError, NotFoundError, UserError
+from splitinfer.errors import ConfigError, NotFoundError, UserError, exit_for_user_error
 from splitinfer.registry import closest
 from splitinfer.search import SearchCallback  # noqa: F401 - registers ${splitinfer_add:} (search job folders)
 
@@ -183,11 +183,6 @@ def _repo_of(config: DictConfig) -> Any:
     return ConfigRepository(config_search_path=search_path)
 
 
-def _user_error_exit(e: BaseException) -> None:
-    print(f"splitinfer.run: error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
-
-
 class CheckChoices(Callback):
     """Before a multirun launches anything: every option its sweeper params select must exist (the command
     line was checked already; an experiment's `hydra.sweeper.params` are checked here)."""
@@ -199,7 +194,7 @@ class CheckChoices(Callback):
         try:
             check_group_overrides([f"{k}={v}" for k, v in params.items()], _repo_of(config))
         except UserError as e:
-            _user_error_exit(e)
+            exit_for_user_error(e)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -324,8 +319,7 @@ def _task(cfg: DictConfig) -> float | list[float] | None:
             raise  # a bug: Hydra prints the traceback, the folder (with its log) stays
         # Bad input: one clear line, no traceback, and no folder left behind with nothing in it.
         remove_if_empty(out_dir, hc.job.name)
-        _user_error_exit(e)
-        raise  # unreachable: _user_error_exit raises SystemExit
+        exit_for_user_error(e)
     if hc.mode != RunMode.MULTIRUN:
         shown = Path(os.path.relpath(out_dir)) if out_dir.resolve().is_relative_to(Path.cwd().resolve()) else out_dir
         print(summarize(metrics, shown), flush=True)
@@ -347,7 +341,7 @@ def main() -> None:
         check_installed_configs()
         check_command_line(sys.argv[1:])
     except UserError as e:
-        _user_error_exit(e)
+        exit_for_user_error(e)
     hydra_main()
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from splitinfer.errors import ConfigError
+from splitinfer.errors import ConfigError, UserError, exit_for_user_error
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +178,10 @@ class SearchCallback(Callback):
     search), number the new job folders after them (`hydra.sweep.subdir`), then write search.json."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from splitinfer.errors import UserError
-
         try:
             self._prepare(config)
         except UserError as e:
-            from splitinfer.run import _user_error_exit
-
-            _user_error_exit(e)
+            exit_for_user_error(e)
 
     def _prepare(self, config: DictConfig) -> None:
         search = config.get("search")

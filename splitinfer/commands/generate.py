@@ -161,8 +161,8 @@ def build_defense_arg(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from splitinfer.generation import SamplingConfig, in_process_generator
     from splitinfer.models import load_model
+    from splitinfer.split import SamplingConfig, in_process_generator
 
     cuts = check_arguments(args)
     codec = None
