@@ -353,7 +353,7 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
         if choices["attack"] != "none" and _enabled(cfg.get("attack")):
             metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, out_dir=out))
         if cfg.get("search") is not None:  # a trial of a search (hparams_search=...): objectives, constraints
-            from splitinfer.search import trial_metrics
+            from splitinfer.objectives import trial_metrics
 
             metrics.update(trial_metrics(cfg.search, metrics))
         metrics["job_wall_s"] = time.perf_counter() - t_start

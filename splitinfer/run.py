@@ -324,7 +324,7 @@ def _task(cfg: DictConfig) -> float | list[float] | None:
         shown = Path(os.path.relpath(out_dir)) if out_dir.resolve().is_relative_to(Path.cwd().resolve()) else out_dir
         print(summarize(metrics, shown), flush=True)
     if cfg.get("search") is not None:  # a search trial (hparams_search=...): its objectives, to the sweeper
-        from splitinfer.search import objective_values
+        from splitinfer.objectives import objective_values
 
         return objective_values(cfg.search, metrics)
     # Returned for Hydra sweepers that optimise a value (e.g. Optuna): the per-token latency.
