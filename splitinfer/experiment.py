@@ -36,6 +36,7 @@ from splitinfer.metrics.compute import LayerProfile, memory_metrics
 from splitinfer.metrics.hardware import HardwareProfile, load_hardware, modelled_timings
 from splitinfer.metrics.latency import LinkProfile, estimate_latency
 from splitinfer.metrics.quality import QualityAccumulator, first_mismatch, generation_metrics
+from splitinfer.progress import Heartbeat
 from splitinfer.reference import Reference, compute_reference, get_corpus, get_profile, get_reference
 
 __all__ = ["MetricOptions", "ModelSpec", "Reference", "compute_reference", "evaluate_split", "get_corpus",
@@ -80,9 +81,8 @@ class ModelSpec:
             return _MODELS[self.name]
         from splitinfer.models import load_model
 
-        t0 = time.perf_counter()
-        lm = load_model(self.name)
-        log.info("loaded %s in %.1f s", self.name, time.perf_counter() - t0)
+        with Heartbeat(f"loading {self.name}", log):
+            lm = load_model(self.name)
         if reuse:
             _MODELS[self.name] = lm
         return lm
@@ -329,8 +329,9 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
             "model_fingerprint": lm.fingerprint, "corpus_digest": corpus.digest, "job_num": job_num,
             "reuse": reuse, "torch_threads": torch.get_num_threads(), "group": group,
         }
-        metrics.update(evaluate_split(lm, cut, codec, defense, corpus, ref, opts, reuse_hidden=reuse,
-                                      profile=profile, seed=int(cfg.get("seed", 0)), placements=placements))
+        with Heartbeat(f"job {run_name}", log, start_line=False):
+            metrics.update(evaluate_split(lm, cut, codec, defense, corpus, ref, opts, reuse_hidden=reuse,
+                                          profile=profile, seed=int(cfg.get("seed", 0)), placements=placements))
         if opts.latency and profile is not None and "up_bytes_per_token_decode" in metrics:
             metrics.update({"link_uplink_mbps": link.uplink_mbps, "link_downlink_mbps": link.downlink_mbps,
                             "link_rtt_ms": link.rtt_ms, "server_hardware": server_hardware.name,

@@ -18,6 +18,7 @@ import torch
 from splitinfer import cache
 from splitinfer.data import Corpus, CorpusSpec
 from splitinfer.metrics.compute import LayerProfile, profile_layers
+from splitinfer.progress import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,9 @@ def get_reference(lm, corpus: Corpus, reuse: bool, disk: bool = False) -> Refere
         except Exception as e:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
             log.warning("ignoring unreadable reference cache %s (%s)", path, e)
     if ref is None:
-        ref = compute_reference(lm, corpus)
+        with Heartbeat(f"unsplit reference of {lm.name} ({corpus.num_tokens} tokens, hidden state at every cut; "
+                       "once per model and corpus)", log):
+            ref = compute_reference(lm, corpus)
         if reuse and disk:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -142,7 +145,8 @@ def get_profile(lm, prompt_tokens: int, context_tokens: int, repeats: int, reuse
     key = (lm.fingerprint, prompt_tokens, context_tokens, repeats)
     if reuse and key in _PROFILES:
         return _PROFILES[key]
-    prof = profile_layers(lm, prompt_tokens, context_tokens, repeats)
+    with Heartbeat(f"timing every layer of {lm.name} (once per model)", log):
+        prof = profile_layers(lm, prompt_tokens, context_tokens, repeats)
     if reuse:
         _PROFILES[key] = prof
     return prof

@@ -216,27 +216,66 @@ def count_jobs(overrides: list[str], sweeper_params: dict[str, Any] | None = Non
 
 
 class SweepProgress(Callback):
-    """A tqdm bar over the jobs of a multirun (updates when jobs run in this process: basic launcher)."""
+    """What a multirun shows while it runs and when it ends, whatever the launcher.
+
+    A tqdm bar over the jobs (on a terminal; it moves when jobs run in this process: the basic launcher);
+    a line every few seconds counting the jobs that wrote metrics.json (the only thing this process sees of
+    jobs run by joblib, submitit or ray workers); and, at the end, one summary line: jobs done, failed, time,
+    folder and the command that reports it."""
 
     def __init__(self) -> None:
         self.bar = None
+        self.beat = None
+        self.total: int | None = None
+        self.sweep_dir: Path | None = None
+        self.t0 = 0.0
+
+    def __getstate__(self) -> dict:
+        # Process launchers (joblib) pickle the callbacks into every worker: the bar and the heartbeat's
+        # thread stay in this process.
+        return {**self.__dict__, "bar": None, "beat": None}
+
+    def done(self) -> int:
+        return sum(1 for _ in self.sweep_dir.rglob("metrics.json")) if self.sweep_dir else 0
+
+    def _status(self) -> str:
+        return f"{self.done()}" + (f" of {self.total}" if self.total else "") + " jobs done"
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import time
+
         from tqdm.auto import tqdm
+
+        from splitinfer.progress import Heartbeat
 
         params = dict(config.hydra.sweeper.get("params") or {})
         n_trials = config.hydra.sweeper.get("n_trials")  # a search (Optuna sweeper): its trial budget
-        total = (int(n_trials) if n_trials
-                 else count_jobs(list(config.hydra.overrides.task), {k: str(v) for k, v in params.items()}))
-        self.bar = tqdm(total=total, desc=f"sweep {config.get('name', '')}", unit="job", disable=None)
+        self.total = (int(n_trials) if n_trials
+                      else count_jobs(list(config.hydra.overrides.task), {k: str(v) for k, v in params.items()}))
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(total=self.total, desc=f"sweep {config.get('name', '')}", unit="job", disable=None)
+        if self.bar.disable:  # no terminal: lines instead of a bar
+            self.beat = Heartbeat(f"sweep {config.get('name', '')}", log, status=self._status,
+                                  start_line=False).start()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if self.bar is not None:
             self.bar.update(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        import time
+
+        if self.beat is not None:
+            self.beat.stop(done_line=False)  # the summary below says it
         if self.bar is not None:
             self.bar.close()
+        done = self.done()
+        failed = f", {self.total - done} without metrics.json (failed: see their folders' logs)" if (
+            self.total and done < self.total) else ""
+        print(f"sweep done: {done}" + (f" of {self.total}" if self.total else "") + f" jobs{failed} in "
+              f"{time.perf_counter() - self.t0:.0f} s -> {self.sweep_dir}\n"
+              f"report it: splitinfer report {self.sweep_dir}", flush=True)
 
 
 def _num(value: Any) -> float | None:

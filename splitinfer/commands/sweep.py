@@ -76,11 +76,15 @@ def main(args: argparse.Namespace) -> int:
     print(f"sweep finished in {time.perf_counter() - t0:.0f} s: {out}", file=sys.stderr)
     if args.no_report:
         return 0
+    import logging
     import os
 
+    from splitinfer.progress import Heartbeat
     from splitinfer.report import ReportError, build_report, log_report, recommend
 
-    rep = build_report(out, links=["3g", "4g_lte", "5g", "wifi", "loopback"])
+    links = ["3g", "4g_lte", "5g", "wifi", "loopback"]
+    with Heartbeat(f"report of {out} (tables, plots, latency on {len(links)} links)", logging.getLogger(__name__)):
+        rep = build_report(out, links=links)
     print(rep.table)
     print(f"\n{len(rep.rows)} jobs -> {rep.csv}\n{' ' * len(str(len(rep.rows)))}         {rep.markdown}")
     for p in rep.plots:
