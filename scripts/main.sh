@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: set up .venv, run the default sweep (all 31 cuts of SmolLM2-135M x fp16, int8 and the best
+# The main job: set up .venv, run the default sweep (every other cut of SmolLM2-135M, 16 cuts, x fp16, int8 and the best
 # low-bit codec; bandwidth, quality, timing and latency metrics on the default corpus), then print the
 # table, the plot paths and a recommendation. Extra arguments are Hydra overrides, e.g.
 #   bash scripts/main.sh link=wifi hardware=apple_a17_pro server_hardware=l4

@@ -9,6 +9,9 @@ The subclasses also derive from the built-in exception a caller would expect (`V
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
 
 class UserError(Exception):
     """Bad input from a user: the message names the bad value, what is allowed and what to do."""
@@ -20,3 +23,10 @@ class ConfigError(UserError, ValueError):
 
 class NotFoundError(UserError, FileNotFoundError):
     """A model, file or folder the user named does not exist or is not installed."""
+
+
+def exit_for_user_error(e: BaseException, prog: str = "splitinfer.run") -> NoReturn:
+    """Print a user error as one line (`<prog>: error: <message>`) and exit with status 2, no traceback.
+    The Hydra entry point and its callbacks (search, config checks) end a bad run this way."""
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None

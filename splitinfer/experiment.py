@@ -6,10 +6,12 @@ in one process (the basic launcher runs them all in one):
 
 - the model, loaded once per model spec;
 - the corpus windows/prompts, sampled once per (model, data spec);
-- the `Reference`: one unsplit pass over the corpus records the unsplit log-probs, the greedy
-  continuations, and the hidden state at *every* cut (the output of the device stage at cut k is
-  the input of layer k), so a job only runs codec + server stage;
+- the `Reference` (`splitinfer.reference`): one unsplit pass over the corpus records the unsplit
+  log-probs, the greedy continuations, and the hidden state at *every* cut (the output of the device stage
+  at cut k is the input of layer k), so a job only runs codec + server stage;
 - the per-layer timing profile (Neurosurgeon-style), shared by all cuts and codecs.
+
+All of it is kept in `splitinfer.cache` memos; `splitinfer.cache.clear()` forgets it.
 
 `reuse: false` is the naive way (reload, recompute the reference, run the device stage and a real
 split generation per job); `scripts/bench_sweep.py` times both.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +28,23 @@ from typing import Any
 
 import torch
 
+from splitinfer import cache
 from splitinfer.data import Corpus, CorpusSpec
 from splitinfer.errors import ConfigError
 from splitinfer.metrics.bandwidth import bandwidth_metrics
-from splitinfer.metrics.compute import LayerProfile, memory_metrics, profile_layers
+from splitinfer.metrics.compute import LayerProfile, memory_metrics
 from splitinfer.metrics.hardware import HardwareProfile, load_hardware, modelled_timings
 from splitinfer.metrics.latency import LinkProfile, estimate_latency
 from splitinfer.metrics.quality import QualityAccumulator, first_mismatch, generation_metrics
+from splitinfer.progress import Heartbeat
+from splitinfer.reference import Reference, compute_reference, get_corpus, get_profile, get_reference
+
+__all__ = ["MetricOptions", "ModelSpec", "Reference", "compute_reference", "evaluate_split", "get_corpus",
+           "get_reference", "run_job"]  # the reference helpers live in splitinfer.reference
 
 log = logging.getLogger(__name__)
+
+_MODELS = cache.memo("experiment.models")  # model spec name -> LoadedModel (cleared by splitinfer.cache.clear)
 
 GROUPS = ("model", "split", "codec", "defense", "attack", "link", "hardware", "data", "logger", "experiment",
           "topology")
@@ -73,9 +82,8 @@ class ModelSpec:
             return _MODELS[self.name]
         from splitinfer.models import load_model
 
-        t0 = time.perf_counter()
-        lm = load_model(self.name)
-        log.info("loaded %s in %.1f s", self.name, time.perf_counter() - t0)
+        with Heartbeat(f"loading {self.name}", log):
+            lm = load_model(self.name)
         if reuse:
             _MODELS[self.name] = lm
         return lm
@@ -97,143 +105,6 @@ def check_cut(cut: Any, num_layers: int) -> int:
         return validate_cuts([cut], num_layers)[0]
     except ValueError as e:
         raise ConfigError(f"split.cut={cut!r}: {e}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# exactly reusable work, cached per process
-# ---------------------------------------------------------------------------------------------
-_MODELS: dict[str, Any] = {}
-_CORPORA: dict[tuple, Corpus] = {}
-_REFERENCES: dict[tuple, Reference] = {}
-_PROFILES: dict[tuple, LayerProfile] = {}
-
-
-def clear_caches() -> None:
-    for c in (_MODELS, _CORPORA, _REFERENCES, _PROFILES):
-        c.clear()
-
-
-@dataclass
-class Reference:
-    """What the unsplit model does on a corpus: everything a job compares against or starts from."""
-
-    window_hidden: list[torch.Tensor]  # [cut] -> (N, T, H): device-stage output at each cut
-    window_logprobs: torch.Tensor  # (N, T-1, V) unsplit log-probs predicting tokens 1..T-1
-    gen_hidden: list[torch.Tensor]  # [cut] -> (P, Tp+G-1, H) for prompt + greedy continuation
-    gen_tokens: torch.Tensor  # (P, G) unsplit greedy continuation of each prompt
-
-
-@torch.no_grad()
-def _hidden_at_every_cut(lm, ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """One unsplit pass through single-layer stages; returns hidden at cuts 0..L and the logits."""
-    from splitinfer.models import split_model
-
-    stages = split_model(lm, list(range(lm.num_layers + 1)))  # embed | layer 0 | ... | norm+head
-    hidden, h = [], ids
-    for st in stages[:-1]:
-        h = st(h)
-        hidden.append(h)
-    return hidden, stages[-1](h)
-
-
-@torch.no_grad()
-def unsplit_greedy(lm, prompts: torch.Tensor, gen_tokens: int) -> torch.Tensor:
-    """Greedy continuations (P, G) from the unsplit model with a KV cache; EOS does not stop it, so
-    every prompt contributes exactly G tokens."""
-    from splitinfer.generation import in_process_generator
-
-    gen = in_process_generator(lm, [lm.num_layers])  # everything on the "device": the unsplit model
-    out = [gen.generate(p[None], gen_tokens, stop_at_eos=False).token_ids for p in prompts]
-    return torch.tensor(out, dtype=torch.long).reshape(len(prompts), gen_tokens)
-
-
-def compute_reference(lm, corpus: Corpus) -> Reference:
-    from tqdm.auto import tqdm
-
-    with tqdm(total=3, desc=f"unsplit reference ({lm.name}, {corpus.num_tokens} tokens)", leave=False,
-              disable=None) as bar:
-        window_hidden, logits = _hidden_at_every_cut(lm, corpus.windows)
-        window_logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        del logits
-        bar.update()
-        gen = unsplit_greedy(lm, corpus.prompts, corpus.gen_tokens)
-        bar.update()
-        seqs = torch.cat([corpus.prompts, gen[:, :-1]], dim=1)
-        gen_hidden, _ = _hidden_at_every_cut(lm, seqs)
-        bar.update()
-    return Reference(window_hidden, window_logprobs, gen_hidden, gen)
-
-
-def get_corpus(lm, spec: CorpusSpec, reuse: bool) -> Corpus:
-    key = (lm.fingerprint, spec)
-    if reuse and key in _CORPORA:
-        return _CORPORA[key]
-    corpus = spec.build(lm)
-    if reuse:
-        _CORPORA[key] = corpus
-    return corpus
-
-
-def reference_path(lm, corpus: Corpus) -> Path:
-    from splitinfer.models import cache_root
-
-    return cache_root() / "reference" / f"{lm.fingerprint}-{corpus.digest}.safetensors"
-
-
-def _save_reference(ref: Reference, path: Path) -> None:
-    """Flat safetensors (no pickle): lists of per-cut tensors become `name.<index>` entries."""
-    from safetensors.torch import save_file
-
-    flat = {"window_logprobs": ref.window_logprobs, "gen_tokens": ref.gen_tokens}
-    for name in ("window_hidden", "gen_hidden"):
-        flat.update({f"{name}.{i}": t.contiguous() for i, t in enumerate(getattr(ref, name))})
-    save_file(flat, str(path))
-
-
-def _load_reference(path: Path) -> Reference:
-    from safetensors.torch import load_file
-
-    flat = load_file(str(path))
-    lists = {name: [flat[f"{name}.{i}"] for i in range(sum(k.startswith(name + ".") for k in flat))]
-             for name in ("window_hidden", "gen_hidden")}
-    return Reference(lists["window_hidden"], flat["window_logprobs"], lists["gen_hidden"], flat["gen_tokens"])
-
-
-def get_reference(lm, corpus: Corpus, reuse: bool, disk: bool = False) -> Reference:
-    """The unsplit reference, from memory, else from the disk cache (when `disk`), else computed.
-
-    The disk copy lets jobs in other processes (joblib workers, submitit/SLURM tasks, a later sweep)
-    skip the unsplit pass; it is keyed by the model's fingerprint and the corpus' token digest."""
-    key = (lm.fingerprint, corpus.digest)
-    if reuse and key in _REFERENCES:
-        return _REFERENCES[key]
-    path = reference_path(lm, corpus)
-    ref = None
-    if reuse and disk and path.is_file():
-        try:
-            ref = _load_reference(path)
-        except Exception as e:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
-            log.warning("ignoring unreadable reference cache %s (%s)", path, e)
-    if ref is None:
-        ref = compute_reference(lm, corpus)
-        if reuse and disk:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            _save_reference(ref, tmp)
-            os.replace(tmp, path)  # atomic: parallel jobs never read half a file
-    if reuse:
-        _REFERENCES[key] = ref
-    return ref
-
-
-def get_profile(lm, prompt_tokens: int, context_tokens: int, repeats: int, reuse: bool) -> LayerProfile:
-    key = (lm.fingerprint, prompt_tokens, context_tokens, repeats)
-    if reuse and key in _PROFILES:
-        return _PROFILES[key]
-    prof = profile_layers(lm, prompt_tokens, context_tokens, repeats)
-    if reuse:
-        _PROFILES[key] = prof
-    return prof
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,14 +334,16 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
             "model_fingerprint": lm.fingerprint, "corpus_digest": corpus.digest, "job_num": job_num,
             "reuse": reuse, "torch_threads": torch.get_num_threads(), "group": group,
         }
-        if topology.kind == "single":
-            metrics.update(evaluate_split(lm, cut, codec, defense, corpus, ref, opts, reuse_hidden=reuse,
-                                          profile=profile, seed=int(cfg.get("seed", 0)), placements=placements))
-        else:  # a relay or U-shape: per-hop bytes measured, latency modelled per hop (splitinfer.topologies)
-            from splitinfer.topologies import evaluate_topology
+        with Heartbeat(f"job {run_name}", log, start_line=False):
+            if topology.kind == "single":
+                metrics.update(evaluate_split(lm, cut, codec, defense, corpus, ref, opts, reuse_hidden=reuse,
+                                              profile=profile, seed=int(cfg.get("seed", 0)), placements=placements))
+            else:  # a relay or U-shape: per-hop bytes measured, latency modelled per hop (splitinfer.topologies)
+                from splitinfer.topologies import evaluate_topology
 
-            metrics.update(evaluate_topology(topology, lm, cuts, codec, corpus, ref, opts, hardware=hardware,
-                                             server_hardware=server_hardware, link=link, seed=int(cfg.get("seed", 0))))
+                metrics.update(evaluate_topology(topology, lm, cuts, codec, corpus, ref, opts, hardware=hardware,
+                                                 server_hardware=server_hardware, link=link,
+                                                 seed=int(cfg.get("seed", 0))))
         if topology.kind == "single" and opts.latency and profile is not None and "up_bytes_per_token_decode" in metrics:
             metrics.update({"link_uplink_mbps": link.uplink_mbps, "link_downlink_mbps": link.downlink_mbps,
                             "link_rtt_ms": link.rtt_ms, "server_hardware": server_hardware.name,
@@ -498,7 +371,7 @@ def run_job(cfg, out_dir: str | Path | None = None) -> dict[str, Any]:
             else:  # the uplink payload at `cut`: a single cut's, a relay's first hop, a U-shape's uplink
                 metrics.update(evaluate_attack(cfg, lm, cut, codec, defense, out_dir=out))
         if cfg.get("search") is not None:  # a trial of a search (hparams_search=...): objectives, constraints
-            from splitinfer.search import trial_metrics
+            from splitinfer.objectives import trial_metrics
 
             metrics.update(trial_metrics(cfg.search, metrics))
         metrics["job_wall_s"] = time.perf_counter() - t_start

@@ -1,13 +1,19 @@
 """One registry helper for the swappable parts looked up by name (attacks, defenses, codec peers).
 
-    DEFENSES = Registry("defense", {"none": NoDefense, "gaussian": GaussianNoise}, example="defense=gaussian")
-    DEFENSES.register("fisher_noise", FisherNoise)     # a new part: one line where it is defined
+    DEFENSES = Registry("defense", {"none": NoDefense, "gaussian": GaussianNoise,
+                                    "fisher_noise": "splitinfer.privacy.trained.fisher:FisherNoise"})
     cls = DEFENSES.get("gausian")                      # ConfigError: ... did you mean 'gaussian'? ...
+
+Every entry is listed where the registry is made (explicit registration: nothing registers itself when
+its module is imported). An entry given as "module:attribute" is imported on first lookup: a part
+defined in a module that imports the registry's own module (a subclass of its base) is listed without
+an import cycle.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
@@ -38,16 +44,23 @@ class Registry(Mapping[str, T], Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def _resolve(self, name: str) -> T:
+        entry = self._entries[name]
+        if isinstance(entry, str) and ":" in entry:  # "module:attribute", imported on first lookup
+            module, _, attr = entry.partition(":")
+            entry = self._entries[name] = getattr(importlib.import_module(module), attr)
+        return entry
+
     def get(self, name: object, default: T | None = None) -> T:  # type: ignore[override]
         if isinstance(name, str) and name in self._entries:
-            return self._entries[name]
+            return self._resolve(name)
         near = closest(name, self.names())
         hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
         example = f" (e.g. {self.example})" if self.example else ""
         raise ConfigError(f"unknown {self.kind} {name!r}.{hint} Choose one of {self.names()}{example}")
 
     def __getitem__(self, name: str) -> T:
-        return self._entries[name]
+        return self._resolve(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

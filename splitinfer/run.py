@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from splitinfer.cli import is_user_error
-from splitinfer.errors import ConfigError, NotFoundError, UserError
+from splitinfer.errors import ConfigError, NotFoundError, UserError, exit_for_user_error
 from splitinfer.registry import closest
 from splitinfer.search import SearchCallback  # noqa: F401 - registers ${splitinfer_add:} (search job folders)
 
@@ -183,11 +183,6 @@ def _repo_of(config: DictConfig) -> Any:
     return ConfigRepository(config_search_path=search_path)
 
 
-def _user_error_exit(e: BaseException) -> None:
-    print(f"splitinfer.run: error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
-
-
 class CheckChoices(Callback):
     """Before a multirun launches anything: every option its sweeper params select must exist (the command
     line was checked already; an experiment's `hydra.sweeper.params` are checked here)."""
@@ -199,7 +194,7 @@ class CheckChoices(Callback):
         try:
             check_group_overrides([f"{k}={v}" for k, v in params.items()], _repo_of(config))
         except UserError as e:
-            _user_error_exit(e)
+            exit_for_user_error(e)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -221,27 +216,66 @@ def count_jobs(overrides: list[str], sweeper_params: dict[str, Any] | None = Non
 
 
 class SweepProgress(Callback):
-    """A tqdm bar over the jobs of a multirun (updates when jobs run in this process: basic launcher)."""
+    """What a multirun shows while it runs and when it ends, whatever the launcher.
+
+    A tqdm bar over the jobs (on a terminal; it moves when jobs run in this process: the basic launcher);
+    a line every few seconds counting the jobs that wrote metrics.json (the only thing this process sees of
+    jobs run by joblib, submitit or ray workers); and, at the end, one summary line: jobs done, failed, time,
+    folder and the command that reports it."""
 
     def __init__(self) -> None:
         self.bar = None
+        self.beat = None
+        self.total: int | None = None
+        self.sweep_dir: Path | None = None
+        self.t0 = 0.0
+
+    def __getstate__(self) -> dict:
+        # Process launchers (joblib) pickle the callbacks into every worker: the bar and the heartbeat's
+        # thread stay in this process.
+        return {**self.__dict__, "bar": None, "beat": None}
+
+    def done(self) -> int:
+        return sum(1 for _ in self.sweep_dir.rglob("metrics.json")) if self.sweep_dir else 0
+
+    def _status(self) -> str:
+        return f"{self.done()}" + (f" of {self.total}" if self.total else "") + " jobs done"
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import time
+
         from tqdm.auto import tqdm
+
+        from splitinfer.progress import Heartbeat
 
         params = dict(config.hydra.sweeper.get("params") or {})
         n_trials = config.hydra.sweeper.get("n_trials")  # a search (Optuna sweeper): its trial budget
-        total = (int(n_trials) if n_trials
-                 else count_jobs(list(config.hydra.overrides.task), {k: str(v) for k, v in params.items()}))
-        self.bar = tqdm(total=total, desc=f"sweep {config.get('name', '')}", unit="job", disable=None)
+        self.total = (int(n_trials) if n_trials
+                      else count_jobs(list(config.hydra.overrides.task), {k: str(v) for k, v in params.items()}))
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(total=self.total, desc=f"sweep {config.get('name', '')}", unit="job", disable=None)
+        if self.bar.disable:  # no terminal: lines instead of a bar
+            self.beat = Heartbeat(f"sweep {config.get('name', '')}", log, status=self._status,
+                                  start_line=False).start()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if self.bar is not None:
             self.bar.update(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        import time
+
+        if self.beat is not None:
+            self.beat.stop(done_line=False)  # the summary below says it
         if self.bar is not None:
             self.bar.close()
+        done = self.done()
+        failed = f", {self.total - done} without metrics.json (failed: see their folders' logs)" if (
+            self.total and done < self.total) else ""
+        print(f"sweep done: {done}" + (f" of {self.total}" if self.total else "") + f" jobs{failed} in "
+              f"{time.perf_counter() - self.t0:.0f} s -> {self.sweep_dir}\n"
+              f"report it: splitinfer report {self.sweep_dir}", flush=True)
 
 
 def _num(value: Any) -> float | None:
@@ -324,13 +358,12 @@ def _task(cfg: DictConfig) -> float | list[float] | None:
             raise  # a bug: Hydra prints the traceback, the folder (with its log) stays
         # Bad input: one clear line, no traceback, and no folder left behind with nothing in it.
         remove_if_empty(out_dir, hc.job.name)
-        _user_error_exit(e)
-        raise  # unreachable: _user_error_exit raises SystemExit
+        exit_for_user_error(e)
     if hc.mode != RunMode.MULTIRUN:
         shown = Path(os.path.relpath(out_dir)) if out_dir.resolve().is_relative_to(Path.cwd().resolve()) else out_dir
         print(summarize(metrics, shown), flush=True)
     if cfg.get("search") is not None:  # a search trial (hparams_search=...): its objectives, to the sweeper
-        from splitinfer.search import objective_values
+        from splitinfer.objectives import objective_values
 
         return objective_values(cfg.search, metrics)
     # Returned for Hydra sweepers that optimise a value (e.g. Optuna): the per-token latency.
@@ -347,7 +380,7 @@ def main() -> None:
         check_installed_configs()
         check_command_line(sys.argv[1:])
     except UserError as e:
-        _user_error_exit(e)
+        exit_for_user_error(e)
     hydra_main()
 
 

@@ -6,11 +6,9 @@
     python -m splitinfer.run -m hparams_search=split_optuna hydra.sweep.dir=<the folder>   # resume it
 
 Pieces:
-- `OBJECTIVES`: the names a search may minimise (`search.objectives`), each read from a job's metrics.
-- `trial_metrics` (called by `experiment.run_job` when the config has a `search` node): `objective/<name>`
-  and `constraint/<name>` values written into the job's metrics.json and logged (W&B: one run per trial,
-  the search one group, so the parallel-coordinates view shows the search).
-- `objective_values`: what the job returns to the sweeper (`splitinfer.run`).
+- `splitinfer.objectives`: `OBJECTIVES` / `CONSTRAINTS` (what a search may minimise and limit, read from a
+  job's metrics), `trial_metrics` (written into each trial's metrics.json and logged: W&B one run per
+  trial, the search one group) and `objective_values` (what the job returns to the sweeper).
 - `SearchCallback` (`hydra.callbacks.search`), before Hydra's Optuna sweeper is built: one direction per
   objective (all minimised), the sweep folder made before the SQLite study opens in it, job folders
   numbered by trial (a resumed search goes on at the next trial number instead of overwriting folders
@@ -25,111 +23,33 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from collections.abc import Callable, Mapping
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from splitinfer.errors import ConfigError
-
-log = logging.getLogger(__name__)
+from splitinfer.errors import ConfigError, UserError, exit_for_user_error
+from splitinfer.objectives import (  # noqa: F401 - the objectives' names stay importable from here
+    CONSTRAINT_PREFIX,
+    CONSTRAINTS,
+    OBJECTIVES,
+    TRIAL_PREFIX,
+    constraint_limits,
+    finite,
+    labelled,
+    objective_names,
+    objective_values,
+    trial_metrics,
+)
 
 SEARCH_FILE = "search.json"
-TRIAL_PREFIX = "objective/"
-CONSTRAINT_PREFIX = "constraint/"
+EVERY_CUT = "every_cut"  # hydra.sweeper.params value: every cut of the job's model (SearchCallback._cut_space)
+OPTUNA_SWEEPER_LOGGER = "hydra_plugins.hydra_optuna_sweeper._impl"
 
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v) if math.isfinite(v) else None
-
-
-def _quality_bound(m: Mapping[str, Any]) -> float | None:
-    from splitinfer.report.measures import quality_bound
-
-    return quality_bound(dict(m))[0]
-
-
-def _leakage(m: Mapping[str, Any]) -> float | None:
-    """The strongest attack's token recovery in this job (max over privacy/<attack>/token_acc)."""
-    vals = [_num(v) for k, v in m.items() if k.startswith("privacy/") and k.endswith("/token_acc")]
-    vals = [v for v in vals if v is not None]
-    return max(vals) if vals else None
-
-
-def _mb(m: Mapping[str, Any]) -> float | None:
-    b = _num(m.get("device_memory_bytes"))
-    return None if b is None else b / 1e6
-
-
-# name -> (how to read it from a job's metrics, unit, what it is). All are minimised.
-OBJECTIVES: dict[str, tuple[Callable[[Mapping[str, Any]], float | None], str, str]] = {
-    "bytes": (lambda m: _num(m.get("up_bytes_per_token_decode")), "B", "uplink bytes per generated token"),
-    "bytes_prefill": (lambda m: _num(m.get("up_bytes_per_token_prefill")), "B", "uplink bytes per prompt token"),
-    "dppl_ub": (_quality_bound, "%", "upper end of the 95 % interval of |Δppl|"),
-    "kl": (lambda m: _num(m.get("kl_mean")), "nats", "mean KL(unsplit || split)"),
-    "leakage": (_leakage, "", "token recovery of the strongest attack run (needs attack=...)"),
-    "latency": (lambda m: _num(m.get("tpot_s")), "s", "per-token latency on the job's link and device"),
-    "ttft": (lambda m: _num(m.get("ttft_s")), "s", "time to first token on the job's link and device"),
-    "energy": (lambda m: _num(m.get("energy_j_per_token")), "J", "device energy per token"),
-    "device_mb": (_mb, "MB", "device memory (stage weights + KV cache)"),
-}
-# name -> what it limits (constraint value = measured - limit; <= 0 is feasible)
-CONSTRAINTS: dict[str, tuple[Callable[[Mapping[str, Any]], float | None], str]] = {
-    "max_delta_ppl_pct": (_quality_bound, "upper 95 % bound of |Δppl| in %"),
-    "max_device_mb": (_mb, "device memory in MB"),
-    "max_leakage": (_leakage, "strongest attack's token recovery (0..1)"),
-}
-
-
-def objective_names(search: Mapping[str, Any]) -> list[str]:
-    """The search's objectives (`search.objectives`), checked."""
-    names = [str(n) for n in (search.get("objectives") or [])]
-    if not names:
-        raise ConfigError("search.objectives is empty; name at least one of " + ", ".join(OBJECTIVES))
-    for n in names:
-        if n not in OBJECTIVES:
-            from splitinfer.registry import closest
-
-            near = closest(n, list(OBJECTIVES), n=1)
-            hint = f" Did you mean {near[0]}?" if near else ""
-            raise ConfigError(f"search.objectives: unknown objective {n!r}.{hint} Choices: {', '.join(OBJECTIVES)}")
-    return names
-
-
-def constraint_limits(search: Mapping[str, Any]) -> dict[str, float]:
-    """The set limits of `search.constraints` (null = no limit), checked."""
-    out = {}
-    for k, v in dict(search.get("constraints") or {}).items():
-        if k not in CONSTRAINTS:
-            raise ConfigError(f"search.constraints: unknown constraint {k!r}; choices: {', '.join(CONSTRAINTS)}")
-        if v is not None:
-            out[str(k)] = float(v)
-    return out
-
-
-def trial_metrics(search: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """`objective/<name>` and `constraint/<name>` of one job (None when the job did not measure it)."""
-    out: dict[str, Any] = {"search_objectives": objective_names(search)}
-    for n in out["search_objectives"]:
-        out[TRIAL_PREFIX + n] = OBJECTIVES[n][0](metrics)
-    for k, limit in constraint_limits(search).items():
-        v = CONSTRAINTS[k][0](metrics)
-        out[CONSTRAINT_PREFIX + k] = None if v is None else v - limit
-    return out
-
-
-def objective_values(search: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[float]:
-    """The values the job returns to the sweeper, in `search.objectives` order; NaN for one the job did
-    not measure (Optuna then marks the trial failed instead of stopping the search)."""
-    got = trial_metrics(search, metrics)
-    return [v if (v := _num(got.get(TRIAL_PREFIX + n))) is not None else float("nan")
-            for n in got["search_objectives"]]
-
+log = logging.getLogger(__name__)
 
 class JobConstraints:
     """NSGA-II's `constraints_func`: the `constraint/*` values in the trial's metrics.json (job folder =
@@ -147,7 +67,7 @@ class JobConstraints:
             m = {}
         names = self.names if self.names is not None else sorted(
             k.removeprefix(CONSTRAINT_PREFIX) for k in m if k.startswith(CONSTRAINT_PREFIX))
-        vals = [_num(m.get(CONSTRAINT_PREFIX + n)) for n in names]
+        vals = [finite(m.get(CONSTRAINT_PREFIX + n)) for n in names]
         return [1.0 if v is None else v for v in vals]
 
 
@@ -178,14 +98,35 @@ class SearchCallback(Callback):
     search), number the new job folders after them (`hydra.sweep.subdir`), then write search.json."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from splitinfer.errors import UserError
-
         try:
             self._prepare(config)
+            self._cut_space(config)
         except UserError as e:
-            from splitinfer.run import _user_error_exit
+            exit_for_user_error(e)
+        quiet_optuna(objective_names(config.search))
 
-            _user_error_exit(e)
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """The Pareto set as `splitinfer report` counts it, labelled, with why Optuna's count can differ."""
+        from splitinfer.report.search import front_summary
+
+        try:
+            print(front_summary(str(config.hydra.sweep.dir)), flush=True)
+        except UserError as e:  # no finished trial: the sweeper said why
+            log.warning("no Pareto set to show: %s", e)
+
+    @staticmethod
+    def _cut_space(config: DictConfig) -> None:
+        """`split.cut: every_cut` (conf/hparams_search): every cut of the job's model, 0..num_layers, from its
+        depth (read from its config, no weights), so the space fits any model (model=tiny_llama: 0..4)."""
+        params = config.hydra.sweeper.get("params") or {}
+        if str(params.get("split.cut", "")).strip() != EVERY_CUT:
+            return
+        from hydra.utils import instantiate
+
+        depth = int(instantiate(config.model).num_layers())
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweeper.params["split.cut"] = f"int(interval(0,{depth}))"
+        log.info("search space: split.cut in 0..%d (every cut of %s)", depth, config.model.get("name"))
 
     def _prepare(self, config: DictConfig) -> None:
         search = config.get("search")
@@ -214,6 +155,52 @@ class SearchCallback(Callback):
             "seed": sampler.get("seed"), "n_trials": sweeper.get("n_trials"), "batch": sweeper.get("n_jobs"),
             "resumed_after": done,
         }, indent=1) + "\n")
+
+
+class LabelledValues(logging.Filter):
+    """Rewrites the Optuna sweeper's closing lines: `Values: [354.67, 2.12, 0.21]` gets the objectives'
+    names and units, and its Pareto count says what it counts (every non-dominated trial, infeasible ones
+    and repeats of one configuration included; `splitinfer report` keeps feasible ones, one per configuration)."""
+
+    VALUES = re.compile(r"^(\s*)Values: \[(.*)\], Params: (.*)$")
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        if m := self.VALUES.match(msg):
+            try:
+                vals = [float(v) for v in m.group(2).split(",")]
+            except ValueError:
+                return True
+            if len(vals) == len(self.names):
+                record.msg, record.args = f"{m.group(1)}{labelled(self.names, vals)}; params {m.group(3)}", ()
+        elif msg.startswith("Number of Pareto solutions:"):
+            record.msg = (msg.replace("Number of Pareto solutions:", "Optuna's Pareto trials (every non-dominated "
+                                      "trial, infeasible ones and repeats included):"))
+        return True
+
+
+def quiet_optuna(names: list[str]) -> None:
+    """What a search prints, made readable: labelled objective values (LabelledValues), Optuna's log lines
+    without colour codes when stderr is not a terminal, and no ExperimentalWarning for the sampler options
+    Hydra's sweeper passes (constraints_func and MOTPE are marked experimental in the Optuna 2.10 it needs;
+    nothing a user can change)."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    sweeper_log = logging.getLogger(OPTUNA_SWEEPER_LOGGER)
+    for f in [f for f in sweeper_log.filters if isinstance(f, LabelledValues)]:
+        sweeper_log.removeFilter(f)
+    sweeper_log.addFilter(LabelledValues(names))
+    if not sys.stderr.isatty():
+        plain = logging.Formatter("[%(levelname)1.1s %(asctime)s] %(message)s")
+        for handler in logging.getLogger("optuna").handlers:
+            handler.setFormatter(plain)
 
 
 def study_trials(storage: str, study_name: str | None, n_objectives: int) -> int:

@@ -29,3 +29,18 @@ def test_parts_share_the_registry_error():
         build_attack("whitebx")
     with pytest.raises(ValueError, match="Did you mean int8"):
         build_codec("int9")
+
+
+def test_a_module_attribute_entry_is_imported_on_first_lookup():
+    """Explicit registration without an import cycle: the fitted defenses are listed in DEFENSES by
+    "module:Class" and imported when first looked up."""
+    from splitinfer.privacy.defenses import DEFENSES, Defense
+
+    r = Registry("thing", {"ordered": "collections:OrderedDict"})
+    from collections import OrderedDict
+
+    assert r.get("ordered") is OrderedDict and r["ordered"] is OrderedDict
+    for name in ("fisher_noise", "nopeek", "secret_adapter"):
+        cls = DEFENSES.get(name)
+        assert issubclass(cls, Defense) and cls.name == name
+

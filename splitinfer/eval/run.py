@@ -2,7 +2,7 @@
 share (a recipe component, so both compute their figures with the same code).
 
 The unsplit baseline depends only on the model, the tasks' content and the evaluation settings, never on
-the cut, codec or defense: it is computed once and kept in memory and under `cache_dir("eval")`, keyed by
+the cut, codec or defense: it is computed once and kept in memory and under `splitinfer.cache.directory("eval")`, keyed by
 the model's fingerprint, the tasks' digest (YAML + data files) and the settings.
 """
 
@@ -16,13 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from splitinfer import cache as cache_store  # `cache` is unsplit_baseline's on/off argument
 from splitinfer.errors import ConfigError
 from splitinfer.eval.compare import compare, per_example
 from splitinfer.eval.tasks import TaskSet, task_set
 
 log = logging.getLogger(__name__)
 
-_BASELINES: dict[str, dict] = {}
+_BASELINES = cache_store.memo("eval.baselines")  # key -> unsplit task results (cleared by splitinfer.cache.clear)
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,11 @@ class EvalSettings:
 def hf_checkpoint(lm) -> Path:
     """A local Hugging Face folder holding `lm`'s weights, for lm-eval's own `hf` model (the outside
     reference a split is checked against): the folder it was loaded from (a GGUF's conversion in the model
-    cache, or a local directory), else a `save_pretrained` copy under `cache_dir("eval")`. Never downloads."""
-    from splitinfer.models import cache_dir
-
+    cache, or a local directory), else a `save_pretrained` copy under `splitinfer.cache.directory("eval")`. Never downloads."""
     src = Path(str(getattr(lm.model.config, "name_or_path", "") or ""))
     if src.is_dir() and (src / "config.json").is_file() and (src / "tokenizer_config.json").is_file():
         return src
-    target = cache_dir("eval") / f"hf-{lm.fingerprint}"
+    target = cache_store.directory("eval") / f"hf-{lm.fingerprint}"
     if not (target / "config.json").is_file():
         if lm.tokenizer is None:
             raise ConfigError(f"model {lm.name!r} has no tokenizer; lm-eval's hf model needs one")
@@ -67,7 +66,7 @@ def hf_checkpoint(lm) -> Path:
     return target
 
 
-_ENV_INFO: dict[str, Any] = {}
+_ENV_INFO = cache_store.memo("eval.env_info")  # lm-eval's environment fields, collected once per process
 
 
 def _env_info_once() -> None:
@@ -104,9 +103,7 @@ def evaluate_model(model, tasks: TaskSet, settings: EvalSettings, built: list | 
 
 
 def baseline_key(lm, tasks: TaskSet, settings: EvalSettings) -> str:
-    from splitinfer.models import cache_key
-
-    return cache_key({"model": lm.fingerprint, "tasks": tasks.digest(), **settings.key(), "v": 1})
+    return cache_store.key({"model": lm.fingerprint, "tasks": tasks.digest(), **settings.key(), "v": 1})
 
 
 def unsplit_baseline(lm, tasks: TaskSet, settings: EvalSettings, built: list | None = None,
@@ -114,12 +111,11 @@ def unsplit_baseline(lm, tasks: TaskSet, settings: EvalSettings, built: list | N
     """{"results", "per_example", "seconds", "cached"} of the unsplit model: from memory, the disk cache,
     or computed (through `SplitLM(cut="unsplit")`: the same scoring code as every split)."""
     from splitinfer.eval.harness import SplitLM
-    from splitinfer.models import cache_dir
 
     key = baseline_key(lm, tasks, settings)
     if cache and key in _BASELINES:
         return {**_BASELINES[key], "cached": True}
-    path = cache_dir("eval") / f"unsplit-{key}.json"
+    path = cache_store.directory("eval") / f"unsplit-{key}.json"
     if cache and path.is_file():
         try:
             data = json.loads(path.read_text())
@@ -186,7 +182,7 @@ def evaluate_tasks(lm, tasks: str | list[str] | TaskSet, *, cut: Any, codec: Any
                           model.scored_tokens)
 
 
-_TASK_SETS: dict[tuple, TaskSet] = {}
+_TASK_SETS = cache_store.memo("eval.task_sets")  # (names, include, ...) -> TaskSet
 
 
 def job_task_set(tasks: Any, include: Any = ()) -> TaskSet:

@@ -2,15 +2,16 @@
 
 import logging
 
+# The cache helpers live in splitinfer.cache (every cache in one place); the old names stay importable here.
+from splitinfer.cache import directory as cache_dir
+from splitinfer.cache import key as cache_key
+from splitinfer.cache import root as cache_root
 from splitinfer.models.loading import (
     BUNDLED_MODELS,
     DEFAULT_MODEL,
     TINY_FAMILIES,
     LoadedModel,
     ModelNotAvailableError,
-    cache_dir,
-    cache_key,
-    cache_root,
     load_model,
     peek_num_layers,
     tiny_model,

@@ -14,13 +14,15 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from splitinfer.cache import root as cache_root
 from splitinfer.errors import ConfigError, NotFoundError
 from splitinfer.models import adapters
+from splitinfer.models.loaded import LoadedModel
+from splitinfer.models.verify import verify_decoder
 
 log = logging.getLogger(__name__)
 
@@ -38,107 +40,12 @@ BUNDLED_MODELS: dict[str, tuple[str, str, str]] = {
 # The model types whose tiny random models the test suite checks (`tiny_model(name)`, "tiny-<name>").
 TINY_FAMILIES = adapters.TESTED_TYPES
 # Which stage kind (partition.STAGE_CLASSES) a tested model_type uses. Other decoder-only model types of
-# the standard shape work too: they are verified on first load (adapters.verify_decoder).
+# the standard shape work too: they are verified on first load (models.verify.verify_decoder).
 FAMILY_OF_MODEL_TYPE = {t: "encoder" if t in adapters.ENCODER_TYPES else "decoder" for t in TINY_FAMILIES}
 
 
 class ModelNotAvailableError(NotFoundError):
     """The requested model is not installed or not on disk; the message says what provides it."""
-
-
-@dataclass
-class LoadedModel:
-    """A loaded model plus what the rest of splitinfer needs to know about it."""
-
-    model: torch.nn.Module
-    tokenizer: object | None
-    family: str  # the config's model_type: "llama" (also SmolLM2), "qwen2", "gemma3_text", "gpt2", "bert", ...
-    name: str
-    fingerprint: str
-    source: str = ""
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.model.config.vocab_size)
-
-    @property
-    def model_type(self) -> str:
-        return str(self.model.config.model_type)
-
-    @property
-    def kind(self) -> str:
-        """'decoder' (a causal LM, split by DecoderStage) or 'encoder' (BERT, split by EncoderStage)."""
-        return "encoder" if self.model_type in adapters.ENCODER_TYPES else "decoder"
-
-    @property
-    def is_causal_lm(self) -> bool:
-        return self.kind == "decoder"
-
-    def encode_prompt(self, text: str, chat: bool = True) -> torch.Tensor:
-        """Token ids (1, T) for a prompt; wraps it in the chat template when asked and available."""
-        if self.tokenizer is None:
-            raise ConfigError(f"model {self.name!r} has no tokenizer; pass token ids instead of text")
-        tok = self.tokenizer
-        if chat and getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-            )
-            if hasattr(ids, "keys"):  # BatchEncoding in newer transformers
-                ids = ids["input_ids"]
-            ids = list(ids)
-            if ids and isinstance(ids[0], list):
-                ids = ids[0]
-        else:
-            ids = tok(text)["input_ids"]
-        return torch.tensor([ids], dtype=torch.long)
-
-    def decode(self, token_ids) -> str:
-        if self.tokenizer is None:
-            return " ".join(str(int(t)) for t in token_ids)
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
-
-    @property
-    def eos_token_ids(self) -> set[int]:
-        ids: set[int] = set()
-        eos = getattr(self.model.config, "eos_token_id", None)
-        if isinstance(eos, int):
-            ids.add(eos)
-        elif isinstance(eos, list | tuple):
-            ids.update(int(e) for e in eos)
-        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
-        return ids
-
-
-def cache_root() -> Path:
-    """Where converted models live: $SPLITINFER_CACHE, else ~/.cache/splitinfer."""
-    return Path(os.environ.get("SPLITINFER_CACHE", Path.home() / ".cache" / "splitinfer"))
-
-
-def cache_dir(kind: str) -> Path:
-    """`cache_root()/kind`, created: where one kind of fitted artefact (codecs, privacy, ...) is kept."""
-    path = cache_root() / kind
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def cache_key(recipe: dict, length: int = 24) -> str:
-    """The content address of a fitted artefact: sha256 of everything that determines it (model
-    fingerprint, cut, recipe, seed) as sorted JSON, `length` hex characters."""
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 # The config fields that change what a model computes (bookkeeping fields such as paths, versions or
@@ -234,7 +141,7 @@ def check_supported(config, where: str = "") -> str:
     try:
         kind = adapters.kind_of(config)
         if kind == "decoder" and config.model_type not in FAMILY_OF_MODEL_TYPE:
-            adapters.verify_decoder(config)
+            verify_decoder(config)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     return kind

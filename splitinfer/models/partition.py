@@ -15,7 +15,7 @@ from torch import nn
 
 from splitinfer.errors import ConfigError
 from splitinfer.models import adapters
-from splitinfer.models.loading import LoadedModel
+from splitinfer.models.loaded import LoadedModel
 
 
 def validate_cuts(cuts: object, num_layers: int) -> list[int]:
@@ -364,10 +364,8 @@ class EncoderStage(Stage):
         return h
 
 
-# Stage classes by adapter kind. The old per-family names stay as aliases.
+# Stage classes by adapter kind.
 STAGE_CLASSES = {"decoder": DecoderStage, "encoder": EncoderStage}
-LlamaStage = GPT2Stage = DecoderStage
-BertStage = EncoderStage
 
 
 def split_model(lm: LoadedModel, cuts: int | Sequence[int], *, encoder_output: str = "last_hidden") -> list[Stage]:

@@ -32,7 +32,7 @@ from splitinfer.privacy.defenses import (
     build_defense,
 )
 from splitinfer.privacy.evaluate import evaluate_privacy, payload_fn
-from splitinfer.privacy.trained import FisherNoise, NoPeek, SecretAdapter, server_fisher  # registers them
+from splitinfer.privacy.trained import FisherNoise, NoPeek, SecretAdapter, server_fisher
 from splitinfer.privacy.victims import Victim, aux_corpus, private_prompts, victim_set
 
 __all__ = [

@@ -219,9 +219,14 @@ class SecretPermutation(Defense):
         return {**super().describe(), "secret": "channel permutation"}
 
 
+# Every defense, listed here. The fitted ones subclass Defense in splitinfer.privacy.trained, which imports this
+# module: they are named by "module:class" and imported on first lookup.
 DEFENSES: Registry[type[Defense]] = Registry(
     "defense", {"none": NoDefense, "gaussian": GaussianNoise, "dchi": DChiPrivacy,
-                "secret_permutation": SecretPermutation},
+                "secret_permutation": SecretPermutation,
+                "fisher_noise": "splitinfer.privacy.trained.fisher:FisherNoise",
+                "nopeek": "splitinfer.privacy.trained.adapters:NoPeek",
+                "secret_adapter": "splitinfer.privacy.trained.adapters:SecretAdapter"},
     example="defense=gaussian defense.sigma=0.1")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from splitinfer import cache
 from splitinfer.errors import ConfigError
 from splitinfer.models import LoadedModel, split_model
 from splitinfer.privacy.attacks import Attack, AttackContext, NoAttack, build_attack, check_cut
@@ -112,7 +113,7 @@ def utility_cost(lm: LoadedModel, cut: int, observe, victims: list[Victim], defe
     return {f"privacy/utility/{_VICTIM_UTILITY_KEYS.get(k, k)}": float(v) for k, v in res.items()}  # flat floats
 
 
-_UTILITY_REF: dict = {}
+_UTILITY_REF = cache.memo("privacy.utility_ref")  # (model, set-up) -> unsplit greedy continuations
 
 
 @torch.no_grad()

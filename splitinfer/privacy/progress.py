@@ -8,11 +8,11 @@ pytest), otherwise a plain line on stderr.
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Iterable
 
 from tqdm.auto import tqdm
+
+from splitinfer.progress import say  # noqa: F401 - the privacy modules' line, shared with the sweep
 
 
 def bar(iterable: Iterable | None = None, *, total: float | None = None, desc: str = "", unit: str = "it",
@@ -20,14 +20,6 @@ def bar(iterable: Iterable | None = None, *, total: float | None = None, desc: s
     """A tqdm bar with ETA, shown only on a terminal."""
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=None, dynamic_ncols=True,
                 mininterval=0.5)
-
-
-def say(log: logging.Logger, msg: str, *args) -> None:
-    """Log `msg` at INFO; print it to stderr when nothing would show an INFO record."""
-    if log.isEnabledFor(logging.INFO) and log.hasHandlers():
-        log.info(msg, *args)
-    else:
-        tqdm.write(msg % args if args else msg, file=sys.stderr)
 
 
 def eta(done: int, total: int, elapsed: float) -> str:

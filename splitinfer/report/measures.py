@@ -12,12 +12,19 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from splitinfer.report.runs import num
+
+def num(v: Any) -> float | None:
+    """`v` as a finite float, or None (missing, NaN, a bool, a string)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v) if math.isfinite(v) else None
+
 
 CI_METRICS = ("delta_ppl_pct", "kl_mean", "top1_agreement", "exact_match_rate")
 QUALITY_BOUND = "abs_dppl_ub_pct"

@@ -6,24 +6,17 @@ Reads only metrics files (and `conf/link/*.yaml`); never runs a model.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from splitinfer.configs import CONF_DIR, available, load_node  # noqa: F401 - CONF_DIR re-exported by report
 from splitinfer.errors import ConfigError, NotFoundError
 from splitinfer.metrics.latency import DeviceProfile, LinkProfile, estimate_latency
+from splitinfer.report.measures import annotate, num  # noqa: F401 - num re-exported for the report modules
 
 
 class ReportError(ConfigError):
     """No usable jobs in the folder, or an unknown column/constraint; the message says what to do."""
-
-
-def num(v: Any) -> float | None:
-    """`v` as a finite float, or None (missing, NaN, a bool, a string)."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v) if math.isfinite(v) else None
 
 
 def _overrides(job_dir: Path) -> str | None:
@@ -42,8 +35,6 @@ def _overrides(job_dir: Path) -> str | None:
 def load_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Every job's metrics under `sweep_dir` (searched recursively), sorted by codec then cut, with the
     derived columns of `splitinfer.report.measures.annotate` (quality bound, strongest attack)."""
-    from splitinfer.report.measures import annotate
-
     root = Path(sweep_dir).expanduser()
     if not root.is_dir():
         raise NotFoundError(

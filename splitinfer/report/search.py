@@ -4,7 +4,7 @@ the search reached after each trial.
 
 Reads only the jobs' metrics.json and search.json (no Optuna needed): each job folder is one trial, its
 name the trial number, its `objective/<name>` and `constraint/<name>` values written by the job
-(`splitinfer.search.trial_metrics`; constraint = measured - limit, <= 0 is feasible).
+(`splitinfer.objectives.trial_metrics`; constraint = measured - limit, <= 0 is feasible).
 
 Hypervolume (`hypervolume`) is exact (slicing over the last objective, then 2-D sweeps), all objectives
 minimised, points at or beyond the reference point add nothing. `normalise` maps each objective to
@@ -47,7 +47,7 @@ def feasible(row: dict, limits: dict[str, float] | None = None) -> bool:
     `constraint/*` value <= 0. A missing measurement is not feasible."""
     if limits is None:
         return all(num(v) is not None and num(v) <= 0 for k, v in row.items() if k.startswith(CON))
-    from splitinfer.search import CONSTRAINTS
+    from splitinfer.objectives import CONSTRAINTS
 
     ok = True
     for name, limit in limits.items():
@@ -59,7 +59,7 @@ def feasible(row: dict, limits: dict[str, float] | None = None) -> bool:
 
 def values(row: dict, objectives: Sequence[str]) -> list[float] | None:
     """The row's objective values (`objective/<name>`, else read from its metrics), None if one is missing."""
-    from splitinfer.search import OBJECTIVES
+    from splitinfer.objectives import OBJECTIVES
 
     vals = [num(row.get(OBJ + o)) if num(row.get(OBJ + o)) is not None
             else (OBJECTIVES[o][0](row) if o in OBJECTIVES else None) for o in objectives]
@@ -289,6 +289,28 @@ def write_trials_csv(s: Search, path: Path) -> Path:
         for r in s.trials:
             w.writerow([r.get(c) for c in cols])
     return path
+
+
+def front_summary(sweep_dir: str | Path) -> str:
+    """A few lines for the end of a search: the Pareto set exactly as the report's Search section has it
+    (feasible trials, one per configuration), each with its labelled objective values, and why that count
+    can differ from Optuna's and from the ★ column of the report's main table."""
+    from splitinfer.objectives import labelled
+    from splitinfer.report.runs import load_runs
+
+    s = load_search(sweep_dir, load_runs(sweep_dir))
+    if s is None:
+        return f"{sweep_dir} is not a search folder (no {SEARCH_FILE})"
+    lines = [f"Pareto set: {len(s.front)} configuration{'' if len(s.front) == 1 else 's'} from {len(s.trials)} trials (feasible trials, one per "
+             f"configuration: the report's Search section), all of {', '.join(s.objectives)} minimised:"]
+    for r in s.front:
+        where = f"cut {r.get('cut')} {r.get('codec')}" + (
+            f" {r.get('defense')} {_strength(r)}".rstrip() if r.get("defense") not in (None, "none") else "")
+        lines.append(f"  trial {r['trial']:>3}  {where:<32} {labelled(s.objectives, values(r, s.objectives))}")
+    lines.append(f"(Optuna's count above also keeps infeasible trials and repeats of one configuration; the ★ in "
+                 f"the report's main table marks another frontier, bytes x the |Δppl| bound only.)\n"
+                 f"Report: splitinfer report {sweep_dir}")
+    return "\n".join(lines)
 
 
 def search_report(sweep_dir: str | Path, rows: list[dict], out: Path) -> Search | None:

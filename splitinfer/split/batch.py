@@ -29,10 +29,14 @@ mask), so a batch of sessions at the same position computes the same attention a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from splitinfer.split.server import ServerSession, StepError
+from splitinfer.split.errors import StepError
+
+if TYPE_CHECKING:  # ServerHalf.forward_batch calls this module: a runtime import back would be a cycle
+    from splitinfer.split.server import ServerSession
 
 
 class BatchedKVCache:

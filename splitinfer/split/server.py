@@ -16,13 +16,10 @@ import torch
 
 from splitinfer.errors import ConfigError
 from splitinfer.models import Stage
+from splitinfer.split.errors import StepError
 from splitinfer.split.placement import Placement, place_stages
 from splitinfer.split.scoring import target_logprobs
 from splitinfer.split.wire import resolve_codec
-
-
-class StepError(ConfigError):
-    """A step that does not fit the session's state (wrong start position, too many tokens)."""
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ class ServeProcess:
     """`python -m splitinfer serve` on a free loopback port, with its CPU time and RSS.
 
     Both are read from /proc (Linux), so the runtime package needs no psutil (tests/test_runtime_imports.py);
-    elsewhere psutil is used when installed (the `dev` extra)."""
+    on a system without /proc the benchmark refuses in one line."""
 
     def __init__(self, model: str, cut: int, flags: Sequence[str] = (), env: dict | None = None) -> None:
         cmd = [sys.executable, "-m", "splitinfer", "serve", "--model", model, "--cut", str(cut), "--port", "0",
@@ -147,27 +147,18 @@ class ServeProcess:
                 raise RuntimeError(f"server did not start: {''.join(seen)[-2000:]}")
         self.url = re.search(r" on (tcp://[\d.]+:\d+)", line).group(1)
         self.proc_dir = Path(f"/proc/{self.proc.pid}")
-        self.ps = None
         if not self.proc_dir.is_dir():
-            try:
-                import psutil
-            except ImportError as e:
-                raise RuntimeError("ServeProcess reads the server's CPU time and RSS from /proc or psutil; "
-                                   "this system has no /proc: pip install psutil (the `dev` extra)") from e
-            self.ps = psutil.Process(self.proc.pid)
+            self.close()
+            raise RuntimeError(f"ServeProcess reads the server's CPU time and RSS from /proc; {self.proc_dir} does "
+                               "not exist on this system (Linux only): run the serving benchmark on Linux")
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the server process so far."""
-        if self.ps is not None:
-            t = self.ps.cpu_times()
-            return t.user + t.system
         fields = (self.proc_dir / "stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
     def rss_mb(self) -> float:
         """Resident set size of the server process, MiB."""
-        if self.ps is not None:
-            return self.ps.memory_info().rss / 2**20
         kb = re.search(r"VmRSS:\s+(\d+) kB", (self.proc_dir / "status").read_text())
         return int(kb.group(1)) / 1024 if kb else float("nan")
 

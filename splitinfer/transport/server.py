@@ -27,10 +27,9 @@ from typing import Any
 import zmq
 
 from splitinfer.errors import ConfigError, NotFoundError
-from splitinfer.generation import SamplingConfig
 from splitinfer.models import LoadedModel, split_model, validate_cuts
 from splitinfer.split.placement import Placement
-from splitinfer.split.server import ServerHalf
+from splitinfer.split.server import SamplingConfig, ServerHalf
 from splitinfer.transport import payload as pl
 from splitinfer.transport import protocol as p
 from splitinfer.transport.protocol import ProtocolError

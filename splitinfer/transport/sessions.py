@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from splitinfer.errors import ConfigError
-from splitinfer.generation import ServerSession
+from splitinfer.split import ServerSession
 from splitinfer.transport.protocol import (
     FORBIDDEN,
     MEMORY_LIMIT,

@@ -63,8 +63,7 @@ def test_eval_command_prints_the_comparison_and_writes_lm_evals_json(tmp_path, c
     from splitinfer.cli import main
 
     monkeypatch.setattr("splitinfer.models.load_model", lambda *a, **k: real_model)
-    monkeypatch.setattr("splitinfer.models.cache_dir", lambda kind: (tmp_path / kind).mkdir(exist_ok=True) or
-                        tmp_path / kind)
+    monkeypatch.setenv("SPLITINFER_CACHE", str(tmp_path))  # splitinfer.cache.root(): a fresh disk cache
     out_dir = tmp_path / "out"
     code = main(["eval", "--tasks", "splitinfer_mc", "--limit", "4", "--cut", "15", "--codec", "int4_b32",
                  "--output_path", str(out_dir), "--log_samples"])

@@ -30,8 +30,7 @@ def test_task_sweep_jobs_log_task_metrics_and_the_report_shows_them(real_model, 
     from splitinfer.report import build_report, load_runs, recommend
 
     monkeypatch.setattr(run, "_BASELINES", {})  # computed by the first job, whatever other tests ran
-    monkeypatch.setattr("splitinfer.models.cache_dir", lambda kind: (tmp_path / kind).mkdir(exist_ok=True) or
-                        tmp_path / kind)
+    monkeypatch.setenv("SPLITINFER_CACHE", str(tmp_path))  # splitinfer.cache.root(): a fresh disk cache
     monkeypatch.setitem(experiment._MODELS, "smollm2-135m-instruct", real_model)  # loaded once per session
     sweep = tmp_path / "sweep"
     for i, codec in enumerate(("fp32", "int4_b32")):

@@ -37,8 +37,8 @@ def run_cli(args: list[str], tmp_path: Path, env: dict | None = None, timeout: i
 
 @pytest.fixture(autouse=True)
 def _fresh_caches():
-    from splitinfer.experiment import clear_caches
+    from splitinfer import cache
 
-    clear_caches()
+    cache.clear()
     yield
-    clear_caches()
+    cache.clear()

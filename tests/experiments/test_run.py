@@ -41,10 +41,11 @@ def test_one_job_writes_metrics(tmp_path):
 def test_cached_path_matches_the_naive_path(tmp_path):
     """Reusing the unsplit pass (hidden at every cut, teacher-forced generation) gives the naive
     way's numbers: same bytes, same generations, the same quality up to float rounding."""
-    from splitinfer.experiment import clear_caches, run_job
+    from splitinfer import cache
+    from splitinfer.experiment import run_job
 
     fast = run_job(compose([*TINY, "codec=int8", "reuse=true"]), out_dir=tmp_path / "fast")
-    clear_caches()
+    cache.clear()
     naive = run_job(compose([*TINY, "codec=int8", "reuse=false"]), out_dir=tmp_path / "naive")
     for k in ("up_bytes_per_token_prefill", "up_bytes_per_token_decode", "exact_match_rate", "top1_agreement",
               "device_memory_bytes"):
@@ -162,17 +163,17 @@ def test_defenses_on_the_data_path():
 def test_reference_disk_cache(tmp_path, monkeypatch):
     """A second process (simulated by clearing the in-memory caches) reads the unsplit reference from
     disk instead of recomputing it, and gets the same metrics."""
-    from splitinfer import experiment
+    from splitinfer import cache, experiment, reference
 
     monkeypatch.setenv("SPLITINFER_CACHE", str(tmp_path / "cache"))
     first = experiment.run_job(compose([*TINY, "disk_cache=true"]), out_dir=tmp_path / "a")
     assert list((tmp_path / "cache" / "reference").glob("*.safetensors"))
-    experiment.clear_caches()
+    cache.clear()
 
     def no_recompute(*a, **k):
         raise AssertionError("the reference should come from the disk cache")
 
-    monkeypatch.setattr(experiment, "compute_reference", no_recompute)
+    monkeypatch.setattr(reference, "compute_reference", no_recompute)
     second = experiment.run_job(compose([*TINY, "disk_cache=true"]), out_dir=tmp_path / "b")
     for k in ("kl_mean", "delta_ppl_pct", "exact_match_rate", "up_bytes_per_token_decode"):
         assert second[k] == first[k]
@@ -197,13 +198,13 @@ def test_attack_adds_leakage_columns(tmp_path):
 def test_a_job_places_each_half_and_refuses_a_bad_placement(tmp_path):
     """`placement.*_half.{device,dtype}`: a bf16 server half scores close to the fp32 one; a bad value is
     refused before the model loads."""
-    from splitinfer import experiment
+    from splitinfer import cache, experiment
     from splitinfer.experiment import run_job
 
     fp32 = run_job(compose([*TINY, "codec=fp32"]), out_dir=tmp_path / "fp32")
     bf16 = run_job(compose([*TINY, "codec=fp32", "placement.server_half.dtype=bfloat16"]), out_dir=tmp_path / "bf16")
     assert fp32["kl_mean"] < bf16["kl_mean"] < 1e-2  # bf16 rounding shows, and it is rounding, not a broken half
-    experiment.clear_caches()
+    cache.clear()
     with pytest.raises(ValueError, match=r"placement.device_half.dtype 'int3' is not supported"):
         run_job(compose([*TINY, "placement.device_half.dtype=int3"]), out_dir=tmp_path / "bad")
     assert not experiment._MODELS

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+from splitinfer import cache
 from splitinfer.errors import ConfigError, UserError
 from splitinfer.models import adapters, load_model, peek_num_layers, run_chain, split_model, tiny_model
 from splitinfer.models.loading import check_supported
@@ -68,7 +69,7 @@ def test_untested_type_of_the_standard_shape_needs_no_code(tmp_path):
     model = adapters.random_model(cfg, seed=1)
     model.save_pretrained(tmp_path)
     lm = load_model(str(tmp_path))
-    assert lm.family == "helium" and lm.is_causal_lm and adapters._VERIFIED["helium"] is None
+    assert lm.family == "helium" and lm.is_causal_lm and cache.memo("models.verified")["helium"] is None
     ids = torch.randint(3, 256, (2, 9))
     with torch.no_grad():
         ref = lm.model(ids).logits

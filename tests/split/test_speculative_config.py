@@ -22,13 +22,14 @@ def _compose(overrides):
 
 
 def test_hydra_job_measures_speculation_and_every_mode(tmp_path, monkeypatch):
-    from splitinfer.experiment import clear_caches, run_job
+    from splitinfer import cache
+    from splitinfer.experiment import run_job
 
     monkeypatch.setenv("SPLITINFER_CACHE", str(tmp_path / "cache"))
-    clear_caches()
+    cache.clear()
     cfg = _compose([*TINY, "split.speculate=auto", "split.drafter=ngram", "link=4g_lte"])
     m = run_job(cfg, tmp_path / "job")
-    clear_caches()
+    cache.clear()
     assert m["spec_drafter"] == "ngram" and m["spec_rounds"] > 0
     assert 1.0 <= m["spec_tokens_per_round"] and m["spec_positions_per_round"] >= 1.0
     for mode in MODES:

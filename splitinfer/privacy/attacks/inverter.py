@@ -17,6 +17,7 @@ import time
 import torch
 from torch import nn
 
+from splitinfer import cache
 from splitinfer.errors import ConfigError
 from splitinfer.privacy.attacks.base import Attack, AttackContext, Inversion, embedding_matrix
 from splitinfer.privacy.progress import bar, say
@@ -24,7 +25,7 @@ from splitinfer.privacy.progress import bar, say
 log = logging.getLogger(__name__)
 
 ARCHS = ("linear", "gru", "transformer")
-_TRAINED: dict = {}  # the last trained inverter, by set-up (see AttackContext.setup_key)
+_TRAINED = cache.memo("privacy.inverter")  # the last trained inverter, by set-up (see AttackContext.setup_key)
 
 
 class InverterNet(nn.Module):
