@@ -357,7 +357,8 @@ def recommend(
             name for name, v in (("all on the server", srv), ("all on the device", dev)) if v < best[key]
         ]
         lines.append(
-            f"Baselines on this link: all on the device {dev:.3f} s, all on the server {srv:.3f} s - "
+            f"Baselines on this link: all on the device {1e3 * dev:.3g} ms, all on the server {1e3 * srv:.3g} ms "
+            "(modelled; all on the server streams its tokens, so its per-token figure is server compute + one token id down) - "
             + (
                 f"{' and '.join(beaten)} {'beat' if len(beaten) > 1 else 'beats'} every split, so a split "
                 f"costs {what} here; split only for another reason (device memory, server load), and not "
