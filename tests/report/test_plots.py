@@ -189,3 +189,20 @@ def test_saved_neurosurgeon_report_draws_readably():
     for ax in (a for a in fig.axes if a.axison):
         fig.canvas.draw()
         assert ax.get_yscale() == "linear" and not ax.yaxis.get_offset_text().get_text()
+
+
+def test_plot_serving_draws_both_panels_under_the_given_title(tmp_path, plot_check, monkeypatch):
+    """The serving figure (scripts/bench_serving.py) renders from loadgen rows, and its title is the one given
+    (a loop variable used to shadow it, so the figure was titled after its second panel)."""
+    from splitinfer.report import plots
+
+    titles = []
+    real_suptitle = plt.Figure.suptitle
+    monkeypatch.setattr(plt.Figure, "suptitle", lambda fig, t, **kw: titles.append(t) or real_suptitle(fig, t, **kw))
+    rows = [{"batching": mode, "clients": n, "tok_per_s": f * n, "decode_tok_per_s": 0.8 * f * n,
+             "step_p50_ms": 20 + n, "step_p99_ms": 30 + 2 * n}
+            for mode, f in (("off", 10.0), ("on", 25.0)) for n in (1, 2, 4, 8)]
+    path = tmp_path / "serving.png"
+    plots.plot_serving(rows, path, title="my run")
+    plot_check(path)
+    assert titles == ["my run"]
