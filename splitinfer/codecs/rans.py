@@ -102,14 +102,17 @@ def group_channels(res: np.ndarray, lo: int, a: int, k: int, iters: int = 6) -> 
     (~0.01 bit per value on SmolLM2). A group may end up empty; its table is then a dummy."""
     rows, cols = res.shape
     k = max(1, min(k, cols))
-    order = np.argsort(np.abs(res).mean(axis=0), kind="stable")
+    idx = (res - lo).astype(np.int32)  # (channel, residual) -> one bin, in int32 (cols * a < 2**31)
+    idx += np.arange(cols, dtype=np.int32) * a
+    hist = np.bincount(idx.reshape(-1), minlength=cols * a).reshape(cols, a)
+    # mean |residual| per channel from the histogram (exact integer sums, same order as np.abs(res).mean)
+    order = np.argsort((hist @ np.abs(np.arange(lo, lo + a, dtype=np.int64))) / max(rows, 1), kind="stable")
     groups = np.empty(cols, dtype=np.int64)
     for g, chans in enumerate(np.array_split(order, k)):
         groups[chans] = g
     if k == 1:
         return groups.astype(np.uint8)
-    hist = np.bincount((np.arange(cols)[None, :] * a + (res - lo)).reshape(-1), minlength=cols * a)
-    hist = hist.reshape(cols, a).astype(np.float64)
+    hist = hist.astype(np.float64)
     for _ in range(iters):
         counts = (groups[None, :] == np.arange(k)[:, None]).astype(np.float64) @ hist  # exact: integer sums
         counts += 0.5  # a symbol unseen in a group still costs a finite number of bits
