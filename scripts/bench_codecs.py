@@ -441,6 +441,41 @@ def target_table(rows: list[dict], max_bits: float = 3.5, max_dppl: float = 1.0)
     return "\n".join(lines)
 
 
+def dedupe(rows: list[dict]) -> list[dict]:
+    """One row per (corpus digest, cut, codec): a --reuse run appends the rows it took again."""
+    seen: dict[tuple, dict] = {}
+    for r in rows:
+        seen.setdefault((r.get("corpus_digest", r.get("corpus")), r["cut"], r["codec"]), r)
+    return list(seen.values())
+
+
+def bound_table(rows: list[dict], max_dppl: float = 1.0, max_bits: float = 3.5) -> str:
+    """Per corpus, one line per cut: the codec with the fewest max(prefill, decode) bits whose Δppl upper 95 %
+    bound is <= max_dppl (the --bisect result), with its interval, and the count of cuts at <= max_bits."""
+    lines = [f"| corpus | cut | best codec within Δppl upper bound ≤ {max_dppl} % | max(prefill, decode) bits | "
+             "prefill / decode bits | Δppl % [95 % CI] | KL (nats) | steps tried (bits: pass ✓ / miss ✗) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for corpus in _corpora(rows):
+        here = [r for r in rows if r.get("corpus", "pydoc") == corpus]
+        met = 0
+        cuts = sorted({r["cut"] for r in here})
+        for cut in cuts:
+            rs = sorted((r for r in here if r["cut"] == cut), key=_xval)
+            ok = [r for r in rs if r["delta_ppl_ci_hi"] <= max_dppl]
+            tried = ", ".join(f"{r['codec'].split('step=')[-1]} ({_xval(r):.2f} "
+                              f"{'✓' if r['delta_ppl_ci_hi'] <= max_dppl else '✗'})" for r in rs)
+            if not ok:
+                lines.append(f"| {corpus} | {cut} | none | | | | | {tried} |")
+                continue
+            b = ok[0]
+            met += _xval(b) <= max_bits
+            lines.append(f"| {corpus} | {cut} | `{b['codec']}` | **{_xval(b):.2f}** | {b['bits_per_value']:.2f} / "
+                         f"{b['bits_per_value_1tok']:.2f} | {b['delta_ppl_pct']:+.2f} [{b['delta_ppl_ci_lo']:+.2f}, "
+                         f"{b['delta_ppl_ci_hi']:+.2f}] | {b['kl_nats']:.4f} | {tried} |")
+        lines.append(f"| {corpus} | all | ≤ {max_bits} bits within the bound at {met} of {len(cuts)} cuts | | | | | |")
+    return "\n".join(lines)
+
+
 def read_csv(path: Path) -> list[dict]:
     with path.open() as f:
         return [{k: (v if k in ("codec", "corpus", "corpus_digest") else float(v) if "." in v or "e" in v or "n" in v else int(v))
@@ -583,6 +618,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         rows = run(args)
         write_csv(rows, args.csv)
+    if args.bisect or any("step=" in r["codec"] for r in rows):  # a --bisect CSV: one table, steps per cut
+        table = bound_table(dedupe(rows), args.max_dppl)
+        args.csv.with_suffix(".md").write_text(table + "\n")
+        print(table + f"\n\nwrote {args.csv.with_suffix('.md')}")
+        return
     table = markdown_table(rows) + "\n\n" + target_table(rows)
     args.csv.with_suffix(".md").write_text(table + "\n")
     plot(rows, args.plot)
