@@ -20,6 +20,15 @@ one-token step on one core (for session codecs `<preset>_s`: a step of a live se
     python scripts/bench_codecs.py --cuts 15 --codecs int8_token,petals_blockwise8 --n-windows 2
     python scripts/bench_codecs.py --corpora pydoc,licenses,readmes --cuts 1,2,...,29   # the issue-28 run
     python scripts/bench_codecs.py --speed --codecs ec37g_s,ec37g_s:coder=rans_py,ec37g,ec37g:coder=rans_py,int8
+    python scripts/bench_codecs.py --bisect ec25g_s --corpora readmes,licenses --cuts 1,2,...,29 --n-windows 16
+
+`--bisect FAMILY` finds, per corpus and cut, the coarsest step of the family (`ec25g_s:step=0.29`, ...) whose
+Δppl upper 95 % bound is <= --max-dppl: the unsplit model runs once per window (its hidden states at every
+cut are kept), each tried step is one `evaluate` on them, the step is galloped / halved on a 0.02 grid from
+the previous cut's answer, and each measured row is appended to the CSV at once (`--reuse CSV` takes rows
+already measured on the same corpus digest instead of measuring them again). The table then lists, per cut,
+the best passing step with its interval and every step tried. The chosen row is one of the rows tried, so
+its interval is slightly optimistic (a few tries per cut, the best one kept).
 
 A codec is a preset name, optionally with params: `NAME:key=value:...` (values as JSON, e.g.
 `ec37g:coder=rans_py` is ec37g through the old plain-numpy rANS). `--speed` skips quality: per cut, the
