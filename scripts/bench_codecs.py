@@ -20,6 +20,15 @@ one-token step on one core (for session codecs `<preset>_s`: a step of a live se
     python scripts/bench_codecs.py --cuts 15 --codecs int8_token,petals_blockwise8 --n-windows 2
     python scripts/bench_codecs.py --corpora pydoc,licenses,readmes --cuts 1,2,...,29   # the issue-28 run
     python scripts/bench_codecs.py --speed --codecs ec37g_s,ec37g_s:coder=rans_py,ec37g,ec37g:coder=rans_py,int8
+    python scripts/bench_codecs.py --bisect ec25g_s --corpora readmes,licenses --cuts 1,2,...,29 --n-windows 16
+
+`--bisect FAMILY` finds, per corpus and cut, the coarsest step of the family (`ec25g_s:step=0.29`, ...) whose
+Δppl upper 95 % bound is <= --max-dppl: the unsplit model runs once per window (its hidden states at every
+cut are kept), each tried step is one `evaluate` on them, the step is galloped / halved on a 0.02 grid from
+the previous cut's answer, and each measured row is appended to the CSV at once (`--reuse CSV` takes rows
+already measured on the same corpus digest instead of measuring them again). The table then lists, per cut,
+the best passing step with its interval and every step tried. The chosen row is one of the rows tried, so
+its interval is slightly optimistic (a few tries per cut, the best one kept).
 
 A codec is a preset name, optionally with params: `NAME:key=value:...` (values as JSON, e.g.
 `ec37g:coder=rans_py` is ec37g through the old plain-numpy rANS). `--speed` skips quality: per cut, the
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import logging
 import math
 import re
@@ -60,7 +70,7 @@ QUICK_CODECS = ("fp16", "petals_blockwise8", "int8", "int4_b64_outlier_rot_log8_
 COLUMNS = ("corpus", "cut", "codec", "bits_per_value", "bits_per_value_1tok", "ratio_vs_fp32", "ratio_vs_fp16",
            "delta_ppl_pct", "delta_ppl_ci_lo", "delta_ppl_ci_hi", "kl_nats",
            "top1_agree", "rel_l2_err", "step_us", "encdec_MBps", "encdec_MBps_median", "enc_MBps", "dec_MBps", "ppl_ref",
-           "ppl", "wire_bytes", "values", "tokens")
+           "ppl", "wire_bytes", "values", "tokens", "corpus_digest")
 
 
 # ----------------------------------------------------------------------------- the library's evaluation
@@ -104,7 +114,8 @@ def evaluate(lm, cut: int, codec, corpus, ref, seed: int) -> dict[str, float]:
     bits = m["up_bytes_per_token_prefill"] * 8 / h
     return {"bits_per_value": bits, "bits_per_value_1tok": m["up_bytes_per_token_decode"] * 8 / h,
             "ratio_vs_fp32": 32 / bits, "ratio_vs_fp16": 16 / bits, "wire_bytes": round(bits * values / 8),
-            "values": values, "tokens": corpus.windows.numel(), "delta_ppl_pct": m["delta_ppl_pct"],
+            "values": values, "tokens": corpus.windows.numel(), "corpus_digest": corpus.digest,
+            "delta_ppl_pct": m["delta_ppl_pct"],
             "delta_ppl_ci_lo": m["delta_ppl_pct_ci_low"], "delta_ppl_ci_hi": m["delta_ppl_pct_ci_high"],
             "kl_nats": m["kl_mean"], "top1_agree": m["top1_agreement"], "ppl_ref": m["ppl_unsplit"],
             "ppl": m["ppl_split"]}
@@ -249,6 +260,121 @@ def speed_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- the step per cut, bisected
+def step_grid(lo: float, hi: float, res: float) -> list[float]:
+    """The steps a bisection may try: lo, lo + res, ..., hi (rounded to 0.001 so names stay short)."""
+    n = int(round((hi - lo) / res))
+    return [round(lo + i * res, 3) for i in range(n + 1)]
+
+
+def bisect_step(passes, grid: list[float], start: int, max_evals: int) -> tuple[int | None, int | None]:
+    """The largest grid index whose step `passes(step)` (Δppl upper bound within the target), assuming
+    finer steps pass: gallop from `start` by 3 until a pass and a fail bracket the answer, then halve the
+    bracket; at most `max_evals` calls. -> (largest passing index seen, smallest failing index seen).
+    Each call is a real measurement: the answer is a measured row, not an interpolation."""
+    ok, bad, i, evals = None, None, min(max(start, 0), len(grid) - 1), 0
+    while evals < max_evals:
+        evals += 1
+        if passes(grid[i]):
+            ok = i
+        else:
+            bad = i
+        if ok is not None and bad is not None:
+            if bad - ok <= 1:
+                break
+            i = (ok + bad) // 2
+        elif ok is not None:
+            if ok == len(grid) - 1:
+                break
+            i = min(ok + 3, len(grid) - 1)
+        else:
+            if bad == 0:
+                break
+            i = max(bad - 3, 0)
+    return ok, bad
+
+
+def family_spec(family: str, step: float) -> str:
+    """`ec25g_s` + step 0.27 -> `ec25g_s:step=0.27` (the preset with its step replaced; see codec_spec_arg)."""
+    return f"{family}:step={step:g}"
+
+
+def codec_key(name: str) -> tuple:
+    """What decides a codec's reconstruction and bits: its class and params (`ec30g_s:step=0.25` and
+    `ec25g_s` are the same codec)."""
+    codec = build_codec(codec_spec_arg(name))
+    params = getattr(codec, "params", None) or getattr(getattr(codec, "inner", None), "params", None)
+    return type(codec).__name__, params if params is not None else name
+
+
+def reusable_rows(path: Path | None) -> dict[tuple, dict]:
+    """Rows of an earlier run's CSV by (corpus digest, cut, codec_key): the evaluation is deterministic (same
+    windows, seed and code path), so a point measured before need not be measured again. The digest is the
+    windows' (data.Corpus.digest): `licenses` and `readmes` are built from the installed packages, so another
+    environment gives other windows, and a row without a digest is never reused."""
+    if path is None:
+        return {}
+    out = {}
+    for r in read_csv(path):
+        if "delta_ppl_ci_hi" in r and r.get("corpus_digest"):
+            out[(r["corpus_digest"], r["cut"], codec_key(r["codec"]))] = r
+    return out
+
+
+def _bisect_point(lm, source, corpus, ref, cut, family, args, out, f, rows, step: float) -> bool:
+    """One measured (cut, family at `step`) row, appended to `rows` and the CSV -> whether it meets the target.
+    A row of --reuse with the same codec, corpus, cut and token count is taken instead of measuring again."""
+    name = family_spec(family, step)
+    t0 = time.perf_counter()
+    old = args.reused.get((corpus.digest, cut, codec_key(name)))
+    row = ({**old, "codec": name} if old else
+           {"corpus": source, "cut": cut, "codec": name, "step_us": float("nan"),
+            **evaluate(lm, cut, build_codec(codec_spec_arg(name)), corpus, ref, args.seed)})
+    rows.append(row)
+    out.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    f.flush()
+    log.info("%s cut %2d %-22s %6.3f / %6.3f bits  Δppl %+7.3f%% [%+.3f, %+.3f]  (%s)", source, cut, name,
+             row["bits_per_value"], row["bits_per_value_1tok"], row["delta_ppl_pct"], row["delta_ppl_ci_lo"],
+             row["delta_ppl_ci_hi"], "reused" if old else f"{time.perf_counter() - t0:.1f} s")
+    return row["delta_ppl_ci_hi"] <= args.max_dppl
+
+
+def run_bisect(args: argparse.Namespace) -> list[dict]:
+    """Per corpus, cut and codec family: bisect the step to the coarsest one whose Δppl upper 95 % bound is
+    <= --max-dppl. The unsplit model runs once per corpus window (compute_reference keeps the hidden state
+    at every cut), every evaluation is `evaluate` (the split path on those cached states), and each measured
+    row is appended to the CSV as it comes, so a run cut short keeps what it measured."""
+    from splitinfer.experiment import compute_reference
+    from splitinfer.models import load_model
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    lm = load_model(args.model)
+    grid = step_grid(*args.step_range, args.step_res)
+    args.reused = reusable_rows(args.reuse)
+    rows: list[dict] = []
+    new_file = not args.csv.exists()
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with args.csv.open("a", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        if new_file:
+            out.writeheader()
+        for source in args.corpora:
+            corpus = corpus_spec(args, source).build(lm)
+            ref = compute_reference(lm, corpus)
+            log.info("%s: %d windows x %d tokens, reference done (%.0f s so far)", source, *corpus.windows.shape,
+                     time.perf_counter() - t_start)
+            for family in args.bisect:
+                start = grid.index(min(grid, key=lambda s: abs(s - args.step_start)))
+                for cut in args.cuts:
+                    point = functools.partial(_bisect_point, lm, source, corpus, ref, cut, family, args, out, f, rows)
+                    ok, _ = bisect_step(point, grid, start, args.max_evals)
+                    start = ok if ok is not None else 0  # the next cut starts from this cut's answer
+    log.info("done in %.0f s", time.perf_counter() - t_start)
+    return rows
+
+
 # ----------------------------------------------------------------------------- outputs
 def write_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -324,9 +450,44 @@ def target_table(rows: list[dict], max_bits: float = 3.5, max_dppl: float = 1.0)
     return "\n".join(lines)
 
 
+def dedupe(rows: list[dict]) -> list[dict]:
+    """One row per (corpus digest, cut, codec): a --reuse run appends the rows it took again."""
+    seen: dict[tuple, dict] = {}
+    for r in rows:
+        seen.setdefault((r.get("corpus_digest", r.get("corpus")), r["cut"], r["codec"]), r)
+    return list(seen.values())
+
+
+def bound_table(rows: list[dict], max_dppl: float = 1.0, max_bits: float = 3.5) -> str:
+    """Per corpus, one line per cut: the codec with the fewest max(prefill, decode) bits whose Δppl upper 95 %
+    bound is <= max_dppl (the --bisect result), with its interval, and the count of cuts at <= max_bits."""
+    lines = [f"| corpus | cut | best codec within Δppl upper bound ≤ {max_dppl} % | max(prefill, decode) bits | "
+             "prefill / decode bits | Δppl % [95 % CI] | KL (nats) | steps tried (bits: pass ✓ / miss ✗) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for corpus in _corpora(rows):
+        here = [r for r in rows if r.get("corpus", "pydoc") == corpus]
+        met = 0
+        cuts = sorted({r["cut"] for r in here})
+        for cut in cuts:
+            rs = sorted((r for r in here if r["cut"] == cut), key=_xval)
+            ok = [r for r in rs if r["delta_ppl_ci_hi"] <= max_dppl]
+            tried = ", ".join(f"{r['codec'].split('step=')[-1]} ({_xval(r):.2f} "
+                              f"{'✓' if r['delta_ppl_ci_hi'] <= max_dppl else '✗'})" for r in rs)
+            if not ok:
+                lines.append(f"| {corpus} | {cut} | none | | | | | {tried} |")
+                continue
+            b = ok[0]
+            met += _xval(b) <= max_bits
+            lines.append(f"| {corpus} | {cut} | `{b['codec']}` | **{_xval(b):.2f}** | {b['bits_per_value']:.2f} / "
+                         f"{b['bits_per_value_1tok']:.2f} | {b['delta_ppl_pct']:+.2f} [{b['delta_ppl_ci_lo']:+.2f}, "
+                         f"{b['delta_ppl_ci_hi']:+.2f}] | {b['kl_nats']:.4f} | {tried} |")
+        lines.append(f"| {corpus} | all | ≤ {max_bits} bits within the bound at {met} of {len(cuts)} cuts | | | | | |")
+    return "\n".join(lines)
+
+
 def read_csv(path: Path) -> list[dict]:
     with path.open() as f:
-        return [{k: (v if k in ("codec", "corpus") else float(v) if "." in v or "e" in v or "n" in v else int(v))
+        return [{k: (v if k in ("codec", "corpus", "corpus_digest") else float(v) if "." in v or "e" in v or "n" in v else int(v))
                  for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
 
 
@@ -423,6 +584,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "pydoc_heldout: the pydoc topics the learned codecs are not fitted on)")
     p.add_argument("--no-timing", action="store_true", help="quality and bits only (learned codecs are never timed)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 windows x 128 tokens, cuts 1,15,29, 5 codecs")
+    p.add_argument("--bisect", type=lambda s: s.split(","), default=None,
+                   help="codec families (e.g. ec25g_s): per corpus and cut, bisect the step to the coarsest whose "
+                        "Δppl upper 95 %% bound is <= --max-dppl; rows are appended to the CSV as measured")
+    p.add_argument("--max-dppl", type=float, default=1.0, help="--bisect target: Δppl upper 95 %% bound (%%)")
+    p.add_argument("--step-range", type=lambda s: tuple(float(v) for v in s.split(",")), default=(0.15, 0.5),
+                   help="--bisect: lo,hi of the steps tried (x row RMS)")
+    p.add_argument("--step-res", type=float, default=0.02, help="--bisect: step resolution")
+    p.add_argument("--step-start", type=float, default=0.27, help="--bisect: first step tried at the first cut")
+    p.add_argument("--reuse", type=Path, default=None, help="--bisect: an earlier run's CSV; its rows of the "
+                   "same codec, corpus, cut and token count are taken instead of measured again")
+    p.add_argument("--max-evals", type=int, default=4, help="--bisect: evaluations per (corpus, cut, family)")
     p.add_argument("--speed", action="store_true", help="timing only (no quality): MB/s and step µs per codec, "
                                                          "side by side, as a table (OUT_DIR/speed.md)")
     a = p.parse_args(argv)
@@ -449,9 +621,17 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.from_csv:  # redo the tables and figures of an earlier run
         rows = read_csv(args.from_csv)
+    elif args.bisect:
+        run_bisect(args)
+        rows = read_csv(args.csv)  # with the rows of earlier (partial) runs appended to the same CSV
     else:
         rows = run(args)
         write_csv(rows, args.csv)
+    if args.bisect or any("step=" in r["codec"] for r in rows):  # a --bisect CSV: one table, steps per cut
+        table = bound_table(dedupe(rows), args.max_dppl)
+        args.csv.with_suffix(".md").write_text(table + "\n")
+        print(table + f"\n\nwrote {args.csv.with_suffix('.md')}")
+        return
     table = markdown_table(rows) + "\n\n" + target_table(rows)
     args.csv.with_suffix(".md").write_text(table + "\n")
     plot(rows, args.plot)

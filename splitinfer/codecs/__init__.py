@@ -27,7 +27,7 @@ ecNNg_s context-adaptive coding across a session's steps; see session.py).
 
 from splitinfer.codecs.base import Codec
 from splitinfer.codecs.encoded import EncodedTensor
-from splitinfer.codecs.errors import CodecError
+from splitinfer.codecs.errors import CodecError, CodecFormatError
 from splitinfer.codecs.params import PipelineParams
 from splitinfer.codecs.petals import PetalsBlockwise8Codec
 from splitinfer.codecs.pipeline import PipelineCodec
@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_CODEC",
     "Codec",
     "CodecError",
+    "CodecFormatError",
     "EncodedTensor",
     "PetalsBlockwise8Codec",
     "PipelineCodec",

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from splitinfer.codecs.encoded import EncodedTensor
-from splitinfer.codecs.errors import CodecError
+from splitinfer.codecs.errors import CodecError, CodecFormatError
 from splitinfer.codecs.tensors import (
     DTYPE_NAMES,
     DTYPES,
@@ -107,7 +107,7 @@ class Codec(ABC):
             raise CodecError(f"decode expects an EncodedTensor, got {type(enc).__name__}")
         h = enc.header
         if h.get("v") != self.format_version:
-            raise CodecError(f"header format version {h.get('v')!r} is not supported by {self.name!r} (expected "
+            raise CodecFormatError(f"header format version {h.get('v')!r} is not supported by {self.name!r} (expected "
                              f"{self.format_version}; {FORMAT_COMPILED} = rans streams from the compiled coder): the "
                              "peer runs another splitinfer version or codec params; run the same on both halves")
         if h.get("codec") != self.name:

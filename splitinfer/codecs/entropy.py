@@ -92,6 +92,47 @@ def decode_groups(words_buf, rows: int, cols: int, chans: list[np.ndarray], grou
     return sym, esc
 
 
+FAMILY_MAX = 4096  # fewer symbols: one call with a model per symbol; more: one call per column
+
+
+def column_probabilities(freq: np.ndarray) -> np.ndarray:
+    """(C, A) integer frequencies -> (C, A) float64 probabilities, the per-symbol form of `models(freq)`."""
+    return freq.astype(np.float64) / freq.sum(axis=1, keepdims=True)
+
+
+def encode_columns(sym: np.ndarray, col_models: list, col_probs: np.ndarray) -> np.ndarray:
+    """(rows, C) symbols, column c coded with its own model (a static table per column, as the learned codec's
+    latents have) -> compressed uint32 words. Few symbols go in one call with a model per symbol (a one-token
+    step: one Rust call instead of C); many go one column at a time (the per-symbol tables would be large)."""
+    rows, cols = sym.shape
+    if sym.size < FAMILY_MAX:
+        c = _constriction()
+        coder = c.stream.stack.AnsCoder()
+        coder.encode_reverse(np.ascontiguousarray(sym, dtype=np.int32).reshape(-1),
+                             c.stream.model.Categorical(perfect=False), np.tile(col_probs, (rows, 1)))
+        return coder.get_compressed()
+    return encode_groups(sym, [np.array([j]) for j in range(cols)], col_models)
+
+
+def decode_columns(words_buf, rows: int, cols: int, col_models: list, col_probs: np.ndarray) -> np.ndarray:
+    """Inverse of encode_columns -> (rows, C) int64 symbols; CodecError on a stream that does not decode."""
+    if rows * cols >= FAMILY_MAX:
+        return decode_groups(words_buf, rows, cols, [np.array([j]) for j in range(cols)], col_models)[0]
+    c = _constriction()
+    raw = memoryview(words_buf).cast("B")
+    if raw.nbytes % 4:
+        raise CodecError(f"ANS stream of {raw.nbytes} bytes is not a whole number of 32-bit words: corrupted data")
+    try:
+        coder = c.stream.stack.AnsCoder(np.frombuffer(raw, dtype="<u4").astype(np.uint32))
+        sym = coder.decode(c.stream.model.Categorical(perfect=False), np.tile(col_probs, (rows, 1)))
+        empty = coder.is_empty()
+    except (ValueError, RuntimeError, AssertionError) as e:
+        raise CodecError(f"ANS stream does not decode: corrupted data ({e})") from None
+    if not empty:
+        raise CodecError("ANS stream holds more data than its symbols: corrupted data")
+    return sym.astype(np.int64).reshape(rows, cols)
+
+
 def encode_static(q: np.ndarray, n_groups: int) -> tuple[bytes, bytes, bytes, list[int]]:
     """rans.encode's model and wire layout with the compiled coder -> (side, tables, stream, [lo, hi, n_words])."""
     side, groups, res, tables, freq, lo, hi = rans.static_model(q, n_groups)

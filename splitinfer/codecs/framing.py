@@ -25,7 +25,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from splitinfer.codecs.errors import CodecError
+from splitinfer.codecs.errors import CodecError, CodecFormatError
 from splitinfer.codecs.tensors import DTYPES, MAX_HEADER_BYTES, MAX_NDIM, Buffer, read_shape
 
 MAGIC = 0xB5
@@ -88,7 +88,7 @@ def unpack_head(frame: Buffer) -> dict[str, Any]:
                          f"{raw[0] if len(raw) else None!r}, expected {MAGIC} and >= 8 bytes)")
     bits = raw[1]
     if bits >> 5 not in FORMATS:
-        raise CodecError(f"session head format {bits >> 5} is not supported (this peer reads {FORMATS}): the "
+        raise CodecFormatError(f"session head format {bits >> 5} is not supported (this peer reads {FORMATS}): the "
                          "peer runs another splitinfer version; run the same version on both halves")
     dcode, flags, has_code, has_meta = bits & 3, (bits >> 2) & 1, (bits >> 3) & 1, (bits >> 4) & 1
     if dcode >= len(_DTYPE_CODES):

@@ -10,7 +10,8 @@ Per token x (hidden size H):
   2. z = u @ E: d latent values (E is H x d, initialised with the top-d principal directions);
   3. uniform quantisation of z_i with step delta_i into 2**b levels (clipped; delta_i from z_i's range, or
      one common `step` for all latents, which lets the entropy coder follow the variance), symbols coded with a
-     static per-latent-dimension rANS table fitted on the same public text (no tables on the wire);
+     static per-latent-dimension table fitted on the same public text (no tables on the wire), through
+     constriction's compiled ANS coder (entropy.encode_columns; header version 2);
   4. the server decodes u' = D(q * delta) (a linear map plus a small residual MLP), x' = r u' sigma + mu.
 Tokens whose |u| peak exceeds a fitted threshold (the attention sink) go as fp16 rows, as in the `_tc`
 presets. E, D and the MLP are fitted on public pydoc text (the training half of its topics, see
@@ -35,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitinfer.codecs import rans
-from splitinfer.codecs.base import Codec, check_input, saturate_for, seal
+from splitinfer.codecs import entropy, rans
+from splitinfer.codecs.base import FORMAT_COMPILED, Codec, check_input, saturate_for, seal
 from splitinfer.codecs.encoded import EncodedTensor
 from splitinfer.codecs.errors import CodecError
 
@@ -57,7 +58,6 @@ LEARNED_PRESETS: dict[str, dict[str, Any]] = {
 DEFAULTS: dict[str, Any] = {"latent": 160, "bits": 4, "loss": "kl", "train_budget_s": 90.0, "steps": 400,
                             "fit_seqs": 48, "fit_len": 64, "mlp": 256, "seed": 0, "step": 0.0}
 OUTLIER_FACTOR = 8.0  # a token goes as fp16 when its peak |x - mu| / sigma is 8 x the fitting tokens' 99.9 % peak
-SCALAR_MAX = 4096  # fewer symbols than this: one scalar rANS state (4 bytes) instead of 64 lanes (256 bytes)
 
 
 def _check_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -162,6 +162,8 @@ def fit_key(fingerprint: str, cut: int, params: dict[str, Any]) -> str:
 class LearnedCodec(Codec):
     """See the module docstring. Build with build_codec("learned_d160_b4", ...), then `bind(lm, cut)`."""
 
+    format_version = FORMAT_COMPILED  # latents coded by the compiled ANS coder (entropy.py) since issue 28
+
     def __init__(self, name: str, overrides: dict[str, Any]) -> None:
         self.name = name
         self.overrides = dict(overrides)
@@ -211,12 +213,8 @@ class LearnedCodec(Codec):
         self.hidden = hidden
         levels = 1 << self.p["bits"]
         counts = state["counts"].numpy().astype(np.int64)  # (latent, levels)
-        self.freq = rans.freqs_from_counts(counts)
-        self.cum = rans.cumulative(self.freq)
-        self.slots = rans.slot_table(self.freq)
-        self.freq_s = rans.freqs_from_counts(counts, rans.SCALAR_BITS)
-        self.cum_s = rans.cumulative(self.freq_s)
-        self.tables_s = rans.scalar_tables(self.freq_s)
+        freq = rans.freqs_from_counts(counts)  # every level >= 1: nothing is impossible
+        self._models, self._probs = entropy.models(freq), entropy.column_probabilities(freq)
         self.levels = levels
 
     def _need_bound(self, what: str) -> None:
@@ -258,14 +256,8 @@ class LearnedCodec(Codec):
             keep = torch.ones(v.shape[0], dtype=torch.bool)
             keep[out] = False
             sym = self._symbols(u[keep]).numpy().reshape(-1)
-        n = int(sym.size)
-        if n < SCALAR_MAX:
-            gi = np.tile(np.arange(self.p["latent"]), n // self.p["latent"])
-            stream = rans.encode_scalar(self.freq_s[gi, sym].tolist(), self.cum_s[gi, sym].tolist())
-            words = -1
-        else:
-            gi = np.tile(np.arange(self.p["latent"]), n // self.p["latent"])
-            stream, words = rans.encode_symbols(sym, gi, self.freq, self.cum)
+        words_arr = entropy.encode_columns(sym.reshape(-1, self.p["latent"]), self._models, self._probs)
+        stream, words = words_arr.astype("<u4").tobytes(), int(words_arr.size)
         rows = v[out]
         f32 = bool(rows.numel()) and float(rows.abs().max()) > torch.finfo(torch.float16).max
         meta = {"cut": self.cut, "fit": self.digest, "rows": int(out.numel()), "words": words, "f32": f32}
@@ -294,19 +286,12 @@ class LearnedCodec(Codec):
         idx = torch.from_numpy(np.frombuffer(b_idx, dtype=np.int32).astype(np.int64))
         if rows and (int(idx.min()) < 0 or int(idx.max()) >= tokens or idx.unique().numel() != rows):
             raise CodecError("learned codec outlier-row indices are out of range or repeated")
-        n = kept * self.p["latent"]
-        gi = np.tile(np.arange(self.p["latent"]), kept)
-        if n < SCALAR_MAX:
-            if words != -1:
-                raise CodecError(f"learned codec: {n} symbols go through the scalar coder, header says words={words}")
-            sym, rest = rans.decode_scalar(stream, n, [self.tables_s[g] for g in gi])
-            if rest:
-                raise CodecError("learned codec: data left after the rANS stream")
-            sym = np.asarray(sym, dtype=np.int64)
-        else:
-            if not 0 <= words <= n:
-                raise CodecError(f"learned codec header words={words} out of range for {n} symbols")
-            sym = rans.decode_symbols(stream, words, n, gi, self.freq, self.cum, self.slots)
+        if stream.nbytes != 4 * words:
+            raise CodecError(f"learned codec: ANS stream has {stream.nbytes} bytes, the header announces {words} "
+                             "32-bit words: truncated or corrupted")
+        sym = entropy.decode_columns(stream, kept, self.p["latent"], self._models, self._probs)
+        if sym.size and int(sym.max()) >= self.levels:
+            raise CodecError(f"learned codec: a decoded level is >= {self.levels}: corrupted data")
         r = torch.from_numpy(np.frombuffer(b_r, dtype=np.float16).astype(np.float32)).reshape(kept, 1)
         with torch.no_grad():
             rest_h = self._reconstruct(torch.from_numpy(sym).reshape(kept, self.p["latent"]), r)

@@ -102,14 +102,17 @@ def group_channels(res: np.ndarray, lo: int, a: int, k: int, iters: int = 6) -> 
     (~0.01 bit per value on SmolLM2). A group may end up empty; its table is then a dummy."""
     rows, cols = res.shape
     k = max(1, min(k, cols))
-    order = np.argsort(np.abs(res).mean(axis=0), kind="stable")
+    idx = (res - lo).astype(np.int32)  # (channel, residual) -> one bin, in int32 (cols * a < 2**31)
+    idx += np.arange(cols, dtype=np.int32) * a
+    hist = np.bincount(idx.reshape(-1), minlength=cols * a).reshape(cols, a)
+    # mean |residual| per channel from the histogram (exact integer sums, same order as np.abs(res).mean)
+    order = np.argsort((hist @ np.abs(np.arange(lo, lo + a, dtype=np.int64))) / max(rows, 1), kind="stable")
     groups = np.empty(cols, dtype=np.int64)
     for g, chans in enumerate(np.array_split(order, k)):
         groups[chans] = g
     if k == 1:
         return groups.astype(np.uint8)
-    hist = np.bincount((np.arange(cols)[None, :] * a + (res - lo)).reshape(-1), minlength=cols * a)
-    hist = hist.reshape(cols, a).astype(np.float64)
+    hist = hist.astype(np.float64)
     for _ in range(iters):
         counts = (groups[None, :] == np.arange(k)[:, None]).astype(np.float64) @ hist  # exact: integer sums
         counts += 0.5  # a symbol unseen in a group still costs a finite number of bits
@@ -122,15 +125,28 @@ def group_channels(res: np.ndarray, lo: int, a: int, k: int, iters: int = 6) -> 
 
 
 def predict_weights(q: np.ndarray) -> np.ndarray:
-    """Per channel, k in 0..4 minimizing sum |q[t] - pred_k(q[t-1])| (encoder side only)."""
-    prev = np.vstack([np.zeros((1, q.shape[1]), np.int64), q[:-1]])
-    cost = np.stack([np.abs(q - _predict(prev, k)).sum(axis=0) for k in range(5)])
+    """Per channel, k in 0..4 minimizing sum |q[t] - pred_k(q[t-1])| (encoder side only). In int16: the
+    codes are int8, so k * prev + 2 and q - pred fit, and the narrow type halves the memory traffic."""
+    qi = q.astype(np.int16)
+    prev = np.zeros_like(qi)
+    prev[1:] = qi[:-1]
+    cost = np.empty((5, q.shape[1]), dtype=np.int64)
+    tmp = np.empty_like(qi)
+    for k in range(5):
+        np.multiply(prev, k, out=tmp)
+        tmp += 2
+        tmp >>= 2
+        np.subtract(qi, tmp, out=tmp)
+        np.abs(tmp, out=tmp)
+        tmp.sum(axis=0, dtype=np.int64, out=cost[k])
     return cost.argmin(axis=0).astype(np.uint8)
 
 
 def _predict(prev: np.ndarray, k) -> np.ndarray:
-    """Prediction of a code from the same channel's previous code: round(k/4 * prev), integers only."""
-    return (np.asarray(k, dtype=np.int64) * prev + 2) >> 2
+    """Prediction of a code from the same channel's previous code: round(k/4 * prev), integers only (in
+    prev's integer type when k is an array of it, else int64)."""
+    k = k if isinstance(k, np.ndarray) and k.dtype == prev.dtype else np.asarray(k, dtype=np.int64)
+    return (k * prev + 2) >> 2
 
 
 def static_model(q: np.ndarray, n_groups: int) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
@@ -140,10 +156,11 @@ def static_model(q: np.ndarray, n_groups: int) -> tuple[bytes, np.ndarray, np.nd
     residuals (rows, cols), table bytes (K, A), frequencies (K, A), lo, hi). Both coders (this module's and
     the compiled one in entropy.py) code the residuals with exactly these frequencies."""
     rows, cols = q.shape
-    q = q.astype(np.int64)
+    q = q.astype(np.int16)  # int8 codes: residuals (-255..255) and predictions fit int16
     ks = predict_weights(q)
-    prev = np.vstack([np.zeros((1, cols), np.int64), q[:-1]])
-    res = q - _predict(prev, ks)
+    prev = np.zeros_like(q)
+    prev[1:] = q[:-1]
+    res = q - _predict(prev, ks.astype(np.int16))
     lo, hi = int(res.min()), int(res.max())
     a = hi - lo + 1
     k = max(1, min(n_groups, cols))
@@ -173,17 +190,26 @@ def read_static_model(side_buf, tables_buf, cols: int, n_groups: int, lo: int,
 
 def unpredict(res: np.ndarray, ks: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
     """Inverse of the prediction: codes from (rows, cols) residuals, row by row (the rounding makes the
-    recursion sequential); a result outside int8 means corrupted data."""
+    recursion sequential); a result outside int8 means corrupted data. The sequential part runs in place on
+    int32 rows (a few ufunc calls per row, no temporaries): |codes| stay below 2**20 even for corrupted
+    residuals (|r| <= 2**16 and each step shrinks the previous code by 3/4 at most)."""
     p = np.zeros(res.shape[1], dtype=np.int64) if prev is None else prev
-    q = res.copy()  # k = 0: the prediction is 0
+    q = res.astype(np.int64)  # a copy; k = 0: the prediction is 0
     whole = ks == 4  # k = 4: the prediction is the previous code itself, a running sum
-    q[:, whole] = np.cumsum(res[:, whole], axis=0) + p[whole]
+    if whole.any():
+        q[:, whole] = np.cumsum(res[:, whole], axis=0) + p[whole]
     part = np.flatnonzero((ks > 0) & (ks < 4))  # k = 1..3: the rounding makes it sequential
     if part.size:
-        r, k, pp = res[:, part], ks[part], p[part]
-        out = np.empty_like(r)
+        out = np.ascontiguousarray(res[:, part], dtype=np.int32)
+        k = ks[part].astype(np.int32)
+        pred = np.empty(part.size, dtype=np.int32)
+        last = p[part].astype(np.int32)
         for t in range(res.shape[0]):
-            pp = out[t] = r[t] + ((k * pp + 2) >> 2)
+            np.multiply(k, last, out=pred)
+            pred += 2
+            pred >>= 2
+            last = out[t]
+            last += pred
         q[:, part] = out
     if q.size and (int(q.min()) < -128 or int(q.max()) > 127):
         raise CodecError("rANS codes decode outside int8: corrupted data or a session out of step")

@@ -50,7 +50,7 @@ from splitinfer.codecs import adaptive, centering, entropy, rans, stages, stepqu
 from splitinfer.codecs.adaptive import ADAPTIVE_MAX, AdaptiveState
 from splitinfer.codecs.base import Codec, seal, verify
 from splitinfer.codecs.encoded import EncodedTensor, StepMessage, as_message
-from splitinfer.codecs.errors import CodecError
+from splitinfer.codecs.errors import CodecError, CodecFormatError
 from splitinfer.codecs.framing import FLAG_KEY, FORMAT, FORMAT_COMPILED, full_header
 from splitinfer.codecs.lossless import compress, decompress
 from splitinfer.codecs.params import PipelineParams
@@ -121,7 +121,7 @@ class SessionCodec(Codec):
 
 def _check_format(name: str, h: dict[str, Any], fmt: int) -> None:
     if h.get("format", FORMAT) != fmt:
-        raise CodecError(f"{name}: session head format {h.get('format')} but this codec speaks format {fmt} "
+        raise CodecFormatError(f"{name}: session head format {h.get('format')} but this codec speaks format {fmt} "
                          "(format 2: the compiled entropy coder; 1: the old coder, coder='rans_py'): both halves "
                          "must run the same splitinfer version and codec params")
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from splitinfer.codecs.errors import CodecFormatError
 from splitinfer.codecs.session import AdaptiveStepCodec, SessionCodec
 from splitinfer.split.wire import _NP_DTYPES, NONE, RawCodec, codec_spec, default_codec, resolve_codec
 from splitinfer.transport.protocol import BAD_CODEC, BAD_TENSOR, ProtocolError
@@ -46,6 +47,8 @@ def decode_hidden(codec, frames, hidden_size: int, max_tokens: int, decode=None)
         raise ProtocolError(BAD_TENSOR, "a step carries no payload; send the codec's frames after the envelope")
     try:
         enc = EncodedTensor.from_frames(frames)
+    except CodecFormatError as e:  # a peer of another version: agree on a codec, resending will not help
+        raise ProtocolError(BAD_CODEC, f"payload is in a wire format this server does not read: {e}") from None
     except (ValueError, RecursionError) as e:  # RecursionError: JSON nested ~1000 deep
         raise ProtocolError(BAD_TENSOR, f"payload is not a codec message: {e}") from None
     h = enc.header
@@ -67,6 +70,8 @@ def decode_hidden(codec, frames, hidden_size: int, max_tokens: int, decode=None)
                                         f"1 <= T <= {max_tokens}")
     try:
         x = decode(enc, codec) if decode is not None else codec.decode(enc)
+    except CodecFormatError as e:  # e.g. an old client's session head (format 1) against the compiled coder's 2
+        raise ProtocolError(BAD_CODEC, f"payload does not decode with {codec.name!r}: {str(e)[:300]}") from None
     except Exception as e:  # CodecError and anything a corrupted buffer provokes
         raise ProtocolError(BAD_TENSOR, f"payload does not decode with {codec.name!r}: {str(e)[:300]}") from None
     if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(shape) or not x.is_floating_point():

@@ -88,3 +88,35 @@ def test_bench_figures_equal_a_sweep_jobs_on_the_same_windows(bench, tmp_path):
         assert row["delta_ppl_ci_lo"] == m["delta_ppl_pct_ci_low"] and row["top1_agree"] == m["top1_agreement"]
         assert row["bits_per_value"] == m["up_bytes_per_token_prefill"] * 8 / 64
         assert row["bits_per_value_1tok"] == m["up_bytes_per_token_decode"] * 8 / 64
+
+
+@pytest.mark.parametrize("answer", [-1, 0, 3, 7, 12, 17])  # -1: no step passes; 17: the coarsest passes
+def test_bisect_step_finds_the_coarsest_passing_step(bench, answer):
+    grid = bench.step_grid(0.15, 0.49, 0.02)
+    assert len(grid) == 18 and grid[0] == 0.15 and grid[-1] == 0.49
+    tried = []
+
+    def passes(step):
+        tried.append(step)
+        return grid.index(step) <= answer
+
+    ok, bad = bench.bisect_step(passes, grid, start=5, max_evals=10)
+    assert ok == (answer if answer >= 0 else None)
+    assert bad == (answer + 1 if answer < 17 else None)
+    assert len(tried) == len(set(tried)) <= 10  # no step measured twice
+    tried.clear()
+    bench.bisect_step(passes, grid, start=5, max_evals=2)
+    assert len(tried) <= 2
+
+
+def test_bound_table_picks_the_fewest_bits_within_the_bound(bench):
+    row = {"corpus": "readmes", "cut": 4, "bits_per_value_1tok": 3.0, "delta_ppl_pct": 0.3, "delta_ppl_ci_lo": -0.2,
+           "kl_nats": 0.01, "corpus_digest": "d"}
+    rows = [{**row, "codec": "ec25g_s:step=0.29", "bits_per_value": 3.2, "delta_ppl_ci_hi": 1.2},
+            {**row, "codec": "ec25g_s:step=0.23", "bits_per_value": 3.6, "delta_ppl_ci_hi": 0.8},
+            {**row, "codec": "ec25g_s:step=0.17", "bits_per_value": 4.1, "delta_ppl_ci_hi": 0.5},
+            {**row, "codec": "ec25g_s:step=0.17", "bits_per_value": 4.1, "delta_ppl_ci_hi": 0.5}]  # a reused repeat
+    table = bench.bound_table(bench.dedupe(rows))
+    assert "| readmes | 4 | `ec25g_s:step=0.23` | **3.60** |" in table
+    assert "0.29 (3.20 ✗), 0.23 (3.60 ✓), 0.17 (4.10 ✓)" in table
+    assert "≤ 3.5 bits within the bound at 0 of 1 cuts" in table

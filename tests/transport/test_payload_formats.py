@@ -1,0 +1,44 @@
+"""A peer of another splitinfer version (another wire format) is told `bad_codec`, not `bad_tensor`."""
+
+from __future__ import annotations
+
+import torch
+
+from splitinfer.codecs import build_codec
+from splitinfer.transport import protocol as p
+
+from .conftest import open_fields
+from .test_bad_messages import assert_still_serving, env, expect
+
+
+def _open(make_server, raw_client, lm, codec):
+    srv = make_server(lm, [2], max_message_bytes=256 * 1024)
+    c = raw_client(srv.url)
+    rep = c.call("open", **open_fields(lm, codec=codec))
+    assert rep["ok"], rep
+    return c, rep["sid"]
+
+
+def test_old_session_head_format_is_bad_codec(make_server, raw_client, tiny_lm):
+    """An old client (coder='rans_py', session head format 1) stepping a session the server opened with the
+    compiled coder (format 2): the reply says the formats differ, and the session still serves."""
+    c, sid = _open(make_server, raw_client, tiny_lm, {"name": "ec37g_s", "coder": "ans"})
+    old = build_codec("ec37g_s", coder="rans_py")
+    x = torch.randn(1, 40, tiny_lm.hidden_size)
+    rep = expect(c, [env("step", sid=sid, seq=1, start=0), *old.encode_step(x).to_frames()], p.BAD_CODEC)
+    assert "format 1" in rep["msg"] and "format 2" in rep["msg"], rep
+    new = build_codec("ec37g_s")
+    rep = c.call("step", new.encode_step(x).to_frames(), sid=sid, seq=1, start=0)
+    assert rep["ok"], rep
+    assert_still_serving(c, tiny_lm)
+
+
+def test_unknown_session_head_format_is_bad_codec(make_server, raw_client, tiny_lm):
+    """A head format no version speaks yet (7): refused as bad_codec before any decoding."""
+    c, sid = _open(make_server, raw_client, tiny_lm, {"name": "int8_s"})
+    frames = build_codec("int8_s").encode_step(torch.randn(1, 3, tiny_lm.hidden_size)).to_frames()
+    head = bytearray(bytes(frames[0]))
+    head[1] = (head[1] & 0x1F) | 7 << 5
+    rep = expect(c, [env("step", sid=sid, seq=1, start=0), bytes(head), *frames[1:]], p.BAD_CODEC)
+    assert "format 7" in rep["msg"], rep
+    assert_still_serving(c, tiny_lm)
