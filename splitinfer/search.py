@@ -46,7 +46,7 @@ from splitinfer.objectives import (  # noqa: F401 - the objectives' names stay i
 )
 
 SEARCH_FILE = "search.json"
-EVERY_CUT = "every_cut"  # hydra.sweeper.params value: every cut of the job's model (SearchCallback._cut_space)
+EVERY_CUT = "every_cut"  # hydra.sweeper.params value: every cut of the job's model (SearchCallback.cut_space)
 OPTUNA_SWEEPER_LOGGER = "hydra_plugins.hydra_optuna_sweeper._impl"
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ class SearchCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            self._prepare(config)
-            self._cut_space(config)
+            self.prepare(config)
+            self.cut_space(config)
         except UserError as e:
             exit_for_user_error(e)
         quiet_optuna(objective_names(config.search))
@@ -115,7 +115,7 @@ class SearchCallback(Callback):
             log.warning("no Pareto set to show: %s", e)
 
     @staticmethod
-    def _cut_space(config: DictConfig) -> None:
+    def cut_space(config: DictConfig) -> None:
         """`split.cut: every_cut` (conf/hparams_search): every cut of the job's model, 0..num_layers, from its
         depth (read from its config, no weights), so the space fits any model (model=tiny_llama: 0..4)."""
         params = config.hydra.sweeper.get("params") or {}
@@ -128,7 +128,7 @@ class SearchCallback(Callback):
             config.hydra.sweeper.params["split.cut"] = f"int(interval(0,{depth}))"
         log.info("search space: split.cut in 0..%d (every cut of %s)", depth, config.model.get("name"))
 
-    def _prepare(self, config: DictConfig) -> None:
+    def prepare(self, config: DictConfig) -> None:
         search = config.get("search")
         if search is None:
             raise ConfigError("hydra.callbacks.search needs a `search` node: use hparams_search=split_optuna")

@@ -30,7 +30,7 @@ __all__ = ["DTYPES", "DTYPE_NAMES", "FORMAT_VERSION", "MAX_NDIM", "MAX_NUMEL", "
            "read_shape", "saturate_for", "seal", "verify"]
 
 
-def _checksum(header: dict[str, Any], buffers: list[Buffer]) -> int:
+def checksum(header: dict[str, Any], buffers: list[Buffer]) -> int:
     """CRC-32 over the header (sorted keys, without "crc") and every buffer, so any flipped bit in
     either is caught instead of decoding to a silently wrong tensor."""
     body = {k: v for k, v in header.items() if k != "crc"}
@@ -41,7 +41,7 @@ def _checksum(header: dict[str, Any], buffers: list[Buffer]) -> int:
 
 
 def seal(header: dict[str, Any], buffers: list[Buffer]) -> EncodedTensor:
-    header["crc"] = _checksum(header, buffers)
+    header["crc"] = checksum(header, buffers)
     return EncodedTensor(header, buffers)
 
 
@@ -50,7 +50,7 @@ def verify(enc: EncodedTensor) -> None:
     if type(crc) is not int:
         raise CodecError(f"header has no integer 'crc' field (got {crc!r}); was it produced by a codec?")
     try:
-        actual = _checksum(enc.header, enc.buffers)
+        actual = checksum(enc.header, enc.buffers)
     except (TypeError, ValueError) as e:
         raise CodecError(f"header or buffers are not plain data/bytes: {e}") from e
     if actual != crc:

@@ -227,17 +227,17 @@ class LearnedCodec(Codec):
         return {"name": self.name, **self.p, "cut": self.cut, "fit": self.fit_info}
 
     # -- the maps ----------------------------------------------------------------------------------------
-    def _normalise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def normalise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u = (x - self.mu) / self.sigma
         r = u.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-6)
         return u / r, r
 
-    def _symbols(self, u: torch.Tensor) -> torch.Tensor:
+    def symbols(self, u: torch.Tensor) -> torch.Tensor:
         half = self.levels // 2
         z = self.net.enc(u) / self.delta
         return (torch.round(z).clamp(-half, half - 1) + half).to(torch.int64)
 
-    def _reconstruct(self, sym: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, sym: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         zq = (sym.float() - self.levels // 2) * self.delta
         return self.net.decode(zq) * r * self.sigma + self.mu
 
@@ -251,11 +251,11 @@ class LearnedCodec(Codec):
         if not bool(torch.isfinite(v).all()):
             raise CodecError("learned codec encodes finite values only (got NaN or Inf); use a pipeline preset")
         with torch.no_grad():
-            u, r = self._normalise(v)
+            u, r = self.normalise(v)
             out = (((v - self.mu) / self.sigma).abs().amax(-1) > OUTLIER_FACTOR * self.peak).nonzero().reshape(-1)
             keep = torch.ones(v.shape[0], dtype=torch.bool)
             keep[out] = False
-            sym = self._symbols(u[keep]).numpy().reshape(-1)
+            sym = self.symbols(u[keep]).numpy().reshape(-1)
         words_arr = entropy.encode_columns(sym.reshape(-1, self.p["latent"]), self._models, self._probs)
         stream, words = words_arr.astype("<u4").tobytes(), int(words_arr.size)
         rows = v[out]
@@ -294,7 +294,7 @@ class LearnedCodec(Codec):
             raise CodecError(f"learned codec: a decoded level is >= {self.levels}: corrupted data")
         r = torch.from_numpy(np.frombuffer(b_r, dtype=np.float16).astype(np.float32)).reshape(kept, 1)
         with torch.no_grad():
-            rest_h = self._reconstruct(torch.from_numpy(sym).reshape(kept, self.p["latent"]), r)
+            rest_h = self.reconstruct(torch.from_numpy(sym).reshape(kept, self.p["latent"]), r)
         out = torch.empty(tokens, self.hidden)
         keep = torch.ones(tokens, dtype=torch.bool)
         keep[idx] = False

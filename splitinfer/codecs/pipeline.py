@@ -63,7 +63,7 @@ class PipelineCodec(Codec):
         self.name = name
         self.overrides = dict(overrides or {})
         p = params
-        self._plain_cast = (p.bits is None and p.step is None and not p.rotate and p.topk is None
+        self.plain_cast = (p.bits is None and p.step is None and not p.rotate and p.topk is None
                             and p.outliers == 0 and p.outlier_token_ratio is None and not p.center)
         self._spec = QuantSpec(p.bits, p.granularity, p.block) if p.bits is not None else None
         if p.rans_groups and p.coder == "ans":
@@ -77,7 +77,7 @@ class PipelineCodec(Codec):
         parts: list[bytes] = []
         if x.numel() == 0:
             pass
-        elif self._plain_cast:  # casts keep NaN/Inf natively
+        elif self.plain_cast:  # casts keep NaN/Inf natively
             parts.append(self._cast_bytes(x, meta))
         else:
             parts = self._encode_stages(x, meta)
@@ -179,7 +179,7 @@ class PipelineCodec(Codec):
         if numel == 0:
             return torch.empty(shape, dtype=out_dtype)
         p = self.params
-        if self._plain_cast:
+        if self.plain_cast:
             v = from_bytes(raws["values"], self._value_dtype(meta)).reshape(shape)
             return (saturate_for(v.float(), out_dtype) if "value_dtype" in meta else v).to(out_dtype)
 
@@ -234,7 +234,7 @@ class PipelineCodec(Codec):
         if numel == 0:
             return []
         fbytes = self._value_dtype(meta).itemsize
-        if self._plain_cast:
+        if self.plain_cast:
             return [("values", numel * fbytes)]
         layout = []
         if meta.get("nonfinite"):
@@ -279,7 +279,7 @@ class PipelineCodec(Codec):
             if key not in _META:
                 raise CodecError(f"header meta has unknown key {key!r} for codec {self.name!r}; known: {sorted(_META)}")
         allowed = {
-            "nonfinite": not self._plain_cast and 0 < meta.get("nonfinite", 1) <= numel,
+            "nonfinite": not self.plain_cast and 0 < meta.get("nonfinite", 1) <= numel,
             "outlier_rows": p.outlier_token_ratio is not None and 0 < meta.get("outlier_rows", 1) <= rows,
             "row_dtype": meta.get("row_dtype") == "float32" and bool(meta.get("outlier_rows")),
             "centered": meta.get("centered") is True and p.center and (

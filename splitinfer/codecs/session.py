@@ -207,6 +207,11 @@ class AdaptiveStepCodec(Codec):
             hist.states = [s for s in hist.states if s.seq < seq]
 
     @property
+    def decoder_means(self) -> torch.Tensor | None:
+        """The per-channel means the decoding side centres one-token steps on (what the session has learnt)."""
+        return self._dec.means
+
+    @property
     def step_index(self) -> int:
         """The seq of the next step this instance encodes."""
         return self._enc.seq

@@ -78,7 +78,7 @@ def fingerprint_model(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _bundled_gguf(name: str) -> Path:
+def bundled_gguf(name: str) -> Path:
     pkg, fname, install = BUNDLED_MODELS[name]
     spec = importlib.util.find_spec(pkg)  # does not import the package (its __init__ needs `llm`)
     locations = list(spec.submodule_search_locations or []) if spec else []
@@ -188,14 +188,14 @@ def gguf_sha256(gguf: Path, *, compute: bool = True) -> str | None:
     return digest
 
 
-def _gguf_cache_dir(gguf: Path, digest: str | None = None) -> Path:
+def gguf_cache_dir(gguf: Path, digest: str | None = None) -> Path:
     """Where the conversion of `gguf` lives: named by the file's content hash, so every copy of one
     file (other clones, venvs, paths) shares one conversion under `cache_root()`."""
     digest = digest or gguf_sha256(gguf)
     return cache_root() / "models" / f"gguf-sha256-{digest[:24]}"
 
 
-def _legacy_cache_dir(gguf: Path) -> Path:
+def legacy_cache_dir(gguf: Path) -> Path:
     """Where versions before the content-addressed cache put a conversion (keyed by path+size+mtime)."""
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
@@ -239,10 +239,10 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _report_conversion(gguf, target)
+    report_conversion(gguf, target)
 
 
-def _report_conversion(gguf: Path, target: Path) -> None:
+def report_conversion(gguf: Path, target: Path) -> None:
     """Say where a new conversion went and how big it is (it is the one disk cost of a GGUF model)."""
     log.warning("converted %s once: %.0f MB in %s (shared by every copy of this file)", gguf.name,
                 _dir_mb(target), target)
@@ -256,9 +256,9 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, use_cache: bool):
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         check_supported(model.config, where=str(gguf))
         return _finish(model), tokenizer, str(model.config.model_type)
-    target = _gguf_cache_dir(gguf)
+    target = gguf_cache_dir(gguf)
     if not (target / "config.json").is_file():
-        legacy = _legacy_cache_dir(gguf)
+        legacy = legacy_cache_dir(gguf)
         if (legacy / "config.json").is_file():  # adopt an earlier path-keyed conversion of this very file
             try:
                 os.rename(legacy, target)
@@ -280,7 +280,7 @@ def load_model(
     if spec.startswith("tiny-"):
         return tiny_model(spec.removeprefix("tiny-"))
     if spec in BUNDLED_MODELS:
-        gguf = _bundled_gguf(spec)
+        gguf = bundled_gguf(spec)
         model, tok, family = _load_gguf(gguf, dtype, use_cache)
         source = str(gguf)
     else:
@@ -335,7 +335,7 @@ def peek_num_layers(name_or_path: str) -> int:
         cfg = _tiny_config(spec.removeprefix("tiny-"))
         return int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
     if spec in BUNDLED_MODELS:
-        gguf = _bundled_gguf(spec)
+        gguf = bundled_gguf(spec)
     else:
         path = Path(spec).expanduser()
         if path.is_dir() and (path / "config.json").is_file():
@@ -345,7 +345,7 @@ def peek_num_layers(name_or_path: str) -> int:
             return load_model(spec).num_layers  # raises the clear not-found error
         gguf = path
     digest = gguf_sha256(gguf, compute=False)  # a memo only: peeking never reads the whole file
-    cached = _gguf_cache_dir(gguf, digest) / "config.json" if digest else None
+    cached = gguf_cache_dir(gguf, digest) / "config.json" if digest else None
     if cached is not None and cached.is_file():
         return int(json.loads(cached.read_text())["num_hidden_layers"])
     from gguf import GGUFReader

@@ -215,7 +215,7 @@ class HostileDriver:
         import torch
 
         from splitinfer.codecs import build_codec
-        from splitinfer.codecs.base import _checksum
+        from splitinfer.codecs.base import checksum
 
         _, name, t, values, header_ops, buffer_ops, resign, start_mode, k = plan
         sid, seq, pos = self.coded.get(name) or self._open_coded(name)
@@ -266,7 +266,7 @@ class HostileDriver:
                 buffers[i] = bytes(b)
         if resign:
             try:
-                header["crc"] = _checksum(header, buffers)
+                header["crc"] = checksum(header, buffers)
             except (TypeError, ValueError):
                 pass
         rid = self._next_rid()

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitinfer.codecs import CodecError, EncodedTensor, build_codec, codec_from_header, decode_any
-from splitinfer.codecs.base import _checksum
+from splitinfer.codecs.base import checksum
 
 NAMES = ["fp32", "fp16", "int8", "int8_token_lz4", "int4_b32_outlier_lz4", "int3_b32_outlier_rot_lz4",
          "int3_b64_outlier_rot_log8_tc", "int4_b32_outlier_unpacked_zstd", "ec40", "top25_int8_token",
@@ -28,7 +28,7 @@ def _x() -> torch.Tensor:
 def _resealed(header: dict, buffers: list) -> EncodedTensor:
     """A tampered message whose checksum was recomputed, so the structural checks must catch it."""
     header = dict(header)
-    header["crc"] = _checksum(header, buffers)
+    header["crc"] = checksum(header, buffers)
     return EncodedTensor(header, buffers)
 
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitinfer.codecs import CodecError, EncodedTensor, build_codec, decode_any, rans
-from splitinfer.codecs.base import _checksum
+from splitinfer.codecs.base import checksum
 
 
 def _hidden(rows: int = 64, cols: int = 128, seed: int = 0) -> torch.Tensor:
@@ -66,7 +66,7 @@ def test_zstd_is_kept_where_it_is_smaller():
 
 def _resealed(header: dict, buffers: list) -> EncodedTensor:
     header = dict(header)
-    header["crc"] = _checksum(header, buffers)
+    header["crc"] = checksum(header, buffers)
     return EncodedTensor(header, buffers)
 
 

@@ -23,7 +23,7 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 
 
 def _is_plain_cast(codec) -> bool:
-    return isinstance(codec, PipelineCodec) and codec._plain_cast
+    return isinstance(codec, PipelineCodec) and codec.plain_cast
 
 
 def check_round_trip(codec, x: torch.Tensor) -> torch.Tensor:

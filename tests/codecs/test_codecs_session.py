@@ -43,7 +43,7 @@ def test_session_steps_reconstruct_like_the_preset_with_a_few_bytes_of_framing(n
         assert isinstance(msg, StepMessage) and y.dtype == x.dtype and y.shape == x.shape
         if x.shape[1] == 1 and isinstance(dec, AdaptiveStepCodec):
             # a one-token step is centred on the session's means (the preset cannot centre one token)
-            m = dec._dec.means
+            m = dec.decoder_means
             assert torch.equal(y, preset.decode(preset.encode(x - m)) + m)
         else:
             assert torch.equal(y, preset.decode(preset.encode(x)))  # same reconstruction, fewer bytes
@@ -56,7 +56,7 @@ def test_session_steps_reconstruct_like_the_preset_with_a_few_bytes_of_framing(n
 
 def same(dec, x):
     """What a one-token step of ec37g_s reconstructs: ec37g on the token centred on the session's means."""
-    ref, m = build_codec("ec37g"), dec._dec.means
+    ref, m = build_codec("ec37g"), dec.decoder_means
     return ref.decode(ref.encode(x - m)) + m
 
 

@@ -165,12 +165,12 @@ def test_splitinfer_sweep_refuses_unknown_options(tmp_path, capsys):
 
 
 def test_invalid_cut_refused_before_the_model_loads(tmp_path):
-    from splitinfer import experiment
+    from splitinfer import cache, experiment
 
     cfg = compose(["split.cut=31", "logger=jsonl"])  # the real model: 30 layers
     with pytest.raises(ValueError, match=r"split.cut=31.*0\.\.30"):
         experiment.run_job(cfg, out_dir=tmp_path)
-    assert not experiment._MODELS  # refused before the weights loaded (no wall-clock bound: CI is noisy)
+    assert not cache.memos().get("experiment.models")  # refused before the weights loaded (no wall-clock bound: CI is noisy)
     r = run_cli([*TINY, "split.cut=-1"], tmp_path, timeout=60)
     assert r.returncode == 2 and "split.cut=-1" in r.stderr and "0..4" in r.stderr
     assert "Traceback" not in r.stderr

@@ -69,7 +69,7 @@ def test_unknown_objective_is_refused_before_any_job(tmp_path):
     cfg = compose(["hparams_search=split_optuna", "search.objectives=[bytes,latnecy]",
                    f"hydra.sweep.dir={tmp_path / 's'}"], hydra_cfg=True)
     with pytest.raises(ConfigError, match="latnecy.*Did you mean latency"):
-        SearchCallback()._prepare(cfg)
+        SearchCallback().prepare(cfg)
     assert not (tmp_path / "s").exists()
 
 
@@ -78,7 +78,7 @@ def test_callback_sets_one_direction_per_objective_and_the_constraint_names(tmp_
 
     cfg = compose(["hparams_search=split_privacy_optuna", "search.constraints.max_device_mb=300",
                    f"hydra.sweep.dir={tmp_path / 's'}"], hydra_cfg=True)
-    SearchCallback()._prepare(cfg)
+    SearchCallback().prepare(cfg)
     assert list(cfg.hydra.sweeper.direction) == ["minimize"] * 4
     assert list(cfg.hydra.sweeper.sampler.constraints_func.names) == ["max_device_mb"]
     saved = json.loads((tmp_path / "s" / "search.json").read_text())
@@ -111,5 +111,5 @@ def test_motpe_search_config_composes_without_nsga2_keys(tmp_path):
 
     cfg = compose(["hparams_search=split_motpe_optuna", f"hydra.sweep.dir={tmp_path / 's'}"], hydra_cfg=True)
     assert cfg.hydra.sweeper.sampler._target_ == "optuna.samplers.MOTPESampler"
-    SearchCallback()._prepare(cfg)
+    SearchCallback().prepare(cfg)
     assert list(cfg.hydra.sweeper.direction) == ["minimize"] * 3

@@ -14,15 +14,15 @@ def test_the_cut_space_is_every_cut_of_the_jobs_model(tmp_path):
     from splitinfer.search import SearchCallback
 
     tiny = compose(["hparams_search=split_optuna", "model=tiny_llama"], hydra_cfg=True)
-    SearchCallback._cut_space(tiny)
+    SearchCallback.cut_space(tiny)
     assert tiny.hydra.sweeper.params["split.cut"] == "int(interval(0,4))"  # tiny_llama: 4 layers
     default = compose(["hparams_search=split_optuna"], hydra_cfg=True)  # SmolLM2-135M: 30 layers
-    SearchCallback._cut_space(default)
+    SearchCallback.cut_space(default)
     assert default.hydra.sweeper.params["split.cut"] == "int(interval(0,30))"
     mine = compose(["hparams_search=split_optuna", "model=tiny_llama"], hydra_cfg=True)
     with read_write(mine.hydra), open_dict(mine.hydra):
         mine.hydra.sweeper.params["split.cut"] = "int(interval(1,2))"  # an experiment's own space is kept
-    SearchCallback._cut_space(mine)
+    SearchCallback.cut_space(mine)
     assert mine.hydra.sweeper.params["split.cut"] == "int(interval(1,2))"
 
 

@@ -13,11 +13,11 @@ import pytest
 
 from splitinfer.models import cache_root, load_model, peek_num_layers, tiny_model
 from splitinfer.models.loading import (
-    _bundled_gguf,
-    _gguf_cache_dir,
-    _legacy_cache_dir,
-    _report_conversion,
+    bundled_gguf,
+    gguf_cache_dir,
     gguf_sha256,
+    legacy_cache_dir,
+    report_conversion,
 )
 
 
@@ -37,9 +37,9 @@ def test_copies_share_one_cache_dir_and_other_content_does_not(cache, tmp_path):
     a = _file(tmp_path / "clone1" / "model.gguf", b"GGUF" + bytes(range(256)) * 100)
     b = _file(tmp_path / "venv2" / "renamed.gguf", a.read_bytes())
     c = _file(tmp_path / "clone1" / "other.gguf", b"GGUF" + bytes(range(255, -1, -1)) * 100)
-    assert _gguf_cache_dir(a) == _gguf_cache_dir(b) != _gguf_cache_dir(c)
-    assert _gguf_cache_dir(a).parent == cache_root() / "models" == cache / "models"
-    assert _legacy_cache_dir(a) != _legacy_cache_dir(b)  # what the path-keyed cache did
+    assert gguf_cache_dir(a) == gguf_cache_dir(b) != gguf_cache_dir(c)
+    assert gguf_cache_dir(a).parent == cache_root() / "models" == cache / "models"
+    assert legacy_cache_dir(a) != legacy_cache_dir(b)  # what the path-keyed cache did
 
 
 def test_hash_is_memoised_per_path_size_and_mtime(cache, tmp_path):
@@ -61,11 +61,11 @@ def test_an_earlier_path_keyed_conversion_is_adopted_not_redone(cache, tmp_path,
     """A conversion made before the cache was content-addressed moves to its content key on first load."""
     gguf = _file(tmp_path / "m.gguf", b"GGUF" + os.urandom(1024))
     lm = tiny_model("llama", num_hidden_layers=3)
-    lm.model.save_pretrained(_legacy_cache_dir(gguf))
+    lm.model.save_pretrained(legacy_cache_dir(gguf))
     with caplog.at_level(logging.WARNING, logger="splitinfer.models.loading"):
         again = load_model(str(gguf))
     assert again.fingerprint == lm.fingerprint and again.source == str(gguf)
-    assert not _legacy_cache_dir(gguf).exists() and (_gguf_cache_dir(gguf) / "config.json").is_file()
+    assert not legacy_cache_dir(gguf).exists() and (gguf_cache_dir(gguf) / "config.json").is_file()
     assert "content-addressed cache" in caplog.text
     # a copy elsewhere finds the same conversion; peeking it reads the cached config once the hash is known
     copy = _file(tmp_path / "elsewhere" / "copy.gguf", gguf.read_bytes())
@@ -77,7 +77,7 @@ def test_a_new_conversion_says_where_and_how_big(cache, tmp_path, caplog):
     target = cache / "models" / "gguf-sha256-x"
     _file(target / "model.safetensors", b"\0" * 3_000_000)
     with caplog.at_level(logging.WARNING, logger="splitinfer.models.loading"):
-        _report_conversion(tmp_path / "m.gguf", target)
+        report_conversion(tmp_path / "m.gguf", target)
     assert str(target) in caplog.text and "3 MB" in caplog.text
 
 
@@ -86,7 +86,7 @@ def test_a_copy_of_the_bundled_gguf_reuses_its_conversion(real_model, tmp_path):
     """Another clone's copy of the bundled file (new path, new mtime) loads from the one conversion."""
     copy = tmp_path / "clone" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     copy.parent.mkdir()
-    shutil.copy(_bundled_gguf("smollm2-135m-instruct"), copy)
+    shutil.copy(bundled_gguf("smollm2-135m-instruct"), copy)
     before = sorted(p.name for p in (cache_root() / "models").iterdir())
     t0 = time.perf_counter()
     lm = load_model(str(copy))
