@@ -27,11 +27,13 @@ from splitinfer.transport.loadgen import (
     SERVING_HEADER,
     ServeProcess,
     batching_ratio_lines,
+    encode_prompts,
     live_check,
     record_trajectories,
     run_load,
     serving_line,
     session_fields,
+    write_batch_profile,
     write_serving_csv,
 )
 
@@ -55,17 +57,6 @@ def start_server(model: str, cut: int, batching: bool, threads: int, extra: list
     return ServeProcess(model, cut, ["--threads", str(threads), "--max-sessions", "256",
                                      "--batching" if batching else "--no-batching", *extra],
                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
-
-
-def write_profile(lm, cut: int, out: Path) -> None:
-    """The batched decode step's time per batch size, in this process (no sockets): batch_profile.csv,
-    the input of `splitinfer recommend --clients-per-server`."""
-    from splitinfer.metrics.serving import measure_batch_profile
-
-    prof = measure_batch_profile(lm, cut)
-    prof.write_csv(out / "batch_profile.csv")
-    print("batched decode step (forward_batch, context 64): " + ", ".join(
-        f"{b}: {1e3 * s:.1f} ms" for b, s in zip(prof.batch_sizes, prof.step_s, strict=True)), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.profile_only:
-        write_profile(lm, args.cut, out)
+        write_batch_profile(lm, args.cut, out)
         return 0
-    trajs = record_trajectories(lm, args.cut, args.tokens, PROMPTS)
+    trajs = record_trajectories(lm, args.cut, args.tokens, encode_prompts(lm, PROMPTS))  # tiny-llama: seeded ids
     fields = session_fields(lm, args.cut)
     print(f"recorded {len(trajs)} trajectories (prompt tokens {[t['prompt_tokens'] for t in trajs]}) in "
           f"{time.time() - t0:.0f} s", flush=True)
@@ -140,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_serving(rows, out / "serving_throughput.png")
     print("\nbatched / unbatched, same N:")
     print("\n".join(batching_ratio_lines(rows, ns)))
-    write_profile(lm, args.cut, out)
+    write_batch_profile(lm, args.cut, out)
     bad = sum(r["mismatched"] for r in rows)
     print(f"\n{bad} replies differ from the unbatched reference; wrote {out}/results.csv and "
           f"serving_throughput.png in {time.time() - t0:.0f} s")

@@ -27,16 +27,7 @@ from pathlib import Path
 
 import torch
 
-from splitinfer.transport.loadgen import (
-    TRANSPORT_LEGEND,
-    ServeProcess,
-    encode_prompts,
-    measure_transport,
-    median_ping_ms,
-    start_idle_spinners,
-    table_lines,
-    transport_table,
-)
+from splitinfer.transport import loadgen as lg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -75,7 +66,7 @@ def start_server(args, lm, mode: str):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-    proc = ServeProcess(args.model, args.cut, ["--threads", str(args.threads)] if args.threads else [], env=env)
+    proc = lg.ServeProcess(args.model, args.cut, ["--threads", str(args.threads)] if args.threads else [], env=env)
     return proc.url, proc.close
 
 
@@ -106,23 +97,23 @@ def main() -> int:
     from splitinfer.transport.payload import build_session_codec, default_codec
 
     waits = ["block"]  # the one wait left (the table keeps its column, comparable with earlier runs)
-    spinners = start_idle_spinners() if args.idle_spinners else []
+    spinners = lg.start_idle_spinners() if args.idle_spinners else []
     lm = load_model(args.model)
     inproc = in_process_generator(lm, [args.cut], codec="none")
     codecs = {name: default_codec() if name == "default" else build_session_codec(name)
               for name in args.codecs.split(",")}
-    prompts = encode_prompts(lm, PROMPTS[: args.prompts])
+    prompts = lg.encode_prompts(lm, PROMPTS[: args.prompts])
     servers, gens = {}, {}  # wait mode -> (url, stop); (codec name, wait mode) -> generator
     try:
         for w in waits:
             servers[w] = start_server(args, lm, w)
-        ping_ms = median_ping_ms(servers[waits[0]][0], lm, args.cut)
+        ping_ms = lg.median_ping_ms(servers[waits[0]][0], lm, args.cut)
         for w in waits:
             for name, codec in codecs.items():
                 gen = remote_generator(lm, [args.cut], servers[w][0], codec=codec, timeout_s=60)
                 gen.link = MeteredLink(gen.link)
                 gens[name, w] = gen
-        rows, inproc_stats = measure_transport(lm, prompts, inproc, gens, args.tokens, args.server == "process")
+        rows, inproc_stats = lg.measure_transport(lm, prompts, inproc, gens, args.tokens, args.server == "process")
     finally:
         for gen in gens.values():
             gen.link.close()
@@ -132,14 +123,14 @@ def main() -> int:
             sp.kill()
 
     labels = {n: c.name if n != "default" else f"default ({c.name})" for n, c in codecs.items()}
-    table = transport_table(rows, inproc_stats, labels, len(prompts))
+    table = lg.transport_table(rows, inproc_stats, labels, len(prompts))
     print(f"\nsplit over tcp://127.0.0.1 ({args.server} server) vs unsplit transformers generate: {lm.name}, "
           f"cut {args.cut}, greedy, {len(prompts)} prompts x {args.tokens} new tokens, "
           f"torch threads {torch.get_num_threads()}, "
           f"idle spinners {'on' if spinners else 'off'}; empty round trip (ping) {ping_ms:.3f} ms")
-    cols, lines = table_lines(table)
+    cols, lines = lg.table_lines(table)
     print("\n".join(lines))
-    print(TRANSPORT_LEGEND)
+    print(lg.TRANSPORT_LEGEND)
     if args.csv:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         with open(args.csv, "w", newline="") as f:

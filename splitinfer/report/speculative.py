@@ -242,6 +242,8 @@ def ngram_summary_lines(rows: list[dict], set_names: list[str], sizes: list[int]
             for n in sizes:
                 rs = [r for r in rows if r["set"] == set_name and r["min_ngram"] == n and kind in ("all", r["kind"])]
                 dec = sum(r["tokens"] - 1 for r in rs)
+                if not dec:  # no prompt of this kind (e.g. --prompts 1: no grounded one) or nothing decoded
+                    continue
                 dr, acc, rd = (sum(r[k] for r in rs) for k in ("drafted", "accepted", "rounds_with_draft"))
                 lines.append(f"{set_name},{kind},{n}: {sum(r['rounds'] for r in rs) / dec:.3f}, "
                              f"{acc / dr if dr else float('nan'):.3f} ({acc}/{dr}), "

@@ -7,6 +7,10 @@ session sends its prefill and, on every reply, its next recorded decode step (`r
 sessions load a server with no device compute of their own. `run_load` starts them together and returns
 throughput, step and TTFT percentiles (`splitinfer.stats`), the server's CPU and RSS, and the replies
 that differ from the reference. `ServeProcess` is a `splitinfer serve` process to aim it at.
+
+It also holds the engines of the two serving scripts, which stay recipes: `measure_transport` /
+`transport_table` (scripts/bench_transport.py: split over ZeroMQ against unsplit `generate`) and the
+lines, CSV, live check and batch profile of scripts/bench_serving.py.
 """
 
 from __future__ import annotations
@@ -446,3 +450,14 @@ def live_check(lm, servers: dict, trajs: list[dict], prompts: Sequence[str], n: 
     same = sum(a == b for a, b in zip(live["off"]["texts"], live["on"]["texts"], strict=True))
     lines.append(f"live: texts identical between batching off and on: {same}/{n}")
     return lines
+
+
+def write_batch_profile(lm, cut: int, out: Path) -> None:
+    """The batched decode step's time per batch size, in this process (no sockets): batch_profile.csv,
+    the input of `splitinfer recommend --clients-per-server`."""
+    from splitinfer.metrics.serving import measure_batch_profile
+
+    prof = measure_batch_profile(lm, cut)
+    prof.write_csv(out / "batch_profile.csv")
+    print("batched decode step (forward_batch, context 64): " + ", ".join(
+        f"{b}: {1e3 * s:.1f} ms" for b, s in zip(prof.batch_sizes, prof.step_s, strict=True)), flush=True)
