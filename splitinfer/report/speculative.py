@@ -1,8 +1,12 @@
 """Speculative split decoding against the other ways to generate (experiments/speculative_split): one row
 per generation (`row_of`: timing from the run, network seconds from the link's own accounting), and the
 per (cut, link, mode, prompt kind) summary with the speed-up over per-token split and its paired bootstrap
-interval over prompts (`summarize`, `splitinfer.stats.bootstrap_ratio`). Reads and writes
-`scripts/bench_speculative.py`'s CSVs; runs no model.
+interval over prompts (`summarize`, `splitinfer.stats.bootstrap_ratio`); these read and write
+`scripts/bench_speculative.py`'s CSVs and run no model.
+
+Below them, the benchmark that script is a recipe for (these run the model): `run_benchmark` (every mode
+per prompt x cut x link, with `acceptance_table`), `rebuild` (summary and figure from results.csv),
+`ngram_study` and `adapter_study` (acceptance counts and adapter agreement, no timing).
 """
 
 from __future__ import annotations
