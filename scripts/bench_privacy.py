@@ -13,22 +13,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
 
-from splitinfer.report.privacy_leakage import plot_and_table
+from splitinfer.report.privacy_leakage import COLUMNS, attack_spec, defense_spec, plot_and_table, row_from
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "privacy_leakage_vs_cut"
 QUICK_OUT = ROOT / "outputs" / "privacy_bench"
-COLUMNS = ["part", "cut", "attack", "defense", "strength", "codec", "token_acc", "content_token_acc",
-           "exact_match", "rouge_l", "pii_recovery", "dcor", "delta_ppl_pct", "top1_agreement", "prepare_s",
-           "invert_s", "invert_s_per_token", "prepare_cpu_s", "invert_cpu_s", "tokens", "victims_done", "verified_frac",
-           "candidates_per_token", "train_steps", "train_tokens", "partial", "metrics_json"]
-
-
 # Defaults of the two set-ups; any flag given on the command line wins. `quick` finishes in about
 # 1.5 min on the 2-core machine (2 victims x 32 tokens; whitebox, nearest_embedding and logit_lens at
 # cuts 1 and 8; at most 45 s per job); `full` is what experiments/privacy_leakage_vs_cut/ ran (hours).
@@ -77,34 +70,6 @@ def parse_args(argv=None):
     return args
 
 
-def attack_spec(name: str, args, noisy: bool) -> dict:
-    if name == "learned_inverter":
-        return {"name": name, "arch": args.inverter_arch, "train_budget_s": args.inverter_budget,
-                "max_steps": args.inverter_steps}
-    if name == "whitebox" and noisy:
-        return {"name": name, "max_candidates": args.whitebox_max_candidates}
-    return {"name": name}
-
-
-def row_from(part, cut, attack, defense, strength, codec, m, victims) -> dict:
-    p = f"privacy/{attack}"
-    tokens = sum(v.num_tokens for v in victims)
-    return {
-        "part": part, "cut": cut, "attack": attack, "defense": defense, "strength": strength, "codec": codec,
-        "token_acc": m.get(f"{p}/token_acc"), "content_token_acc": m.get(f"{p}/content_token_acc"),
-        "exact_match": m.get(f"{p}/exact_match"), "rouge_l": m.get(f"{p}/rouge_l"),
-        "pii_recovery": m.get(f"{p}/pii_recovery"), "dcor": m.get("privacy/dcor"),
-        "delta_ppl_pct": m.get("privacy/utility/delta_ppl_pct"),
-        "top1_agreement": m.get("privacy/utility/top1_agreement"),
-        "prepare_s": m.get(f"{p}/prepare_s"), "invert_s": m.get(f"{p}/invert_s"),
-        "invert_s_per_token": m.get(f"{p}/invert_s_per_token"), "tokens": tokens,
-        "prepare_cpu_s": m.get(f"{p}/prepare_cpu_s"), "invert_cpu_s": m.get(f"{p}/invert_cpu_s"),
-        "victims_done": m.get(f"{p}/victims_done"), "verified_frac": m.get(f"{p}/verified_frac"),
-        "candidates_per_token": m.get(f"{p}/candidates_per_token"), "partial": m.get(f"{p}/partial"),
-        "metrics_json": json.dumps(m, default=str),
-    }
-
-
 def run(args) -> None:
     import torch
 
@@ -128,15 +93,11 @@ def run(args) -> None:
 
         def job(part, cut, attack, defense, strength, codec=None, victims=victims):
             t = time.perf_counter()
-            noisy = defense != "none" or codec is not None
-            dspec = None if defense == "none" else {"name": defense,
-                                                   ("sigma" if defense == "gaussian" else "eta"): strength}
-            m = evaluate_privacy(lm, cut, attack=attack_spec(attack, args, noisy), defense=dspec, codec=codec,
+            spec = attack_spec(attack, defense != "none" or codec is not None, args.inverter_arch,
+                               args.inverter_budget, args.inverter_steps, args.whitebox_max_candidates)
+            m = evaluate_privacy(lm, cut, attack=spec, defense=defense_spec(defense, strength), codec=codec,
                                  victims=victims, time_budget_s=args.job_budget, seed=args.seed)
             row = row_from(part, cut, attack, defense, strength, codec or "fp32", m, victims)
-            for key in ("train_steps", "train_tokens"):
-                row[key] = m.get(f"privacy/{attack}/{key}")
-            row["tokens"] = sum(v.num_tokens for v in victims)
             w.writerow(row)
             f.flush()
             print(f"{part:8s} cut={cut:2d} {attack:18s} {defense}:{strength} codec={codec or 'fp32'} "

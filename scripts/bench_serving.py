@@ -23,7 +23,19 @@ import time
 from pathlib import Path
 
 from splitinfer.report.plots import plot_serving
-from splitinfer.transport.loadgen import ServeProcess, record_trajectories, run_live, run_load, session_fields
+from splitinfer.transport.loadgen import (
+    SERVING_HEADER,
+    ServeProcess,
+    batching_ratio_lines,
+    encode_prompts,
+    live_check,
+    record_trajectories,
+    run_load,
+    serving_line,
+    session_fields,
+    write_batch_profile,
+    write_serving_csv,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,17 +57,6 @@ def start_server(model: str, cut: int, batching: bool, threads: int, extra: list
     return ServeProcess(model, cut, ["--threads", str(threads), "--max-sessions", "256",
                                      "--batching" if batching else "--no-batching", *extra],
                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
-
-
-def write_profile(lm, cut: int, out: Path) -> None:
-    """The batched decode step's time per batch size, in this process (no sockets): batch_profile.csv,
-    the input of `splitinfer recommend --clients-per-server`."""
-    from splitinfer.metrics.serving import measure_batch_profile
-
-    prof = measure_batch_profile(lm, cut)
-    prof.write_csv(out / "batch_profile.csv")
-    print("batched decode step (forward_batch, context 64): " + ", ".join(
-        f"{b}: {1e3 * s:.1f} ms" for b, s in zip(prof.batch_sizes, prof.step_s, strict=True)), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.profile_only:
-        write_profile(lm, args.cut, out)
+        write_batch_profile(lm, args.cut, out)
         return 0
-    trajs = record_trajectories(lm, args.cut, args.tokens, PROMPTS)
+    trajs = record_trajectories(lm, args.cut, args.tokens, encode_prompts(lm, PROMPTS))  # tiny-llama: seeded ids
     fields = session_fields(lm, args.cut)
     print(f"recorded {len(trajs)} trajectories (prompt tokens {[t['prompt_tokens'] for t in trajs]}) in "
           f"{time.time() - t0:.0f} s", flush=True)
@@ -112,54 +113,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for srv in servers.values():  # warm-up
             run_load(srv, fields, trajs, 2, 1)
-        hdr = (f"{'N':>3} {'batch':>5} {'tok/s':>7} {'dec t/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'TTFT50':>7} {'TTFT99':>7} "
-               f"{'cpu':>5} {'cpu ms/tok':>10} {'RSS MB':>7} {'mismatch':>8}")
-        print(hdr, flush=True)
+        print(SERVING_HEADER, flush=True)
         for n in ns:
             for mode, srv in servers.items():
-                r = {"batching": mode, **run_load(srv, fields, trajs, n, args.generators)}
-                rows.append(r)
-                print(f"{n:>3} {mode:>5} {r['tok_per_s']:>7.1f} {r['decode_tok_per_s']:>7.1f} {r['step_p50_ms']:>7.1f} {r['step_p99_ms']:>7.1f} "
-                      f"{r['ttft_p50_ms']:>7.0f} {r['ttft_p99_ms']:>7.0f} {r['server_cpu']:>5.2f} "
-                      f"{r['server_cpu_ms_per_tok']:>10.1f} "
-                      f"{r['server_rss_mb']:>7.0f} {r['mismatched']:>8}", flush=True)
+                rows.append({"batching": mode, **run_load(srv, fields, trajs, n, args.generators)})
+                print(serving_line(n, mode, rows[-1]), flush=True)
         if args.live:
-            eos = getattr(lm.tokenizer, "eos_token_id", None)
-
-            def upto_eos(toks):  # `generate` stops at the end-of-sequence token
-                return toks[:toks.index(eos)] if eos in toks else toks
-
-            refs = [lm.decode(upto_eos(trajs[i % len(trajs)]["tokens"])) for i in range(args.live)]
-            live = {mode: run_live(srv.url, lm.name, args.cut, PROMPTS, args.live, args.tokens, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-                    for mode, srv in servers.items()}
-            for mode, res in live.items():
-                same = sum(a.strip() == b.strip() for a, b in zip(res["texts"], refs, strict=True))
-                print(f"live: {args.live} `splitinfer generate --server` processes, batching {mode}: "
-                      f"{args.live * args.tokens / res['wall_s']:.1f} tokens/s overall ({res['wall_s']:.0f} s "
-                      f"with start-up), texts equal to the in-process reference: {same}/{args.live}", flush=True)
-            same = sum(a == b for a, b in zip(live["off"]["texts"], live["on"]["texts"], strict=True))
-            print(f"live: texts identical between batching off and on: {same}/{args.live}", flush=True)
+            env = dict(os.environ, PYTHONPATH=str(ROOT))
+            for line in live_check(lm, servers, trajs, PROMPTS, args.live, args.tokens, args.cut, env=env):
+                print(line, flush=True)
     finally:
         for srv in servers.values():
             srv.close()
     if not rows:
         return 0
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_serving_csv(rows, out / "results.csv")
     plot_serving(rows, out / "serving_throughput.png")
     print("\nbatched / unbatched, same N:")
-    for n in ns:
-        off = next(r for r in rows if r["clients"] == n and r["batching"] == "off")
-        on = next(r for r in rows if r["clients"] == n and r["batching"] == "on")
-        print(f"  N={n:>2}: tokens/s x{on['tok_per_s'] / off['tok_per_s']:.2f}, decode tokens/s x"
-              f"{on['decode_tok_per_s'] / off['decode_tok_per_s']:.2f}, server CPU per token x"
-              f"{on['server_cpu_ms_per_tok'] / off['server_cpu_ms_per_tok']:.2f}, step p50 x"
-              f"{on['step_p50_ms'] / off['step_p50_ms']:.2f}, on p99 {on['step_p99_ms']:.1f} ms vs off p50 "
-              f"{off['step_p50_ms']:.1f} ms")
-    write_profile(lm, args.cut, out)
+    print("\n".join(batching_ratio_lines(rows, ns)))
+    write_batch_profile(lm, args.cut, out)
     bad = sum(r["mismatched"] for r in rows)
     print(f"\n{bad} replies differ from the unbatched reference; wrote {out}/results.csv and "
           f"serving_throughput.png in {time.time() - t0:.0f} s")

@@ -22,16 +22,12 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from splitinfer.stats import bootstrap_interval
-from splitinfer.transport.loadgen import ServeProcess
+from splitinfer.transport import loadgen as lg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -60,15 +56,6 @@ PROMPTS = [
 ]
 
 
-def encode_prompts(lm, n: int) -> list[torch.Tensor]:
-    """The first n prompts as token ids; a model without a tokenizer (tiny-llama, for a smoke run) gets
-    seeded random ids of similar lengths instead."""
-    if lm.tokenizer is not None:
-        return [lm.encode_prompt(p) for p in PROMPTS[:n]]
-    g = torch.Generator().manual_seed(0)
-    return [torch.randint(3, lm.vocab_size, (1, 8 + len(p) // 8), generator=g) for p in PROMPTS[:n]]
-
-
 def start_server(args, lm, mode: str):
     """A server process (`python -m splitinfer serve`) or an in-thread SplitServer: its url and its stop."""
     if args.server == "thread":
@@ -79,16 +66,8 @@ def start_server(args, lm, mode: str):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-    proc = ServeProcess(args.model, args.cut, ["--threads", str(args.threads)] if args.threads else [], env=env)
+    proc = lg.ServeProcess(args.model, args.cut, ["--threads", str(args.threads)] if args.threads else [], env=env)
     return proc.url, proc.close
-
-
-def start_idle_spinners() -> list[subprocess.Popen]:
-    """One SCHED_IDLE busy loop per core: the scheduler runs it only when nothing else wants the core,
-    so the vCPU never halts, and it takes no time from the benchmark's own processes."""
-    code = ("import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\n"
-            "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n")
-    return [subprocess.Popen([sys.executable, "-c", code, str(c)]) for c in sorted(os.sched_getaffinity(0))]
 
 
 def main() -> int:
@@ -112,86 +91,29 @@ def main() -> int:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     from splitinfer.generation import in_process_generator
-    from splitinfer.metrics.quality import first_mismatch
     from splitinfer.models import load_model
-    from splitinfer.split import MeteredLink, timed_unsplit_generate
-    from splitinfer.transport import RemoteLink, remote_generator
+    from splitinfer.split import MeteredLink
+    from splitinfer.transport import remote_generator
     from splitinfer.transport.payload import build_session_codec, default_codec
 
     waits = ["block"]  # the one wait left (the table keeps its column, comparable with earlier runs)
-    spinners = start_idle_spinners() if args.idle_spinners else []
+    spinners = lg.start_idle_spinners() if args.idle_spinners else []
     lm = load_model(args.model)
     inproc = in_process_generator(lm, [args.cut], codec="none")
-    codecs = {}
-    for name in args.codecs.split(","):
-        codecs[name] = default_codec() if name == "default" else build_session_codec(name)
-    prompts = encode_prompts(lm, args.prompts)
+    codecs = {name: default_codec() if name == "default" else build_session_codec(name)
+              for name in args.codecs.split(",")}
+    prompts = lg.encode_prompts(lm, PROMPTS[: args.prompts])
     servers, gens = {}, {}  # wait mode -> (url, stop); (codec name, wait mode) -> generator
-    rows = {(name, w): {"same": 0, "dec": [], "pre": [], "up_pre": [], "up": [], "down": [], "ref_dec": [],
-                        "ref_pre": [], "agree": [], "overhead": [], "cpu": [], "ref_cpu": [], "prompt_ratio": [],
-                        "err": None} for w in waits for name in codecs}
-    inproc_dec, inproc_ratio, inproc_same = [], [], 0
-    med = statistics.median
     try:
         for w in waits:
             servers[w] = start_server(args, lm, w)
-        with RemoteLink(servers[waits[0]][0], fingerprint=lm.fingerprint, cuts=[args.cut],
-                        hidden_size=lm.hidden_size) as probe:
-            probe.ping()
-            ping_ms = statistics.median(probe.ping() for _ in range(200)) * 1e3
+        ping_ms = lg.median_ping_ms(servers[waits[0]][0], lm, args.cut)
         for w in waits:
             for name, codec in codecs.items():
                 gen = remote_generator(lm, [args.cut], servers[w][0], codec=codec, timeout_s=60)
-                gens[name, w] = gen
                 gen.link = MeteredLink(gen.link)
-        # warm-up (first calls allocate and JIT-select kernels)
-        timed_unsplit_generate(lm, prompts[0], 4)
-        inproc.generate(prompts[0], 4)
-        for key, gen in gens.items():
-            try:
-                gen.generate(prompts[0], 4)
-            except Exception as e:  # a codec still being written elsewhere: report, keep going
-                rows[key]["err"] = f"{type(e).__name__}: {e}"
-        t_start = time.perf_counter()
-        for i, ids in enumerate(prompts):
-            cpu0 = time.process_time()
-            ref, ref_pre, ref_dec = timed_unsplit_generate(lm, ids, args.tokens)
-            ref_cpu = (time.process_time() - cpu0) / len(ref)
-            res = inproc.generate(ids, args.tokens)
-            dec = res.decode_s
-            inproc_dec += dec
-            inproc_same += res.token_ids == ref
-            if dec and ref_dec:
-                inproc_ratio.append(med(dec) / med(ref_dec))
-            for key, gen in gens.items():
-                r = rows[key]
-                if r["err"]:
-                    continue
-                before = gen.link.info()
-                cpu0 = time.process_time()
-                res = gen.generate(ids, args.tokens)
-                cpu = time.process_time() - cpu0
-                after = gen.link.info()
-                server_s = after["compute_s"] - before["compute_s"]
-                if args.server == "process":  # the server's CPU time is in another process
-                    cpu += after["cpu_s"] - before["cpu_s"]
-                r["cpu"].append(cpu / len(res.token_ids))
-                r["ref_cpu"].append(ref_cpu)
-                # transport overhead: time in link.step not spent computing on the server (all steps)
-                r["overhead"].append((sum(gen.link.wall_s) - server_s) / len(gen.link.steps))
-                r["same"] += res.token_ids == ref
-                r["agree"].append(first_mismatch(res.token_ids, ref) / max(len(ref), 1))
-                r["pre"].append(res.prefill_s)
-                r["dec"] += res.decode_s
-                r["ref_pre"].append(ref_pre)
-                r["ref_dec"] += ref_dec
-                if res.decode_s and ref_dec:
-                    r["prompt_ratio"].append(med(res.decode_s) / med(ref_dec))
-                steps = gen.link.steps  # StepRecords: bytes each way, phase
-                r["up_pre"].append(sum(s.up_bytes for s in steps if s.phase == "prefill"))
-                r["up"] += [s.up_bytes for s in steps if s.phase == "decode"]
-                r["down"] += [s.down_bytes for s in steps]
-            print(f"  prompt {i + 1}/{len(prompts)} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
+                gens[name, w] = gen
+        rows, inproc_stats = lg.measure_transport(lm, prompts, inproc, gens, args.tokens, args.server == "process")
     finally:
         for gen in gens.values():
             gen.link.close()
@@ -200,59 +122,15 @@ def main() -> int:
         for sp in spinners:
             sp.kill()
 
-    table = []
-    ref_all = [d for r in rows.values() for d in r["ref_dec"]] or inproc_dec
-    if inproc_dec:
-        table.append({"codec": "(in-process split, no network)", "wait": "-",
-                      "identical": f"{inproc_same}/{len(prompts)}",
-                      "decode_ms_unsplit": round(med(ref_all) * 1e3, 2), "decode_ms_split": round(med(inproc_dec) * 1e3, 2),
-                      "decode_ratio_median": round(med(inproc_dec) / med(ref_all), 3),
-                      "decode_ratio_per_prompt": round(med(inproc_ratio), 3),
-                      "per_prompt_ci95": "[{:.3f}, {:.3f}]".format(*bootstrap_interval(inproc_ratio, "median"))})
-    for (name, wait), r in rows.items():
-        label = codecs[name].name if name != "default" else f"default ({codecs[name].name})"
-        if r["err"]:
-            table.append({"codec": label, "wait": wait, "error": r["err"][:100]})
-            continue
-        d_ref, d = med(r["ref_dec"]), med(r["dec"])
-        p_ref, pre = med(r["ref_pre"]), med(r["pre"])
-        table.append({
-            "codec": label, "wait": wait,
-            "identical": f"{r['same']}/{len(prompts)}",
-            "same_prefix": f"{statistics.fmean(r['agree']):.0%}",
-            "decode_ms_unsplit": round(d_ref * 1e3, 2), "decode_ms_split": round(d * 1e3, 2),
-            "decode_ratio_median": round(d / d_ref, 3),
-            "decode_ratio_per_prompt": round(med(r["prompt_ratio"]), 3),
-            "per_prompt_ci95": "[{:.3f}, {:.3f}]".format(*bootstrap_interval(r["prompt_ratio"], "median")),
-            "decode_ratio_mean": round(statistics.fmean(r["dec"]) / statistics.fmean(r["ref_dec"]), 3),
-            "prefill_ms_unsplit": round(p_ref * 1e3, 1), "prefill_ms_split": round(pre * 1e3, 1),
-            "prefill_ratio": round(pre / p_ref, 3),
-            "up_B_per_token": round(statistics.fmean(r["up"]), 1),
-            "down_B_per_token": round(statistics.fmean(r["down"]), 1),
-            "prefill_up_B": round(statistics.fmean(r["up_pre"])),
-            "link_overhead_ms": round(statistics.fmean(r["overhead"]) * 1e3, 3),
-            "cpu_ms_per_token_unsplit": round(statistics.fmean(r["ref_cpu"]) * 1e3, 2),
-            "cpu_ms_per_token_split": round(statistics.fmean(r["cpu"]) * 1e3, 2),
-            "cpu_ratio": round(statistics.fmean(r["cpu"]) / statistics.fmean(r["ref_cpu"]), 3),
-        })
+    labels = {n: c.name if n != "default" else f"default ({c.name})" for n, c in codecs.items()}
+    table = lg.transport_table(rows, inproc_stats, labels, len(prompts))
     print(f"\nsplit over tcp://127.0.0.1 ({args.server} server) vs unsplit transformers generate: {lm.name}, "
           f"cut {args.cut}, greedy, {len(prompts)} prompts x {args.tokens} new tokens, "
           f"torch threads {torch.get_num_threads()}, "
           f"idle spinners {'on' if spinners else 'off'}; empty round trip (ping) {ping_ms:.3f} ms")
-    cols = list(dict.fromkeys(k for row in table for k in row))
-    widths = {c: max(len(c), *(len(str(row.get(c, ""))) for row in table)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for row in table:
-        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in cols))
-    print("(identical = prompts whose tokens all equal the unsplit model's; same_prefix = mean share of tokens "
-          "before the first difference;\n decode ms = median per-token latency; ratio = split / unsplit "
-          "(median of all tokens; per_prompt = median over prompts of each prompt's ratio, with its bootstrap\n"
-          " 95 % interval over prompts; mean);\n"
-          " wait = block (sleep in poll);\n"
-          " up B/token = encoded hidden state + envelope per decode step; down = the reply;\n link_overhead = mean "
-          "time per step in the link that the server did not spend computing: encode, sockets, decode, wake-ups;\n"
-          " cpu ms/token = CPU time of device + server processes (prefill included) per generated token: "
-          "the split's real cost, immune to waiting for a busy CPU; busy waiting counts as CPU)")
+    cols, lines = lg.table_lines(table)
+    print("\n".join(lines))
+    print(lg.TRANSPORT_LEGEND)
     if args.csv:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         with open(args.csv, "w", newline="") as f:

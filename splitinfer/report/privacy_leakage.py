@@ -22,6 +22,51 @@ def _num(x):
         return None
 
 
+# The per-job CSV's columns, in file order (`row_from` fills them; `scripts/bench_privacy.py` writes them).
+COLUMNS = ["part", "cut", "attack", "defense", "strength", "codec", "token_acc", "content_token_acc",
+           "exact_match", "rouge_l", "pii_recovery", "dcor", "delta_ppl_pct", "top1_agreement", "prepare_s",
+           "invert_s", "invert_s_per_token", "prepare_cpu_s", "invert_cpu_s", "tokens", "victims_done", "verified_frac",
+           "candidates_per_token", "train_steps", "train_tokens", "partial", "metrics_json"]
+
+
+def attack_spec(name: str, noisy: bool, inverter_arch: str = "gru", inverter_budget_s: float = 15.0,
+                inverter_steps: int | None = None, whitebox_max_candidates: int = 512) -> dict:
+    """The attack config of one job: the learned inverter's architecture and budget; whitebox's candidate
+    limit when the payload is noisy (a defense or a lossy codec)."""
+    if name == "learned_inverter":
+        return {"name": name, "arch": inverter_arch, "train_budget_s": inverter_budget_s, "max_steps": inverter_steps}
+    if name == "whitebox" and noisy:
+        return {"name": name, "max_candidates": whitebox_max_candidates}
+    return {"name": name}
+
+
+def defense_spec(defense: str, strength: float) -> dict | None:
+    """None for "none"; gaussian's strength is its sigma, every other defense's its eta."""
+    if defense == "none":
+        return None
+    return {"name": defense, ("sigma" if defense == "gaussian" else "eta"): strength}
+
+
+def row_from(part, cut, attack, defense, strength, codec, m: dict, victims) -> dict:
+    """One CSV row (COLUMNS) of a job from `evaluate_privacy`'s metrics `m`."""
+    p = f"privacy/{attack}"
+    return {
+        "part": part, "cut": cut, "attack": attack, "defense": defense, "strength": strength, "codec": codec,
+        "token_acc": m.get(f"{p}/token_acc"), "content_token_acc": m.get(f"{p}/content_token_acc"),
+        "exact_match": m.get(f"{p}/exact_match"), "rouge_l": m.get(f"{p}/rouge_l"),
+        "pii_recovery": m.get(f"{p}/pii_recovery"), "dcor": m.get("privacy/dcor"),
+        "delta_ppl_pct": m.get("privacy/utility/delta_ppl_pct"),
+        "top1_agreement": m.get("privacy/utility/top1_agreement"),
+        "prepare_s": m.get(f"{p}/prepare_s"), "invert_s": m.get(f"{p}/invert_s"),
+        "invert_s_per_token": m.get(f"{p}/invert_s_per_token"), "tokens": sum(v.num_tokens for v in victims),
+        "prepare_cpu_s": m.get(f"{p}/prepare_cpu_s"), "invert_cpu_s": m.get(f"{p}/invert_cpu_s"),
+        "victims_done": m.get(f"{p}/victims_done"), "verified_frac": m.get(f"{p}/verified_frac"),
+        "candidates_per_token": m.get(f"{p}/candidates_per_token"),
+        "train_steps": m.get(f"{p}/train_steps"), "train_tokens": m.get(f"{p}/train_tokens"),
+        "partial": m.get(f"{p}/partial"), "metrics_json": json.dumps(m, default=str),
+    }
+
+
 # Which run's row a job's table entry comes from: a later run here replaces an earlier one for the same
 # (part, cut, attack, defense, strength, codec); runs not listed come after these, by name.
 RUN_ORDER = ("baselines", "defenses", "whitebox", "whitebox_v2", "inverter")

@@ -10,7 +10,8 @@ Modules, one concern each: `harness` (forked server processes, a recording TCP r
 `common` (prompts, sampling, the fault-free reference), `hostile_plans` (hypothesis strategies for
 hostile messages) and `hostile` (the driver that sends them; the hostile-input scenarios), `faults`
 (processes killed), `load` (load, abusive clients, quotas), `auth` (authentication, the wire),
-`topologies` (relay chains, replicas); `scenarios` gathers the scenarios in one namespace.
+`topologies` (relay chains, replicas); `scenarios` gathers the scenarios in one namespace; `report` runs
+them all at given sizes into one table.
 `tests/reliability/` asserts on the figures and `scripts/reliability_report.py` prints them: one
 implementation. Everything runs on loopback, bounded in count and time.
 """

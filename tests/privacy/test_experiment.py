@@ -64,3 +64,37 @@ def test_main_readme_privacy_figures_match_the_csvs():
     assert "100 % of the tokens" in section and "every cut" in section
     low = min(float(r["token_acc"]) for r in rows if r["attack"] == "whitebox" and r["part"] in ("defense", "codec"))
     assert f"≥ {int(100 * low)} %" in section
+
+
+def test_row_from_rebuilds_the_saved_rows_from_their_metrics():
+    """bench_privacy's row builder (report.privacy_leakage.row_from) gives back every saved row's columns
+    from the metrics the row stored, and fills exactly COLUMNS."""
+    from types import SimpleNamespace
+
+    pl = _bench()
+    checked = 0
+    for path in sorted(EXP.glob("privacy*.csv")):
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                m = json.loads(r["metrics_json"])
+                victims = [SimpleNamespace(num_tokens=int(r["tokens"]))]
+                strength = float(r["strength"])
+                ours = pl.row_from(r["part"], int(r["cut"]), r["attack"], r["defense"], strength, r["codec"], m, victims)
+                assert set(ours) == set(pl.COLUMNS)
+                for col in ("token_acc", "rouge_l", "pii_recovery", "dcor", "top1_agreement", "invert_s", "partial"):
+                    if col in r:
+                        assert ("" if ours[col] is None else str(ours[col])) == r[col], (path.name, col)
+                checked += 1
+    assert checked > 20
+
+
+def test_attack_and_defense_specs():
+    pl = _bench()
+    assert pl.attack_spec("whitebox", noisy=False) == {"name": "whitebox"}
+    assert pl.attack_spec("whitebox", noisy=True, whitebox_max_candidates=64) == {"name": "whitebox",
+                                                                                 "max_candidates": 64}
+    assert pl.attack_spec("learned_inverter", False, "mlp", 40.0, 100) == {
+        "name": "learned_inverter", "arch": "mlp", "train_budget_s": 40.0, "max_steps": 100}
+    assert pl.defense_spec("none", 0.0) is None
+    assert pl.defense_spec("gaussian", 0.3) == {"name": "gaussian", "sigma": 0.3}
+    assert pl.defense_spec("dchi", 500.0) == {"name": "dchi", "eta": 500.0}
