@@ -117,6 +117,7 @@ class SplitServer:
         self.sessions = SessionTable(self.limits, self.engine.kv_bytes_per_token())
         self.stats = ServerStats()
         self._lock = threading.Lock()  # guards reads of the session table from other threads
+        self._sessions_changed = threading.Condition(self._lock)  # notified after each message and eviction sweep
         self.scheduler = Scheduler(self.engine, self.sessions, batching=batching, max_batch=max_batch,
                                    step_token_budget=step_token_budget, stats=self.stats, lock=self._lock)
         self._stop = threading.Event()
@@ -155,6 +156,13 @@ class SplitServer:
         """Bytes held by all sessions' KV caches right now."""
         with self._lock:
             return self.sessions.kv_bytes_actual()
+
+    def wait_for_sessions(self, at_most: int = 0, timeout: float = 10.0) -> bool:
+        """Block until at most `at_most` sessions are live (closed or evicted) or `timeout` s pass; returns
+        whether they are. Event-driven: the serving thread notifies after every message it handles and every
+        eviction sweep, so a test or an operator waits on the server instead of polling `session_count`."""
+        with self._sessions_changed:
+            return self._sessions_changed.wait_for(lambda: len(self.sessions) <= at_most, timeout)
 
     def info(self) -> dict[str, Any]:
         """What the `info` op answers, plus counters (evictions, errors by code)."""
@@ -260,6 +268,7 @@ class SplitServer:
             if time.monotonic() >= next_evict:
                 with self._lock:
                     n = self.sessions.evict_idle()
+                    self._sessions_changed.notify_all()
                 if n:
                     log.info("evicted %d idle session(s)", n)
                 next_evict = time.monotonic() + 1.0
@@ -286,6 +295,7 @@ class SplitServer:
         for frames in batch:
             with self._lock:
                 reply_to, reply = self._prepare(frames)
+                self._sessions_changed.notify_all()
             if isinstance(reply, StepJob):
                 pending.append(reply)
                 continue

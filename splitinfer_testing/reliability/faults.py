@@ -165,9 +165,7 @@ def run_client_killed(lm, idle_timeout_s: float = 1.0, prefill: int = 128) -> Ev
         client.kill()  # SIGKILL: no close, no goodbye
         client.wait(10)
         t_kill = time.monotonic()
-        deadline = t_kill + idle_timeout_s + 10
-        while srv.session_count and time.monotonic() < deadline:
-            time.sleep(0.02)
+        srv.wait_for_sessions(0, timeout=idle_timeout_s + 10)
         res.seconds_to_evict = time.monotonic() - t_kill
         res.sessions_after, res.kv_bytes_after = srv.session_count, srv.session_kv_bytes
         res.evicted = srv.info()["evicted"]

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import torch
@@ -108,9 +107,7 @@ def test_idle_eviction_mid_generation_replays(tiny_lm, expected):
 
     def pause(n):
         if n == 3:
-            deadline = time.monotonic() + 5
-            while srv.session_count and time.monotonic() < deadline:
-                time.sleep(0.05)
+            assert srv.wait_for_sessions(0, timeout=10)
             assert srv.session_count == 0 and srv.session_kv_bytes == 0
 
     try:
