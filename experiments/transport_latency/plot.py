@@ -5,40 +5,22 @@
 
 One group per codec x wait mode, one bar per run: the median of per-prompt split / unsplit ratios with
 its bootstrap 95 % interval (the CSV's decode_ratio_per_prompt and per_prompt_ci95), and the issue's
-1.03 target as a line.
+1.03 target as a line. The reading and drawing are `splitinfer.report.transport_latency`.
 """
 
 from __future__ import annotations
 
-import csv
+import argparse
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TARGET = 1.03
+sys.path.insert(0, str(HERE.parents[1]))
 
-
-def load(path: Path) -> dict[tuple[str, str], tuple[float, float, float]]:
-    out = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["wait"] == "-":
-                key = ("in-process", "-")
-            else:
-                key = ("int8" if row["codec"].startswith("default") else row["codec"], row["wait"])
-            lo, hi = (float(v) for v in row["per_prompt_ci95"].strip("[]").split(","))
-            out[key] = (float(row["decode_ratio_per_prompt"]), lo, hi)
-    return out
+from splitinfer.report.transport_latency import plot_decode_ratio  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(HERE / "decode_ratio.png"), help="where to write the figure")
     args = ap.parse_args(argv)
@@ -47,29 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no run_*.csv in {HERE}; run scripts/bench_transport.py --csv {HERE}/run_<time>.csv first",
               file=sys.stderr)
         return 2
-    data = {p.stem.removeprefix("run_"): load(p) for p in runs}
-    keys = list(dict.fromkeys(k for d in data.values() for k in d))
-    order = {"-": 0, "block": 1, "busy": 2, "warm": 3, "early": 4}
-    keys.sort(key=lambda k: (k[0] != "in-process", k[0], order.get(k[1], 9)))
-    width = 0.8 / len(data)
-    fig, ax = plt.subplots(figsize=(11, 4.2))
-    for i, (name, d) in enumerate(data.items()):
-        xs = [j + (i - (len(data) - 1) / 2) * width for j, k in enumerate(keys) if k in d]
-        vals = [d[k] for k in keys if k in d]
-        ax.bar(xs, [v[0] - 1 for v in vals], width, bottom=1,
-               yerr=[[v[0] - v[1] for v in vals], [v[2] - v[0] for v in vals]], capsize=2,
-               label=f"{name[:10]} {name[11:13]}:{name[13:15]}" if len(name) == 15 else name)
-    ax.axhline(TARGET, color="k", ls="--", lw=1)
-    ax.text(len(keys) - 0.5, TARGET + 0.002, "target 1.03", ha="right", va="bottom", fontsize=8)
-    ax.axhline(1.0, color="0.6", lw=0.8)
-    ax.set_xticks(range(len(keys)), [f"{c}\n{w}" if w != "-" else c for c, w in keys], fontsize=8)
-    ax.set_ylabel("decode latency, split / unsplit\n(median of per-prompt ratios, 95 % CI)")
-    ax.set_title("SmolLM2-135M cut 15 over tcp://127.0.0.1 vs transformers generate, by wait mode")
-    ax.legend(fontsize=8, title="run", title_fontsize=8)
-    fig.tight_layout()
-    out = Path(args.out)
-    fig.savefig(out, dpi=120)
-    print(f"wrote {out}")
+    plot_decode_ratio(runs, Path(args.out))
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -9,6 +9,8 @@ runs a model, so a report of a finished sweep takes seconds.
 - `plots`: metrics against the cut, the trade-off with its frontier, latency per link.
 - `recommend`: the cut + codec under constraints, with honest reasons.
 - `build`: `build_report` ties them together; `log_report` sends them to W&B.
+- Benchmark outputs, imported by their recipes only (no model runs): `codec_rd` (scripts/bench_codecs.py:
+  CSV, tables, figures), `transport_latency` (experiments/transport_latency/plot.py: decode ratio by wait mode).
 """
 
 from __future__ import annotations

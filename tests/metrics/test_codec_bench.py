@@ -1,0 +1,89 @@
+"""splitinfer.metrics.codec_bench: the codec benchmark's figures are a sweep job's, the step bisection, codec specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from splitinfer.errors import ConfigError
+from splitinfer.metrics import codec_bench
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from splitinfer.models import load_model
+
+    return load_model("tiny-llama")  # 4 layers, hidden size 64, from its config (no download)
+
+
+def _args(**kw):
+    """The options codec_bench reads (what scripts/bench_codecs.py parses), as a plain object."""
+    base = dict(cuts=[1, 2], codecs=["int8", "ec37g_s"], corpora=["pydoc"], n_windows=2, seq_len=24, seed=0,
+                threads=1, repeats=1, no_timing=False)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_bench_figures_equal_a_sweep_jobs_on_the_same_windows(tmp_path, tiny_lm):
+    """The benchmark is a recipe over the library: its Δppl/KL/top-1/bytes for a (cut, codec) are exactly a
+    sweep job's on the same windows (same corpus spec, same split path, same statistics)."""
+    from hydra import compose, initialize_config_dir
+
+    from splitinfer.experiment import run_job
+
+    args = _args()
+    rows = codec_bench.run(tiny_lm, args)
+    assert [(r["cut"], r["codec"]) for r in rows] == [(1, "int8"), (1, "ec37g_s"), (2, "int8"), (2, "ec37g_s")]
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    spec = codec_bench.corpus_spec(args)
+    for row in rows:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose("config", overrides=[
+                "model=tiny_llama", "logger=jsonl", "metrics.timing=false", "metrics.latency=false",
+                "metrics.generation=false", f"split.cut={row['cut']}", f"codec={row['codec']}", "data=pydoc",
+                f"data.num_windows={spec.num_windows}", f"data.window_tokens={spec.window_tokens}",
+                f"data.num_prompts={spec.num_prompts}", f"data.prompt_tokens={spec.prompt_tokens}",
+                f"data.gen_tokens={spec.gen_tokens}", f"seed={spec.seed}"])
+        m = run_job(cfg, out_dir=tmp_path / f"cut{row['cut']}")
+        assert row["delta_ppl_pct"] == m["delta_ppl_pct"] and row["kl_nats"] == m["kl_mean"]
+        assert row["delta_ppl_ci_lo"] == m["delta_ppl_pct_ci_low"] and row["top1_agree"] == m["top1_agreement"]
+        assert row["bits_per_value"] == m["up_bytes_per_token_prefill"] * 8 / 64
+        assert row["bits_per_value_1tok"] == m["up_bytes_per_token_decode"] * 8 / 64
+
+
+def test_run_refuses_a_cut_outside_the_model(tiny_lm):
+    with pytest.raises(ConfigError, match=r"--cuts \[0, 4\] out of range: cuts must be in 1\.\.3"):
+        codec_bench.run(tiny_lm, _args(cuts=[0, 1, 4]))
+
+
+def test_codec_spec_arg():
+    assert codec_bench.codec_spec_arg("ec37g") == "ec37g"
+    assert codec_bench.codec_spec_arg("ec25g_s:step=0.27:coder=rans_py") == {"name": "ec25g_s", "step": 0.27,
+                                                                             "coder": "rans_py"}
+    with pytest.raises(ConfigError, match="'ec37g:coder': 'coder' is not key=value"):
+        codec_bench.codec_spec_arg("ec37g:coder")
+    assert codec_bench.family_spec("ec25g_s", 0.270) == "ec25g_s:step=0.27"
+    assert codec_bench.codec_key("ec25g_s") == codec_bench.codec_key("ec30g_s:step=0.25")  # same codec, same key
+    assert codec_bench.codec_key("ec25g_s") != codec_bench.codec_key("ec25g_s:step=0.27")
+
+
+@pytest.mark.parametrize("answer", [-1, 0, 3, 7, 12, 17])  # -1: no step passes; 17: the coarsest passes
+def test_bisect_step_finds_the_coarsest_passing_step(answer):
+    grid = codec_bench.step_grid(0.15, 0.49, 0.02)
+    assert len(grid) == 18 and grid[0] == 0.15 and grid[-1] == 0.49
+    tried = []
+
+    def passes(step):
+        tried.append(step)
+        return grid.index(step) <= answer
+
+    ok, bad = codec_bench.bisect_step(passes, grid, start=5, max_evals=10)
+    assert ok == (answer if answer >= 0 else None)
+    assert bad == (answer + 1 if answer < 17 else None)
+    assert len(tried) == len(set(tried)) <= 10  # no step measured twice
+    tried.clear()
+    codec_bench.bisect_step(passes, grid, start=5, max_evals=2)
+    assert len(tried) <= 2
+
+
