@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from splitinfer.metrics import speculative_bench as bench
 from splitinfer.report import speculative as spec
 
 PROMPTS = [  # (kind, text): chat requests and input-grounded ones (the answer reuses the input)
@@ -89,14 +90,13 @@ def main(argv=None) -> int:
     lm = load_model(args.model)
     if args.ngram_study is not None:
         sets = [("benchmark", PROMPTS[: args.prompts]), ("heldout", HELDOUT_PROMPTS)]
-        spec.ngram_study(lm, args.cuts[0], args.ngram_study or [1, 2, 3], args.gamma, args.max_new_tokens, sets, out)
+        bench.ngram_study(lm, args.cuts[0], args.ngram_study or [1, 2, 3], args.gamma, args.max_new_tokens, sets, out)
     elif args.adapter_study:
-        spec.adapter_study(lm, args.cuts, args.heldout_tokens, out)
+        bench.adapter_study(lm, args.cuts, args.heldout_tokens, out)
     else:
-        spec.run_benchmark(lm, PROMPTS[: args.prompts], args.cuts, {n: load_link(n) for n in args.links},
-                           args.drafters, args.max_new_tokens, args.max_gamma, out)
+        bench.run_benchmark(lm, PROMPTS[: args.prompts], args.cuts, {n: load_link(n) for n in args.links},
+                            args.drafters, args.max_new_tokens, args.max_gamma, out)
     return 0
-
 
 
 if __name__ == "__main__":
