@@ -46,6 +46,29 @@ def test_bindable_defenses_refuse_to_run_unbound(tiny_llama):
             build_defense(bad)
 
 
+
+def test_a_cached_fisher_or_adapter_file_is_never_unpickled_as_code(tiny_llama, tmp_path):
+    """Cache files may be copied in by hand: loading one runs no pickled code, and a bad one is one clear line."""
+    import pickle
+
+    fisher = server_fisher(tiny_llama, 2)  # writes the Fisher file, then a trained adapter writes its own
+    SecretAdapter(0.3, **{**RECIPE, "steps": 2}).bind(tiny_llama, 2)
+    files = sorted((tmp_path / "cache" / "privacy").glob("*.pt"))
+    assert {f.name.split("-")[0] for f in files} == {"fisher", "adapter"}
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for f in files:
+        f.write_bytes(pickle.dumps({"state": Payload(), "info": {}}))
+    with pytest.raises(ConfigError, match="not one this version wrote.*delete it"):
+        server_fisher(tiny_llama, 2)
+    with pytest.raises(ConfigError, match="cached adapter .* delete it"):
+        SecretAdapter(0.3, **{**RECIPE, "steps": 2}).bind(tiny_llama, 2)
+    assert not marker.exists() and fisher.shape == (tiny_llama.hidden_size,)
+
 def test_fisher_noise_energy_and_shape(tiny_llama, tmp_path):
     fisher = server_fisher(tiny_llama, 2)
     assert fisher.shape == (tiny_llama.hidden_size,) and (fisher >= 0).all()

@@ -23,6 +23,16 @@ def cache_file(name: str, parts: dict) -> Path:
     return cache.path("privacy", name, {**parts, "v": CACHE_VERSION})
 
 
+def load_cached(path: Path, what: str):
+    """A cache file written by `torch.save` here, read back as tensors and plain values only (a file a user
+    copied in is never unpickled as code); anything else is one line naming the file and what to do."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"cached {what} {path} is not one this version wrote ({type(e).__name__}: "
+                          f"{str(e)[:200]}); delete it to compute it again") from None
+
+
 def number(name: str, value, *, low: float = 0.0, strict: bool = False, what: str = "") -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < low or (strict and value == low):

@@ -9,7 +9,7 @@ import torch
 
 from splitinfer.errors import ConfigError
 from splitinfer.privacy.progress import say
-from splitinfer.privacy.trained.base import Bindable, FrozenParams, cache_file, number, token_rms
+from splitinfer.privacy.trained.base import Bindable, FrozenParams, cache_file, load_cached, number, token_rms
 from splitinfer.privacy.trained.public_data import public_sequences
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def server_fisher(lm, cut: int, *, seqs: int = 16, seq_len: int = 48, seed: int 
 
     path = cache_file("fisher", {"m": lm.fingerprint, "cut": cut, "n": seqs, "T": seq_len, "s": seed})
     if path.exists():
-        return torch.load(path, weights_only=True)  # tensors and plain values only: never unpickles code
+        return load_cached(path, "Fisher diagonal")
     t0 = time.perf_counter()
     dev, srv = split_model(lm, [cut])
     g = torch.Generator().manual_seed(seed + 31)

@@ -15,7 +15,7 @@ from splitinfer import cache
 from splitinfer.errors import ConfigError
 from splitinfer.privacy.defenses import Defense
 from splitinfer.privacy.progress import say
-from splitinfer.privacy.trained.base import Bindable, FrozenParams, cache_file, number, token_rms
+from splitinfer.privacy.trained.base import Bindable, FrozenParams, cache_file, load_cached, number, token_rms
 from splitinfer.privacy.trained.public_data import public_sequences
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class TrainedAdapter(Bindable):
         g = torch.Generator().manual_seed(self.seed * 7919 + 13)
         self.adapter = LowRankAdapter(self._lm.hidden_size, self.rank, g, self._b_scale())
         if path.exists():
-            saved = torch.load(path, weights_only=True)  # tensors and plain values only: never unpickles code
+            saved = load_cached(path, "adapter")
             self.adapter.load_state_dict(saved["state"])
             self.train_info = {**saved["info"], "cached": True}
         else:
