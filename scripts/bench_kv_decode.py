@@ -13,7 +13,6 @@ ratio long/short and old/new is measured under the same load. One torch thread.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 from pathlib import Path
@@ -93,10 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         ms = {r["context"]: r["decode_ms_per_token"] for r in rows if r["cache"] == name}
         print(f"| {name} | {' | '.join(f'{ms[c]:.2f}' for c in contexts)} | {ms[long_] / ms[short]:.2f}x |")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        from splitinfer.report.tables import write_csv
+
+        write_csv(rows, args.csv)
     return 0
 
 

@@ -9,7 +9,6 @@ cache) and of the two stages run back to back with their own caches, round by ro
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 
@@ -69,10 +68,9 @@ def main() -> None:
         print(f"{row['round']:>5} {row['cut']:>4} {row['unsplit_ms']:>17.2f} {row['split_ms']:>15.2f} {row['ratio']:>6.3f}")
     print(f"median ratio {statistics.median(r['ratio'] for r in rows):.3f}")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        from splitinfer.report.tables import write_csv
+
+        write_csv(rows, args.csv)
 
 
 if __name__ == "__main__":

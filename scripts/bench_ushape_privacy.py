@@ -12,7 +12,6 @@ b. Prints one row per (cuts, attack) with the share of answer tokens recovered a
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -48,10 +47,9 @@ def main(argv=None) -> int:
                   f"= {100 * d['accuracy']:5.1f} % [{100 * d['ci_low']:.1f}, {100 * d['ci_high']:.1f}]", flush=True)
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with args.csv.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        from splitinfer.report.tables import write_csv
+
+        write_csv(rows, args.csv)
     return 0
 
 

@@ -67,10 +67,7 @@ def main(args: argparse.Namespace) -> int:
     worst = max((abs(r["error_pct"]) for r in held), default=float("nan"))
     print(f"\nheld-out decode: worst |error| {worst:.1f} % over cuts {[r['cut'] for r in held]} (target: within 30 %)")
     if args.csv:
-        import csv
+        from splitinfer.report.tables import write_csv
 
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(rows, args.csv)
     return 0

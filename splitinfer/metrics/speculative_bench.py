@@ -22,7 +22,9 @@ from splitinfer.report.speculative import (
     summarize,
     unsplit_rows,
     write_csv,
-    write_plain,
+)
+from splitinfer.report.tables import (
+    write_csv as write_csv_plain,  # the studies' files: Python's own number format
 )
 
 
@@ -79,7 +81,7 @@ def adapter_study(lm, cuts: list[int], heldout_tokens: int, out: Path) -> list[d
                      "agreement": float(diff.sum()) / (n * window), "lo": lo, "hi": hi})
         for r in rows[-4:]:
             print(r, flush=True)
-    write_plain(out / "adapter_agreement.csv", rows)
+    write_csv_plain(rows, out / "adapter_agreement.csv")
     return rows
 
 
@@ -111,7 +113,7 @@ def ngram_study(lm, cut: int, sizes: list[int], gamma: int, max_new_tokens: int,
                              "rounds_with_draft": drafting, "drafted": res.drafted, "accepted": res.accepted,
                              "same_tokens": int(res.token_ids == tokens)})
                 print(rows[-1], flush=True)
-    write_plain(out / "ngram_min.csv", rows)
+    write_csv_plain(rows, out / "ngram_min.csv")
     for line in ngram_summary_lines(rows, [s for s, _ in sets], sizes):
         print(line)
     return rows

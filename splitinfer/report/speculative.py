@@ -12,6 +12,7 @@ import csv
 import statistics
 from pathlib import Path
 
+from splitinfer.report import tables
 from splitinfer.report.plots import pyplot
 from splitinfer.stats import bootstrap_ratio
 
@@ -50,13 +51,8 @@ def load_results(path: Path) -> list[dict]:
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     """rows as CSV, floats to 6 significant digits (what load_results reads back)."""
-    if not rows:
-        return
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    if rows:
+        tables.write_csv(rows, path, float_format=".6g")
 
 
 def summarize(rows: list[dict], cuts, links) -> list[dict]:
@@ -133,14 +129,6 @@ def plot_tokens_per_s(summary: list[dict], links: dict, path: Path) -> None:
 
 
 # The benchmark itself (`scripts/bench_speculative.py` is its recipe): these run the model.
-
-def write_plain(path: Path, rows: list[dict]) -> None:
-    """rows as CSV with Python's own number formatting (the studies' files)."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
 
 def ngram_summary_lines(rows: list[dict], set_names: list[str], sizes: list[int]) -> list[str]:
     """Per set, prompt kind and min n-gram: round trips per decoded token, acceptance, accepted per

@@ -153,15 +153,18 @@ def mark_pareto(rows: list[dict]) -> list[dict]:
     return sorted(front, key=lambda r: (num(r.get("up_bytes_per_token_decode")) or 0, r.get("cut", 0)))
 
 
-def write_csv(rows: Sequence[dict], path: Path) -> None:
-    """All columns of all jobs (the union of their keys)."""
+def write_csv(rows: Sequence[dict], path: str | Path, *, float_format: str | None = None) -> None:
+    """All columns of all rows (the union of their keys, in first-seen order); floats as `float_format`
+    (e.g. ".6g") when given, else Python's own repr. The one CSV writer of reports and benchmarks."""
     cols: list[str] = []
     for r in rows:
         cols.extend(k for k in r if k not in cols)
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    with Path(path).open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
-        w.writerows(rows)
+        for r in rows:
+            w.writerow({k: format(v, float_format) if float_format and isinstance(v, float) else v
+                        for k, v in r.items()})
 
 
 def markdown_table(

@@ -406,13 +406,9 @@ def serving_line(n: int, mode: str, r: dict) -> str:
 
 def write_serving_csv(rows: list[dict], path: Path) -> None:
     """results.csv: one row per (N, batching), floats to 4 significant digits."""
-    import csv
+    from splitinfer.report.tables import write_csv
 
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_csv(rows, path, float_format=".4g")
 
 
 def batching_ratio_lines(rows: list[dict], ns: Sequence[int]) -> list[str]:
