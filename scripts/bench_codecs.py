@@ -15,12 +15,14 @@ the CSV, a markdown table and rate-distortion plots (bits per value vs Δppl and
     python scripts/bench_codecs.py --cuts 15 --codecs int8_token,petals_blockwise8 --n-windows 2
     python scripts/bench_codecs.py --corpora pydoc,licenses,readmes --cuts 1,2,...,29   # the issue-28 run
     python scripts/bench_codecs.py --speed --codecs ec37g_s,ec37g_s:coder=rans_py,ec37g,ec37g:coder=rans_py,int8
-    python scripts/bench_codecs.py --bisect ec25g_s --corpora readmes,licenses --cuts 1,2,...,29 --n-windows 16
+    python scripts/bench_codecs.py --bisect ec25g_s --tune-on pydoc --corpora readmes,licenses --cuts 1,2,...,29
 
 `--bisect FAMILY` finds, per corpus and cut, the coarsest step of the family (`ec25g_s:step=0.29`, ...) whose
 Δppl upper 95 % bound is <= --max-dppl (galloped / halved on a grid from the previous cut's answer; each row is
 appended to the CSV as measured; `--reuse CSV` takes rows of the same corpus digest instead). The table lists,
-per cut, the best passing step and every step tried; the best of a few tries, so its interval is optimistic.
+per cut, the best passing step and every step tried (the best of a few tries: its interval is optimistic).
+`--tune-on pydoc` chooses the steps on pydoc alone, then measures each --corpora entry once per cut at them
+(`--steps-from CSV`: the steps of such a run, no bisection); the second table is that held-out check.
 
 A codec is a preset name, optionally with params: `NAME:key=value:...` (values as JSON, e.g.
 `ec37g:coder=rans_py` is ec37g through the old plain-numpy rANS). `--speed` skips quality: per cut, the
@@ -35,8 +37,6 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reuse", type=Path, default=None, help="--bisect: an earlier run's CSV; its rows of the "
                    "same codec, corpus, cut and token count are taken instead of measured again")
     p.add_argument("--max-evals", type=int, default=4, help="--bisect: evaluations per (corpus, cut, family)")
+    p.add_argument("--tune-on", default=None, help="--bisect: bisect on this corpus only (e.g. pydoc), then measure "
+                   "every --corpora entry once per cut at the step chosen there (the held-out check)")
+    p.add_argument("--steps-from", type=Path, help="--bisect: the steps of this tuning run's CSV; no bisection")
     p.add_argument("--speed", action="store_true", help="timing only (no quality): MB/s and step µs per codec, "
                                                          "side by side, as a table (OUT_DIR/speed.md)")
     a = p.parse_args(argv)
@@ -96,12 +99,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.plot = a.plot or a.out_dir / f"rate_distortion{suffix}.png"
     return a
 
-def load_model(args: argparse.Namespace):
-    from splitinfer.models import load_model  # here, not at the top: --from-csv and --help load no model
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    return load_model(args.model)
-
 
 def measure(args: argparse.Namespace) -> list[dict]:
     """The rows of a run (written to args.csv as they come for --bisect, at the end otherwise) or of --from-csv."""
@@ -109,10 +106,11 @@ def measure(args: argparse.Namespace) -> list[dict]:
         return codec_rd.read_csv(args.from_csv)
     if args.bisect:
         reused = codec_bench.reusable_rows(codec_rd.read_csv(args.reuse) if args.reuse else [])
+        tuning = codec_rd.read_csv(args.steps_from) if args.steps_from else None
         with codec_rd.csv_appender(args.csv) as record:
-            codec_bench.run_bisect(load_model(args), args, record, reused)
+            codec_bench.run_bisect(codec_bench.load(args), args, record, reused, tuning)
         return codec_rd.read_csv(args.csv)  # with the rows of earlier (partial) runs appended to the same CSV
-    rows = codec_bench.run(load_model(args), args)
+    rows = codec_bench.run(codec_bench.load(args), args)
     codec_rd.write_csv(rows, args.csv)
     return rows
 
@@ -122,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         if args.speed:
-            table = codec_rd.speed_table(codec_bench.run_speed(load_model(args), args))
+            table = codec_rd.speed_table(codec_bench.run_speed(codec_bench.load(args), args))
             path = codec_rd.write_markdown(table, args.out_dir / "speed.md")
             print(table + f"\n\nwrote {path}")
             return
@@ -131,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(str(e)) from None
     md = args.csv.with_suffix(".md")
     if args.bisect or any("step=" in r["codec"] for r in rows):  # a --bisect CSV: one table, steps per cut
-        table = codec_rd.bound_table(codec_rd.dedupe(rows), args.max_dppl)
+        tuning = codec_rd.read_csv(args.steps_from) if args.steps_from else None
+        table = codec_rd.bisect_tables(rows, args.max_dppl, tuning)
         print(table + f"\n\nwrote {codec_rd.write_markdown(table, md)}")
         return
     table = codec_rd.markdown_table(rows) + "\n\n" + codec_rd.target_table(rows)

@@ -72,6 +72,12 @@ class Codec(ABC):
     overrides: dict[str, Any]
     format_version: int = FORMAT_VERSION  # the header "v" this codec writes and reads
 
+    @property
+    def wire_format(self) -> str:
+        """The formats this codec's messages are written in ("v<header version>", plus ".<session-head format>"
+        for session codecs): figures measured under another format have other bytes (the benchmark's --reuse)."""
+        return f"v{self.format_version}"
+
     @abstractmethod
     def encode(self, x: torch.Tensor) -> EncodedTensor: ...
 

@@ -77,6 +77,10 @@ class SessionCodec(Codec):
         self.format_version = inner.format_version
         self._fmt = FORMAT if inner.format_version == 1 else FORMAT_COMPILED
 
+    @property
+    def wire_format(self) -> str:
+        return f"v{self.format_version}.{self._fmt}"
+
     def _lossless(self) -> bool:
         params = getattr(self.inner, "params", None)
         return isinstance(params, PipelineParams) and params.lossless is not None
@@ -183,6 +187,10 @@ class AdaptiveStepCodec(Codec):
         self._fmt = FORMAT_COMPILED if params.coder == "ans" else FORMAT
         self._sym: np.ndarray | None = None  # the last adaptive symbols computed, reused by _advance
         self.reset()
+
+    @property
+    def wire_format(self) -> str:
+        return f"v{self.format_version}.{self._fmt}"
 
     # -- session control ----------------------------------------------------------------------------
     def reset(self) -> None:

@@ -29,6 +29,15 @@ from splitinfer.errors import ConfigError
 
 log = logging.getLogger("bench_codecs")
 
+def load(args: Any):
+    """The model of a benchmark run (`args.model`, seeded, with `args.threads` torch threads)."""
+    from splitinfer.models import load_model
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    return load_model(args.model)
+
+
 def codec_spec_arg(name: str) -> str | dict:
     """`NAME` or `NAME:key=value:...` (values parsed as JSON, else kept as strings) -> a build_codec spec."""
     if ":" not in name:
@@ -68,6 +77,7 @@ def evaluate(lm, cut: int, codec, corpus, ref, seed: int) -> dict[str, float]:
     return {"bits_per_value": bits, "bits_per_value_1tok": m["up_bytes_per_token_decode"] * 8 / h,
             "ratio_vs_fp32": 32 / bits, "ratio_vs_fp16": 16 / bits, "wire_bytes": round(bits * values / 8),
             "values": values, "tokens": corpus.windows.numel(), "corpus_digest": corpus.digest,
+            "wire_format": codec.wire_format if codec is not None else "",
             "delta_ppl_pct": m["delta_ppl_pct"],
             "delta_ppl_ci_lo": m["delta_ppl_pct_ci_low"], "delta_ppl_ci_hi": m["delta_ppl_pct_ci_high"],
             "kl_nats": m["kl_mean"], "top1_agree": m["top1_agreement"], "ppl_ref": m["ppl_unsplit"],
@@ -245,26 +255,30 @@ def codec_key(name: str) -> tuple:
 
 
 def reusable_rows(rows: list[dict]) -> dict[tuple, dict]:
-    """Rows of an earlier run's CSV (`report.codec_rd.read_csv`) by (corpus digest, cut, codec_key): the evaluation is deterministic (same
-    windows, seed and code path), so a point measured before need not be measured again. The digest is the
-    windows' (data.Corpus.digest): `licenses` and `readmes` are built from the installed packages, so another
-    environment gives other windows, and a row without a digest is never reused."""
+    """Rows of an earlier run's CSV (`report.codec_rd.read_csv`) by (corpus digest, cut, codec_key, wire format):
+    the evaluation is deterministic (same windows, seed and code path), so a point measured before need not be
+    measured again. The digest is the windows' (data.Corpus.digest): `licenses` and `readmes` are built from the
+    installed packages, so another environment gives other windows; the wire format is the one the row was
+    measured under (`Codec.wire_format`): a newer format has other bytes. A row without either is never reused."""
     out = {}
     for r in rows:
-        if "delta_ppl_ci_hi" in r and r.get("corpus_digest"):
-            out[(r["corpus_digest"], r["cut"], codec_key(r["codec"]))] = r
+        if "delta_ppl_ci_hi" in r and r.get("corpus_digest") and r.get("wire_format"):
+            out[(r["corpus_digest"], r["cut"], codec_key(r["codec"]), r["wire_format"])] = r
     return out
 
 
-def _bisect_point(lm, source, corpus, ref, cut, family, args, reused, record, step: float) -> bool:
+def _bisect_point(lm, source, corpus, ref, cut, family, args, reused, record, step: float,
+                  tuned_on: str = "") -> bool:
     """One measured (cut, family at `step`) row, handed to `record` -> whether it meets args.max_dppl.
-    A row of --reuse with the same codec, corpus, cut and token count is taken instead of measuring again."""
+    A row of --reuse with the same codec, corpus, cut, windows and wire format is taken instead of measuring
+    again. `tuned_on`: the corpus the step was chosen on (a held-out check row), "" for a bisection row."""
     name = family_spec(family, step)
     t0 = time.perf_counter()
-    old = reused.get((corpus.digest, cut, codec_key(name)))
+    old = reused.get((corpus.digest, cut, codec_key(name), build_codec(codec_spec_arg(name)).wire_format))
     row = ({**old, "codec": name} if old else
            {"corpus": source, "cut": cut, "codec": name, "step_us": float("nan"),
             **evaluate(lm, cut, build_codec(codec_spec_arg(name)), corpus, ref, args.seed)})
+    row["tuned_on"] = tuned_on
     record(row)
     log.info("%s cut %2d %-22s %6.3f / %6.3f bits  Δppl %+7.3f%% [%+.3f, %+.3f]  (%s)", source, cut, name,
              row["bits_per_value"], row["bits_per_value_1tok"], row["delta_ppl_pct"], row["delta_ppl_ci_lo"],
@@ -272,25 +286,69 @@ def _bisect_point(lm, source, corpus, ref, cut, family, args, reused, record, st
     return row["delta_ppl_ci_hi"] <= args.max_dppl
 
 
-def run_bisect(lm, args: Any, record: Callable[[dict], None], reused: dict[tuple, dict]) -> None:
+def run_bisect(lm, args: Any, record: Callable[[dict], None], reused: dict[tuple, dict],
+               tuning: list[dict] | None = None) -> None:
     """Per corpus, cut and codec family: bisect the step to the coarsest one whose Δppl upper 95 % bound is
     <= --max-dppl. The unsplit model runs once per corpus window (compute_reference keeps the hidden state
     at every cut), every evaluation is `evaluate` (the split path on those cached states), and each measured
     row goes to `record` as it comes (the script appends it to the CSV, so a run cut short keeps what it
-    measured). `reused`: `reusable_rows` of an earlier run, taken instead of measured again."""
-    from splitinfer.experiment import compute_reference
+    measured). `reused`: `reusable_rows` of an earlier run, taken instead of measured again.
 
+    With `args.tune_on` (a corpus), the bisection runs on that corpus only, and every corpus of args.corpora
+    is then measured once per cut at the step `tuned_steps` takes from those rows (rows with `tuned_on` set):
+    the held-out check of a step table tuned on other text. With `tuning` (the rows of an earlier tuning
+    run, `--steps-from CSV`) nothing is bisected: the steps come from those rows."""
     t_start = time.perf_counter()
     grid = step_grid(*args.step_range, args.step_res)
-    for source in args.corpora:
-        corpus = corpus_spec(args, source).build(lm)
-        ref = compute_reference(lm, corpus)
-        log.info("%s: %d windows x %d tokens, reference done (%.0f s so far)", source, *corpus.windows.shape,
-                 time.perf_counter() - t_start)
-        for family in args.bisect:
-            start = grid.index(min(grid, key=lambda s: abs(s - args.step_start)))
-            for cut in args.cuts:
-                point = functools.partial(_bisect_point, lm, source, corpus, ref, cut, family, args, reused, record)
-                ok, _ = bisect_step(point, grid, start, args.max_evals)
-                start = ok if ok is not None else 0  # the next cut starts from this cut's answer
+    tune_on = getattr(args, "tune_on", None)
+    rows = list(tuning or [])
+    if tuning is None:
+        for source in [tune_on] if tune_on else args.corpora:
+            corpus, ref = _reference(lm, args, source, t_start)
+            for family in args.bisect:
+                start = grid.index(min(grid, key=lambda s: abs(s - args.step_start)))
+                for cut in args.cuts:
+                    point = functools.partial(_bisect_point, lm, source, corpus, ref, cut, family, args, reused,
+                                              lambda r: (rows.append(r), record(r)))
+                    ok, _ = bisect_step(point, grid, start, args.max_evals)
+                    start = ok if ok is not None else 0  # the next cut starts from this cut's answer
+    if tune_on or tuning is not None:
+        tune_on, chosen = tuned_steps(rows, args.bisect, args.cuts, args.max_dppl)
+        for source in (c for c in args.corpora if c != tune_on):
+            corpus, ref = _reference(lm, args, source, t_start)
+            for (family, cut), step in chosen.items():
+                _bisect_point(lm, source, corpus, ref, cut, family, args, reused, record, step, tuned_on=tune_on)
     log.info("done in %.0f s", time.perf_counter() - t_start)
+
+
+def tuned_steps(rows: list[dict], families: list[str], cuts: list[int],
+                max_dppl: float) -> tuple[str, dict[tuple[str, int], float]]:
+    """The step table of a tuning run: from its bisection rows (one corpus), per family and cut, the coarsest
+    step whose Δppl upper bound is <= max_dppl, or the finest step tried where none is. -> (the tuning corpus,
+    {(family, cut): step}). ConfigError when the rows are not one corpus's bisection or lack a cut."""
+    rows = [r for r in rows if not r.get("tuned_on")]
+    corpora = sorted({r["corpus"] for r in rows})
+    if len(corpora) != 1:
+        raise ConfigError(f"--steps-from: the tuning rows must be one corpus's --bisect run, found corpora "
+                          f"{corpora}; run --bisect FAMILY --corpora pydoc first")
+    chosen = {}
+    for family in families:
+        for cut in cuts:
+            steps = {float(r["codec"].split("step=")[1]): r["delta_ppl_ci_hi"] <= max_dppl for r in rows
+                     if r["cut"] == cut and r["codec"].startswith(family + ":step=")}
+            if not steps:
+                raise ConfigError(f"--steps-from: no {family} row at cut {cut} in the tuning run (cuts there: "
+                                  f"{sorted({r['cut'] for r in rows})}); tune that cut first or drop it from --cuts")
+            passing = [s for s, ok in steps.items() if ok]
+            chosen[family, cut] = max(passing) if passing else min(steps)
+    return corpora[0], chosen
+
+
+def _reference(lm, args: Any, source: str, t_start: float):
+    from splitinfer.experiment import compute_reference
+
+    corpus = corpus_spec(args, source).build(lm)
+    ref = compute_reference(lm, corpus)
+    log.info("%s: %d windows x %d tokens, reference done (%.0f s so far)", source, *corpus.windows.shape,
+             time.perf_counter() - t_start)
+    return corpus, ref

@@ -22,7 +22,8 @@ from splitinfer.report.style import pyplot
 COLUMNS = ("corpus", "cut", "codec", "bits_per_value", "bits_per_value_1tok", "ratio_vs_fp32", "ratio_vs_fp16",
            "delta_ppl_pct", "delta_ppl_ci_lo", "delta_ppl_ci_hi", "kl_nats",
            "top1_agree", "rel_l2_err", "step_us", "encdec_MBps", "encdec_MBps_median", "enc_MBps", "dec_MBps", "ppl_ref",
-           "ppl", "wire_bytes", "values", "tokens", "corpus_digest")
+           "ppl", "wire_bytes", "values", "tokens", "corpus_digest", "tuned_on",
+           "wire_format")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -130,10 +131,11 @@ def target_table(rows: list[dict], max_bits: float = 3.5, max_dppl: float = 1.0)
 
 
 def dedupe(rows: list[dict]) -> list[dict]:
-    """One row per (corpus digest, cut, codec): a --reuse run appends the rows it took again."""
+    """One row per (corpus digest, cut, codec, tuning corpus): a --reuse run appends the rows it took again,
+    and a later row (a newer measurement appended to the same CSV) wins over an earlier one."""
     seen: dict[tuple, dict] = {}
     for r in rows:
-        seen.setdefault((r.get("corpus_digest", r.get("corpus")), r["cut"], r["codec"]), r)
+        seen[r.get("corpus_digest", r.get("corpus")), r["cut"], r["codec"], r.get("tuned_on", "")] = r
     return list(seen.values())
 
 
@@ -143,6 +145,7 @@ def bound_table(rows: list[dict], max_dppl: float = 1.0, max_bits: float = 3.5) 
     lines = [f"| corpus | cut | best codec within Δppl upper bound ≤ {max_dppl} % | max(prefill, decode) bits | "
              "prefill / decode bits | Δppl % [95 % CI] | KL (nats) | steps tried (bits: pass ✓ / miss ✗) |",
              "|---|---|---|---|---|---|---|---|"]
+    rows = [r for r in rows if not r.get("tuned_on")]  # held-out checks: heldout_table
     for corpus in _corpora(rows):
         here = [r for r in rows if r.get("corpus", "pydoc") == corpus]
         met = 0
@@ -164,9 +167,51 @@ def bound_table(rows: list[dict], max_dppl: float = 1.0, max_bits: float = 3.5) 
     return "\n".join(lines)
 
 
+def heldout_table(rows: list[dict], max_dppl: float = 1.0, max_bits: float = 3.5,
+                  tuning: list[dict] | None = None) -> str:
+    """The held-out check of a step table (`--bisect FAMILY --tune-on CORPUS`): per held-out corpus and cut, the
+    step chosen on the tuning corpus (with its Δppl upper bound there), the bits and Δppl it gives on text it
+    was not tuned on, and whether it keeps the bound; a count per corpus. `tuning`: the tuning run's rows when
+    they are not in `rows` (`--steps-from`). "" when there are no check rows."""
+    checks = [r for r in rows if r.get("tuned_on")]
+    if not checks:
+        return ""
+    tuned = {(r["cut"], r["codec"]): r for r in (tuning if tuning is not None else rows)
+             if r.get("corpus") == checks[0]["tuned_on"] and not r.get("tuned_on")}
+    lines = [f"| corpus | cut | step chosen on {checks[0]['tuned_on']} (its Δppl upper bound there) | max(prefill, "
+             "decode) bits | prefill / decode bits | Δppl % [95 % CI] | KL (nats) | within the bound |",
+             "|---|---|---|---|---|---|---|---|"]
+    for corpus in _corpora(checks):
+        here = sorted((r for r in checks if r["corpus"] == corpus), key=lambda r: r["cut"])
+        ok = [r["delta_ppl_ci_hi"] <= max_dppl for r in here]
+        small = [o and _xval(r) <= max_bits for o, r in zip(ok, here, strict=True)]
+        for r, o in zip(here, ok, strict=True):
+            t = tuned.get((r["cut"], r["codec"]))
+            there = f" ({t['delta_ppl_ci_hi']:+.2f})" if t else ""
+            lines.append(f"| {corpus} | {r['cut']} | `{r['codec']}`{there} | **{_xval(r):.2f}** | "
+                         f"{r['bits_per_value']:.2f} / {r['bits_per_value_1tok']:.2f} | {r['delta_ppl_pct']:+.2f} "
+                         f"[{r['delta_ppl_ci_lo']:+.2f}, {r['delta_ppl_ci_hi']:+.2f}] | {r['kl_nats']:.4f} | "
+                         f"{'✓' if o else '✗'} |")
+        lines.append(f"| {corpus} | all | within the bound at {sum(ok)} of {len(here)} cuts; within it at "
+                     f"≤ {max_bits} bits at {sum(small)} | | | | | |")
+    return "\n".join(lines)
+
+
+def bisect_tables(rows: list[dict], max_dppl: float = 1.0, tuning: list[dict] | None = None) -> str:
+    """The tables of a --bisect CSV: `bound_table` of the bisected rows (if any), then `heldout_table` if it has
+    checks (`tuning`: the rows of the run its steps came from, when that is another CSV)."""
+    rows = dedupe(rows)
+    bisected = [r for r in rows if not r.get("tuned_on")]
+    tables = (bound_table(bisected, max_dppl) if bisected else "", heldout_table(rows, max_dppl, tuning=tuning))
+    return "\n\n".join(t for t in tables if t)
+
+
+_TEXT_COLUMNS = ("codec", "corpus", "corpus_digest", "tuned_on", "wire_format")
+
+
 def read_csv(path: Path) -> list[dict]:
     with path.open() as f:
-        return [{k: (v if k in ("codec", "corpus", "corpus_digest") else float(v) if "." in v or "e" in v or "n" in v else int(v))
+        return [{k: (v if k in _TEXT_COLUMNS else float(v) if "." in v or "e" in v or "n" in v else int(v))
                  for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
 
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from splitinfer.codecs import build_codec
 from splitinfer.errors import ConfigError
 from splitinfer.metrics import codec_bench
 
@@ -87,3 +88,54 @@ def test_bisect_step_finds_the_coarsest_passing_step(answer):
     assert len(tried) <= 2
 
 
+
+
+def _bisect_args(**kw):
+    return _args(bisect=["ec25g_s"], step_range=(0.15, 0.49), step_res=0.02, step_start=0.27, max_evals=2,
+                 max_dppl=1.0, **kw)
+
+
+def test_tune_on_checks_each_corpus_at_the_steps_chosen_on_the_tuning_corpus(tiny_lm):
+    """Issue 28's protocol: steps bisected on pydoc alone, every other corpus measured once per cut at them;
+    --steps-from (the tuning rows of an earlier run) gives the same checks without bisecting again."""
+    args = _bisect_args(corpora=["pydoc", "licenses"], tune_on="pydoc")
+    rows = []
+    codec_bench.run_bisect(tiny_lm, args, rows.append, {})
+    tuning = [r for r in rows if not r["tuned_on"]]
+    checks = [r for r in rows if r["tuned_on"]]
+    assert {r["corpus"] for r in tuning} == {"pydoc"} and len(tuning) == 4  # 2 cuts x max_evals
+    assert [(r["corpus"], r["cut"], r["tuned_on"]) for r in checks] == [("licenses", 1, "pydoc"),
+                                                                         ("licenses", 2, "pydoc")]
+    corpus, steps = codec_bench.tuned_steps(tuning, ["ec25g_s"], [1, 2], 1.0)
+    assert corpus == "pydoc"
+    assert [r["codec"] for r in checks] == [codec_bench.family_spec("ec25g_s", steps["ec25g_s", c]) for c in (1, 2)]
+    again = []
+    codec_bench.run_bisect(tiny_lm, _bisect_args(corpora=["licenses"]), again.append, {}, tuning=tuning)
+    assert [(r["codec"], r["delta_ppl_pct"], r["bits_per_value"]) for r in again] == \
+        [(r["codec"], r["delta_ppl_pct"], r["bits_per_value"]) for r in checks]
+
+
+def test_tuned_steps_takes_the_coarsest_passing_step_else_the_finest_tried():
+    def row(cut, step, hi, corpus="pydoc"):
+        return {"corpus": corpus, "cut": cut, "codec": f"ec25g_s:step={step}", "delta_ppl_ci_hi": hi}
+
+    rows = [row(1, 0.27, 1.3), row(1, 0.21, 0.9), row(1, 0.15, 0.4), row(2, 0.27, 1.5), row(2, 0.19, 1.1),
+            {**row(1, 0.5, 0.1, "licenses"), "tuned_on": "pydoc"}]  # a check row is not a tuning row
+    assert codec_bench.tuned_steps(rows, ["ec25g_s"], [1, 2], 1.0) == ("pydoc", {("ec25g_s", 1): 0.21,
+                                                                                  ("ec25g_s", 2): 0.19})
+    with pytest.raises(ConfigError, match="no ec25g_s row at cut 3 in the tuning run"):
+        codec_bench.tuned_steps(rows, ["ec25g_s"], [1, 3], 1.0)
+    with pytest.raises(ConfigError, match=r"one corpus's --bisect run, found corpora \['licenses', 'pydoc'\]"):
+        codec_bench.tuned_steps([*rows, row(1, 0.3, 0.5, "licenses")], ["ec25g_s"], [1], 1.0)
+
+
+def test_a_row_of_another_wire_format_is_not_reused():
+    """A row measured under another wire format has other bits: --reuse measures it again."""
+    row = {"corpus": "licenses", "cut": 3, "codec": "ec25g_s", "corpus_digest": "d", "delta_ppl_ci_hi": 0.5}
+    now = build_codec("ec25g_s").wire_format
+    assert now != build_codec({"name": "ec25g_s", "coder": "rans_py"}).wire_format  # the old coder's session head
+    key = ("d", 3, codec_bench.codec_key("ec25g_s"), now)
+    assert list(codec_bench.reusable_rows([{**row, "wire_format": now}])) == [key]
+    assert codec_bench.reusable_rows([{**row, "wire_format": "v1.1"}]) != {}  # kept, under its own format
+    assert key not in codec_bench.reusable_rows([{**row, "wire_format": "v1.1"}])
+    assert codec_bench.reusable_rows([row]) == {}  # measured before the format was recorded

@@ -64,3 +64,29 @@ def test_bound_table_picks_the_fewest_bits_within_the_bound():
     assert "| readmes | 4 | `ec25g_s:step=0.23` | **3.60** |" in table
     assert "0.29 (3.20 ✗), 0.23 (3.60 ✓), 0.17 (4.10 ✓)" in table
     assert "≤ 3.5 bits within the bound at 0 of 1 cuts" in table
+
+
+def test_heldout_table_shows_each_cut_at_the_step_chosen_on_the_tuning_corpus():
+    base = {"bits_per_value_1tok": 3.0, "delta_ppl_pct": 0.3, "delta_ppl_ci_lo": -0.2, "kl_nats": 0.01,
+            "corpus_digest": "d"}
+    tuning = [{**base, "corpus": "pydoc", "cut": c, "codec": "ec25g_s:step=0.29", "bits_per_value": 3.3,
+               "delta_ppl_ci_hi": 0.9} for c in (1, 2)]
+    checks = [{**base, "corpus": "licenses", "cut": 1, "codec": "ec25g_s:step=0.29", "bits_per_value": 3.4,
+               "delta_ppl_ci_hi": 0.95, "tuned_on": "pydoc"},
+              {**base, "corpus": "licenses", "cut": 2, "codec": "ec25g_s:step=0.29", "bits_per_value": 3.7,
+               "delta_ppl_ci_hi": 1.4, "tuned_on": "pydoc"}]
+    table = codec_rd.bisect_tables(tuning + checks)
+    assert "| licenses | 1 | `ec25g_s:step=0.29` (+0.90) | **3.40** | 3.40 / 3.00 |" in table
+    assert "+1.40] | 0.0100 | ✗ |" in table
+    assert "within the bound at 1 of 2 cuts; within it at ≤ 3.5 bits at 1" in table
+    assert "| pydoc | 1 |" in table  # the tuning run's own table comes first
+    only = codec_rd.bisect_tables(checks, tuning=tuning)  # --steps-from: the tuning rows are another CSV's
+    assert "| pydoc | 1 |" not in only and "(+0.90) | **3.40**" in only
+    assert codec_rd.heldout_table(tuning) == ""
+
+
+def test_dedupe_keeps_the_newest_row_of_a_point():
+    row = {"corpus": "licenses", "cut": 3, "codec": "ec25g_s:step=0.17", "corpus_digest": "d"}
+    rows = codec_rd.dedupe([{**row, "bits_per_value": 6.3}, {**row, "bits_per_value": 4.4},
+                            {**row, "bits_per_value": 4.4, "tuned_on": "pydoc"}])
+    assert [(r["bits_per_value"], r.get("tuned_on")) for r in rows] == [(4.4, None), (4.4, "pydoc")]
