@@ -234,7 +234,7 @@ def unpredict(res: np.ndarray, ks: np.ndarray) -> np.ndarray:
         row += pred
         last = row
     u -= base - 128  # code + 128
-    if int(u.view(np.uint64).max()) > 255:  # negative ones wrap to huge
+    if int(u.view(np.uintp).max()) > 255:  # negative ones wrap to huge
         raise CodecError("rANS codes decode outside int8: corrupted data or a session out of step")
     return (u.astype(np.uint8) ^ 0x80).view(np.int8)
 
