@@ -109,9 +109,9 @@ class Codec(ABC):
         h = enc.header
         if h.get("v") != self.format_version:
             raise CodecFormatError(f"header format version {h.get('v')!r} is not supported by {self.name!r} (expected "
-                             f"{self.format_version}; {FORMAT_COMPILED}, {FORMAT_TRIMMED} = rans streams from the compiled coder, first and "
-                             "second version): the "
-                             "peer runs another splitinfer version or codec params; run the same on both halves")
+                             f"{self.format_version}; {FORMAT_COMPILED} and {FORMAT_TRIMMED} = rans streams of the "
+                             "compiled coder, first and second version): the peer runs another splitinfer version "
+                             "or codec params; run the same on both halves")
         if h.get("codec") != self.name:
             raise CodecError(f"header is for codec {h.get('codec')!r} but this decoder is {self.name!r}; "
                              "use splitinfer.codecs.decode_any(enc) to pick the codec from the header")
