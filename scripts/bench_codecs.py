@@ -35,8 +35,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core: numpy's BLAS (rANS grouping) takes no second
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

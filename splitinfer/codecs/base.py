@@ -25,6 +25,7 @@ from splitinfer.codecs.tensors import (
 
 FORMAT_VERSION = 1  # of the JSON header; a codec whose buffers changed format carries its own (format_version)
 FORMAT_COMPILED = 2  # entropy-coded codecs whose rANS stream comes from the compiled coder (entropy.py)
+FORMAT_TRIMMED = 3  # the same with each channel group's static model over its own support (entropy.static_models)
 
 __all__ = ["DTYPES", "DTYPE_NAMES", "FORMAT_VERSION", "MAX_NDIM", "MAX_NUMEL", "Codec", "check_input", "read_dtype",
            "read_shape", "saturate_for", "seal", "verify"]
@@ -114,8 +115,9 @@ class Codec(ABC):
         h = enc.header
         if h.get("v") != self.format_version:
             raise CodecFormatError(f"header format version {h.get('v')!r} is not supported by {self.name!r} (expected "
-                             f"{self.format_version}; {FORMAT_COMPILED} = rans streams from the compiled coder): the "
-                             "peer runs another splitinfer version or codec params; run the same on both halves")
+                             f"{self.format_version}; {FORMAT_COMPILED} and {FORMAT_TRIMMED} = rans streams of the "
+                             "compiled coder, first and second version): the peer runs another splitinfer version "
+                             "or codec params; run the same on both halves")
         if h.get("codec") != self.name:
             raise CodecError(f"header is for codec {h.get('codec')!r} but this decoder is {self.name!r}; "
                              "use splitinfer.codecs.decode_any(enc) to pick the codec from the header")

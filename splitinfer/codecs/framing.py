@@ -31,7 +31,8 @@ from splitinfer.codecs.tensors import DTYPES, MAX_HEADER_BYTES, MAX_NDIM, Buffer
 MAGIC = 0xB5
 FORMAT = 1  # the generic session codec (any preset's buffers behind the head)
 FORMAT_COMPILED = 2  # the adaptive ecNNg_s codecs since their entropy coder is constriction's ANS (entropy.py)
-FORMATS = (FORMAT, FORMAT_COMPILED)
+FORMAT_TRIMMED = 3  # the same with each channel group's static model over its own support (entropy.static_models)
+FORMATS = (FORMAT, FORMAT_COMPILED, FORMAT_TRIMMED)
 FLAG_KEY = 1
 _DTYPE_CODES = tuple(DTYPES)  # "float32", "float16", "bfloat16" -> 0, 1, 2
 _MAX_SEQ = 2**32 - 1

@@ -15,7 +15,8 @@ Buffers, in wire order (each only when its stage is on and has something to send
   codes (bit-packed) | codes (int8|int16) | rANS stream | values (float_dtype)
 The non-finite side channel, outlier tokens, centering and step quantization are the shared stages of
 stages.py (the session codecs run the same ones); its META is the header's meta vocabulary. A codec whose
-rANS stream comes from the compiled coder (entropy.py, coder="ans") writes header version 2.
+rANS stream comes from the compiled coder (entropy.py, coder="ans") writes header version 3 (2: the
+first compiled coder, whose group models spanned the whole residual range).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from splitinfer.codecs import centering, entropy, rans, stages, stepquant, tokens
-from splitinfer.codecs.base import FORMAT_COMPILED, Codec, check_input, saturate_for, seal
+from splitinfer.codecs.base import FORMAT_TRIMMED, Codec, check_input, saturate_for, seal
 from splitinfer.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from splitinfer.codecs.encoded import EncodedTensor
 from splitinfer.codecs.errors import CodecError
@@ -67,7 +68,7 @@ class PipelineCodec(Codec):
                             and p.outliers == 0 and p.outlier_token_ratio is None and not p.center)
         self._spec = QuantSpec(p.bits, p.granularity, p.block) if p.bits is not None else None
         if p.rans_groups and p.coder == "ans":
-            self.format_version = FORMAT_COMPILED
+            self.format_version = FORMAT_TRIMMED
 
     # ------------------------------------------------------------------ encode
     def encode(self, x: torch.Tensor) -> EncodedTensor:

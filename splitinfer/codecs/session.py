@@ -22,7 +22,7 @@ The reconstruction is the preset's (same rounding, same outlier tokens: the shar
 quality is unchanged and only the bits differ. The encoder picks, per message, the smallest of: the session
 model (adaptive.py), fresh static tables (rans.static_model), zstd (not tried against an adaptive stream
 under half the raw bytes), raw bytes. The symbols go through the
-compiled ANS coder (entropy.py, session head format 2) or, with coder="rans_py", the old plain-Python rANS
+compiled ANS coder (entropy.py, session head format 3) or, with coder="rans_py", the old plain-Python rANS
 (format 1: the old stream layout), kept for the benchmark and the decode-equality tests.
 
 Step order: step `seq` is decoded against the state after steps 0..seq-1, and its CRC covers the CRC of
@@ -51,7 +51,7 @@ from splitinfer.codecs.adaptive import ADAPTIVE_MAX, AdaptiveState
 from splitinfer.codecs.base import Codec, seal, verify
 from splitinfer.codecs.encoded import EncodedTensor, StepMessage, as_message
 from splitinfer.codecs.errors import CodecError, CodecFormatError
-from splitinfer.codecs.framing import FLAG_KEY, FORMAT, FORMAT_COMPILED, full_header
+from splitinfer.codecs.framing import FLAG_KEY, FORMAT, FORMAT_TRIMMED, full_header
 from splitinfer.codecs.lossless import compress, decompress
 from splitinfer.codecs.params import PipelineParams
 from splitinfer.codecs.tensors import DTYPE_NAMES, DTYPES, Buffer, check_input, rows_cols, saturate_for
@@ -75,7 +75,7 @@ class SessionCodec(Codec):
         self.name = name
         self.overrides = dict(inner.overrides)
         self.format_version = inner.format_version
-        self._fmt = FORMAT if inner.format_version == 1 else FORMAT_COMPILED
+        self._fmt = inner.format_version  # the head's format is the preset's header version (1, 2 or 3)
 
     @property
     def wire_format(self) -> str:
@@ -126,7 +126,8 @@ class SessionCodec(Codec):
 def _check_format(name: str, h: dict[str, Any], fmt: int) -> None:
     if h.get("format", FORMAT) != fmt:
         raise CodecFormatError(f"{name}: session head format {h.get('format')} but this codec speaks format {fmt} "
-                         "(format 2: the compiled entropy coder; 1: the old coder, coder='rans_py'): both halves "
+                         "(format 3: the compiled entropy coder with per-group models, 2: its first version; 1: the old "
+                         "coder, coder='rans_py'): both halves "
                          "must run the same splitinfer version and codec params")
 
 
@@ -184,7 +185,7 @@ class AdaptiveStepCodec(Codec):
         self.params = params
         self.name = name
         self.overrides = dict(overrides)
-        self._fmt = FORMAT_COMPILED if params.coder == "ans" else FORMAT
+        self._fmt = FORMAT_TRIMMED if params.coder == "ans" else FORMAT
         self._sym: np.ndarray | None = None  # the last adaptive symbols computed, reused by _advance
         self.reset()
 

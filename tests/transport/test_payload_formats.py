@@ -21,15 +21,29 @@ def _open(make_server, raw_client, lm, codec):
 
 def test_old_session_head_format_is_bad_codec(make_server, raw_client, tiny_lm):
     """An old client (coder='rans_py', session head format 1) stepping a session the server opened with the
-    compiled coder (format 2): the reply says the formats differ, and the session still serves."""
+    compiled coder (format 3): the reply says the formats differ, and the session still serves."""
     c, sid = _open(make_server, raw_client, tiny_lm, {"name": "ec37g_s", "coder": "ans"})
     old = build_codec("ec37g_s", coder="rans_py")
     x = torch.randn(1, 40, tiny_lm.hidden_size)
     rep = expect(c, [env("step", sid=sid, seq=1, start=0), *old.encode_step(x).to_frames()], p.BAD_CODEC)
-    assert "format 1" in rep["msg"] and "format 2" in rep["msg"], rep
+    assert "format 1" in rep["msg"] and "format 3" in rep["msg"], rep
     new = build_codec("ec37g_s")
     rep = c.call("step", new.encode_step(x).to_frames(), sid=sid, seq=1, start=0)
     assert rep["ok"], rep
+    assert_still_serving(c, tiny_lm)
+
+
+def test_first_compiled_format_is_bad_codec(make_server, raw_client, tiny_lm):
+    """A client of the first compiled coder (issue 28's format 2: one model over the whole residual range per
+    group) stepping a session of format 3 (each group's model over its own support): its streams would decode
+    to other residuals, so the head's format refuses it as bad_codec, naming both; the session still serves."""
+    c, sid = _open(make_server, raw_client, tiny_lm, {"name": "ec37g_s", "coder": "ans"})
+    frames = build_codec("ec37g_s").encode_step(torch.randn(1, 40, tiny_lm.hidden_size)).to_frames()
+    head = bytearray(bytes(frames[0]))
+    assert head[1] >> 5 == 3
+    head[1] = (head[1] & 0x1F) | 2 << 5  # the same message as a format-2 peer labels it
+    rep = expect(c, [env("step", sid=sid, seq=1, start=0), bytes(head), *frames[1:]], p.BAD_CODEC)
+    assert "format 2" in rep["msg"] and "format 3" in rep["msg"], rep
     assert_still_serving(c, tiny_lm)
 
 

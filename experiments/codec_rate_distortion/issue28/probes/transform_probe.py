@@ -1,6 +1,7 @@
 """Probe, measured: does a transform fitted on pydoc before the step quantizer pay on held-out text?
 
-    python experiments/codec_rate_distortion/issue28/probes/transform_probe.py   # -> transform_probe.txt (~15 min)
+    python experiments/codec_rate_distortion/issue28/probes/transform_probe.py [CUTS [STEPS]]   # -> transform_probe.txt
+    (default cuts 1,15,29 and steps 0.23,0.29: ~1 min per evaluation at cut 1 under load, ~15 s at cut 29)
 
 Two orthonormal bases per cut, fitted on pydoc (8 windows x 256 tokens, attention-sink rows left out):
   klt     the eigenvectors of the centred hidden states' covariance (PCA, the Karhunen-Loeve transform);
@@ -14,6 +15,7 @@ basis is not on the wire: both peers would hold it) and Δppl with its 95 % inte
 `ec25g` stands in for the session codec `ec25g_s` (same quantizer, no cross-step state to wrap).
 """
 
+import sys
 from types import SimpleNamespace
 
 import torch
@@ -23,7 +25,8 @@ from splitinfer.experiment import compute_reference
 from splitinfer.metrics.codec_bench import corpus_spec, evaluate
 from splitinfer.models import load_model, split_model
 
-CUTS, STEPS = (1, 8, 15, 29), (0.23, 0.29)
+CUTS = [int(c) for c in (sys.argv[1] if len(sys.argv) > 1 else "1,15,29").split(",")]
+STEPS = [float(s) for s in (sys.argv[2] if len(sys.argv) > 2 else "0.23,0.29").split(",")]
 torch.set_num_threads(2)
 lm = load_model("smollm2-135m-instruct")
 stages = split_model(lm, list(range(lm.num_layers + 1)))  # embed | layer 0 | ... | norm+head
