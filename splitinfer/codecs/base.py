@@ -72,6 +72,12 @@ class Codec(ABC):
     overrides: dict[str, Any]
     format_version: int = FORMAT_VERSION  # the header "v" this codec writes and reads
 
+    @property
+    def format_versions(self) -> tuple[int, ...]:
+        """Every header "v" this codec reads: its own, and (codecs that escape codes, escapes.py) its
+        messages with escaped codes."""
+        return (self.format_version,)
+
     @abstractmethod
     def encode(self, x: torch.Tensor) -> EncodedTensor: ...
 
@@ -106,10 +112,12 @@ class Codec(ABC):
         if not isinstance(enc, EncodedTensor):
             raise CodecError(f"decode expects an EncodedTensor, got {type(enc).__name__}")
         h = enc.header
-        if h.get("v") != self.format_version:
+        if h.get("v") not in self.format_versions:
+            want = " or ".join(map(str, self.format_versions))
             raise CodecFormatError(f"header format version {h.get('v')!r} is not supported by {self.name!r} (expected "
-                             f"{self.format_version}; {FORMAT_COMPILED} = rans streams from the compiled coder): the "
-                             "peer runs another splitinfer version or codec params; run the same on both halves")
+                             f"{want}; {FORMAT_COMPILED} = rans streams from the compiled coder, 3/4 = 1/2 with escaped "
+                             "codes): the peer runs another splitinfer version or codec params; run the same on both "
+                             "halves")
         if h.get("codec") != self.name:
             raise CodecError(f"header is for codec {h.get('codec')!r} but this decoder is {self.name!r}; "
                              "use splitinfer.codecs.decode_any(enc) to pick the codec from the header")

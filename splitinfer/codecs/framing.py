@@ -26,12 +26,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from splitinfer.codecs.errors import CodecError, CodecFormatError
+from splitinfer.codecs.escapes import ESCAPED_FORMAT
 from splitinfer.codecs.tensors import DTYPES, MAX_HEADER_BYTES, MAX_NDIM, Buffer, read_shape
 
 MAGIC = 0xB5
 FORMAT = 1  # the generic session codec (any preset's buffers behind the head)
 FORMAT_COMPILED = 2  # the adaptive ecNNg_s codecs since their entropy coder is constriction's ANS (entropy.py)
-FORMATS = (FORMAT, FORMAT_COMPILED)
+FORMATS = (FORMAT, FORMAT_COMPILED, *(ESCAPED_FORMAT[f] for f in (FORMAT, FORMAT_COMPILED)))  # 3, 4: escapes.py
 FLAG_KEY = 1
 _DTYPE_CODES = tuple(DTYPES)  # "float32", "float16", "bfloat16" -> 0, 1, 2
 _MAX_SEQ = 2**32 - 1
