@@ -32,6 +32,7 @@ from splitinfer.codecs.tensors import DTYPES, MAX_HEADER_BYTES, MAX_NDIM, Buffer
 MAGIC = 0xB5
 FORMAT = 1  # the generic session codec (any preset's buffers behind the head)
 FORMAT_COMPILED = 2  # the adaptive ecNNg_s codecs since their entropy coder is constriction's ANS (entropy.py)
+# a message with escaped codes beyond int8 (escapes.py) carries its codec's format + 2: 3 (old coder), 4 (compiled)
 FORMATS = (FORMAT, FORMAT_COMPILED, *(ESCAPED_FORMAT[f] for f in (FORMAT, FORMAT_COMPILED)))  # 3, 4: escapes.py
 FLAG_KEY = 1
 _DTYPE_CODES = tuple(DTYPES)  # "float32", "float16", "bfloat16" -> 0, 1, 2

@@ -21,7 +21,9 @@ like a prefill window:
 The reconstruction is the preset's (same rounding, same outlier tokens: the shared stages of stages.py), so
 quality is unchanged and only the bits differ. The encoder picks, per message, the smallest of: the session
 model (adaptive.py), fresh static tables (rans.static_model), zstd (not tried against an adaptive stream
-under half the raw bytes), raw bytes. The symbols go through the
+under half the raw bytes), raw bytes; a message with codes beyond int8 either sends them as int16 bytes (raw or
+zstd) or, when smaller, clamps them to int8 for any of those codings and sends their exact values beside
+(escapes.py: head format + 2; both halves' models follow the clamped codes). The symbols go through the
 compiled ANS coder (entropy.py, session head format 2) or, with coder="rans_py", the old plain-Python rANS
 (format 1: the old stream layout), kept for the benchmark and the decode-equality tests.
 
