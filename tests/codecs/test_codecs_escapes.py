@@ -94,6 +94,19 @@ def test_a_session_follows_clamped_codes_on_both_halves():
     assert all(torch.equal(replay.decode(_wire(m)), y) for m, y in zip(msgs, ys, strict=True))
 
 
+@pytest.mark.parametrize(("coder", "fmt"), [("ans", 4), ("rans_py", 3)])
+def test_the_generic_session_codec_carries_a_pipelines_escapes(coder, fmt):
+    """ecNNg with outlier channels runs behind the session head as the generic SessionCodec: the pipeline's
+    escaped message keeps its version as the head format and decodes as the pipeline does."""
+    x = spiky(64)
+    x[0, :, 9] = 0.8 * x[0, :, 7].flip(0)  # a second wide channel: the one outlier channel takes only one
+    spec = {"step": STEP, "outliers": 1, "coder": coder}
+    msg = build_codec("ec25g_s", **spec).encode_step(x)
+    assert msg.header["format"] == fmt and msg.header["meta"]["escapes"] > 0
+    pipeline = build_codec("ec25g", **spec)
+    assert torch.equal(build_codec("ec25g_s", **spec).decode(_wire(msg)), pipeline.decode(pipeline.encode(x)))
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.integers(1, 30), cols=st.integers(1, 80), n_spikes=st.integers(0, 12),
        seed=st.integers(0, 2**31 - 1))
