@@ -10,15 +10,16 @@ come back exactly where they were. Every failure to decode faithfully (truncatio
 that does not match its buffers, bad params) raises CodecError (a ValueError); a CRC-32 over header and
 buffers catches flipped bits. Buffers are little-endian (the byte order of x86 and ARM hosts).
 
-Header: {"codec": preset name, "v": 1 (2 for rANS streams of the compiled coder), "params": {params that
-differ from the preset}, "dtype", "shape", "meta": {data-dependent choices, e.g. "outlier_rows": 1}, "crc"}.
+Header: {"codec": preset name, "v": 1 (2 for rANS streams of the compiled coder; 3 / 4 for a message of those
+with escaped codes beyond int8, escapes.py), "params": {params that differ from the preset}, "dtype", "shape", "meta": {data-dependent choices, e.g. "outlier_rows": 1}, "crc"}.
 
 One module per idea, imports pointing one way (tests/codecs/test_codecs_imports.py): errors; tensors (the one
 dtype table, shape limits, tensor <-> bytes); framing (the session head) <- encoded (EncodedTensor,
 StepMessage, the frame-format dispatch) <- base (Codec, header checks, checksum); params (every knob,
 validated); stages (the stages the pipeline and session codecs share, and META, their one metadata schema);
 pipeline (the composable codec); tokens / centering / outliers / rotation / sparsify (stages before
-quantization), quantize (fixed-rate bits), stepquant (entropy-coded steps), rans (the static models and the
+quantization), quantize (fixed-rate bits), stepquant (entropy-coded steps), escapes (step codes beyond int8
+beside the entropy-coded int8 ones), rans (the static models and the
 old plain-numpy coder), entropy (the compiled ANS coder, constriction), bitpack, lossless (lz4, zstd), raw
 ("none": the tensor's bytes), petals (the bitsandbytes peer), registry (names, build_codec, wire_spec),
 session + adaptive (`<preset>_s`: the session wire format, a few bytes of binary framing per step, and for

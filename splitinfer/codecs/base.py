@@ -79,6 +79,12 @@ class Codec(ABC):
         for session codecs): figures measured under another format have other bytes (the benchmark's --reuse)."""
         return f"v{self.format_version}"
 
+    @property
+    def format_versions(self) -> tuple[int, ...]:
+        """Every header "v" this codec reads: its own, and (codecs that escape codes, escapes.py) its
+        messages with escaped codes."""
+        return (self.format_version,)
+
     @abstractmethod
     def encode(self, x: torch.Tensor) -> EncodedTensor: ...
 
@@ -113,11 +119,12 @@ class Codec(ABC):
         if not isinstance(enc, EncodedTensor):
             raise CodecError(f"decode expects an EncodedTensor, got {type(enc).__name__}")
         h = enc.header
-        if h.get("v") != self.format_version:
+        if h.get("v") not in self.format_versions:
+            want = " or ".join(map(str, self.format_versions))
             raise CodecFormatError(f"header format version {h.get('v')!r} is not supported by {self.name!r} (expected "
-                             f"{self.format_version}; {FORMAT_COMPILED} and {FORMAT_TRIMMED} = rans streams of the "
-                             "compiled coder, first and second version): the peer runs another splitinfer version "
-                             "or codec params; run the same on both halves")
+                             f"{want}; {FORMAT_COMPILED} and {FORMAT_TRIMMED} = rans streams of the compiled coder, "
+                             "first and second version; 4/5 = 1/3 with escaped codes): the peer runs another splitinfer "
+                             "version or codec params; run the same on both halves")
         if h.get("codec") != self.name:
             raise CodecError(f"header is for codec {h.get('codec')!r} but this decoder is {self.name!r}; "
                              "use splitinfer.codecs.decode_any(enc) to pick the codec from the header")

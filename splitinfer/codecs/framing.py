@@ -26,13 +26,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from splitinfer.codecs.errors import CodecError, CodecFormatError
+from splitinfer.codecs.escapes import ESCAPED_FORMAT
 from splitinfer.codecs.tensors import DTYPES, MAX_HEADER_BYTES, MAX_NDIM, Buffer, read_shape
 
 MAGIC = 0xB5
 FORMAT = 1  # the generic session codec (any preset's buffers behind the head)
 FORMAT_COMPILED = 2  # the adaptive ecNNg_s codecs since their entropy coder is constriction's ANS (entropy.py)
 FORMAT_TRIMMED = 3  # the same with each channel group's static model over its own support (entropy.static_models)
-FORMATS = (FORMAT, FORMAT_COMPILED, FORMAT_TRIMMED)
+# a message with escaped codes beyond int8 (escapes.py) carries its own format: 4 (old coder), 5 (compiled)
+FORMATS = (FORMAT, FORMAT_COMPILED, FORMAT_TRIMMED, *(ESCAPED_FORMAT[f] for f in (FORMAT, FORMAT_TRIMMED)))
 FLAG_KEY = 1
 _DTYPE_CODES = tuple(DTYPES)  # "float32", "float16", "bfloat16" -> 0, 1, 2
 _MAX_SEQ = 2**32 - 1

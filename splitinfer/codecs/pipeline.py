@@ -11,12 +11,15 @@ Buffers, in wire order (each only when its stage is on and has something to send
   outlier_idx int16|int32, outlier_val fp16|fp32  outlier channels
   topk_idx int16|int32                            column of each kept value
   scales | steps                                  see quantize.py / stepquant.py
+  esc_pos uint32, esc_val int16                   rANS only: codes beyond int8, clamped in the stream (escapes.py)
   rans_side uint8, rans_tables uint8              rANS only: channel groups + predictors, tables (rans.py)
   codes (bit-packed) | codes (int8|int16) | rANS stream | values (float_dtype)
 The non-finite side channel, outlier tokens, centering and step quantization are the shared stages of
 stages.py (the session codecs run the same ones); its META is the header's meta vocabulary. A codec whose
 rANS stream comes from the compiled coder (entropy.py, coder="ans") writes header version 3 (2: the
-first compiled coder, whose group models spanned the whole residual range).
+first compiled coder, whose group models spanned the whole residual range); a message with escaped codes
+writes escapes.ESCAPED_FORMAT of its codec's version (1 -> 4, 3 -> 5), so a peer that predates escapes
+refuses it (bad_codec).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from splitinfer.codecs import centering, entropy, rans, stages, stepquant, tokens
+from splitinfer.codecs import centering, entropy, escapes, rans, stages, stepquant, tokens
 from splitinfer.codecs.base import FORMAT_TRIMMED, Codec, check_input, saturate_for, seal
 from splitinfer.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from splitinfer.codecs.encoded import EncodedTensor
@@ -49,7 +52,7 @@ from splitinfer.codecs.tensors import WIRE_FLOATS, Buffer, from_bytes, rows_cols
 
 # the header meta keys this codec may write (their types: stages.META)
 _META = ("nonfinite", "outlier_rows", "row_dtype", "centered", "outlier_dtype", "scale_dtype", "code_dtype",
-         "value_dtype", "rans", "compressed")
+         "escapes", "value_dtype", "rans", "compressed")
 
 
 class PipelineCodec(Codec):
@@ -70,6 +73,11 @@ class PipelineCodec(Codec):
         if p.rans_groups and p.coder == "ans":
             self.format_version = FORMAT_TRIMMED
 
+    @property
+    def format_versions(self) -> tuple[int, ...]:
+        p = self.params
+        return escapes.versions(self.format_version) if p.step is not None and p.rans_groups else (self.format_version,)
+
     # ------------------------------------------------------------------ encode
     def encode(self, x: torch.Tensor) -> EncodedTensor:
         check_input(x)
@@ -84,7 +92,9 @@ class PipelineCodec(Codec):
             parts = self._encode_stages(x, meta)
         if p.lossless is not None:  # an entropy-coded stream (the last buffer) never shrinks: not tried
             parts, meta["compressed"] = self._compress(parts, skip_last="rans" in meta)
-        return seal(self._new_header(x, meta), parts)
+        header = self._new_header(x, meta)
+        header["v"] = escapes.version(self.format_version, meta)
+        return seal(header, parts)
 
     def _encode_stages(self, x: torch.Tensor, meta: dict[str, Any]) -> list[bytes]:
         p = self.params
@@ -125,23 +135,31 @@ class PipelineCodec(Codec):
             parts += [scale_bytes, (pack_bits(codes, p.bits) if p.pack else codes).tobytes()]
         elif p.step is not None:
             codes = stages.step_quantize(v, p.step, meta, parts)
-            parts += self._entropy_code(codes, meta.get("code_dtype", "int8"), cols, meta)
+            parts += self._entropy_code(codes, cols, meta)
         else:
             parts.append(self._cast_bytes(v, meta))
         return parts
 
-    def _entropy_code(self, codes: np.ndarray, code_dtype: str, cols: int, meta: dict[str, Any]) -> list[Buffer]:
-        """Step codes as bytes for the lossless stage, or through rANS when that is smaller (rans.py)."""
+    def _entropy_code(self, codes: np.ndarray, cols: int, meta: dict[str, Any]) -> list[Buffer]:
+        """Step codes as bytes for the lossless stage, or through rANS when that is smaller (rans.py); codes
+        beyond int8 go clamped through rANS with their exact values beside (escapes.py) when that is smaller."""
         p = self.params
-        plain = codes.astype(np.dtype(code_dtype)).tobytes()
-        if not p.rans_groups or code_dtype != "int8" or codes.size < rans.MIN_VALUES or cols == 0:
+        wide = meta.get("code_dtype") == "int16"
+        plain = codes.astype(np.int16 if wide else np.int8).tobytes()
+        if not p.rans_groups or codes.size < rans.MIN_VALUES or cols == 0:
             return [plain]
-        side, tables, stream, info = entropy.static_coder(p.coder)[0](codes.reshape(-1, cols), p.rans_groups)
+        escaped = escapes.split(codes) if wide else None
+        if wide and escaped is None:
+            return [plain]
+        q, n_esc, esc = escaped or (codes, 0, [])
+        side, tables, stream, info = entropy.static_coder(p.coder)[0](q.reshape(-1, cols), p.rans_groups)
         plain_size = len(compress(plain, p.lossless, p.level)) if p.lossless else len(plain)
-        if len(side) + len(tables) + len(stream) >= plain_size:
+        if len(side) + len(tables) + len(stream) + sum(map(len, esc)) >= plain_size:
             return [plain]
         meta["rans"] = info
-        return [side, tables, stream]
+        if n_esc:
+            escapes.mark(meta, n_esc)
+        return [*esc, side, tables, stream]
 
     def _cast_bytes(self, v: torch.Tensor, meta: dict[str, Any]) -> bytes:
         """v in float_dtype, or in float32 when that cast would turn a finite value into +-inf."""
@@ -175,6 +193,7 @@ class PipelineCodec(Codec):
         rows, cols = rows_cols(shape)
         numel = math.prod(shape)
         self._check_meta(meta, rows, numel)
+        escapes.check_version(enc.header["v"], self.format_version, meta)
         layout = self._layout(rows, cols, numel, meta)
         raws = self._unwrap(enc.buffers, layout, meta)
         if numel == 0:
@@ -197,7 +216,10 @@ class PipelineCodec(Codec):
             steps = stages.read_steps(raws["steps"], n_rows, meta)
             if meta.get("rans"):
                 codes = entropy.static_coder(p.coder)[1](raws["rans_side"], raws["rans_tables"], raws["codes"],
-                                                         n_rows, width, p.rans_groups, *meta["rans"]).reshape(-1)
+                                                         n_rows, width, p.rans_groups, *meta["rans"])
+                if meta.get("escapes"):
+                    codes = escapes.restore(codes, raws["esc_pos"], raws["esc_val"], meta["escapes"])
+                codes = codes.reshape(-1)
             else:
                 codes = np.frombuffer(raws["codes"], dtype=np.dtype(meta.get("code_dtype", "int8")))
             v = stepquant.dequantize_steps(codes, steps, n_rows, width)
@@ -262,6 +284,8 @@ class PipelineCodec(Codec):
             layout.append(("codes", packed_nbytes(n, p.bits) if p.pack else n))
         elif p.step is not None:
             layout.append(("steps", n_rows * (4 if meta.get("scale_dtype") == "float32" else 2)))
+            if meta.get("escapes"):
+                layout += list(zip(("esc_pos", "esc_val"), escapes.nbytes(meta["escapes"]), strict=True))
             if meta.get("rans"):
                 lo, hi, n_words = meta["rans"]
                 layout += [("rans_side", width), ("rans_tables", min(p.rans_groups, width) * (hi - lo + 1)),
@@ -289,6 +313,7 @@ class PipelineCodec(Codec):
             "scale_dtype": meta.get("scale_dtype") == "float32" and (
                 (self._spec is not None and p.granularity != "tensor") or p.step is not None),
             "code_dtype": meta.get("code_dtype") == "int16" and p.step is not None and "rans" not in meta,
+            "escapes": "rans" in meta and escapes.valid_count(meta.get("escapes"), numel),
             "rans": p.rans_groups > 0 and p.step is not None and rans.valid_info(meta.get("rans"), numel),
             "value_dtype": meta.get("value_dtype") == "float32" and p.float_dtype != "fp32" and (
                 self._spec is None and p.step is None),

@@ -21,7 +21,9 @@ like a prefill window:
 The reconstruction is the preset's (same rounding, same outlier tokens: the shared stages of stages.py), so
 quality is unchanged and only the bits differ. The encoder picks, per message, the smallest of: the session
 model (adaptive.py), fresh static tables (rans.static_model), zstd (not tried against an adaptive stream
-under half the raw bytes), raw bytes. The symbols go through the
+under half the raw bytes), raw bytes; a message with codes beyond int8 either sends them as int16 bytes (raw or
+zstd) or, when smaller, clamps them to int8 for any of those codings and sends their exact values beside
+(escapes.py: head format 4 or 5; both halves' models follow the clamped codes). The symbols go through the
 compiled ANS coder (entropy.py, session head format 3) or, with coder="rans_py", the old plain-Python rANS
 (format 1: the old stream layout), kept for the benchmark and the decode-equality tests.
 
@@ -46,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from splitinfer.codecs import adaptive, centering, entropy, rans, stages, stepquant, tokens
+from splitinfer.codecs import adaptive, centering, entropy, escapes, rans, stages, stepquant, tokens
 from splitinfer.codecs.adaptive import ADAPTIVE_MAX, AdaptiveState
 from splitinfer.codecs.base import Codec, seal, verify
 from splitinfer.codecs.encoded import EncodedTensor, StepMessage, as_message
@@ -75,11 +77,10 @@ class SessionCodec(Codec):
         self.name = name
         self.overrides = dict(inner.overrides)
         self.format_version = inner.format_version
-        self._fmt = inner.format_version  # the head's format is the preset's header version (1, 2 or 3)
 
     @property
     def wire_format(self) -> str:
-        return f"v{self.format_version}.{self._fmt}"
+        return f"v{self.format_version}.{self.format_version}"  # the head's format is the header's version
 
     def _lossless(self) -> bool:
         params = getattr(self.inner, "params", None)
@@ -92,7 +93,8 @@ class SessionCodec(Codec):
         flags = meta.pop("compressed", None)  # per-buffer 0/1 list -> a bitmask, omitted when 0
         if flags is not None and any(flags):
             meta["Z"] = sum(f << i for i, f in enumerate(flags))
-        return StepMessage.build(FLAG_KEY, h["dtype"], 0, h["shape"], h["crc"], meta, enc.buffers, fmt=self._fmt)
+        # the head's format is the header's version: the same numbers (1, 3; 4/5 with escaped codes)
+        return StepMessage.build(FLAG_KEY, h["dtype"], 0, h["shape"], h["crc"], meta, enc.buffers, fmt=h["v"])
 
     encode_step = encode
 
@@ -102,14 +104,14 @@ class SessionCodec(Codec):
         if h["flags"] != FLAG_KEY or h["seq"] != 0:
             raise CodecError(f"{self.name} sends key messages only (flags 1, seq 0), got flags {h['flags']} "
                              f"seq {h['seq']}: the message is from another codec")
-        _check_format(self.name, h, self._fmt)
+        _check_format(self.name, h, self.inner.format_versions)
         meta = dict(h["meta"])
         mask = meta.pop("Z", 0)
         if type(mask) is not int or not 0 <= mask < 1 << len(msg.buffers) or (mask and not self._lossless()):
             raise CodecError(f"session head meta Z={mask!r} is not a bitmask of the {len(msg.buffers)} buffers")
         if self._lossless() and msg.buffers:
             meta["compressed"] = [(mask >> i) & 1 for i in range(len(msg.buffers))]
-        header = {"codec": self.inner.name, "v": self.inner.format_version, "params": dict(self.inner.overrides),
+        header = {"codec": self.inner.name, "v": h["format"], "params": dict(self.inner.overrides),
                   "dtype": h["dtype"], "shape": list(h["shape"]), "meta": meta, "crc": h["crc"]}
         return self.inner.decode(EncodedTensor(header, msg.buffers), dtype)
 
@@ -123,12 +125,13 @@ class SessionCodec(Codec):
         pass
 
 
-def _check_format(name: str, h: dict[str, Any], fmt: int) -> None:
-    if h.get("format", FORMAT) != fmt:
-        raise CodecFormatError(f"{name}: session head format {h.get('format')} but this codec speaks format {fmt} "
-                         "(format 3: the compiled entropy coder with per-group models, 2: its first version; 1: the old "
-                         "coder, coder='rans_py'): both halves "
-                         "must run the same splitinfer version and codec params")
+def _check_format(name: str, h: dict[str, Any], fmts: tuple[int, ...]) -> None:
+    if h.get("format", FORMAT) not in fmts:
+        also = f" (or {fmts[1]} with escaped codes)" if len(fmts) > 1 else ""
+        raise CodecFormatError(f"{name}: session head format {h.get('format')} but this codec speaks format "
+                               f"{fmts[0]}{also} (format 3: the compiled entropy coder with per-group models, 2: "
+                               "its first version; 1: the old coder, coder='rans_py'; 4/5: 1/3 with escaped codes): "
+                               "both halves must run the same splitinfer version and codec params")
 
 
 @dataclass
@@ -185,13 +188,17 @@ class AdaptiveStepCodec(Codec):
         self.params = params
         self.name = name
         self.overrides = dict(overrides)
-        self._fmt = FORMAT_TRIMMED if params.coder == "ans" else FORMAT
+        self._fmt = FORMAT_TRIMMED if params.coder == "ans" else FORMAT  # escaped codes: escapes.ESCAPED_FORMAT
         self._sym: np.ndarray | None = None  # the last adaptive symbols computed, reused by _advance
         self.reset()
 
     @property
     def wire_format(self) -> str:
         return f"v{self.format_version}.{self._fmt}"
+
+    @property
+    def format_versions(self) -> tuple[int, ...]:
+        return escapes.versions(self._fmt)
 
     # -- session control ----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -254,8 +261,8 @@ class AdaptiveStepCodec(Codec):
             v, _ = stages.encode_nonfinite(x.reshape(rows, cols).to(torch.float32), meta, parts)
             v = stages.encode_outlier_rows(v, self._outlier_rows(v, st), meta, parts)
             v, new_means = self._center(v, st, meta, parts)
-            q = stages.step_quantize(v, self.params.step, meta, parts)
-            parts += self._code(q, st, meta)
+            q, coded = self._code(stages.step_quantize(v, self.params.step, meta, parts), st, meta)
+            parts += coded
         if st is not None:
             self._advance(st, meta, q, parts, new_means)
         flags = 0 if st is not None else FLAG_KEY
@@ -263,13 +270,14 @@ class AdaptiveStepCodec(Codec):
         code, rest = _split_meta(meta)
         head = {"dtype": DTYPE_NAMES[x.dtype], "shape": shape, "meta": rest, "seq": seq, "flags": flags,
                 "code": code}
-        full = full_header(self.name, self.overrides, head, self._fmt)
+        fmt = escapes.version(self._fmt, meta)
+        full = full_header(self.name, self.overrides, head, fmt)
         if st is not None:
             full["prev"] = chain  # the checksum chains the steps: another session's step fails it
         crc = seal(full, parts).header["crc"]
         if st is not None:
             st.crc = crc
-        return StepMessage.build(flags, head["dtype"], seq, shape, crc, rest, parts, code, self._fmt)
+        return StepMessage.build(flags, head["dtype"], seq, shape, crc, rest, parts, code, fmt)
 
     def _outlier_rows(self, v: torch.Tensor, st: AdaptiveState | None) -> torch.Tensor:
         """Outlier tokens as the preset finds them; a one-token step is compared with the session's
@@ -295,12 +303,33 @@ class AdaptiveStepCodec(Codec):
             return v - st.means, None
         return v, None
 
-    def _code(self, q: np.ndarray, st: AdaptiveState | None, meta) -> list[Buffer]:
+    def _code(self, q: np.ndarray, st: AdaptiveState | None, meta) -> tuple[np.ndarray, list[Buffer]]:
+        """-> (the codes the session state follows, their buffers): the smallest coding of q. Codes beyond
+        int8 (meta code_dtype) go as int16 bytes or, when smaller, clamped to int8 with every coding open to
+        them and their exact values beside (escapes.py): both halves' models then see the clamped codes."""
+        if q.size == 0:
+            return q, []
+        wide = meta.get("code_dtype") == "int16"
+        mode, bufs, extra = self._smallest(q, st, wide)
+        escaped = escapes.split(q) if wide else None
+        if escaped is not None:
+            clamped, n_esc, esc = escaped
+            alt = self._smallest(clamped, st, False)
+            if sum(map(len, esc + alt[1])) < sum(map(len, bufs)):
+                (mode, bufs, extra), q = alt, clamped
+                bufs = esc + bufs
+                escapes.mark(meta, n_esc)
+        meta["mode"] = mode
+        if mode == "r":
+            meta["rans"] = extra
+        elif mode == "a" and extra is not None:
+            meta["ref_row"] = extra
+        return q, bufs
+
+    def _smallest(self, q: np.ndarray, st: AdaptiveState | None, wide: bool) -> tuple[str, list[Buffer], Any]:
+        """(mode, buffers, mode info) of the smallest coding of non-empty codes q (wide: int16 bytes only)."""
         p = self.params
         n = q.size
-        if n == 0:
-            return []
-        wide = meta.get("code_dtype") == "int16"
         plain = q.astype(np.int16 if wide else np.int8).tobytes()
         best: tuple[str, list[Buffer], Any] = ("b", [plain], None)
         size = len(plain)
@@ -320,19 +349,13 @@ class AdaptiveStepCodec(Codec):
                 side, tables, stream, info = entropy.static_coder(p.coder)[0](q, p.rans_groups)
                 if len(side) + len(tables) + len(stream) < size:
                     best = ("r", [side, tables, stream], info)
-        mode, bufs, extra = best
-        meta["mode"] = mode
-        if mode == "r":
-            meta["rans"] = extra
-        elif mode == "a" and extra is not None:
-            meta["ref_row"] = extra
-        return bufs
+        return best
 
     # -- decode -------------------------------------------------------------------------------------
     def decode(self, enc: EncodedTensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         msg = as_message(enc)
         h = msg.header
-        _check_format(self.name, h, self._fmt)
+        _check_format(self.name, h, self.format_versions)
         if h["flags"] & FLAG_KEY:
             if h["seq"] != 0:
                 raise CodecError(f"key message with seq {h['seq']}: key messages carry seq 0")
@@ -363,7 +386,8 @@ class AdaptiveStepCodec(Codec):
         if st is not None:
             st.sync_cols(cols)
         self._check_meta(meta, rows, cols, numel, st)
-        full = {**full_header(self.name, self.overrides, h, self._fmt), "crc": h["crc"]}
+        escapes.check_version(h["format"], self._fmt, meta)
+        full = {**full_header(self.name, self.overrides, h, h["format"]), "crc": h["crc"]}
         if st is not None:
             full["prev"] = st.crc
         try:
@@ -385,9 +409,11 @@ class AdaptiveStepCodec(Codec):
         n_rows = rows - meta.get("outlier_rows", 0)
         new_means = stages.read_means(take(), cols) if meta.get("centered") else None
         steps = stages.read_steps(take(), n_rows, meta)
-        q = self._decode_codes(take, meta, n_rows, cols, st)
+        esc = (take(), take()) if "escapes" in meta else None
+        q = self._decode_codes(take, meta, n_rows, cols, st)  # clamped to int8 where escaped: the state's codes
         take.done()
-        v = stepquant.dequantize_steps(q, steps, n_rows, cols)
+        codes = q if esc is None else escapes.restore(q, *esc, meta["escapes"])
+        v = stepquant.dequantize_steps(codes, steps, n_rows, cols)
         if new_means is not None:
             v = v + new_means
         elif meta.get("session_means"):
@@ -433,6 +459,7 @@ class AdaptiveStepCodec(Codec):
             "session_means": p.center and 0 < n_rows < centering.MIN_ROWS and st is not None and st.means is not None,
             "scale_dtype": meta.get("scale_dtype") == "float32",
             "code_dtype": meta.get("code_dtype") == "int16" and mode in ("b", "z"),
+            "escapes": "code_dtype" not in meta and escapes.valid_count(meta.get("escapes"), n),
             "mode": n > 0 and (mode == "b" or (mode == "z" and p.lossless is not None)
                                or (mode == "a" and st is not None and st.model is not None and n <= ADAPTIVE_MAX)
                                or (mode == "r" and n >= rans.MIN_VALUES)),

@@ -6,6 +6,7 @@ Encode side: each stage takes the (rows, cols) float32 view, records its data-de
   row_idx int32, row_val fp16|fp32                outlier tokens (whole rows, tokens.py)
   means fp16                                      per-channel means (centering.py)
   steps fp16|fp32, then the codes                 step quantization (stepquant.py)
+  esc_pos uint32, esc_val int16                   codes beyond int8 of entropy-coded messages (escapes.py)
 Decode side: `read_*` turn those buffers back into checked tensors (sizes, ranges), `restore_*` put the
 side data back. PipelineCodec (pipeline.py) and AdaptiveStepCodec (session.py) both call these, so the two
 reconstruct bit for bit alike; only where the codes go (static rANS, the session's adaptive model) differs.
@@ -36,7 +37,8 @@ META: dict[str, tuple[type, str | None]] = {
     "session_means": (bool, None),  # (session) centred on the session's last means instead
     "outlier_dtype": (str, "od"),  # "float32" when an outlier channel value does not fit float16
     "scale_dtype": (str, "sd"),  # "float32" when a float16 scale/step would over- or underflow
-    "code_dtype": (str, "cd"),  # "int16" when step-quantized integers do not fit int8
+    "code_dtype": (str, "cd"),  # "int16" when step-quantized integers do not fit int8 (and are not escaped)
+    "escapes": (int, "e"),  # count of codes beyond int8 sent beside clamped int8 codes (escapes.py)
     "value_dtype": (str, "vd"),  # "float32" when a finite value would overflow the float_dtype cast
     "rans": (list, "r"),  # [lo, hi, n_words] of a static-table rANS stream (entropy.py / rans.py)
     "compressed": (list, None),  # per buffer: 1 = lossless-compressed (the session head: bitmask "Z")

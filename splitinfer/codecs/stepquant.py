@@ -9,7 +9,8 @@ KL with ~0.4 bit per value less and step 0.34 comes within ~20 % of its KL with 
 
 Every row gets the same error relative to its RMS, which is what the next layer sees after RMSNorm.
 Worst-case error is step_r / 2 per element (nothing is clipped). Integers are int8 when they fit,
-int16 otherwise (|v| <= sqrt(cols) * rms bounds them by sqrt(cols) / step).
+int16 otherwise (|v| <= sqrt(cols) * rms bounds them by sqrt(cols) / step); the entropy-coded codecs send the
+rare ones beyond int8 as escapes beside int8 codes instead (escapes.py).
 """
 
 from __future__ import annotations
