@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from splitinfer.codecs import CodecError, CodecFormatError, EncodedTensor, build_codec, escapes, framing
 from splitinfer.codecs.base import seal
 from splitinfer.codecs.encoded import StepMessage
+from splitinfer.codecs.escapes import ESCAPED_FORMAT
 from splitinfer.codecs.pipeline import PipelineCodec
 from splitinfer.codecs.session import MODES
 
@@ -67,10 +68,10 @@ def test_codes_beyond_int8_stay_entropy_coded_and_decode_as_the_int16_path(name,
         assert torch.equal(y, w)  # every escaped code came back exactly
     escaped = [m for m in msgs if _escape_count(m)]
     assert escaped and _escape_count(msgs[0]) > 0 and not any(_escape_count(m) for m in wide_msgs)
-    base = 2 if coder == "ans" else 1
+    base = 3 if coder == "ans" else 1
     for m in msgs:
         version = m.header.get("format") if name.endswith("_s") else m.header["v"]
-        assert version == (base + 2 if _escape_count(m) else base)
+        assert version == (ESCAPED_FORMAT[base] if _escape_count(m) else base)
     if name.endswith("_s"):  # the prefill went through fresh tables, escaped one-token steps through the model
         assert MODES[msgs[0].header["code"] % 4] == "r"
         assert {MODES[m.header["code"] % 4] for m in escaped[1:]} == {"a"}
@@ -94,7 +95,7 @@ def test_a_session_follows_clamped_codes_on_both_halves():
     assert all(torch.equal(replay.decode(_wire(m)), y) for m, y in zip(msgs, ys, strict=True))
 
 
-@pytest.mark.parametrize(("coder", "fmt"), [("ans", 4), ("rans_py", 3)])
+@pytest.mark.parametrize(("coder", "fmt"), [("ans", 5), ("rans_py", 4)])
 def test_the_generic_session_codec_carries_a_pipelines_escapes(coder, fmt):
     """ecNNg with outlier channels runs behind the session head as the generic SessionCodec: the pipeline's
     escaped message keeps its version as the head format and decodes as the pipeline does."""
@@ -171,12 +172,12 @@ def test_corrupted_escape_metadata_is_one_codec_error():
             codec.decode(_with_escape_buffers(msg, p, v))
     bad_meta = [({"escapes": n + 1}, "bytes"), ({"escapes": 0}, "not possible"), ({"escapes": -3}, "not possible"),
                 ({"escapes": True}, "must be a int"), ({"escapes": 10**9}, "not possible"),
-                ({"escapes": None}, "format version 4 with meta escapes=None")]
+                ({"escapes": None}, "format version 5 with meta escapes=None")]
     for meta, match in bad_meta:
         with pytest.raises(CodecError, match=match):
             codec.decode(_forge(msg, meta=meta))
-    with pytest.raises(CodecError, match="format version 2 with meta escapes"):
-        codec.decode(_forge(msg, v=2))
+    with pytest.raises(CodecError, match="format version 3 with meta escapes"):
+        codec.decode(_forge(msg, v=3))
     plain = build_codec("ec25", step=STEP)  # no entropy coder: escapes are not possible
     with pytest.raises(CodecError, match="not supported"):
         plain.decode(_forge(msg, meta={}))
@@ -189,10 +190,10 @@ def test_corrupted_escapes_of_a_session_step_are_one_codec_error():
     enc.encode_step(x[:, :200])
     msg = enc.encode(x[:, 200:])  # a key message: decodes on its own
     n = msg.header["meta"]["e"]
-    assert n >= 1 and msg.header["format"] == 4
+    assert n >= 1 and msg.header["format"] == 5
     i = len(msg.buffers) - 3  # steps, esc_pos, esc_val, codes (a key one-token message: bytes or zstd)
 
-    def forged(pos, val, meta=None, fmt=4):
+    def forged(pos, val, meta=None, fmt=5):
         from splitinfer.codecs.framing import full_header
 
         bufs = list(msg.buffers)
@@ -210,27 +211,27 @@ def test_corrupted_escapes_of_a_session_step_are_one_codec_error():
             dec.decode(forged(p, v))
     with pytest.raises(CodecError, match="bytes"):
         dec.decode(forged(pos, val, meta={"e": n + 1}))
-    with pytest.raises(CodecError, match="format version 2 with meta escapes"):
-        dec.decode(forged(pos, val, fmt=2))
+    with pytest.raises(CodecError, match="format version 3 with meta escapes"):
+        dec.decode(forged(pos, val, fmt=3))
     with pytest.raises(CodecError, match="not possible"):
         dec.decode(forged(pos, val, meta={"e": 0}))
 
 
 # ----------------------------------------------------------------------------- a peer that predates escapes
 def test_a_peer_without_escapes_refuses_them_as_another_format(monkeypatch):
-    """Before escapes a peer read header versions 1/2 and session head formats 1/2: a message with escapes
+    """Before escapes a peer read header versions 1-3 and session head formats 1-3: a message with escapes
     (4/5) is a CodecFormatError (the server's bad_codec), a message without them is read as before."""
     x = spiky(64)
     msg = build_codec("ec25g", step=STEP).encode(x)
     step = build_codec("ec25g_s", step=STEP).encode_step(x)
     quiet = build_codec("ec25g_s", step=STEP).encode_step(x[:, :, 8:])  # no wide channel: no escapes
     monkeypatch.setattr(PipelineCodec, "format_versions", property(lambda self: (self.format_version,)))
-    monkeypatch.setattr(framing, "FORMATS", (1, 2))
-    with pytest.raises(CodecFormatError, match="format version 4 is not supported"):
+    monkeypatch.setattr(framing, "FORMATS", (1, 2, 3))
+    with pytest.raises(CodecFormatError, match="format version 5 is not supported"):
         build_codec("ec25g", step=STEP).decode(msg)
-    with pytest.raises(CodecFormatError, match="session head format 4 is not supported"):
+    with pytest.raises(CodecFormatError, match="session head format 5 is not supported"):
         _wire(step)
-    assert quiet.header["format"] == 2 and build_codec("ec25g_s", step=STEP).decode(_wire(quiet)).shape == (1, 64, 568)
+    assert quiet.header["format"] == 3 and build_codec("ec25g_s", step=STEP).decode(_wire(quiet)).shape == (1, 64, 568)
 
 
 @pytest.mark.slow

@@ -59,8 +59,8 @@ def test_unknown_session_head_format_is_bad_codec(make_server, raw_client, tiny_
 
 
 def test_escaped_codes_to_a_server_without_escapes_are_bad_codec(make_server, raw_client, tiny_lm, monkeypatch):
-    """Codes beyond int8 travel escaped (codecs/escapes.py) in header version / head format 4; a server that
-    predates escapes (reads 1 and 2 only) answers bad_codec naming the format, and keeps serving."""
+    """Codes beyond int8 travel escaped (codecs/escapes.py) in header version / head format 5 (compiled coder); a server
+    that predates escapes (reads 1 to 3 only) answers bad_codec naming the format, and keeps serving."""
     from splitinfer.codecs import framing
     from splitinfer.codecs.pipeline import PipelineCodec
 
@@ -68,16 +68,16 @@ def test_escaped_codes_to_a_server_without_escapes_are_bad_codec(make_server, ra
     x[0, :, 7] *= 25  # step 0.05 x row RMS: this channel's codes reach ~160
     spec = {"name": "ec25g_s", "step": 0.05, "rans_groups": 4, "coder": "ans"}
     msg = build_codec(spec).encode_step(x)
-    assert msg.header["format"] == 4 and msg.header["meta"]["e"] > 0
-    monkeypatch.setattr(framing, "FORMATS", (1, 2))
+    assert msg.header["format"] == 5 and msg.header["meta"]["e"] > 0
+    monkeypatch.setattr(framing, "FORMATS", (1, 2, 3))
     monkeypatch.setattr(PipelineCodec, "format_versions", property(lambda self: (self.format_version,)))
     c, sid = _open(make_server, raw_client, tiny_lm, spec)
     rep = expect(c, [env("step", sid=sid, seq=1, start=0), *msg.to_frames()], p.BAD_CODEC)
-    assert "format 4 is not supported" in rep["msg"], rep
+    assert "format 5 is not supported" in rep["msg"], rep
     plain = {**spec, "name": "ec25g"}
     enc = build_codec(plain).encode(x)
-    assert enc.header["v"] == 4
+    assert enc.header["v"] == 5
     rep = c.call("open", **open_fields(tiny_lm, codec=plain))
     rep = expect(c, [env("step", sid=rep["sid"], seq=1, start=0), *enc.to_frames()], p.BAD_CODEC)
-    assert "format version 4 is not supported" in rep["msg"], rep
+    assert "format version 5 is not supported" in rep["msg"], rep
     assert_still_serving(c, tiny_lm)
