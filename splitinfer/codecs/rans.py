@@ -229,8 +229,9 @@ def unpredict(res: np.ndarray, ks: np.ndarray) -> np.ndarray:
     take = _NEXT.take  # the method: np.take's Python wrapper costs as much as the lookup of a row
     last = u[0]
     for row in u[1:]:
-        # an index outside the table only follows a code outside int8, which the check below rejects
-        take(last, out=pred, mode="clip")
+        # an index outside the table only follows a code outside int8, which the check below rejects;
+        # "wrap" keeps such an index harmless and is the cheapest mode (quiet micro: 0.21 vs 0.24 ms clip)
+        take(last, out=pred, mode="wrap")
         row += pred
         last = row
     u -= base - 128  # code + 128
