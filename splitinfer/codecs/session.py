@@ -413,15 +413,15 @@ class AdaptiveStepCodec(Codec):
         q = self._decode_codes(take, meta, n_rows, cols, st)  # clamped to int8 where escaped: the state's codes
         take.done()
         codes = q if esc is None else escapes.restore(q, *esc, meta["escapes"])
-        v = stepquant.dequantize_steps(codes, steps, n_rows, cols)
+        v = stepquant.dequantize_steps(codes, steps, n_rows, cols)  # a new float32 tensor: added to in place
         if new_means is not None:
-            v = v + new_means
+            v.add_(new_means)
         elif meta.get("session_means"):
-            v = v + st.means
+            v.add_(st.means)
         v = saturate_for(stages.restore_outlier_rows(v, out_rows), out_dtype)
         v = stages.restore_nonfinite(v, nonfinite)
         if st is not None:
-            self._advance(st, meta, q, bufs, new_means)
+            self._advance(st, meta, q.astype(np.int64, copy=False), bufs, new_means)  # the state keeps int64 codes
             st.crc = h["crc"]
         return v.reshape(shape).to(out_dtype)
 
@@ -444,7 +444,8 @@ class AdaptiveStepCodec(Codec):
             return q
         side, tables, stream = take(), take(), take()
         decode_static = entropy.static_coder(self.params.coder)[1]
-        return decode_static(side, tables, stream, n_rows, cols, self.params.rans_groups, *meta["rans"]).astype(np.int64)
+        # int8 codes: a key message (a prefill window) needs no int64 copy; a session step widens them for its state
+        return decode_static(side, tables, stream, n_rows, cols, self.params.rans_groups, *meta["rans"])
 
     def _check_meta(self, meta, rows, cols, numel, st) -> None:
         p = self.params
