@@ -76,11 +76,7 @@ class SessionCodec(Codec):
         self.inner = inner
         self.name = name
         self.overrides = dict(inner.overrides)
-        self.format_version = inner.format_version
-
-    @property
-    def wire_format(self) -> str:
-        return f"v{self.format_version}.{self.format_version}"  # the head's format is the header's version
+        self.format_version = inner.format_version  # also the head's format (Codec.wire_format: "v<it>")
 
     def _lossless(self) -> bool:
         params = getattr(self.inner, "params", None)

@@ -274,10 +274,11 @@ def _bisect_point(lm, source, corpus, ref, cut, family, args, reused, record, st
     again. `tuned_on`: the corpus the step was chosen on (a held-out check row), "" for a bisection row."""
     name = family_spec(family, step)
     t0 = time.perf_counter()
-    old = reused.get((corpus.digest, cut, codec_key(name), build_codec(codec_spec_arg(name)).wire_format))
+    codec = build_codec(codec_spec_arg(name))  # fresh: a session codec's state must not leak across runs
+    old = reused.get((corpus.digest, cut, codec_key(name), codec.wire_format))
     row = ({**old, "codec": name} if old else
            {"corpus": source, "cut": cut, "codec": name, "step_us": float("nan"),
-            **evaluate(lm, cut, build_codec(codec_spec_arg(name)), corpus, ref, args.seed)})
+            **evaluate(lm, cut, codec, corpus, ref, args.seed)})
     row["tuned_on"] = tuned_on
     record(row)
     log.info("%s cut %2d %-22s %6.3f / %6.3f bits  Δppl %+7.3f%% [%+.3f, %+.3f]  (%s)", source, cut, name,

@@ -16,7 +16,7 @@ import splitinfer
 from splitinfer.codecs import build_codec
 
 torch.set_num_threads(1)
-h = torch.load("/tmp/h15.pt")
+h = torch.load("/tmp/h15.pt", weights_only=True)  # tensors only, never code
 out = []
 for name in ("ec25g_s", "ec37g_s"):
     c = build_codec(name)
