@@ -1,7 +1,7 @@
 """Probe, measured: does a server-guided second pass (finer step on the rows the server finds sensitive) pay?
 
     python experiments/codec_rate_distortion/issue28/probes/refine_probe.py [CUTS [FRAC]]   # -> refine_probe.txt
-    (default cuts 1,15,29 and FRAC 0.2; ~15 min on 2 quiet cores)
+    (default cuts 1,15,29 and FRAC 0.2; 24 min on 2 loaded cores)
 
 sensitivity_probe.py models it; this measures it through the real split path (`codec_bench.evaluate`, as a
 sweep job does). Prefill only: a message of at least 16 tokens goes through per-message `ec25g` at `step`; the

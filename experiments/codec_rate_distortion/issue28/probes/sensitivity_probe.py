@@ -1,6 +1,8 @@
 """Probe, modelled from measured gradients: how much could a fixed per-channel or per-position step save?
 
     python experiments/codec_rate_distortion/issue28/probes/sensitivity_probe.py [CUTS]   # -> sensitivity_probe.txt
+    (default cuts 1,4,8,15,22,29; ~35 min on 2 loaded cores; the gradients are cached in /tmp, so printing the
+    tables again takes seconds)
 
 The step quantizer gives every value of a row the same noise, variance ~ (step * rms_r)^2 / 12. To second
 order the KL it costs is 1/2 sum F[t, c] * noise[t, c], with F the diagonal Fisher of the hidden state
