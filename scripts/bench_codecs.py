@@ -22,7 +22,8 @@ the CSV, a markdown table and rate-distortion plots (bits per value vs Δppl and
 appended to the CSV as measured; `--reuse CSV` takes rows of the same corpus digest instead). The table lists,
 per cut, the best passing step and every step tried (the best of a few tries: its interval is optimistic).
 `--tune-on pydoc` chooses the steps on pydoc alone, then measures each --corpora entry once per cut at them
-(`--steps-from CSV`: the steps of such a run, no bisection); the second table is that held-out check.
+(`--steps-from CSV`: the steps of such a run, no bisection; `--steps-family ec25g_s`: the steps that family chose,
+measured with the --bisect family, e.g. ec25g_s:refs=true; `--own-steps`: each corpus at its own rows' steps).
 
 A codec is a preset name, optionally with params: `NAME:key=value:...` (values as JSON, e.g.
 `ec37g:coder=rans_py` is ec37g through the old plain-numpy rANS). `--speed` skips quality: per cut, the
@@ -49,7 +50,8 @@ from splitinfer.metrics import codec_bench  # noqa: E402
 from splitinfer.report import codec_rd  # noqa: E402
 
 DEFAULT_CUTS = (1, 8, 15, 22, 29)
-DEFAULT_CODECS = ("petals_blockwise8", "int8", "int8_s", "ec37g", "ec25g_s", "ec30g_s", "ec34g_s", "ec37g_s")
+DEFAULT_CODECS = ("petals_blockwise8", "int8", "int8_s", "ec37g", "ec25g_s", "ec25g_s:refs=true", "ec30g_s",
+                  "ec37g_s")
 DEFAULT_CORPORA = ("pydoc", "licenses")
 QUICK_CODECS = ("fp16", "petals_blockwise8", "int8", "int4_b64_outlier_rot_log8_tc", "ec40")
 
@@ -83,14 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--bisect: lo,hi of the steps tried (x row RMS)")
     p.add_argument("--step-res", type=float, default=0.02, help="--bisect: step resolution")
     p.add_argument("--step-start", type=float, default=0.27, help="--bisect: first step tried at the first cut")
-    p.add_argument("--reuse", type=Path, default=None, help="--bisect: an earlier run's CSV; its rows of the "
-                   "same codec, corpus, cut and token count are taken instead of measured again")
+    p.add_argument("--reuse", type=Path, help="--bisect: an earlier CSV whose same points are taken, not measured")
     p.add_argument("--max-evals", type=int, default=4, help="--bisect: evaluations per (corpus, cut, family)")
-    p.add_argument("--tune-on", default=None, help="--bisect: bisect on this corpus only (e.g. pydoc), then measure "
-                   "every --corpora entry once per cut at the step chosen there (the held-out check)")
+    p.add_argument("--tune-on", help="--bisect on this corpus only, then each --corpora entry at its steps")
     p.add_argument("--steps-from", type=Path, help="--bisect: the steps of this tuning run's CSV; no bisection")
-    p.add_argument("--speed", action="store_true", help="timing only (no quality): MB/s and step µs per codec, "
-                                                         "side by side, as a table (OUT_DIR/speed.md)")
+    p.add_argument("--steps-family", help="--steps-from: the family whose steps to take (default: --bisect's)")
+    p.add_argument("--own-steps", action="store_true", help="--steps-from: each corpus at its own rows' steps")
+    p.add_argument("--speed", action="store_true", help="timing only: MB/s and step µs per codec (OUT_DIR/speed.md)")
     a = p.parse_args(argv)
     a.cuts = a.cuts or ([1, 15, 29] if a.quick else list(DEFAULT_CUTS))
     a.corpora = a.corpora or (["pydoc"] if a.quick else list(DEFAULT_CORPORA))

@@ -95,6 +95,12 @@ class Codec(ABC):
         """The dict that `build_codec` turns back into an equal codec."""
         return {"name": self.name, **self.overrides}
 
+    @property
+    def label(self) -> str:
+        """The name plus every param that differs from the preset, as `NAME:key=value` (JSON values; what the
+        benchmark's --codecs and a sweep's `codec_ran` column show): `ec25g_s:refs=true:step=0.21`."""
+        return ":".join([self.name, *(f"{k}={json.dumps(v)}" for k, v in sorted(self.overrides.items()))])
+
     def bits_per_value(self, enc: EncodedTensor, numel: int | None = None) -> float:
         n = enc.numel if numel is None else numel
         return enc.nbytes * 8 / n if n else float("inf")

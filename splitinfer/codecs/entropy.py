@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from splitinfer.codecs import rans
+from splitinfer.codecs import rans, refrows
 from splitinfer.codecs.errors import CodecError
 
 CODERS = ("ans", "rans_py")  # the compiled coder (default), the plain-numpy one of rans.py
@@ -154,17 +154,19 @@ def static_models(freq: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
     return models_ragged([freq[g, first[g]: last[g] + 1] for g in range(freq.shape[0])]), first, last
 
 
-def encode_static(q: np.ndarray, n_groups: int) -> tuple[bytes, bytes, bytes, list[int]]:
+def encode_static(q: np.ndarray, n_groups: int, back: np.ndarray | None = None,
+                  ks: np.ndarray | None = None) -> tuple[bytes, bytes, bytes, list[int]]:
     """rans.encode's model and wire layout with the compiled coder (each group's symbols coded over its own
-    support, see static_models) -> (side, tables, stream, [lo, hi, n_words])."""
-    side, groups, res, tables, freq, lo, hi = rans.static_model(q, n_groups)
+    support, see static_models) -> (side, tables, stream, [lo, hi, n_words]). `back`: reference rows
+    (refrows.py; the caller sends the buffer), `ks`: prediction weights already computed."""
+    side, groups, res, tables, freq, lo, hi = rans.static_model(q, n_groups, back, ks)
     group_models, first, _ = static_models(freq)
     words = encode_groups(res, group_channels(groups, freq.shape[0]), group_models, offsets=lo + first)
     return side, tables.tobytes(), words.astype("<u4").tobytes(), [lo, hi, int(words.size)]
 
 
 def decode_static(side_buf, tables_buf, stream_buf, rows: int, cols: int, n_groups: int, lo: int, hi: int,
-                  n_words: int) -> np.ndarray:
+                  n_words: int, back: np.ndarray | None = None) -> np.ndarray:
     """Inverse of encode_static -> (rows, cols) int8 codes; CodecError on anything inconsistent. Each group's
     residuals land in a block of columns (channels in group order, as on the wire), the prediction is undone
     in that order and the columns go back to channel order once, as bytes."""
@@ -192,10 +194,21 @@ def decode_static(side_buf, tables_buf, stream_buf, rows: int, cols: int, n_grou
     if not empty:
         raise CodecError("ANS stream holds more data than its symbols: corrupted data")
     order = np.concatenate(chans)
-    codes = rans.unpredict(res, ks[order])
+    codes = rans.unpredict(res, ks[order], back)
     out = np.empty_like(codes)
     out[:, order] = codes
     return out
+
+
+def encode_static_refs(q: np.ndarray, n_groups: int) -> tuple[np.ndarray | None, bytes, bytes, bytes, list[int]]:
+    """encode_static with reference rows where the encoder finds them (refrows.choose) -> (back or None, side,
+    tables, stream, [lo, hi, n_words])."""
+    q16 = q.astype(np.int16)
+    ks = rans.predict_weights(q16)
+    prev = np.zeros_like(q16)
+    prev[1:] = q16[:-1]
+    back = refrows.choose(q16, q16 - rans._predict(prev, ks.astype(np.int16)))
+    return (back, *encode_static(q16, n_groups, back, ks))
 
 
 def stream_nbytes(n: int, n_words: int, coder: str) -> int:

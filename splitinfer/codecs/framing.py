@@ -13,6 +13,11 @@ dtype, shape, seq, flags, code, meta) and of every buffer, so a flipped bit anyw
 decoded with the wrong spec, fails the check. The first byte (0xB5) can never start a JSON header, so
 `EncodedTensor.from_frames` tells the two formats apart.
 
+Formats 6 and 7 (codecs with refs=true, refrows.py) shorten the head of a one-token step: a shape whose dims
+are all 1 but the last goes as `0x80 | ndim` and the last dim (3 bytes instead of 5 for (1, 1, 576)), and the
+reference row of an adaptive step (meta "p") as one byte after the code byte, whose bit 4 announces it (instead
+of 7-8 bytes of JSON): 11-12 bytes for a (1, 1, 576) step instead of 13-21.
+
 flags bit 0 = key: the message decodes on its own and leaves the session's adaptive state untouched
 (what `codec.encode(x)` gives); without it the message is step `seq` of the session and is decoded
 against the state both halves built from steps 0..seq-1 (`codec.encode_step(x)`).
@@ -27,6 +32,7 @@ from typing import Any
 
 from splitinfer.codecs.errors import CodecError, CodecFormatError
 from splitinfer.codecs.escapes import ESCAPED_FORMAT
+from splitinfer.codecs.refrows import REFS_FORMAT
 from splitinfer.codecs.tensors import DTYPES, MAX_HEADER_BYTES, MAX_NDIM, Buffer, read_shape
 
 MAGIC = 0xB5
@@ -34,7 +40,12 @@ FORMAT = 1  # the generic session codec (any preset's buffers behind the head)
 FORMAT_COMPILED = 2  # the adaptive ecNNg_s codecs since their entropy coder is constriction's ANS (entropy.py)
 FORMAT_TRIMMED = 3  # the same with each channel group's static model over its own support (entropy.static_models)
 # a message with escaped codes beyond int8 (escapes.py) carries its own format: 4 (old coder), 5 (compiled)
-FORMATS = (FORMAT, FORMAT_COMPILED, FORMAT_TRIMMED, *(ESCAPED_FORMAT[f] for f in (FORMAT, FORMAT_TRIMMED)))
+# 6/7: 3/5 with reference rows (refrows.py); 0 is the one number left for a future layout
+FORMATS = (FORMAT, FORMAT_COMPILED, FORMAT_TRIMMED, *(ESCAPED_FORMAT[f] for f in (FORMAT, FORMAT_TRIMMED)),
+           *REFS_FORMAT.values())
+COMPACT_FORMATS = tuple(REFS_FORMAT.values())  # the heads with the short shape and the binary reference row
+_SHORT_SHAPE = 0x80  # ndim byte: only the last dim follows, the others are 1 (compact formats)
+_REF_BYTE = 0x10  # code byte: the reference row follows as one byte (compact formats)
 FLAG_KEY = 1
 _DTYPE_CODES = tuple(DTYPES)  # "float32", "float16", "bfloat16" -> 0, 1, 2
 _MAX_SEQ = 2**32 - 1
@@ -67,15 +78,25 @@ def pack_head(flags: int, dtype: str, seq: int, shape: Sequence[int], crc: int, 
               code: int | None = None, fmt: int = FORMAT) -> bytes:
     if not 0 <= seq <= _MAX_SEQ:
         raise CodecError(f"session step number {seq} does not fit 32 bits; open a new session")
+    compact = fmt in COMPACT_FORMATS
+    ref = meta.get("p") if compact and code is not None else None
+    if type(ref) is int and 0 <= ref <= 255:  # the reference row goes as a byte, not as JSON
+        meta = {k: v for k, v in meta.items() if k != "p"}
+    else:
+        ref = None
     bits = _DTYPE_CODES.index(dtype) | (flags & FLAG_KEY) << 2 | (code is not None) << 3 | bool(meta) << 4
     head = bytearray((MAGIC, bits | fmt << 5))
     head += _varint(seq)
-    head.append(len(shape))
-    for d in shape:
-        head += _varint(int(d))
+    if compact and shape and all(int(d) == 1 for d in shape[:-1]):
+        head.append(_SHORT_SHAPE | len(shape))
+        head += _varint(int(shape[-1]))
+    else:
+        head.append(len(shape))
+        for d in shape:
+            head += _varint(int(d))
     head += struct.pack("<I", crc)
     if code is not None:
-        head.append(code)
+        head += bytes((code,)) if ref is None else bytes((code | _REF_BYTE, ref))
     if meta:
         head += json.dumps(meta, separators=(",", ":"), allow_nan=False).encode("utf-8")
     return bytes(head)
@@ -102,19 +123,28 @@ def unpack_head(frame: Buffer) -> dict[str, Any]:
     if pos >= len(raw):
         raise CodecError("session head is truncated before its shape")
     ndim, pos = raw[pos], pos + 1
-    if ndim > MAX_NDIM:
-        raise CodecError(f"session head announces {ndim} dims, over {MAX_NDIM}")
-    shape = []
-    for _ in range(ndim):
+    compact = bits >> 5 in COMPACT_FORMATS
+    short = compact and bool(ndim & _SHORT_SHAPE)
+    if short:
+        ndim &= ~_SHORT_SHAPE
+    if ndim > MAX_NDIM or (short and ndim == 0):
+        raise CodecError(f"session head announces {ndim} dims, not 1..{MAX_NDIM}" if short else
+                         f"session head announces {ndim} dims, over {MAX_NDIM}")
+    shape = [1] * (ndim - 1) if short else []
+    for _ in range(1 if short else ndim):
         d, pos = _read_varint(raw, pos)
         shape.append(d)
     if pos + 4 + has_code > len(raw):
         raise CodecError("session head is truncated before its checksum")
     crc = struct.unpack_from("<I", raw, pos)[0]
     pos += 4
-    code = None
+    code, ref = None, None
     if has_code:
         code, pos = raw[pos], pos + 1
+        if compact and code & _REF_BYTE:
+            if pos >= len(raw):
+                raise CodecError("session head is truncated before its reference row")
+            code, ref, pos = code & ~_REF_BYTE, raw[pos], pos + 1
     meta: Any = {}
     if has_meta:
         try:
@@ -125,6 +155,10 @@ def unpack_head(frame: Buffer) -> dict[str, Any]:
             raise CodecError(f"session head meta must be a non-empty JSON object, got {str(meta)[:60]}")
     elif pos != len(raw):
         raise CodecError(f"session head has {len(raw) - pos} stray bytes after its checksum")
+    if ref is not None:
+        if "p" in meta:
+            raise CodecError("session head names its reference row twice (byte and meta p)")
+        meta["p"] = ref
     read_shape({"shape": shape})  # the element-count limit
     return {"flags": flags, "dtype": _DTYPE_CODES[dcode], "seq": seq, "shape": shape, "crc": crc, "code": code,
             "meta": meta, "session": True, "format": bits >> 5}

@@ -42,6 +42,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
              f"null or a number in {STEP_RANGE[0]}..{STEP_RANGE[1]} (step / row RMS)"),
     "rans_groups": (lambda v: _is_int(v) and 0 <= v <= 51, "an int in 0..51 (0: codes go to the lossless stage)"),
     "coder": (lambda v: v in CODERS, f"one of {CODERS} (the compiled ANS coder, or the old plain-numpy rANS)"),
+    "refs": (lambda v: type(v) is bool, "true or false (reference rows in a prefill, session codecs only)"),
     "pack": (lambda v: type(v) is bool, "true or false"),
     "lossless": (lambda v: v is None or v in METHODS, f"null or one of {METHODS}"),
     "level": (lambda v: _is_int(v) and 1 <= v <= 22, "an int in 1..22 (zstd level)"),
@@ -69,6 +70,7 @@ class PipelineParams:
     step: float | None = None  # entropy-coded quantization: round to step x row RMS (use with zstd)
     rans_groups: int = 0  # step codes: rANS with this many per-channel-group tables (0: off), see rans.py
     coder: str = "ans"  # rans_groups' entropy coder: "ans" (constriction, entropy.py) or "rans_py" (rans.py)
+    refs: bool = False  # session codecs: a prefill row may be coded against an earlier row it names (refrows.py)
     pack: bool = True  # bit-pack codes; False keeps one code per byte (helps zstd's entropy stage)
     lossless: str | None = None  # "lz4" or "zstd" on every buffer, kept only where it shrinks
     level: int = 1  # zstd level (higher is slower and, on quantized activations, barely smaller)
@@ -89,6 +91,9 @@ class PipelineParams:
         if values.get("rans_groups") and values.get("step") is None:
             raise CodecError("codec param rans_groups entropy-codes step-quantized integers: it needs `step` "
                              "(set rans_groups=0 for fixed-rate `bits`)")
+        if values.get("refs") and not (values.get("rans_groups") and values.get("coder", "ans") == "ans"):
+            raise CodecError("codec param refs=true codes prefill rows against earlier rows inside the compiled rANS "
+                             "model: it needs rans_groups > 0 and coder='ans' (e.g. ec25g_s:refs=true)")
         floats = ("topk", "outlier_token_ratio", "step")
         return cls(**{k: (float(v) if k in floats and v is not None else v) for k, v in values.items()})
 

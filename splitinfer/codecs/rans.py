@@ -164,18 +164,25 @@ def _predict(prev: np.ndarray, k) -> np.ndarray:
     return (k * prev + 2) >> 2
 
 
-def static_model(q: np.ndarray, n_groups: int) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+def static_model(q: np.ndarray, n_groups: int, back: np.ndarray | None = None,
+                 ks: np.ndarray | None = None) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
     """The static model of (rows, cols) int8-range codes (encoder side): each code is predicted from the
     previous token's code in its channel (weight k/4, k per channel: hidden states drift slowly in most
     channels), the residuals' channels are grouped, one table per group. -> (side bytes, groups (cols,),
     residuals (rows, cols), table bytes (K, A), frequencies (K, A), lo, hi). Both coders (this module's and
-    the compiled one in entropy.py) code the residuals with exactly these frequencies."""
+    the compiled one in entropy.py) code the residuals with exactly these frequencies.
+    `back` (rows,): a row t with back[t] > 0 is predicted by row t - back[t] whole instead (refrows.py);
+    `ks`: the prediction weights when the caller has them already (predict_weights(q))."""
     rows, cols = q.shape
     q = q.astype(np.int16)  # int8 codes: residuals (-255..255) and predictions fit int16
-    ks = predict_weights(q)
+    if ks is None:
+        ks = predict_weights(q)
     prev = np.zeros_like(q)
     prev[1:] = q[:-1]
     res = q - _predict(prev, ks.astype(np.int16))
+    if back is not None:
+        t = np.flatnonzero(back)
+        res[t] = q[t] - q[t - back[t]]
     lo, hi = int(res.min()), int(res.max())
     a = hi - lo + 1
     k = max(1, min(n_groups, cols))
@@ -214,12 +221,13 @@ _CODE = np.arange(-128, 128, dtype=np.int64)
 _NEXT = np.concatenate([_predict(_CODE, k) + k * 256 + 128 for k in range(5)])
 
 
-def unpredict(res: np.ndarray, ks: np.ndarray) -> np.ndarray:
+def unpredict(res: np.ndarray, ks: np.ndarray, back: np.ndarray | None = None) -> np.ndarray:
     """Inverse of the prediction -> (rows, cols) int8 codes from residuals (any integer type, any column
     order with `ks` in the same order); CodecError where a code falls outside int8 (corrupted data). The
     rounding makes the recursion sequential over rows, so each row is two ufunc calls over all channels
     (a lookup in _NEXT, an add), whatever their k (3-5x faster than the per-k arithmetic it replaces).
-    A C-contiguous intp `res` is overwritten (callers pass a fresh one); any other is copied first."""
+    A C-contiguous intp `res` is overwritten (callers pass a fresh one); any other is copied first.
+    `back` (rows,), checked by the caller (refrows.read): row t > 0 with back[t] > 0 adds row t - back[t] instead."""
     u = res if res.dtype == np.intp and res.flags.c_contiguous else np.array(res, dtype=np.intp)
     if u.size == 0:
         return np.zeros(u.shape, dtype=np.int8)
@@ -228,12 +236,22 @@ def unpredict(res: np.ndarray, ks: np.ndarray) -> np.ndarray:
     pred = np.empty(u.shape[1], dtype=np.intp)
     take = _NEXT.take  # the method: np.take's Python wrapper costs as much as the lookup of a row
     last = u[0]
-    for row in u[1:]:
-        # an index outside the table only follows a code outside int8, which the check below rejects;
-        # "wrap" keeps such an index harmless and is the cheapest mode (quiet micro: 0.21 vs 0.24 ms clip)
-        take(last, out=pred, mode="wrap")
-        row += pred
-        last = row
+    if back is None or not back.any():
+        for row in u[1:]:
+            # an index outside the table only follows a code outside int8, which the check below rejects;
+            # "wrap" keeps such an index harmless and is the cheapest mode (quiet micro: 0.21 vs 0.24 ms clip)
+            take(last, out=pred, mode="wrap")
+            row += pred
+            last = row
+    else:  # a referenced row's index is its code + its channel's band offset, as the prediction's is
+        for t, b in enumerate(back[1:].tolist(), 1):
+            row = u[t]
+            if b:
+                row += u[t - b]
+            else:
+                take(last, out=pred, mode="wrap")
+                row += pred
+            last = row
     u -= base - 128  # code + 128
     if int(u.view(np.uintp).max()) > 255:  # negative ones wrap to huge
         raise CodecError("rANS codes decode outside int8: corrupted data or a session out of step")

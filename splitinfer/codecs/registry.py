@@ -147,6 +147,9 @@ def build_codec(spec: str | Mapping[str, Any] | Codec = DEFAULT_CODEC, **overrid
         from splitinfer.codecs.session import build_session
 
         return build_session(_build(base, params_json), name)  # a fresh instance: it may hold session state
+    if params.get("refs"):
+        raise CodecError(f"codec param refs=true needs the session format (reference rows are a session codec's "
+                         f"prefill coding): use {name}_s, e.g. {{'name': '{name}_s', 'refs': true}}")
     return _build(name, params_json)
 
 

@@ -25,7 +25,9 @@ under half the raw bytes), raw bytes; a message with codes beyond int8 either se
 zstd) or, when smaller, clamps them to int8 for any of those codings and sends their exact values beside
 (escapes.py: head format 4 or 5; both halves' models follow the clamped codes). The symbols go through the
 compiled ANS coder (entropy.py, session head format 3) or, with coder="rans_py", the old plain-Python rANS
-(format 1: the old stream layout), kept for the benchmark and the decode-equality tests.
+(format 1: the old stream layout), kept for the benchmark and the decode-equality tests. With `refs=true`
+(refrows.py) a message's fresh static tables may code a row against an earlier row of the same message, and
+every message of the codec is format 6 (7 with escapes) with the shorter one-token head of framing.py.
 
 Step order: step `seq` is decoded against the state after steps 0..seq-1, and its CRC covers the CRC of
 step seq-1 (a chain: a step of another session, or after a lost one, fails the check). The decoder keeps the state
@@ -48,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from splitinfer.codecs import adaptive, centering, entropy, escapes, rans, stages, stepquant, tokens
+from splitinfer.codecs import adaptive, centering, entropy, escapes, rans, refrows, stages, stepquant, tokens
 from splitinfer.codecs.adaptive import ADAPTIVE_MAX, AdaptiveState
 from splitinfer.codecs.base import Codec, seal, verify
 from splitinfer.codecs.encoded import EncodedTensor, StepMessage, as_message
@@ -126,7 +128,8 @@ def _check_format(name: str, h: dict[str, Any], fmts: tuple[int, ...]) -> None:
         also = f" (or {fmts[1]} with escaped codes)" if len(fmts) > 1 else ""
         raise CodecFormatError(f"{name}: session head format {h.get('format')} but this codec speaks format "
                                f"{fmts[0]}{also} (format 3: the compiled entropy coder with per-group models, 2: "
-                               "its first version; 1: the old coder, coder='rans_py'; 4/5: 1/3 with escaped codes): "
+                               "its first version; 1: the old coder, coder='rans_py'; 4/5: 1/3 with escaped codes; 6/7: 3/5 with "
+                               "reference rows, refs=true): "
                                "both halves must run the same splitinfer version and codec params")
 
 
@@ -194,7 +197,14 @@ class AdaptiveStepCodec(Codec):
 
     @property
     def format_versions(self) -> tuple[int, ...]:
-        return escapes.versions(self._fmt)
+        plain = escapes.versions(self._fmt)
+        return tuple(refrows.REFS_FORMAT[v] for v in plain) if self.params.refs else plain
+
+    def _message_format(self, meta: dict[str, Any]) -> int:
+        """A message's format: the codec's (3; 5 with escaped codes), or with refs=true 6 (7) for every message
+        (reference rows and the compact head, refrows.py)."""
+        fmt = escapes.version(self._fmt, meta)
+        return refrows.REFS_FORMAT[fmt] if self.params.refs else fmt
 
     # -- session control ----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -266,7 +276,7 @@ class AdaptiveStepCodec(Codec):
         code, rest = _split_meta(meta)
         head = {"dtype": DTYPE_NAMES[x.dtype], "shape": shape, "meta": rest, "seq": seq, "flags": flags,
                 "code": code}
-        fmt = escapes.version(self._fmt, meta)
+        fmt = self._message_format(meta)
         full = full_header(self.name, self.overrides, head, fmt)
         if st is not None:
             full["prev"] = chain  # the checksum chains the steps: another session's step fails it
@@ -317,7 +327,9 @@ class AdaptiveStepCodec(Codec):
                 escapes.mark(meta, n_esc)
         meta["mode"] = mode
         if mode == "r":
-            meta["rans"] = extra
+            meta["rans"], refs = extra
+            if refs:
+                meta["ref_rows"] = refs
         elif mode == "a" and extra is not None:
             meta["ref_row"] = extra
         return q, bufs
@@ -342,9 +354,14 @@ class AdaptiveStepCodec(Codec):
                 best, size = ("z", [z], None), len(z)
         if not wide:
             if n >= rans.MIN_VALUES:
-                side, tables, stream, info = entropy.static_coder(p.coder)[0](q, p.rans_groups)
-                if len(side) + len(tables) + len(stream) < size:
-                    best = ("r", [side, tables, stream], info)
+                back = None
+                if p.refs:
+                    back, side, tables, stream, info = entropy.encode_static_refs(q, p.rans_groups)
+                else:
+                    side, tables, stream, info = entropy.static_coder(p.coder)[0](q, p.rans_groups)
+                bufs = [side, tables, stream] if back is None else [back.tobytes(), side, tables, stream]
+                if sum(map(len, bufs)) < size:
+                    best = ("r", bufs, (info, 0 if back is None else int(np.count_nonzero(back))))
         return best
 
     # -- decode -------------------------------------------------------------------------------------
@@ -382,7 +399,10 @@ class AdaptiveStepCodec(Codec):
         if st is not None:
             st.sync_cols(cols)
         self._check_meta(meta, rows, cols, numel, st)
-        escapes.check_version(h["format"], self._fmt, meta)
+        if h["format"] != self._message_format(meta):
+            raise CodecError(f"format version {h['format']} with meta escapes={meta.get('escapes')!r} ref_rows="
+                             f"{meta.get('ref_rows')!r}: escaped codes have their own format, and so has a codec with refs=true "
+                             f"(this message's would be {self._message_format(meta)}); the encoder is broken or forged")
         full = {**full_header(self.name, self.overrides, h, h["format"]), "crc": h["crc"]}
         if st is not None:
             full["prev"] = st.crc
@@ -438,10 +458,11 @@ class AdaptiveStepCodec(Codec):
         if mode == "a":
             q, self._sym = adaptive.decode(take(), n_rows, cols, st, meta.get("ref_row"), self.params.coder)
             return q
+        refs = {"back": refrows.read(take(), n_rows, meta["ref_rows"])} if "ref_rows" in meta else {}
         side, tables, stream = take(), take(), take()
         decode_static = entropy.static_coder(self.params.coder)[1]
         # int8 codes: a key message (a prefill window) needs no int64 copy; a session step widens them for its state
-        return decode_static(side, tables, stream, n_rows, cols, self.params.rans_groups, *meta["rans"])
+        return decode_static(side, tables, stream, n_rows, cols, self.params.rans_groups, *meta["rans"], **refs)
 
     def _check_meta(self, meta, rows, cols, numel, st) -> None:
         p = self.params
@@ -461,6 +482,7 @@ class AdaptiveStepCodec(Codec):
                                or (mode == "a" and st is not None and st.model is not None and n <= ADAPTIVE_MAX)
                                or (mode == "r" and n >= rans.MIN_VALUES)),
             "rans": mode == "r" and rans.valid_info(meta.get("rans"), n),
+            "ref_rows": mode == "r" and p.refs and refrows.valid_count(meta.get("ref_rows"), n_rows),
             "ref_row": mode == "a" and n_rows == 1 and st is not None and st.hist is not None
             and 0 <= meta.get("ref_row", -1) < len(st.hist),
         }

@@ -44,6 +44,7 @@ META: dict[str, tuple[type, str | None]] = {
     "compressed": (list, None),  # per buffer: 1 = lossless-compressed (the session head: bitmask "Z")
     "mode": (str, None),  # (session) where the codes went: see session.MODES
     "ref_row": (int, "p"),  # (session) a one-token step predicted from this earlier row (0 = the last)
+    "ref_rows": (int, "rr"),  # (session, refs=true) count of prefill rows coded against an earlier row (refrows.py)
 }
 _SHORT = {short: name for name, (_, short) in META.items() if short}
 

@@ -298,8 +298,13 @@ def run_bisect(lm, args: Any, record: Callable[[dict], None], reused: dict[tuple
     With `args.tune_on` (a corpus), the bisection runs on that corpus only, and every corpus of args.corpora
     is then measured once per cut at the step `tuned_steps` takes from those rows (rows with `tuned_on` set):
     the held-out check of a step table tuned on other text. With `tuning` (the rows of an earlier tuning
-    run, `--steps-from CSV`) nothing is bisected: the steps come from those rows."""
+    run, `--steps-from CSV`) nothing is bisected: the steps come from those rows, those of `args.steps_family`
+    where it is set (e.g. the steps ec25g_s chose, measured with ec25g_s:refs=true). With `args.own_steps` each
+    corpus is measured at the steps its own rows of `tuning` chose (an oracle table replayed with another
+    family), recorded as bisection rows."""
     t_start = time.perf_counter()
+    if (getattr(args, "steps_family", None) or getattr(args, "own_steps", False)) and tuning is None:
+        raise ConfigError("--steps-family and --own-steps take their steps from an earlier run: add --steps-from CSV")
     grid = step_grid(*args.step_range, args.step_res)
     tune_on = getattr(args, "tune_on", None)
     rows = list(tuning or [])
@@ -313,8 +318,23 @@ def run_bisect(lm, args: Any, record: Callable[[dict], None], reused: dict[tuple
                                               lambda r: (rows.append(r), record(r)))
                     ok, _ = bisect_step(point, grid, start, args.max_evals)
                     start = ok if ok is not None else 0  # the next cut starts from this cut's answer
-    if tune_on or tuning is not None:
-        tune_on, chosen = tuned_steps(rows, args.bisect, args.cuts, args.max_dppl)
+    from_family = getattr(args, "steps_family", None)
+    if tuning is not None and getattr(args, "own_steps", False):
+        for source in args.corpora:
+            own = [r for r in rows if r.get("corpus") == source]
+            if not own:
+                raise ConfigError(f"--own-steps: the --steps-from CSV has no rows of corpus {source!r} (it has "
+                                  f"{sorted({r.get('corpus') for r in rows})}); drop it from --corpora")
+            corpus, ref = _reference(lm, args, source, t_start)
+            for family in args.bisect:
+                _, chosen = tuned_steps(own, [from_family or family], args.cuts, args.max_dppl)
+                for (_, cut), step in chosen.items():
+                    _bisect_point(lm, source, corpus, ref, cut, family, args, reused, record, step)
+    elif tune_on or tuning is not None:
+        chosen = {}
+        for family in args.bisect:
+            tune_on, steps = tuned_steps(rows, [from_family or family], args.cuts, args.max_dppl)
+            chosen.update({(family, cut): step for (_, cut), step in steps.items()})
         for source in (c for c in args.corpora if c != tune_on):
             corpus, ref = _reference(lm, args, source, t_start)
             for (family, cut), step in chosen.items():

@@ -186,7 +186,8 @@ def heldout_table(rows: list[dict], max_dppl: float = 1.0, max_bits: float = 3.5
         ok = [r["delta_ppl_ci_hi"] <= max_dppl for r in here]
         small = [o and _xval(r) <= max_bits for o, r in zip(ok, here, strict=True)]
         for r, o in zip(here, ok, strict=True):
-            t = tuned.get((r["cut"], r["codec"]))
+            t = tuned.get((r["cut"], r["codec"])) or next(  # the steps of another family (--steps-family)
+                (v for (c, n), v in tuned.items() if c == r["cut"] and _step_of(n) == _step_of(r["codec"])), None)
             there = f" ({t['delta_ppl_ci_hi']:+.2f})" if t else ""
             lines.append(f"| {corpus} | {r['cut']} | `{r['codec']}`{there} | **{_xval(r):.2f}** | "
                          f"{r['bits_per_value']:.2f} / {r['bits_per_value_1tok']:.2f} | {r['delta_ppl_pct']:+.2f} "
@@ -195,6 +196,10 @@ def heldout_table(rows: list[dict], max_dppl: float = 1.0, max_bits: float = 3.5
         lines.append(f"| {corpus} | all | within the bound at {sum(ok)} of {len(here)} cuts; within it at "
                      f"≤ {max_bits} bits at {sum(small)} | | | | | |")
     return "\n".join(lines)
+
+
+def _step_of(name: str) -> str | None:
+    return name.split("step=")[1].split(":")[0] if "step=" in name else None
 
 
 def bisect_tables(rows: list[dict], max_dppl: float = 1.0, tuning: list[dict] | None = None) -> str:

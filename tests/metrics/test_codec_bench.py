@@ -91,8 +91,8 @@ def test_bisect_step_finds_the_coarsest_passing_step(answer):
 
 
 def _bisect_args(**kw):
-    return _args(bisect=["ec25g_s"], step_range=(0.15, 0.49), step_res=0.02, step_start=0.27, max_evals=2,
-                 max_dppl=1.0, **kw)
+    return _args(**{"bisect": ["ec25g_s"], "step_range": (0.15, 0.49), "step_res": 0.02, "step_start": 0.27,
+                    "max_evals": 2, "max_dppl": 1.0, **kw})
 
 
 def test_tune_on_checks_each_corpus_at_the_steps_chosen_on_the_tuning_corpus(tiny_lm):
@@ -113,6 +113,40 @@ def test_tune_on_checks_each_corpus_at_the_steps_chosen_on_the_tuning_corpus(tin
     codec_bench.run_bisect(tiny_lm, _bisect_args(corpora=["licenses"]), again.append, {}, tuning=tuning)
     assert [(r["codec"], r["delta_ppl_pct"], r["bits_per_value"]) for r in again] == \
         [(r["codec"], r["delta_ppl_pct"], r["bits_per_value"]) for r in checks]
+
+
+def test_another_family_is_measured_at_the_steps_one_family_chose(tiny_lm):
+    """--steps-family: the held-out check of ec25g_s's pydoc steps measured with ec25g_s:refs=true (same
+    reconstruction, so the same Δppl); --own-steps: each corpus at the steps its own bisection chose (an oracle
+    table replayed), as bisection rows."""
+    rows = []
+    codec_bench.run_bisect(tiny_lm, _bisect_args(corpora=["pydoc", "licenses"]), rows.append, {})
+    refs = "ec25g_s:refs=true"
+    again = []
+    codec_bench.run_bisect(tiny_lm, _bisect_args(corpora=["pydoc", "licenses"], steps_family="ec25g_s",
+                                                 own_steps=True, bisect=[refs]), again.append, {}, tuning=rows)
+    for corpus in ("pydoc", "licenses"):
+        _, steps = codec_bench.tuned_steps([r for r in rows if r["corpus"] == corpus], ["ec25g_s"], [1, 2], 1.0)
+        mine = [r for r in again if r["corpus"] == corpus]
+        assert [r["codec"] for r in mine] == [codec_bench.family_spec(refs, steps["ec25g_s", c]) for c in (1, 2)]
+        assert all(not r["tuned_on"] for r in mine)
+        for r in mine:
+            old = next(o for o in rows if o["corpus"] == corpus and o["cut"] == r["cut"]
+                       and o["codec"] == r["codec"].replace(":refs=true", ""))
+            assert r["delta_ppl_pct"] == old["delta_ppl_pct"]  # the same reconstruction
+    checks = []
+    tuning = [r for r in rows if r["corpus"] == "pydoc"]
+    codec_bench.run_bisect(tiny_lm, _bisect_args(corpora=["licenses"], steps_family="ec25g_s", bisect=[refs]),
+                           checks.append, {}, tuning=tuning)
+    assert [(r["corpus"], r["tuned_on"]) for r in checks] == [("licenses", "pydoc")] * 2
+    with pytest.raises(ConfigError, match="no ec30g_s row at cut 1"):
+        codec_bench.run_bisect(tiny_lm, _bisect_args(corpora=["licenses"], steps_family="ec30g_s"), checks.append,
+                               {}, tuning=tuning)
+    with pytest.raises(ConfigError, match="add --steps-from CSV"):
+        codec_bench.run_bisect(tiny_lm, _bisect_args(steps_family="ec25g_s"), checks.append, {})
+    with pytest.raises(ConfigError, match="no rows of corpus 'readmes'"):
+        codec_bench.run_bisect(tiny_lm, _bisect_args(corpora=["readmes"], own_steps=True), checks.append, {},
+                               tuning=rows)
 
 
 def test_tuned_steps_takes_the_coarsest_passing_step_else_the_finest_tried():

@@ -83,6 +83,8 @@ def test_heldout_table_shows_each_cut_at_the_step_chosen_on_the_tuning_corpus():
     only = codec_rd.bisect_tables(checks, tuning=tuning)  # --steps-from: the tuning rows are another CSV's
     assert "| pydoc | 1 |" not in only and "(+0.90) | **3.40**" in only
     assert codec_rd.heldout_table(tuning) == ""
+    other = [{**r, "codec": "ec25g_s:refs=true:step=0.29"} for r in checks]  # --steps-family: another family
+    assert "| licenses | 1 | `ec25g_s:refs=true:step=0.29` (+0.90) | **3.40**" in codec_rd.bisect_tables(other, tuning=tuning)
 
 
 def test_dedupe_keeps_the_newest_row_of_a_point():
