@@ -526,4 +526,7 @@ def build_session(inner: Codec, name: str) -> Codec:
     params = getattr(inner, "params", None)
     if isinstance(params, PipelineParams) and adaptive_capable(params):
         return AdaptiveStepCodec(params, name, inner.overrides)
+    if isinstance(params, PipelineParams) and params.refs:
+        raise CodecError(f"{name}: refs=true needs the adaptive session codec (step quantization with rANS, no "
+                         "outlier channels, rotation, top-k or fixed bits); drop refs or those params")
     return SessionCodec(inner, name)

@@ -48,13 +48,39 @@ def test_first_compiled_format_is_bad_codec(make_server, raw_client, tiny_lm):
 
 
 def test_unknown_session_head_format_is_bad_codec(make_server, raw_client, tiny_lm):
-    """A head format no version speaks yet (7): refused as bad_codec before any decoding."""
+    """A head format no version speaks yet (0), or one this session's codec does not (7: refs=true with escapes):
+    refused as bad_codec before any decoding."""
     c, sid = _open(make_server, raw_client, tiny_lm, {"name": "int8_s"})
     frames = build_codec("int8_s").encode_step(torch.randn(1, 3, tiny_lm.hidden_size)).to_frames()
-    head = bytearray(bytes(frames[0]))
-    head[1] = (head[1] & 0x1F) | 7 << 5
-    rep = expect(c, [env("step", sid=sid, seq=1, start=0), bytes(head), *frames[1:]], p.BAD_CODEC)
-    assert "format 7" in rep["msg"], rep
+    for fmt in (0, 7):
+        head = bytearray(bytes(frames[0]))
+        head[1] = (head[1] & 0x1F) | fmt << 5
+        rep = expect(c, [env("step", sid=sid, seq=1, start=0), bytes(head), *frames[1:]], p.BAD_CODEC)
+        assert f"format {fmt}" in rep["msg"], rep
+    assert_still_serving(c, tiny_lm)
+
+
+def test_a_session_with_reference_rows_over_zmq(make_server, raw_client, tiny_lm):
+    """A session opened with refs=true: its prefill (reference rows, format 6) and one-token steps (the short head)
+    are served; a client whose codec lacks refs is told bad_codec, naming both formats."""
+    c, sid = _open(make_server, raw_client, tiny_lm, {"name": "ec25g_s", "refs": True})
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 128, tiny_lm.hidden_size, generator=g)  # >= 4096 values: static tables, where references live
+    for t in range(1, 64):
+        x[:, t] += 0.6 * x[:, t - 1]  # drifting channels, as hidden states do
+    x[:, 64:] = x[:, :64] + 0.2 * torch.randn(1, 64, tiny_lm.hidden_size, generator=g)  # repeats: references pay
+    plain = build_codec("ec25g_s").encode_step(x).to_frames()
+    rep = expect(c, [env("step", sid=sid, seq=1, start=0), *plain], p.BAD_CODEC)
+    assert "format 3" in rep["msg"] and "format 6" in rep["msg"], rep
+    enc = build_codec("ec25g_s", refs=True)
+    msg = enc.encode_step(x)
+    assert msg.header["format"] == 6 and msg.header["meta"]["rr"] >= 60
+    rep = c.call("step", msg.to_frames(), sid=sid, seq=1, start=0)
+    assert rep["ok"], rep
+    step = enc.encode_step(torch.randn(1, 1, tiny_lm.hidden_size))
+    assert len(step.head) <= 12
+    rep = c.call("step", step.to_frames(), sid=sid, seq=2, start=128)
+    assert rep["ok"], rep
     assert_still_serving(c, tiny_lm)
 
 
