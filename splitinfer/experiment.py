@@ -161,7 +161,7 @@ def evaluate_split(lm, cut: int, codec, defense, corpus: Corpus, ref: Reference,
     reuse_hidden = reuse_hidden and not device.acts_on_embeddings and device.placement.is_default
     link = InProcessLink(server)
     # what ran, from the objects themselves (not the config's labels)
-    out: dict[str, Any] = {"codec_ran": getattr(device.codec, "label", device.codec.name),  # with its params
+    out: dict[str, Any] = {"codec_ran": device.codec.label,  # with its params
                            "defense_ran": getattr(defense, "name", None) or ("none" if defense is None else
                                                                              type(defense).__name__)}
 

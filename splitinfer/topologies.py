@@ -266,7 +266,7 @@ def evaluate_topology(spec: TopologySpec, lm, cuts: list[int], codec, corpus, re
 
     codecs = [build_codec(None, codec), build_codec(spec.codec_names()[0], codec)]
     out: dict[str, Any] = {"topology": spec.kind, "topology_cuts": ",".join(map(str, cuts)),
-                           "codec_ran": getattr(codecs[0], "label", getattr(codecs[0], "name", None)),
+                           "codec_ran": getattr(codecs[0], "label", None),
                            ("hop2_codec" if spec.kind == "relay" else "down_codec"): getattr(codecs[1], "name", None)}
     if opts.quality:
         out.update(_window_quality(lm, cuts, codecs, corpus, ref, seed))

@@ -154,12 +154,11 @@ def static_models(freq: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
     return models_ragged([freq[g, first[g]: last[g] + 1] for g in range(freq.shape[0])]), first, last
 
 
-def encode_static(q: np.ndarray, n_groups: int, back: np.ndarray | None = None,
-                  ks: np.ndarray | None = None) -> tuple[bytes, bytes, bytes, list[int]]:
+def encode_static(q: np.ndarray, n_groups: int, ks: np.ndarray | None = None,
+                  res: np.ndarray | None = None) -> tuple[bytes, bytes, bytes, list[int]]:
     """rans.encode's model and wire layout with the compiled coder (each group's symbols coded over its own
-    support, see static_models) -> (side, tables, stream, [lo, hi, n_words]). `back`: reference rows
-    (refrows.py; the caller sends the buffer), `ks`: prediction weights already computed."""
-    side, groups, res, tables, freq, lo, hi = rans.static_model(q, n_groups, back, ks)
+    support, see static_models) -> (side, tables, stream, [lo, hi, n_words]). `ks`, `res`: see rans.static_model."""
+    side, groups, res, tables, freq, lo, hi = rans.static_model(q, n_groups, ks, res)
     group_models, first, _ = static_models(freq)
     words = encode_groups(res, group_channels(groups, freq.shape[0]), group_models, offsets=lo + first)
     return side, tables.tobytes(), words.astype("<u4").tobytes(), [lo, hi, int(words.size)]
@@ -205,10 +204,11 @@ def encode_static_refs(q: np.ndarray, n_groups: int) -> tuple[np.ndarray | None,
     tables, stream, [lo, hi, n_words])."""
     q16 = q.astype(np.int16)
     ks = rans.predict_weights(q16)
-    prev = np.zeros_like(q16)
-    prev[1:] = q16[:-1]
-    back = refrows.choose(q16, q16 - rans._predict(prev, ks.astype(np.int16)))
-    return (back, *encode_static(q16, n_groups, back, ks))
+    res = rans.residuals(q16, ks)
+    back = refrows.choose(q16, res)
+    if back is not None:
+        refrows.apply(q16, res, back)
+    return (back, *encode_static(q16, n_groups, ks, res))
 
 
 def stream_nbytes(n: int, n_words: int, coder: str) -> int:

@@ -164,25 +164,27 @@ def _predict(prev: np.ndarray, k) -> np.ndarray:
     return (k * prev + 2) >> 2
 
 
-def static_model(q: np.ndarray, n_groups: int, back: np.ndarray | None = None,
-                 ks: np.ndarray | None = None) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+def residuals(q: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """int16 codes and their prediction weights -> the residuals of the previous-token prediction (int16)."""
+    prev = np.zeros_like(q)
+    prev[1:] = q[:-1]
+    return q - _predict(prev, ks.astype(np.int16))
+
+
+def static_model(q: np.ndarray, n_groups: int, ks: np.ndarray | None = None,
+                 res: np.ndarray | None = None) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
     """The static model of (rows, cols) int8-range codes (encoder side): each code is predicted from the
     previous token's code in its channel (weight k/4, k per channel: hidden states drift slowly in most
     channels), the residuals' channels are grouped, one table per group. -> (side bytes, groups (cols,),
     residuals (rows, cols), table bytes (K, A), frequencies (K, A), lo, hi). Both coders (this module's and
     the compiled one in entropy.py) code the residuals with exactly these frequencies.
-    `back` (rows,): a row t with back[t] > 0 is predicted by row t - back[t] whole instead (refrows.py);
-    `ks`: the prediction weights when the caller has them already (predict_weights(q))."""
+    `ks`, `res`: the weights and residuals when the caller computed them (entropy.encode_static_refs, where
+    some rows are predicted by a reference row instead, refrows.py)."""
     rows, cols = q.shape
-    q = q.astype(np.int16)  # int8 codes: residuals (-255..255) and predictions fit int16
-    if ks is None:
+    if res is None:
+        q = q.astype(np.int16)  # int8 codes: residuals (-255..255) and predictions fit int16
         ks = predict_weights(q)
-    prev = np.zeros_like(q)
-    prev[1:] = q[:-1]
-    res = q - _predict(prev, ks.astype(np.int16))
-    if back is not None:
-        t = np.flatnonzero(back)
-        res[t] = q[t] - q[t - back[t]]
+        res = residuals(q, ks)
     lo, hi = int(res.min()), int(res.max())
     a = hi - lo + 1
     k = max(1, min(n_groups, cols))

@@ -69,6 +69,13 @@ def choose(q: np.ndarray, res: np.ndarray) -> np.ndarray | None:
     return back
 
 
+def apply(q: np.ndarray, res: np.ndarray, back: np.ndarray) -> None:
+    """Encoder: the residual of each row that names a reference becomes its codes minus that row's (in place;
+    rans.unpredict undoes it)."""
+    t = np.flatnonzero(back)
+    res[t] = q[t] - q[t - back[t]]
+
+
 def read(buf: Buffer, rows: int, count) -> np.ndarray:
     """The `back` buffer of a message whose meta "rr" is `count` -> back (rows,) int64; CodecError unless it
     has one byte per row, no row names itself or a row before the first, and exactly `count` rows name one."""

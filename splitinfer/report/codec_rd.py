@@ -176,8 +176,8 @@ def heldout_table(rows: list[dict], max_dppl: float = 1.0, max_bits: float = 3.5
     checks = [r for r in rows if r.get("tuned_on")]
     if not checks:
         return ""
-    tuned = {(r["cut"], r["codec"]): r for r in (tuning if tuning is not None else rows)
-             if r.get("corpus") == checks[0]["tuned_on"] and not r.get("tuned_on")}
+    tuned = {(r["cut"], _step_of(r["codec"])): r for r in (tuning if tuning is not None else rows)  # by step:
+             if r.get("corpus") == checks[0]["tuned_on"] and not r.get("tuned_on")}  # --steps-family's too
     lines = [f"| corpus | cut | step chosen on {checks[0]['tuned_on']} (its Δppl upper bound there) | max(prefill, "
              "decode) bits | prefill / decode bits | Δppl % [95 % CI] | KL (nats) | within the bound |",
              "|---|---|---|---|---|---|---|---|"]
@@ -186,8 +186,7 @@ def heldout_table(rows: list[dict], max_dppl: float = 1.0, max_bits: float = 3.5
         ok = [r["delta_ppl_ci_hi"] <= max_dppl for r in here]
         small = [o and _xval(r) <= max_bits for o, r in zip(ok, here, strict=True)]
         for r, o in zip(here, ok, strict=True):
-            t = tuned.get((r["cut"], r["codec"])) or next(  # the steps of another family (--steps-family)
-                (v for (c, n), v in tuned.items() if c == r["cut"] and _step_of(n) == _step_of(r["codec"])), None)
+            t = tuned.get((r["cut"], _step_of(r["codec"])))
             there = f" ({t['delta_ppl_ci_hi']:+.2f})" if t else ""
             lines.append(f"| {corpus} | {r['cut']} | `{r['codec']}`{there} | **{_xval(r):.2f}** | "
                          f"{r['bits_per_value']:.2f} / {r['bits_per_value_1tok']:.2f} | {r['delta_ppl_pct']:+.2f} "
